@@ -1,0 +1,3 @@
+module github.com/zcnet/zcnet
+
+go 1.26
