@@ -1,0 +1,102 @@
+// Package ixgbe drives Intel's 10 GbE controllers of the 82599 family, PF and
+// VF, through the vfio interfaces.
+package ixgbe
+
+import "fmt"
+
+// VendorIntel is Intel's PCI vendor ID.
+const VendorIntel = 0x8086
+
+// Family groups the controllers that share a register layout closely enough
+// to matter to an operator deciding what zcnet can drive.
+type Family string
+
+const (
+	Family82599 Family = "82599"
+	FamilyX540  Family = "X540"
+	FamilyX550  Family = "X550"
+)
+
+// Model describes one PCI device ID of the family.
+type Model struct {
+	DeviceID uint16
+	Name     string
+	Family   Family
+	// VF is true for SR-IOV virtual functions (driven through the PF's
+	// mailbox), false for physical functions.
+	VF bool
+	// Supported is true where zcnet's driver is written for the device;
+	// the other family members are recognised so probe can say why not.
+	Supported bool
+}
+
+func (m Model) String() string {
+	kind := "PF"
+	if m.VF {
+		kind = "VF"
+	}
+	return fmt.Sprintf("%s %s (%04x:%04x)", m.Name, kind, VendorIntel, m.DeviceID)
+}
+
+// Device IDs as listed in the Linux ixgbe/ixgbevf drivers (ixgbe_type.h).
+var models = []Model{
+	{0x10F7, "82599 KX4", Family82599, false, true},
+	{0x1514, "82599 KX4 Mezzanine", Family82599, false, true},
+	{0x1517, "82599 KR", Family82599, false, true},
+	{0x10F8, "82599 Combo Backplane", Family82599, false, true},
+	{0x10F9, "82599 CX4", Family82599, false, true},
+	{0x10FB, "82599ES SFP+", Family82599, false, true},
+	{0x152A, "82599 Backplane FCoE", Family82599, false, true},
+	{0x1529, "82599 SFP+ FCoE", Family82599, false, true},
+	{0x1507, "82599 SFP+ EM", Family82599, false, true},
+	{0x154D, "82599 SFP+ SF2", Family82599, false, true},
+	{0x154A, "82599 SFP+ SF QP", Family82599, false, true},
+	{0x1558, "82599 QSFP+ SF QP", Family82599, false, true},
+	{0x1557, "82599EN SFP+", Family82599, false, true},
+	{0x10FC, "82599 XAUI LOM", Family82599, false, true},
+	{0x151C, "82599 T3 LOM", Family82599, false, true},
+	{0x154F, "82599 LS", Family82599, false, true},
+	{0x10ED, "82599 VF", Family82599, true, true},
+	{0x152E, "82599 VF (Hyper-V)", Family82599, true, true},
+	{0x1528, "X540-T", FamilyX540, false, false},
+	{0x1560, "X540-T1", FamilyX540, false, false},
+	{0x1515, "X540 VF", FamilyX540, true, false},
+	{0x1530, "X540 VF (Hyper-V)", FamilyX540, true, false},
+	{0x1563, "X550-T", FamilyX550, false, false},
+	{0x15D1, "X550-T1", FamilyX550, false, false},
+	{0x15AA, "X550EM_x KX4", FamilyX550, false, false},
+	{0x15AB, "X550EM_x KR", FamilyX550, false, false},
+	{0x15AC, "X550EM_x SFP+", FamilyX550, false, false},
+	{0x15AD, "X550EM_x 10GBASE-T", FamilyX550, false, false},
+	{0x15AE, "X550EM_x 1GBASE-T", FamilyX550, false, false},
+	{0x15B0, "X550EM_x XFI", FamilyX550, false, false},
+	{0x15C2, "X550EM_a KR", FamilyX550, false, false},
+	{0x15C3, "X550EM_a KR L", FamilyX550, false, false},
+	{0x15C4, "X550EM_a SFP+ N", FamilyX550, false, false},
+	{0x15C6, "X550EM_a SGMII", FamilyX550, false, false},
+	{0x15C7, "X550EM_a SGMII L", FamilyX550, false, false},
+	{0x15C8, "X550EM_a 10GBASE-T", FamilyX550, false, false},
+	{0x15CE, "X550EM_a SFP+", FamilyX550, false, false},
+	{0x15E4, "X550EM_a 1GBASE-T", FamilyX550, false, false},
+	{0x15E5, "X550EM_a 1GBASE-T L", FamilyX550, false, false},
+	{0x1565, "X550 VF", FamilyX550, true, false},
+	{0x1564, "X550 VF (Hyper-V)", FamilyX550, true, false},
+	{0x15A8, "X550EM_x VF", FamilyX550, true, false},
+	{0x15A9, "X550EM_x VF (Hyper-V)", FamilyX550, true, false},
+	{0x15C5, "X550EM_a VF", FamilyX550, true, false},
+	{0x15B4, "X550EM_a VF (Hyper-V)", FamilyX550, true, false},
+}
+
+// Lookup returns the model for a PCI vendor and device ID, and false when the
+// device is not a member of the family.
+func Lookup(vendor, device uint16) (Model, bool) {
+	if vendor != VendorIntel {
+		return Model{}, false
+	}
+	for _, m := range models {
+		if m.DeviceID == device {
+			return m, true
+		}
+	}
+	return Model{}, false
+}
