@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// version is set at link time (-ldflags "-X main.version=...") by `make build`.
+var version = "dev"
+
+// app holds what every subcommand shares.
+type app struct {
+	logLevel string
+	log      *zap.Logger
+}
+
+func newRootCommand() *cobra.Command {
+	a := &app{log: zap.NewNop()}
+	root := &cobra.Command{
+		Use:   "zcnet",
+		Short: "Poll-mode, zero-copy 82599 NIC driver and vhost-user back end",
+		Long: `zcnet takes an Intel 82599 PF or SR-IOV VF away from the kernel over VFIO
+and moves packets between the wire and virtual machines' own virtio buffers
+with no copy, polled by pinned cores.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(a.logLevel)
+			if err != nil {
+				return err
+			}
+			a.log = log
+			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) { _ = a.log.Sync() },
+	}
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.AddCommand(
+		newVersionCommand(),
+		newProbeCommand(a),
+		newBindCommand(a),
+		newUnbindCommand(a),
+	)
+	return root
+}
+
+// newLogger builds a console logger on stderr at the named level.
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.DisableStacktrace = lvl > zapcore.DebugLevel
+	cfg.Development = false
+	return cfg.Build()
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and build information",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			rev := "unknown"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						rev = s.Value
+					}
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "zcnet %s (commit %s, %s, %s/%s)\n",
+				version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}
