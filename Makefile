@@ -1,0 +1,50 @@
+# zcnet build, test and demo targets. `make test` is what CI runs.
+SHELL        := /bin/bash
+GO           ?= go
+BIN          := bin
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS      := -X main.version=$(VERSION)
+STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# 2 MiB pages to keep reserved for tests and the demo (2 GiB).
+HUGEPAGES    ?= 1024
+
+.PHONY: all build test test-unit test-vfio bench demo lint hugepages clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/zcnet ./cmd/zcnet
+
+## test: the whole suite: lint, unit and simulator tests under the race
+## detector, and the VFIO layer against a real kernel in a QEMU guest.
+test: lint test-unit test-vfio
+
+test-unit: hugepages
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+## test-vfio: boots a QEMU/TCG guest with a virtual IOMMU and an e1000e bound
+## to vfio-pci, and runs the vfio package's guest tests inside it.
+test-vfio:
+	bash test/vfio-qemu/run.sh
+
+bench: hugepages
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+demo: build
+	$(BIN)/zcnet probe
+	@echo
+	@echo "The simulated data path (82599 model, zero-copy engine, vhost-user guest)"
+	@echo "is being built; until it lands, 'make demo' shows what 'zcnet probe' sees."
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+## hugepages: reserve $(HUGEPAGES) 2 MiB pages and mount hugetlbfs (root, idempotent).
+hugepages:
+	@bash scripts/hugepages.sh $(HUGEPAGES)
+
+clean:
+	rm -rf $(BIN) test/vfio-qemu/work
