@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2012
 # Guest /init for the VFIO integration test (busybox sh, PID 1).
 # run.sh prepends the shebang and these settings:
 #   PCI_VENDOR PCI_DEVICE  the function to hand to vfio-pci (0x8086 0x10d3)
@@ -12,6 +13,11 @@
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp TMPDIR=/tmp
 
 finish() {
+	if [ "$1" != 0 ]; then
+		# quiet hides the kernel's info messages; VFIO explains most refusals there.
+		echo "--- last kernel messages ---"
+		dmesg | tail -n 30
+	fi
 	echo "$MARKER rc=$1"
 	sync
 	poweroff -f
@@ -34,10 +40,10 @@ mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
 mount -t tmpfs tmpfs /tmp || fail "mount /tmp"
 echo; echo "zcnet-vfio guest: kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
 
-for m in $(cat /modules/order); do
+while read -r m; do
 	insmod "/modules/$m.ko" || fail "insmod $m.ko"
-done
-echo "modules loaded: $(cat /modules/order | tr '\n' ' ')"
+done </modules/order
+echo "modules loaded: $(tr '\n' ' ' </modules/order)"
 
 addr=
 for d in /sys/bus/pci/devices/*; do
@@ -67,8 +73,9 @@ if [ -e "$dev/driver" ]; then
 fi
 echo vfio-pci >"$dev/driver_override" || fail "write driver_override of $addr"
 echo "$addr" >/sys/bus/pci/drivers_probe || fail "drivers_probe $addr"
-[ -e "$dev/driver" ] && [ "$(basename "$(readlink "$dev/driver")")" = vfio-pci ] ||
-	fail "$addr did not bind to vfio-pci"
+drv=
+[ -e "$dev/driver" ] && drv=$(basename "$(readlink "$dev/driver")")
+[ "$drv" = vfio-pci ] || fail "$addr did not bind to vfio-pci (driver: ${drv:-none}; see the kernel messages below)"
 
 i=0
 while [ ! -c "/dev/vfio/$group" ]; do

@@ -147,7 +147,7 @@ mod_order=()
 add_module() {
 	local m=${1//-/_} dep deps
 	case ${mod_state[$m]:-} in
-	done) return ;;
+	"done") return ;;
 	visiting) die "module dependency cycle through $m" ;;
 	esac
 	[[ -n ${mod_path[$m]:-} ]] || die "module $m not found in $moddir (built in? renamed?)"
@@ -156,7 +156,7 @@ add_module() {
 	for dep in ${deps//,/ }; do
 		add_module "$dep"
 	done
-	mod_state[$m]=done
+	mod_state[$m]="done"
 	mod_order+=("$m")
 }
 for m in vfio vfio_iommu_type1 irqbypass vfio_pci_core vfio_pci; do
