@@ -1,0 +1,262 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+)
+
+// Header sizes and protocol numbers of the frames this package builds and
+// parses. Frames handed through an Endpoint never carry the 4-byte FCS.
+const (
+	EthernetHeaderLen = 14
+	VLANTagLen        = 4
+	IPv4HeaderLen     = 20 // without options
+	UDPHeaderLen      = 8
+	FCSLen            = 4
+
+	EtherTypeIPv4 = 0x0800
+	EtherTypeARP  = 0x0806
+	EtherTypeVLAN = 0x8100
+
+	IPProtoICMP = 1
+	IPProtoUDP  = 17
+)
+
+// MAC is an Ethernet address. An array, unlike net.HardwareAddr, so that
+// building and comparing addresses allocates nothing.
+type MAC [6]byte
+
+func (m MAC) String() string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+// ChecksumAdd adds b to a running ones-complement sum as RFC 1071 defines
+// it: b is read as big-endian 16-bit words, an odd last byte padded with
+// zero. b must start at an even offset of the checksummed region. The
+// result is below 2^32: sums of separate regions, and 32-bit values, can be
+// added with + as long as fewer than 2^32 of them are. The
+// running sum is kept in 64 bits and eight bytes are added at a time; this is
+// equivalent because 2^16 ≡ 1 modulo 2^16-1, so where a 16-bit word sits in
+// the wide accumulator does not change the folded result.
+func ChecksumAdd(sum uint64, b []byte) uint64 {
+	var carry uint64
+	for len(b) >= 8 {
+		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b), carry)
+		b = b[8:]
+	}
+	sum, carry = bits.Add64(sum, 0, carry)
+	sum += carry // cannot carry again: sum was just wrapped to a small value
+	if len(b) >= 4 {
+		sum, carry = bits.Add64(sum, uint64(binary.BigEndian.Uint32(b)), 0)
+		sum += carry
+		b = b[4:]
+	}
+	if len(b) >= 2 {
+		sum, carry = bits.Add64(sum, uint64(binary.BigEndian.Uint16(b)), 0)
+		sum += carry
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum, carry = bits.Add64(sum, uint64(b[0])<<8, 0)
+		sum += carry
+	}
+	// Fold to below 2^32 so that callers may add a handful of sums and
+	// 32-bit values with plain + without overflowing.
+	sum = sum>>32 + sum&0xffffffff
+	return sum>>32 + sum&0xffffffff
+}
+
+// ChecksumFold folds a running sum to 16 bits without complementing it.
+func ChecksumFold(sum uint64) uint16 {
+	for sum > 0xffff {
+		sum = (sum >> 16) + (sum & 0xffff)
+	}
+	return uint16(sum)
+}
+
+// ChecksumFinish folds a running sum and complements it: the value written
+// into an IPv4, ICMP or UDP checksum field. A region whose checksum field
+// already holds the right value finishes to 0.
+func ChecksumFinish(sum uint64) uint16 { return ^ChecksumFold(sum) }
+
+// PseudoHeaderSum is the running sum of the IPv4 pseudo-header that the UDP
+// and TCP checksums cover (RFC 768): addresses, protocol and the L4 length.
+func PseudoHeaderSum(src, dst [4]byte, proto uint8, l4Len int) uint64 {
+	return uint64(binary.BigEndian.Uint32(src[:])) +
+		uint64(binary.BigEndian.Uint32(dst[:])) +
+		uint64(proto) + uint64(l4Len)
+}
+
+// UDP4Header describes the addressing of an Ethernet/IPv4/UDP frame.
+type UDP4Header struct {
+	DstMAC, SrcMAC   MAC
+	SrcIP, DstIP     [4]byte
+	SrcPort, DstPort uint16
+	TTL              uint8 // 0 means 64
+}
+
+// UDP4FrameLen is the length (without FCS) of a frame carrying payloadLen
+// bytes of UDP payload.
+func UDP4FrameLen(payloadLen int) int {
+	return EthernetHeaderLen + IPv4HeaderLen + UDPHeaderLen + payloadLen
+}
+
+// PutUDP4 writes an Ethernet/IPv4/UDP frame with valid IPv4 and UDP
+// checksums into frame, whose length fixes the payload length: the payload is
+// frame[UDP4FrameLen(0):] and must already be in place, since the UDP
+// checksum covers it. The IPv4 header has no options, DF set and ID 0 (an
+// atomic datagram, RFC 6864).
+func PutUDP4(frame []byte, h UDP4Header) {
+	putUDP4Headers(frame, h)
+	ip := frame[EthernetHeaderLen:]
+	binary.BigEndian.PutUint16(ip[10:], ChecksumFinish(ChecksumAdd(0, ip[:IPv4HeaderLen])))
+	udp := ip[IPv4HeaderLen:]
+	sum := PseudoHeaderSum(h.SrcIP, h.DstIP, IPProtoUDP, len(udp))
+	binary.BigEndian.PutUint16(udp[6:], udpChecksumField(ChecksumAdd(sum, udp)))
+}
+
+// putUDP4Headers writes the Ethernet, IPv4 and UDP headers with both
+// checksum fields zero.
+func putUDP4Headers(frame []byte, h UDP4Header) {
+	copy(frame[0:6], h.DstMAC[:])
+	copy(frame[6:12], h.SrcMAC[:])
+	binary.BigEndian.PutUint16(frame[12:], EtherTypeIPv4)
+	ip := frame[EthernetHeaderLen:]
+	ttl := h.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip[0] = 0x45 // version 4, 5 words of header
+	ip[1] = 0    // DSCP/ECN
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], 0)      // ID
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF, fragment offset 0
+	ip[8] = ttl
+	ip[9] = IPProtoUDP
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	copy(ip[12:16], h.SrcIP[:])
+	copy(ip[16:20], h.DstIP[:])
+	udp := ip[IPv4HeaderLen:]
+	binary.BigEndian.PutUint16(udp[0:], h.SrcPort)
+	binary.BigEndian.PutUint16(udp[2:], h.DstPort)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	binary.BigEndian.PutUint16(udp[6:], 0)
+}
+
+// udpChecksumField turns a running sum over pseudo-header and datagram into
+// the value to store: a computed 0 is sent as 0xffff, because 0 in the field
+// means "no checksum" (RFC 768).
+func udpChecksumField(sum uint64) uint16 {
+	c := ChecksumFinish(sum)
+	if c == 0 {
+		return 0xffff
+	}
+	return c
+}
+
+// Errors ParseUDP4 reports. They are values, so a parse failure allocates
+// nothing.
+var (
+	ErrTruncated  = errors.New("frame truncated")
+	ErrNotIPv4    = errors.New("not an IPv4 frame")
+	ErrBadIPv4    = errors.New("malformed IPv4 header")
+	ErrFragment   = errors.New("IPv4 fragment")
+	ErrNotUDP     = errors.New("not a UDP datagram")
+	ErrBadUDPSize = errors.New("UDP length disagrees with IPv4 length")
+)
+
+// UDP4 is a parsed Ethernet/IPv4/UDP frame. Payload aliases the frame.
+type UDP4 struct {
+	DstMAC, SrcMAC   MAC
+	VLAN             uint16 // 802.1Q TCI, valid when Tagged
+	Tagged           bool
+	SrcIP, DstIP     [4]byte
+	SrcPort, DstPort uint16
+	Payload          []byte
+	// IPChecksumOK reports that the IPv4 header checksum verifies.
+	IPChecksumOK bool
+	// UDPChecksumPresent is false when the sender left the UDP checksum
+	// field 0, which IPv4 allows; UDPChecksumOK is then true.
+	UDPChecksumPresent bool
+	UDPChecksumOK      bool
+}
+
+// ParseUDP4 parses an Ethernet frame (without FCS, optionally with one
+// 802.1Q tag) carrying an unfragmented IPv4/UDP datagram and verifies the
+// IPv4 header checksum and the UDP checksum independently of each other.
+// Bytes after the IPv4 total length (Ethernet padding) are ignored.
+func ParseUDP4(frame []byte) (UDP4, error) {
+	var p UDP4
+	if len(frame) < EthernetHeaderLen {
+		return p, ErrTruncated
+	}
+	copy(p.DstMAC[:], frame[0:6])
+	copy(p.SrcMAC[:], frame[6:12])
+	etherType := binary.BigEndian.Uint16(frame[12:])
+	ip := frame[EthernetHeaderLen:]
+	if etherType == EtherTypeVLAN {
+		if len(ip) < VLANTagLen {
+			return p, ErrTruncated
+		}
+		p.Tagged = true
+		p.VLAN = binary.BigEndian.Uint16(ip[0:])
+		etherType = binary.BigEndian.Uint16(ip[2:])
+		ip = ip[VLANTagLen:]
+	}
+	if etherType != EtherTypeIPv4 {
+		return p, ErrNotIPv4
+	}
+	if len(ip) < IPv4HeaderLen {
+		return p, ErrTruncated
+	}
+	if ip[0]>>4 != 4 {
+		return p, ErrNotIPv4
+	}
+	ihl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if ihl < IPv4HeaderLen || total < ihl {
+		return p, ErrBadIPv4
+	}
+	if total > len(ip) {
+		return p, ErrTruncated
+	}
+	ip = ip[:total] // drop Ethernet padding
+	p.IPChecksumOK = ChecksumFold(ChecksumAdd(0, ip[:ihl])) == 0xffff
+	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 { // MF or a fragment offset
+		return p, ErrFragment
+	}
+	if ip[9] != IPProtoUDP {
+		return p, ErrNotUDP
+	}
+	copy(p.SrcIP[:], ip[12:16])
+	copy(p.DstIP[:], ip[16:20])
+	udp := ip[ihl:]
+	if len(udp) < UDPHeaderLen {
+		return p, ErrTruncated
+	}
+	if int(binary.BigEndian.Uint16(udp[4:])) != len(udp) {
+		return p, ErrBadUDPSize
+	}
+	p.SrcPort = binary.BigEndian.Uint16(udp[0:])
+	p.DstPort = binary.BigEndian.Uint16(udp[2:])
+	p.Payload = udp[UDPHeaderLen:]
+	if binary.BigEndian.Uint16(udp[6:]) == 0 {
+		p.UDPChecksumOK = true
+		return p, nil
+	}
+	p.UDPChecksumPresent = true
+	sum := PseudoHeaderSum(p.SrcIP, p.DstIP, IPProtoUDP, len(udp))
+	p.UDPChecksumOK = ChecksumFold(ChecksumAdd(sum, udp)) == 0xffff
+	return p, nil
+}
+
+// ipv4Bytes returns the four bytes of an IPv4 (or IPv4-mapped) address.
+func ipv4Bytes(a netip.Addr, what string) ([4]byte, error) {
+	if !a.Unmap().Is4() {
+		return [4]byte{}, fmt.Errorf("%s %v is not an IPv4 address", what, a)
+	}
+	return a.Unmap().As4(), nil
+}
