@@ -22,7 +22,7 @@ func (a PCIAddress) String() string {
 // meaning domain 0, "01:00.0". Hex digits may be either case.
 func ParseAddress(s string) (PCIAddress, error) {
 	bad := func(why string) (PCIAddress, error) {
-		return PCIAddress{}, fmt.Errorf("invalid PCI address %q: %s (want DDDD:BB:DD.F, e.g. 0000:01:00.0)", s, why)
+		return PCIAddress{}, fmt.Errorf("%w %q: %s (want DDDD:BB:DD.F, e.g. 0000:01:00.0)", ErrInvalidAddress, s, why)
 	}
 	parts := strings.Split(s, ":")
 	var domain, bus, devfn string
