@@ -32,11 +32,11 @@ func (e *ShortageError) Error() string {
 	if avail >= e.Need {
 		// The counters say there is room, yet the kernel refused: the limit
 		// lies elsewhere.
-		return fmt.Sprintf("hugepage: the kernel refused %d x %s pages although %d are available (%d reserved in total): %v; "+
+		return fmt.Sprintf("hugepage: the kernel refused %d x %s pages although %d are available (%d in the pool): %v; "+
 			"check the hugetlb cgroup limit (hugetlb.%s.max), the size= option of the hugetlbfs mount and the NUMA policy",
 			e.Need, s.Size, avail, s.Total, e.Err, s.Size.kernelArg()+"B")
 	}
-	msg := fmt.Sprintf("hugepage: need %d x %s pages but only %d are free (%d reserved in total); reserve more with: %s",
+	msg := fmt.Sprintf("hugepage: need %d x %s pages but only %d are free (%d in the pool); reserve more with: %s",
 		e.Need, s.Size, avail, s.Total, s.Size.ReserveCommand(s.Total+e.Need-avail))
 	if e.Err != nil {
 		msg += fmt.Sprintf(" (%v)", e.Err)

@@ -93,7 +93,7 @@ func TestStatusRejectsGarbage(t *testing.T) {
 // new total must cover what is missing, not just what was asked for.
 func TestShortageMessage(t *testing.T) {
 	e := &ShortageError{Need: 10, Status: PageStatus{Size: Page2M, Total: 128, Free: 6, Reserved: 2}}
-	want := "need 10 x 2MiB pages but only 4 are free (128 reserved in total); reserve more with: " +
+	want := "need 10 x 2MiB pages but only 4 are free (128 in the pool); reserve more with: " +
 		"echo 134 | sudo tee /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 	if !strings.Contains(e.Error(), want) {
 		t.Errorf("message\n%s\nlacks\n%s", e.Error(), want)

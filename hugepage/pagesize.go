@@ -61,8 +61,7 @@ func (p PageSize) sysfsDir() string {
 func (p PageSize) ReserveCommand(total uint64) string {
 	cmd := fmt.Sprintf("echo %d | sudo tee %s", total, filepath.Join(p.sysfsDir(), "nr_hugepages"))
 	if p >= Page1G {
-		cmd += fmt.Sprintf(" (or boot with: default_hugepagesz=%s hugepagesz=%s hugepages=%d)",
-			p.kernelArg(), p.kernelArg(), total)
+		cmd += fmt.Sprintf(" (or add to the kernel command line: hugepagesz=%s hugepages=%d)", p.kernelArg(), total)
 	}
 	return cmd
 }
