@@ -60,12 +60,12 @@ type PCIDevice struct {
 	irqInfo   []IRQInfo
 	config    configSpace
 
-	mu       sync.Mutex
-	bars     [6]*mappedBAR
-	irqOn    bool
-	irqKind  IRQKind
-	closed   bool
-	release  func() error // drops what Open acquired for this device
+	mu      sync.Mutex
+	bars    [6]*mappedBAR
+	irqOn   bool
+	irqKind IRQKind
+	closed  bool
+	release func() error // drops what Open acquired for this device
 }
 
 var _ Device = (*PCIDevice)(nil)
