@@ -35,8 +35,9 @@ const (
 type GeneratorConfig struct {
 	SrcMAC MAC // default 02:00:00:00:00:01
 	DstMAC MAC // default 02:00:00:00:00:02
-	// SrcIP and DstIP must be IPv4. Default 198.18.0.1 and 198.18.0.2, from
-	// the range RFC 2544 sets aside for benchmarking.
+	// SrcIP and DstIP must be IPv4. Default 198.18.0.1 and 198.19.0.1, from
+	// the range RFC 2544 sets aside for benchmarking (apart, so that varied
+	// source addresses never reach the destination's).
 	SrcIP, DstIP netip.Addr
 	SrcPort      uint16 // default 49152
 	DstPort      uint16 // default 9 (discard)
@@ -110,7 +111,7 @@ func NewGenerator(cfg GeneratorConfig, peer Endpoint) (*Generator, error) {
 		cfg.SrcIP = netip.AddrFrom4([4]byte{198, 18, 0, 1})
 	}
 	if !cfg.DstIP.IsValid() {
-		cfg.DstIP = netip.AddrFrom4([4]byte{198, 18, 0, 2})
+		cfg.DstIP = netip.AddrFrom4([4]byte{198, 19, 0, 1})
 	}
 	if cfg.SrcPort == 0 {
 		cfg.SrcPort = 49152
