@@ -68,16 +68,21 @@ func TestParseCoreListErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := ParseCoreList(tt.in)
-		if err == nil {
-			t.Errorf("ParseCoreList(%q) = %v, want an error", tt.in, got)
-			continue
-		}
-		if !errors.Is(err, ErrInvalidCoreList) {
-			t.Errorf("ParseCoreList(%q) error %v does not wrap ErrInvalidCoreList", tt.in, err)
-		}
-		if !strings.Contains(err.Error(), tt.mention) {
-			t.Errorf("ParseCoreList(%q) error %q does not mention %s", tt.in, err, tt.mention)
-		}
+		checkParseError(t, fmt.Sprintf("ParseCoreList(%q) = %v", tt.in, got), err, tt.mention)
+	}
+}
+
+// checkParseError fails unless err is a parse error that names mention.
+// call describes the call and its result.
+func checkParseError(t *testing.T, call string, err error, mention string) {
+	t.Helper()
+	switch {
+	case err == nil:
+		t.Errorf("%s, want an error", call)
+	case !errors.Is(err, ErrInvalidCoreList):
+		t.Errorf("%s: error %v does not wrap ErrInvalidCoreList", call, err)
+	case !strings.Contains(err.Error(), mention):
+		t.Errorf("%s: error %q does not mention %s", call, err, mention)
 	}
 }
 
@@ -138,23 +143,10 @@ func FuzzParseCoreList(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		cpus, err := ParseCoreList(s)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidCoreList) {
-				t.Fatalf("error %v does not wrap ErrInvalidCoreList", err)
-			}
+		if !parsed(t, err) {
 			return
 		}
-		if len(cpus) == 0 {
-			t.Fatalf("ParseCoreList(%q) succeeded with an empty list", s)
-		}
-		for i, c := range cpus {
-			if c < 0 || c >= MaxCPUs {
-				t.Fatalf("ParseCoreList(%q) returned out-of-range CPU %d", s, c)
-			}
-			if i > 0 && c <= cpus[i-1] {
-				t.Fatalf("ParseCoreList(%q) = %v: not sorted and unique", s, cpus)
-			}
-		}
+		checkIDs(t, fmt.Sprintf("ParseCoreList(%q)", s), cpus)
 		formatted := FormatCoreList(cpus)
 		again, err := ParseCoreList(formatted)
 		if err != nil {
@@ -240,16 +232,7 @@ func TestParseLcoresErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := ParseLcores(tt.in)
-		if err == nil {
-			t.Errorf("ParseLcores(%q) = %s, want an error", tt.in, lcoreMap(got))
-			continue
-		}
-		if !errors.Is(err, ErrInvalidCoreList) {
-			t.Errorf("ParseLcores(%q) error %v does not wrap ErrInvalidCoreList", tt.in, err)
-		}
-		if !strings.Contains(err.Error(), tt.mention) {
-			t.Errorf("ParseLcores(%q) error %q does not mention %s", tt.in, err, tt.mention)
-		}
+		checkParseError(t, fmt.Sprintf("ParseLcores(%q) = %s", tt.in, lcoreMap(got)), err, tt.mention)
 	}
 }
 
@@ -259,27 +242,38 @@ func FuzzParseLcores(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		m, err := ParseLcores(s)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidCoreList) {
-				t.Fatalf("error %v does not wrap ErrInvalidCoreList", err)
-			}
+		if !parsed(t, err) {
 			return
 		}
-		if len(m) == 0 {
-			t.Fatalf("ParseLcores(%q) succeeded with no lcores", s)
-		}
+		lcores := make([]int, len(m))
 		for i, lc := range m {
-			if lc.Lcore < 0 || lc.Lcore >= MaxCPUs || (i > 0 && lc.Lcore <= m[i-1].Lcore) {
-				t.Fatalf("ParseLcores(%q): lcore ids not sorted, unique and in range: %s", s, lcoreMap(m))
-			}
-			if len(lc.CPUs) == 0 {
-				t.Fatalf("ParseLcores(%q): lcore %d has no CPUs", s, lc.Lcore)
-			}
-			for j, c := range lc.CPUs {
-				if c < 0 || c >= MaxCPUs || (j > 0 && c <= lc.CPUs[j-1]) {
-					t.Fatalf("ParseLcores(%q): lcore %d CPUs %v not sorted, unique and in range", s, lc.Lcore, lc.CPUs)
-				}
-			}
+			lcores[i] = lc.Lcore
+			checkIDs(t, fmt.Sprintf("ParseLcores(%q) CPUs of lcore %d", s, lc.Lcore), lc.CPUs)
 		}
+		checkIDs(t, fmt.Sprintf("ParseLcores(%q) lcores", s), lcores)
 	})
+}
+
+// parsed reports whether a parse succeeded, failing the test if its error
+// does not wrap ErrInvalidCoreList.
+func parsed(t *testing.T, err error) bool {
+	t.Helper()
+	if err != nil && !errors.Is(err, ErrInvalidCoreList) {
+		t.Fatalf("error %v does not wrap ErrInvalidCoreList", err)
+	}
+	return err == nil
+}
+
+// checkIDs fails unless ids is non-empty, ascending, unique and within
+// [0, MaxCPUs).
+func checkIDs(t *testing.T, what string, ids []int) {
+	t.Helper()
+	if len(ids) == 0 {
+		t.Fatalf("%s: succeeded with no ids", what)
+	}
+	for i, id := range ids {
+		if id < 0 || id >= MaxCPUs || (i > 0 && id <= ids[i-1]) {
+			t.Fatalf("%s = %v: not ascending, unique and within [0, %d)", what, ids, MaxCPUs)
+		}
+	}
 }

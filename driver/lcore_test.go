@@ -75,8 +75,7 @@ func allowedCPUs(t *testing.T) []int {
 }
 
 // procStatusField returns a field of a /proc status file.
-func procStatusField(t *testing.T, path, field string) (string, error) {
-	t.Helper()
+func procStatusField(path, field string) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
@@ -90,7 +89,7 @@ func procStatusField(t *testing.T, path, field string) (string, error) {
 }
 
 func TestAllowedCPUsMatchesProcStatus(t *testing.T) {
-	want, err := procStatusField(t, "/proc/self/status", "Cpus_allowed_list")
+	want, err := procStatusField("/proc/self/status", "Cpus_allowed_list")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,16 +127,7 @@ func (p *pinProbe) Poll() int {
 				p.affinity = append(p.affinity, c)
 			}
 		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", p.tid))
-		if err != nil {
-			p.err = err
-			return
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-				p.procList = strings.TrimSpace(v)
-			}
-		}
+		p.procList, p.err = procStatusField(fmt.Sprintf("/proc/self/task/%d/status", p.tid), "Cpus_allowed_list")
 	})
 	return 0
 }
