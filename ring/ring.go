@@ -1,0 +1,139 @@
+// Package ring is the contract between a NIC queue and whoever owns the
+// memory it moves packets through. A NIC queue never allocates or owns
+// buffers: it is handed external buffers, identified by the I/O virtual
+// address the device sees and an opaque cookie the owner uses to find the
+// buffer again, and it hands the cookies back when the device is done.
+//
+// Host buffer pools and guest virtio buffers are both just suppliers of Bufs,
+// which is what lets the zero-copy engine post a guest's own receive buffers
+// to the NIC.
+//
+// The package sits below both the NIC drivers (ixgbe) and the data path
+// (driver), so neither has to import the other: DESIGN.md places the
+// contract in driver/, but the drivers implement it and driver/ imports the
+// drivers, so the types must live underneath both.
+package ring
+
+// Cookie identifies a buffer or packet to its owner. The queue stores it and
+// returns it unchanged; it never interprets it.
+type Cookie uint64
+
+// Buf is a receive buffer: Len bytes of device-writable memory at IOVA.
+type Buf struct {
+	IOVA   uint64
+	Len    uint32
+	Cookie Cookie
+}
+
+// Checksum verdicts the NIC reports for a received frame.
+type CsumStatus uint8
+
+const (
+	// CsumUnknown: the NIC did not check (not IP, offload off, or unparsed).
+	CsumUnknown CsumStatus = iota
+	// CsumGood: checked and correct.
+	CsumGood
+	// CsumBad: checked and wrong.
+	CsumBad
+)
+
+// RxDone is a completed receive buffer. A frame longer than one buffer
+// completes as several RxDones in ring order, EOP set only on the last; the
+// frame-level fields (hash, checksums, VLAN, packet type) are valid on the
+// EOP entry.
+type RxDone struct {
+	Cookie Cookie
+	// Len is the number of bytes written into this buffer.
+	Len uint32
+	EOP bool
+	// RSSHash and RSSType are the NIC's receive-side-scaling result
+	// (RSSType 0: no hash computed).
+	RSSHash uint32
+	RSSType uint8
+	// PacketType is the NIC's parse of the frame (driver-specific bits,
+	// decoded by the PT* flags below where the NIC provides them).
+	PacketType uint16
+	// VLAN is the stripped 802.1Q TCI when VLANStripped is set.
+	VLAN         uint16
+	VLANStripped bool
+	IPCsum       CsumStatus
+	L4Csum       CsumStatus
+	// RxError is set when the NIC flagged the frame as damaged (e.g. a
+	// length or CRC error); such frames should be dropped and counted.
+	RxError bool
+}
+
+// Packet-type flags carried in RxDone.PacketType.
+const (
+	PTIPv4 uint16 = 1 << iota
+	PTIPv6
+	PTTCP
+	PTUDP
+	PTSCTP
+)
+
+// Segment is one piece of a packet to transmit.
+type Segment struct {
+	IOVA uint64
+	Len  uint32
+}
+
+// Offload requests for a transmitted packet.
+type Offload uint8
+
+const (
+	// OffloadIPv4Csum asks the NIC to fill in the IPv4 header checksum.
+	OffloadIPv4Csum Offload = 1 << iota
+	// OffloadL4Csum asks for the TCP or UDP checksum (L4Proto says which).
+	OffloadL4Csum
+	// OffloadTSO asks the NIC to segment a TCP packet into MSS-sized frames.
+	OffloadTSO
+	// OffloadVLAN asks the NIC to insert VLAN as an 802.1Q tag.
+	OffloadVLAN
+)
+
+// L4 protocols for checksum offload.
+const (
+	L4None uint8 = 0
+	L4TCP  uint8 = 6
+	L4UDP  uint8 = 17
+	L4SCTP uint8 = 132
+)
+
+// TxPkt is a packet to transmit: its segments in order and what the NIC
+// should compute on the way out. Header lengths are needed for checksum and
+// TSO offloads, which the NIC cannot parse on its own.
+type TxPkt struct {
+	Segs    []Segment
+	Cookie  Cookie
+	Offload Offload
+	// IPv6 is true for an IPv6 packet, false for IPv4.
+	IPv6    bool
+	L4Proto uint8
+	L2Len   uint8  // Ethernet header length, including any VLAN tag in the data
+	L3Len   uint16 // IP header length, options included
+	L4Len   uint8  // TCP header length (TSO only)
+	MSS     uint16 // TSO segment payload size
+	VLAN    uint16 // tag to insert with OffloadVLAN
+}
+
+// RxQueue is a NIC receive queue.
+type RxQueue interface {
+	// Post hands bufs to the device, in order, and returns how many it
+	// took (fewer when the ring is full). One doorbell write per call.
+	Post(bufs []Buf) int
+	// Harvest fills done with completed buffers in ring order and returns
+	// how many.
+	Harvest(done []RxDone) int
+}
+
+// TxQueue is a NIC transmit queue.
+type TxQueue interface {
+	// Submit queues packets, in order, and returns how many it took (fewer
+	// when the ring lacks descriptors for the next one). One doorbell write
+	// per call.
+	Submit(pkts []TxPkt) int
+	// Reclaim fills done with the cookies of packets the device has
+	// finished sending and returns how many.
+	Reclaim(done []Cookie) int
+}
