@@ -37,36 +37,39 @@ func (m MAC) String() string {
 // it: b is read as big-endian 16-bit words, an odd last byte padded with
 // zero. b must start at an even offset of the checksummed region. The
 // result is below 2^32: sums of separate regions, and 32-bit values, can be
-// added with + as long as fewer than 2^32 of them are. The
-// running sum is kept in 64 bits and eight bytes are added at a time; this is
-// equivalent because 2^16 ≡ 1 modulo 2^16-1, so where a 16-bit word sits in
-// the wide accumulator does not change the folded result.
+// added with + as long as fewer than 2^32 of them are.
+//
+// The bytes are added as 32-bit words into 64-bit accumulators, which
+// cannot overflow for any slice shorter than 16 GiB, so the loop needs no
+// carry handling; that is equivalent because 2^16 ≡ 1 modulo 2^16-1, so
+// where a 16-bit word sits in the wide accumulator does not change the
+// folded result. Two accumulators let the additions overlap.
 func ChecksumAdd(sum uint64, b []byte) uint64 {
-	var carry uint64
-	for len(b) >= 8 {
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b), carry)
-		b = b[8:]
+	var s0, s1 uint64
+	for len(b) >= 16 {
+		s0 += uint64(binary.BigEndian.Uint32(b[0:])) + uint64(binary.BigEndian.Uint32(b[8:]))
+		s1 += uint64(binary.BigEndian.Uint32(b[4:])) + uint64(binary.BigEndian.Uint32(b[12:]))
+		b = b[16:]
 	}
-	sum, carry = bits.Add64(sum, 0, carry)
-	sum += carry // cannot carry again: sum was just wrapped to a small value
-	if len(b) >= 4 {
-		sum, carry = bits.Add64(sum, uint64(binary.BigEndian.Uint32(b)), 0)
-		sum += carry
+	for len(b) >= 4 {
+		s0 += uint64(binary.BigEndian.Uint32(b))
 		b = b[4:]
 	}
 	if len(b) >= 2 {
-		sum, carry = bits.Add64(sum, uint64(binary.BigEndian.Uint16(b)), 0)
-		sum += carry
+		s1 += uint64(binary.BigEndian.Uint16(b))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		sum, carry = bits.Add64(sum, uint64(b[0])<<8, 0)
-		sum += carry
+		s1 += uint64(b[0]) << 8
 	}
-	// Fold to below 2^32 so that callers may add a handful of sums and
-	// 32-bit values with plain + without overflowing.
-	sum = sum>>32 + sum&0xffffffff
-	return sum>>32 + sum&0xffffffff
+	// Fold everything (sum may be any 64-bit value) to below 2^32 so that
+	// callers may add a handful of sums and 32-bit values with plain +.
+	var carry uint64
+	s0, carry = bits.Add64(s0, s1, 0)
+	s0, carry = bits.Add64(s0, sum, carry)
+	s0 += carry // 2^64 ≡ 1; cannot carry again, s0 just wrapped
+	s0 = s0>>32 + s0&0xffffffff
+	return s0>>32 + s0&0xffffffff
 }
 
 // ChecksumFold folds a running sum to 16 bits without complementing it.

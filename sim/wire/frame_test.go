@@ -212,3 +212,16 @@ func TestProbeRoundTrip(t *testing.T) {
 		t.Error("short probe accepted")
 	}
 }
+
+func BenchmarkChecksum1500(b *testing.B) {
+	buf := make([]byte, 1500)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	b.SetBytes(int64(len(buf)))
+	var sink uint16
+	for b.Loop() {
+		sink += ChecksumFinish(ChecksumAdd(0, buf))
+	}
+	_ = sink
+}

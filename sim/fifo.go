@@ -1,0 +1,75 @@
+package sim
+
+import "sync"
+
+// rxFIFO is the receive packet buffer: frames the MAC accepted, waiting for
+// the RX DMA engine. Deliver appends (copying the frame); only the RX engine
+// removes, from the head, after it is done with a frame. Slots keep their
+// buffers, so a steady state allocates nothing.
+type rxFIFO struct {
+	mu    sync.Mutex
+	slots []rxSlot
+	head  int
+	n     int
+	bytes int
+}
+
+type rxSlot struct {
+	buf []byte
+	// inexact: the frame passed a hash or promiscuous filter rather than an
+	// exact address match (the descriptor's PIF bit).
+	inexact bool
+	// noBuf: RNBC was already counted for this frame while it waited for
+	// descriptors.
+	noBuf bool
+}
+
+func (f *rxFIFO) init(frames int) { f.slots = make([]rxSlot, frames) }
+
+// push copies frame in; it reports false when the buffer is full, by frame
+// count or by byteLimit.
+func (f *rxFIFO) push(frame []byte, inexact bool, byteLimit int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == len(f.slots) || f.bytes+len(frame) > byteLimit {
+		return false
+	}
+	s := &f.slots[(f.head+f.n)%len(f.slots)]
+	s.buf = append(s.buf[:0], frame...)
+	s.inexact = inexact
+	s.noBuf = false
+	f.n++
+	f.bytes += len(frame)
+	return true
+}
+
+// pending returns the head index and the number of frames waiting. The
+// slots in that window stay put until pop, so the engine may read them
+// without the lock.
+func (f *rxFIFO) pending() (head, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.head, f.n
+}
+
+func (f *rxFIFO) at(i int) *rxSlot { return &f.slots[i%len(f.slots)] }
+
+// pop releases the k frames at the head.
+func (f *rxFIFO) pop(k int) {
+	if k == 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := 0; i < k; i++ {
+		f.bytes -= len(f.slots[f.head].buf)
+		f.head = (f.head + 1) % len(f.slots)
+	}
+	f.n -= k
+}
+
+func (f *rxFIFO) clear() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.head, f.n, f.bytes = 0, 0, 0
+}
