@@ -68,16 +68,16 @@ func (c *configSpace) init(flr func()) {
 	le.PutUint32(b[capMSIX+4:], 4)        // table in BAR 4 at offset 0
 	le.PutUint32(b[capMSIX+8:], 0x2000|4) // PBA in BAR 4 at 0x2000
 	b[capPCIe], b[capPCIe+1] = vfio.PCICapIDPCIExpress, 0
-	le.PutUint16(b[capPCIe+2:], 0x0002)      // version 2, endpoint
-	le.PutUint32(b[capPCIe+4:], 1<<28|0x2)   // device caps: FLR, 512-byte payload
+	le.PutUint16(b[capPCIe+2:], 0x0002)    // version 2, endpoint
+	le.PutUint32(b[capPCIe+4:], 1<<28|0x2) // device caps: FLR, 512-byte payload
 	le.PutUint16(b[capPCIe+vfio.PCIExpressDevCtl:], 0x2810)
 
 	w := c.writable[:]
 	le.PutUint16(w[vfio.PCICommand:], 0x0547) // IO, memory, master, parity, SERR, INTx off
 	le.PutUint32(w[vfio.PCIBAR0:], ^uint32(BAR0Size-1))
 	le.PutUint32(w[vfio.PCIBAR0+4:], 0xFFFFFFFF)
-	le.PutUint16(w[capPM+4:], 0x0003)   // power state
-	le.PutUint16(w[capMSI+2:], 0x0071)  // MSI enable, multiple message enable
+	le.PutUint16(w[capPM+4:], 0x0003)  // power state
+	le.PutUint16(w[capMSI+2:], 0x0071) // MSI enable, multiple message enable
 	le.PutUint32(w[capMSI+4:], 0xFFFFFFFC)
 	le.PutUint32(w[capMSI+8:], 0xFFFFFFFF)
 	le.PutUint16(w[capMSI+12:], 0xFFFF)

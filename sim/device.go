@@ -65,9 +65,9 @@ type PF struct {
 	// rxMu, txMu, ctl, fifo.mu.
 	ctl          sync.Mutex
 	irqFDs       map[vfio.IRQKind][]int
-	cable        bool   // the far end has light
-	linkUpAt     uint64 // tick when autonegotiation completes
-	linkReported bool   // link state last reported through LSC
+	cable        bool        // the far end has light
+	linkUpAt     uint64      // tick when autonegotiation completes
+	linkReported bool        // link state last reported through LSC
 	linkState    atomic.Bool // linkReported, for the lock-free data path
 	resetDoneAt  atomic.Uint64
 
@@ -75,13 +75,13 @@ type PF struct {
 	txEnableAt [NumQueues]atomic.Uint64
 	txActive   [NumQueues / 64]atomic.Uint64 // queues with ENABLE written, for the TX scan
 
-	rxMu  sync.Mutex
-	rx    rxEngine
-	txMu  sync.Mutex
-	tx    txEngine
-	fifo  rxFIFO
-	peer  atomic.Pointer[wire.Endpoint]
-	mc    modelCounters
+	rxMu     sync.Mutex
+	rx       rxEngine
+	txMu     sync.Mutex
+	tx       txEngine
+	fifo     rxFIFO
+	peer     atomic.Pointer[wire.Endpoint]
+	mc       modelCounters
 	rssOK    atomic.Bool // the Toeplitz table matches RSSRK
 	rarStale atomic.Bool // the exact-match address list needs a rebuild
 

@@ -121,7 +121,6 @@ func vectorFD(fds []int, v int) int {
 	return -1
 }
 
-
 // queueCause returns the EICR bit IVAR assigns to RX (tx=false) or TX queue
 // q, or 0 when the entry is not valid or names a vector above 15 (vectors
 // 16-63 live in EICR_EX, which the model does not implement).

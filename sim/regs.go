@@ -272,14 +272,14 @@ func buildRegMap() *regMap {
 	rw(regEIAC, 0)
 	rw(regEIAM, 0)
 	rw(regGPIE, 0)
-	rw(0x00894, 0) // EITRSEL
-	arr(0x00A90, 2, 4, 0) // EICS_EX (vectors >= 16 not modelled: storage only)
-	arr(0x00AA0, 2, 4, 0) // EIMS_EX
-	arr(0x00AB0, 2, 4, 0) // EIMC_EX
-	arr(0x00AD0, 2, 4, 0) // EIAM_EX
-	arr(0x00820, 24, 4, 0)     // EITR 0-23
-	arr(0x12300, 64-24, 4, 0)  // EITR 24-63
-	arr(regIVAR0, 64, 4, 0)    // IVAR
+	rw(0x00894, 0)            // EITRSEL
+	arr(0x00A90, 2, 4, 0)     // EICS_EX (vectors >= 16 not modelled: storage only)
+	arr(0x00AA0, 2, 4, 0)     // EIMS_EX
+	arr(0x00AB0, 2, 4, 0)     // EIMC_EX
+	arr(0x00AD0, 2, 4, 0)     // EIAM_EX
+	arr(0x00820, 24, 4, 0)    // EITR 0-23
+	arr(0x12300, 64-24, 4, 0) // EITR 24-63
+	arr(regIVAR0, 64, 4, 0)   // IVAR
 	rw(regIVARMISC, 0)
 
 	// Flow control.
@@ -314,15 +314,15 @@ func buildRegMap() *regMap {
 	rw(regMCSTCTRL, 0)
 	arr(regMTA0, 128, 4, 0)
 	m.def(regRAL0, 256, 4, kindRAR, 0) // RAL/RAH 0-127 interleaved; RAR(0) is loaded at reset
-	arr(0x0A600, 256, 4, 0) // MPSAR
+	arr(0x0A600, 256, 4, 0)            // MPSAR
 	arr(regVFTA0, 128, 4, 0)
 	arr(0x0EA00, 64, 4, 0) // PSRTYPE
 	rw(regMRQC, 0)
 	rw(0x0EC70, 0) // RQTC
 	arr(regRETA0, 32, 4, 0)
 	m.def(regRSSRK0, 10, 4, kindKey, 0)
-	arr(0x05128, 8, 4, 0)  // ETQF
-	arr(0x0EC00, 8, 4, 0)  // ETQS
+	arr(0x05128, 8, 4, 0)   // ETQF
+	arr(0x0EC00, 8, 4, 0)   // ETQS
 	arr(0x0E000, 128, 4, 0) // SAQF
 	arr(0x0E200, 128, 4, 0) // DAQF
 	arr(0x0E400, 128, 4, 0) // SDPQF
@@ -344,16 +344,16 @@ func buildRegMap() *regMap {
 	rw(regDMATXCTL, 0x8100<<16)
 	rw(regDTXTCPFLL, 0x0FF60FF6)
 	rw(regDTXTCPFLH, 0x00000FFF)
-	rw(0x08100, 0) // DTXMXSZRQ
-	rw(0x08120, 0) // MTQC
+	rw(0x08100, 0)               // DTXMXSZRQ
+	rw(0x08120, 0)               // MTQC
 	arr(0x0CC00, 8, 4, 0xA0<<10) // TXPBSIZE: 160 KB each
-	rw(0x04950, 0x96)           // TXPBTHRESH(0)
-	arr(0x04954, 7, 4, 0)       // TXPBTHRESH(1-7)
-	rw(0x04900, 1<<22|1<<23)    // RTTDCS: BDPM, BPBFSM
-	rw(0x04904, 0)              // RTTDQSEL
-	rw(0x04908, 0)              // RTTDT1C
-	rw(0x04984, 0)              // RTTBCNRC
-	rw(0x0CD10, 0)              // MNGTXMAP
+	rw(0x04950, 0x96)            // TXPBTHRESH(0)
+	arr(0x04954, 7, 4, 0)        // TXPBTHRESH(1-7)
+	rw(0x04900, 1<<22|1<<23)     // RTTDCS: BDPM, BPBFSM
+	rw(0x04904, 0)               // RTTDQSEL
+	rw(0x04908, 0)               // RTTDT1C
+	rw(0x04984, 0)               // RTTBCNRC
+	rw(0x0CD10, 0)               // MNGTXMAP
 	arr(regTQSM0, 32, 4, 0)
 
 	// Per-queue registers.
@@ -385,37 +385,37 @@ func buildRegMap() *regMap {
 	}
 
 	// Virtualization and mailbox storage (no PF-side VF policy here).
-	rw(0x051B0, 0)           // PFVTCTL
-	arr(0x051E0, 2, 4, 0)    // PFVFRE
-	arr(0x08110, 2, 4, 0)    // PFVFTE
-	arr(0x04B00, 64, 4, 0)   // PFMAILBOX
-	arr(0x13000, 1024, 4, 0) // PFMBMEM
+	rw(0x051B0, 0)                   // PFVTCTL
+	arr(0x051E0, 2, 4, 0)            // PFVFRE
+	arr(0x08110, 2, 4, 0)            // PFVFTE
+	arr(0x04B00, 64, 4, 0)           // PFMAILBOX
+	arr(0x13000, 1024, 4, 0)         // PFMBMEM
 	m.def(0x00710, 4, 4, kindW1C, 0) // PFMBICR
-	arr(0x00720, 4, 4, 0)    // PFMBIMR
-	ro(0x00600, 0)           // PFVFLRE(0)
-	ro(0x001C0, 0)           // PFVFLRE(1)
+	arr(0x00720, 4, 4, 0)            // PFMBIMR
+	ro(0x00600, 0)                   // PFVFLRE(0)
+	ro(0x001C0, 0)                   // PFVFLRE(1)
 	m.def(0x00700, 2, 4, kindW1C, 0) // PFVFLREC
-	arr(0x0F000, 64, 4, 0)   // PFVML2FLT
-	arr(0x08200, 8, 4, 0)    // PFVFSPOOF
-	rw(0x08220, 0)           // PFDTXGSWC
-	arr(0x05180, 2, 4, 0)    // PFVMTXSW
-	arr(0x08000, 64, 4, 0)   // PFVMVIR
-	arr(0x0F100, 64, 4, 0)   // PFVLVF
-	arr(0x0F200, 128, 4, 0)  // PFVLVFB
-	arr(0x0F400, 128, 4, 0)  // PFUTA
-	arr(0x08790, 2, 4, 0)    // VMECM
+	arr(0x0F000, 64, 4, 0)           // PFVML2FLT
+	arr(0x08200, 8, 4, 0)            // PFVFSPOOF
+	rw(0x08220, 0)                   // PFDTXGSWC
+	arr(0x05180, 2, 4, 0)            // PFVMTXSW
+	arr(0x08000, 64, 4, 0)           // PFVMVIR
+	arr(0x0F100, 64, 4, 0)           // PFVLVF
+	arr(0x0F200, 128, 4, 0)          // PFVLVFB
+	arr(0x0F400, 128, 4, 0)          // PFUTA
+	arr(0x08790, 2, 4, 0)            // VMECM
 
 	defineStats(m)
 
 	// Aliases the datasheet documents for compatibility with the 82598 map.
-	m.alias(0x05400, 4, regRAL0, 4, 32)                       // RAL/RAH 0-15
-	m.alias(0x05480, 4, 0x0EA00, 4, 16)                       // PSRTYPE 0-15
-	m.alias(0x02100, 4, rxQueueBase(0)+rqSRRCTL, 0x40, 16)    // SRRCTL 0-15
-	m.alias(0x02200, 4, rxQueueBase(0)+rqDCA, 0x40, 16)       // DCA_RXCTRL 0-15
-	m.alias(0x05818, 4, regMRQC, 4, 1)                        // MRQC
-	m.alias(0x05C00, 4, regRETA0, 4, 32)                      // RETA
-	m.alias(0x05C80, 4, regRSSRK0, 4, 10)                     // RSSRK
-	m.alias(0x06030, 0x40, 0x08680, 4, 16)                    // QPTC
+	m.alias(0x05400, 4, regRAL0, 4, 32)                    // RAL/RAH 0-15
+	m.alias(0x05480, 4, 0x0EA00, 4, 16)                    // PSRTYPE 0-15
+	m.alias(0x02100, 4, rxQueueBase(0)+rqSRRCTL, 0x40, 16) // SRRCTL 0-15
+	m.alias(0x02200, 4, rxQueueBase(0)+rqDCA, 0x40, 16)    // DCA_RXCTRL 0-15
+	m.alias(0x05818, 4, regMRQC, 4, 1)                     // MRQC
+	m.alias(0x05C00, 4, regRETA0, 4, 32)                   // RETA
+	m.alias(0x05C80, 4, regRSSRK0, 4, 10)                  // RSSRK
+	m.alias(0x06030, 0x40, 0x08680, 4, 16)                 // QPTC
 	return m
 }
 

@@ -241,9 +241,9 @@ func TestLinkAutonegotiationAndLSCInterrupt(t *testing.T) {
 	if err := p.IRQs().Enable(vfio.IRQMSIX, []int{-1, efd}); err != nil {
 		t.Fatal(err)
 	}
-	bar.Write32(tGPIE, 1<<4)                 // MSI-X mode
-	bar.Write32(tIVARMISC, (0x80|1)<<8)       // other causes → vector 1
-	bar.Write32(tEIMS, 1<<20)                // LSC
+	bar.Write32(tGPIE, 1<<4)            // MSI-X mode
+	bar.Write32(tIVARMISC, (0x80|1)<<8) // other causes → vector 1
+	bar.Write32(tEIMS, 1<<20)           // LSC
 	if bar.Read32(tLINKS)&(1<<30) != 0 {
 		t.Fatal("link up before autonegotiation finished")
 	}

@@ -46,8 +46,8 @@ const (
 )
 
 type rxEngine struct {
-	scratch []byte        // the frame as DMA'd: tag stripped, CRC appended
-	descs   [64][]byte    // descriptors of the frame being written
+	scratch []byte     // the frame as DMA'd: tag stripped, CRC appended
+	descs   [64][]byte // descriptors of the frame being written
 	rss     toeplitz
 	rssIn   [maxRSSInput]byte
 	rar     atomic.Pointer[[]uint64] // valid RAR entries (48-bit, DA byte 0 in bits 7:0)

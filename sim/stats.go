@@ -28,11 +28,11 @@ const (
 	stRXDGBC
 	stTXDGPC
 	stTXDGBC
-	stPRC64 // 6 size buckets: 64, 127, 255, 511, 1023, 1522
-	stPTC64 = stPRC64 + 6
-	stMPC0  = stPTC64 + 6  // 8 packet buffers
-	stRNBC0 = stMPC0 + 8   // 8 packet buffers
-	stQPRC0 = stRNBC0 + 8  // 16 queue statistics sets
+	stPRC64  // 6 size buckets: 64, 127, 255, 511, 1023, 1522
+	stPTC64  = stPRC64 + 6
+	stMPC0   = stPTC64 + 6 // 8 packet buffers
+	stRNBC0  = stMPC0 + 8  // 8 packet buffers
+	stQPRC0  = stRNBC0 + 8 // 16 queue statistics sets
 	stQPRDC0 = stQPRC0 + 16
 	stQBRC0  = stQPRDC0 + 16
 	stQPTC0  = stQBRC0 + 16
