@@ -165,6 +165,27 @@ func TestGuestDevice(t *testing.T) {
 		t.Fatalf("device info %+v: want >= 7 regions and 5 IRQ indexes", info)
 	}
 
+	t.Run("Busy", func(t *testing.T) {
+		// The group is exclusive: a second open, as another process would
+		// do, is refused with EBUSY and the error says so.
+		group, err := IOMMUGroup(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := OpenGroup(group)
+		if err == nil {
+			g.Close()
+			t.Fatal("second open of the group file succeeded")
+		}
+		if !errors.Is(err, ErrBusy) || !errors.Is(err, unix.EBUSY) {
+			t.Errorf("second open: %v; want ErrBusy wrapping EBUSY", err)
+		}
+		t.Logf("second open refused as expected: %v", err)
+		if _, err := Open(addr); !errors.Is(err, ErrBusy) {
+			t.Errorf("second Open: %v; want ErrBusy", err)
+		}
+	})
+
 	t.Run("Regions", func(t *testing.T) {
 		bar0, err := d.Region(RegionBAR0)
 		if err != nil {

@@ -85,11 +85,7 @@ func (c *Container) acquireGroup(number int, opts []Option) (*Group, error) {
 // releaseGroup drops one device user of g and closes g with its last user
 // if Open opened it.
 func (c *Container) releaseGroup(g *Group) error {
-	c.mu.Lock()
-	g.users--
-	done := g.users == 0 && g.openedByOpen
-	c.mu.Unlock()
-	if done {
+	if c.dropUser(&g.users, g.openedByOpen) {
 		return g.Close()
 	}
 	return nil
@@ -98,12 +94,17 @@ func (c *Container) releaseGroup(g *Group) error {
 // releaseUser drops one device user of c and closes c with its last user if
 // Open created it.
 func (c *Container) releaseUser() error {
-	c.mu.Lock()
-	c.users--
-	done := c.users == 0 && c.openedByOpen
-	c.mu.Unlock()
-	if done {
+	if c.dropUser(&c.users, c.openedByOpen) {
 		return c.Close()
 	}
 	return nil
+}
+
+// dropUser decrements *users under c.mu and reports whether the last user of
+// something Open created (owned) is gone.
+func (c *Container) dropUser(users *int, owned bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*users--
+	return *users == 0 && owned
 }

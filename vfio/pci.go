@@ -162,30 +162,28 @@ func (d *PCIDevice) IRQInfo(kind IRQKind) (IRQInfo, error) {
 // device fd. It works for regions that cannot be mmap'd (I/O-port BARs) and
 // is the slow but always available path to registers.
 func (d *PCIDevice) ReadRegion(index int, p []byte, off uint64) error {
-	r, err := d.regionRange(index, off, len(p))
-	if err != nil {
-		return err
-	}
-	if !r.Readable() {
-		return fmt.Errorf("%w: %s region %d is not readable", ErrNotSupported, d.addr, index)
-	}
-	if _, err := d.file.ReadAt(p, int64(r.Offset+off)); err != nil {
-		return fmt.Errorf("read %s region %d at %#x: %w", d.addr, index, off, err)
-	}
-	return nil
+	return d.regionIO(index, p, off, false)
 }
 
 // WriteRegion writes p at off within region index with pwrite.
 func (d *PCIDevice) WriteRegion(index int, p []byte, off uint64) error {
+	return d.regionIO(index, p, off, true)
+}
+
+func (d *PCIDevice) regionIO(index int, p []byte, off uint64, write bool) error {
 	r, err := d.regionRange(index, off, len(p))
 	if err != nil {
 		return err
 	}
-	if !r.Writable() {
-		return fmt.Errorf("%w: %s region %d is not writable", ErrNotSupported, d.addr, index)
+	op, allowed, io := "read", r.Readable(), d.file.ReadAt
+	if write {
+		op, allowed, io = "write", r.Writable(), d.file.WriteAt
 	}
-	if _, err := d.file.WriteAt(p, int64(r.Offset+off)); err != nil {
-		return fmt.Errorf("write %s region %d at %#x: %w", d.addr, index, off, err)
+	if !allowed {
+		return fmt.Errorf("%w: %s region %d does not allow %s", ErrNotSupported, d.addr, index, op)
+	}
+	if _, err := io(p, int64(r.Offset+off)); err != nil {
+		return fmt.Errorf("%s %s region %d at %#x: %w", op, d.addr, index, off, err)
 	}
 	return nil
 }

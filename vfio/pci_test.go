@@ -95,7 +95,7 @@ func TestConfigSpaceOverPread(t *testing.T) {
 		func() error { _, err := cfg.Read32(2); return err },
 		func() error { _, err := cfg.Read32(fileConfigLen); return err },
 		func() error { _, err := cfg.Read8(-1); return err },
-		func() error { return cfg.Write16(fileConfigLen - 1, 0) },
+		func() error { return cfg.Write16(fileConfigLen-1, 0) },
 	} {
 		wantErr(t, bad(), nil, "unaligned or outside")
 	}
@@ -182,7 +182,7 @@ func TestRegionAccessBounds(t *testing.T) {
 	if err := d.ReadRegion(2, buf, 28); err != nil {
 		t.Errorf("last dword of BAR 2: %v", err)
 	}
-	wantErr(t, d.WriteRegion(RegionROM, buf, 0), ErrNotSupported, "not writable")
+	wantErr(t, d.WriteRegion(RegionROM, buf, 0), ErrNotSupported, "does not allow write")
 	wantErr(t, d.ReadRegion(9, buf, 0), nil, "no region 9")
 	if r, err := d.Region(RegionConfig); err != nil || r.Size != fileConfigLen || !r.Readable() || r.Mappable() {
 		t.Errorf("Region(config) = %+v, %v", r, err)

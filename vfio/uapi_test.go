@@ -128,6 +128,7 @@ func TestStructLayoutsMatchUAPI(t *testing.T) {
 
 		{"sizeof vfio_irq_set", unsafe.Sizeof(is), 20},
 		{"irqSetHeaderSize", irqSetHeaderSize, 20},
+		{"vfio_irq_set.argsz", unsafe.Offsetof(is.argsz), 0},
 		{"vfio_irq_set.flags", unsafe.Offsetof(is.flags), 4},
 		{"vfio_irq_set.index", unsafe.Offsetof(is.index), 8},
 		{"vfio_irq_set.start", unsafe.Offsetof(is.start), 12},
