@@ -265,6 +265,11 @@ func (g *Generator) Done() <-chan struct{} {
 // frames that came due during the pause in one burst keeps the average rate.
 const minPacingSleep = 100 * time.Microsecond
 
+// maxPacingDebt is how far behind schedule the paced loop may fall (a
+// descheduled goroutine, a slow receiver) and still catch up; frames owed
+// beyond it are forgiven, so the burst after a long stall stays bounded.
+const maxPacingDebt = 10 * time.Millisecond
+
 func (g *Generator) run(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	cfg := &g.cfg
@@ -278,7 +283,7 @@ func (g *Generator) run(stop <-chan struct{}, done chan<- struct{}) {
 	// a stall, so a long pause does not turn into an unbounded burst.
 	var credit, maxCredit, wantCredit float64
 	if cfg.Rate > 0 {
-		maxCredit = max(float64(batch), cfg.Rate*float64(2*time.Millisecond)/float64(time.Second))
+		maxCredit = max(float64(batch), cfg.Rate*float64(maxPacingDebt)/float64(time.Second))
 		wantCredit = min(float64(batch), max(1, cfg.Rate*float64(minPacingSleep)/float64(time.Second)))
 	}
 	last := start
