@@ -24,7 +24,17 @@ type rxSlot struct {
 	noBuf bool
 }
 
-func (f *rxFIFO) init(frames int) { f.slots = make([]rxSlot, frames) }
+// slotBytes is the buffer each slot starts with: enough for a standard
+// frame, so only jumbo frames ever grow a slot.
+const slotBytes = 2048
+
+func (f *rxFIFO) init(frames int) {
+	f.slots = make([]rxSlot, frames)
+	arena := make([]byte, frames*slotBytes)
+	for i := range f.slots {
+		f.slots[i].buf = arena[i*slotBytes : i*slotBytes : (i+1)*slotBytes]
+	}
+}
 
 // push copies frame in; it reports false when the buffer is full, by frame
 // count or by byteLimit.

@@ -16,7 +16,7 @@ const (
 // rxRing is one RX queue programmed with raw register writes, its ring and
 // buffers in mmap memory mapped through the model's IOMMU.
 type rxRing struct {
-	t       *testing.T
+	t       testing.TB
 	bar     vfio.BAR
 	q, n    int
 	bufSize int
@@ -25,7 +25,7 @@ type rxRing struct {
 	next    int // next descriptor software will read
 }
 
-func setupRx(t *testing.T, p *PF, bar vfio.BAR, q, n, bufKB int, srrctlExtra uint32) *rxRing {
+func setupRx(t testing.TB, p *PF, bar vfio.BAR, q, n, bufKB int, srrctlExtra uint32) *rxRing {
 	t.Helper()
 	ring := dmaMem(t, 64<<10)
 	bufs := dmaMem(t, 4<<20)
@@ -81,7 +81,7 @@ func (r *rxRing) wb(i int) wb {
 	return w
 }
 
-func rxSetup(t *testing.T, mod func(*Options)) (*PF, vfio.BAR) {
+func rxSetup(t testing.TB, mod func(*Options)) (*PF, vfio.BAR) {
 	p, bar := newPF(t, func(o *Options) {
 		o.LinkDelay = 0
 		if mod != nil {

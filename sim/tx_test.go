@@ -37,7 +37,7 @@ type txRing struct {
 	used int // bytes of bufs used
 }
 
-func setupTx(t *testing.T, p *PF, bar vfio.BAR, q, n int) *txRing {
+func setupTx(t testing.TB, p *PF, bar vfio.BAR, q, n int) *txRing {
 	t.Helper()
 	r := &txRing{bar: bar, q: q, n: n, ring: dmaMem(t, 64<<10), bufs: dmaMem(t, 1<<20), wb: dmaMem(t, 4096)}
 	for _, m := range []struct {
@@ -96,7 +96,7 @@ func (r *txRing) kick() { r.bar.Write32(tTxq(r.q, 0x18), uint32(r.tail)) }
 
 func (r *txRing) dd(i int) bool { return binary.LittleEndian.Uint32(r.ring[16*i+12:])&1 != 0 }
 
-func txSetup(t *testing.T) (*PF, vfio.BAR, *txRing, *capture) {
+func txSetup(t testing.TB) (*PF, vfio.BAR, *txRing, *capture) {
 	p, bar := newPF(t, func(o *Options) { o.LinkDelay = 0; o.QueueEnableDelay = 1 })
 	p.Step()
 	c := &capture{}
