@@ -1,0 +1,600 @@
+package guest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// Options configure the test guest's virtio-net driver.
+type Options struct {
+	// Features the driver wants; the ones the back end offers are acked.
+	// 0 means everything DefaultWanted lists.
+	Features uint64
+	// QueuePairs to set up (default 1).
+	QueuePairs int
+	// CtrlQueue also sets up the control queue (needs CTRL_VQ offered).
+	CtrlQueue bool
+	// QueueSize of every ring (default 256).
+	QueueSize uint16
+	Memory    MemoryOptions
+	// RxBufSize is the size of each posted receive buffer (default 2048).
+	RxBufSize int
+	// RxChainDescs splits each receive buffer over that many descriptors
+	// (default 1).
+	RxChainDescs int
+	// TxIndirect sends frames through indirect descriptor tables.
+	TxIndirect bool
+	// TxSplit puts the virtio-net header and the frame (split in two) into
+	// separate descriptors instead of one.
+	TxSplit bool
+	// TxBufSize is the size of each transmit buffer (default 16 KiB).
+	TxBufSize int
+	// NoCallFD tells the back end "no call fd" (the driver polls).
+	NoCallFD bool
+}
+
+// DefaultWanted is what a Linux guest driver would take.
+const DefaultWanted = vhost.FVersion1 | vhost.NetFMrgRxbuf | vhost.FEventIdx | vhost.FIndirectDesc |
+	vhost.NetFMQ | vhost.NetFCtrlVQ | vhost.NetFStatus | vhost.NetFCsum | vhost.NetFGuestCsum |
+	vhost.NetFHostTSO4 | vhost.NetFHostTSO6 | vhost.NetFGuestTSO4 | vhost.NetFGuestTSO6 | vhost.NetFMAC |
+	vhost.NetFCtrlRx | vhost.NetFCtrlMACAddr | vhost.FProtocolFeatures
+
+const wantedProtocol = vhost.ProtoFMQ | vhost.ProtoFReplyAck | vhost.ProtoFStatus |
+	vhost.ProtoFConfigureMemSlots | vhost.ProtoFConfig | vhost.ProtoFResetDevice
+
+// queue is one virtqueue of the guest with its eventfds and buffers.
+type queue struct {
+	ring      *Ring
+	kick      int
+	call      int
+	err       int
+	bufGPA    uint64 // size slots of bufSize bytes, indexed by head
+	bufSize   int
+	slotOf    map[uint16]int // head -> buffer slot
+	freeSlots []int
+}
+
+// Guest is a virtio-net driver on top of a vhost-user front end.
+type Guest struct {
+	opt      Options
+	Mem      *Memory
+	FE       *Frontend
+	Features uint64 // acked virtio features
+	Protocol uint64 // acked protocol features
+	queues   []*queue
+}
+
+// Packet is one received frame.
+type Packet struct {
+	Hdr   vhost.NetHeader
+	Frame []byte
+}
+
+// Dial connects to a back end listening on path and sets the device up.
+func Dial(path string, opt Options) (*Guest, error) {
+	var uc *net.UnixConn
+	var err error
+	for range 100 { // the back end may still be starting
+		uc, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+		if err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("guest: connect to %s: %w", path, err)
+	}
+	g, err := New(opt)
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	if err := g.Attach(uc); err != nil {
+		g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// New allocates the guest's memory and rings without connecting.
+func New(opt Options) (*Guest, error) {
+	if opt.Features == 0 {
+		opt.Features = DefaultWanted
+	}
+	if opt.QueuePairs == 0 {
+		opt.QueuePairs = 1
+	}
+	if opt.QueueSize == 0 {
+		opt.QueueSize = 256
+	}
+	if opt.RxBufSize == 0 {
+		opt.RxBufSize = 2048
+	}
+	if opt.TxBufSize == 0 {
+		opt.TxBufSize = 16 << 10
+	}
+	if opt.RxChainDescs == 0 {
+		opt.RxChainDescs = 1
+	}
+	if opt.Memory.Size == 0 {
+		// Buffers, rings and indirect tables of every queue, plus slack;
+		// doubled when split so that either region could hold them.
+		n := uint64(2*opt.QueuePairs + 1)
+		per := uint64(opt.QueueSize) * uint64(max(opt.RxBufSize, opt.TxBufSize)+16*maxIndirect+32)
+		opt.Memory.Size = (n*(per+3*4096) + 2<<20) &^ (1<<20 - 1)
+		if opt.Memory.Split {
+			opt.Memory.Size *= 2
+		}
+	}
+	mem, err := NewMemory(opt.Memory)
+	if err != nil {
+		return nil, err
+	}
+	g := &Guest{opt: opt, Mem: mem}
+	n := 2 * opt.QueuePairs
+	if opt.CtrlQueue {
+		n++
+	}
+	for i := range n {
+		q, err := g.newQueue(i)
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		g.queues = append(g.queues, q)
+	}
+	return g, nil
+}
+
+func eventfd() (int, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return -1, fmt.Errorf("guest: eventfd: %w", err)
+	}
+	return fd, nil
+}
+
+func (g *Guest) newQueue(i int) (*queue, error) {
+	r, err := NewRing(g.Mem, g.opt.QueueSize, g.opt.Features&vhost.FEventIdx != 0)
+	if err != nil {
+		return nil, err
+	}
+	q := &queue{ring: r, kick: -1, call: -1, err: -1, slotOf: map[uint16]int{}}
+	for _, p := range []*int{&q.kick, &q.call, &q.err} {
+		if *p, err = eventfd(); err != nil {
+			q.close()
+			return nil, err
+		}
+	}
+	q.bufSize = g.opt.TxBufSize
+	if i%2 == 0 && i < 2*g.opt.QueuePairs {
+		q.bufSize = g.opt.RxBufSize
+	}
+	slots := int(g.opt.QueueSize)
+	// Buffers go in the last region, so that with Split they live above
+	// 4 GiB while the rings stay below.
+	last := len(g.Mem.regions) - 1
+	if q.bufGPA, err = g.Mem.AllocIn(last, uint64(slots*q.bufSize), 4096); err != nil {
+		q.close()
+		return nil, err
+	}
+	for s := slots - 1; s >= 0; s-- {
+		q.freeSlots = append(q.freeSlots, s)
+	}
+	return q, nil
+}
+
+func (q *queue) close() { closeAll([]int{q.kick, q.call, q.err}) }
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// Close disconnects and frees everything.
+func (g *Guest) Close() error {
+	var errs []error
+	if g.FE != nil {
+		errs = append(errs, g.FE.Close())
+	}
+	for _, q := range g.queues {
+		q.close()
+	}
+	errs = append(errs, g.Mem.Close())
+	return errors.Join(errs...)
+}
+
+// Disconnect drops the vhost-user connection but keeps memory and rings,
+// as a QEMU whose back end went away does.
+func (g *Guest) Disconnect() error {
+	err := g.FE.Close()
+	g.FE = nil
+	return err
+}
+
+// Attach runs QEMU 7.2's setup sequence on a fresh connection. After a
+// Disconnect it resumes the rings where the device left them (SET_VRING_BASE
+// = used->idx read back from guest memory, as QEMU's reconnect does).
+func (g *Guest) Attach(uc *net.UnixConn) error {
+	fe, err := NewFrontend(uc)
+	if err != nil {
+		uc.Close()
+		return err
+	}
+	g.FE = fe
+	if err := g.setup(); err != nil {
+		return fmt.Errorf("guest: setting up the device: %w", err)
+	}
+	return nil
+}
+
+func (g *Guest) setup() error {
+	fe := g.FE
+	offered, err := fe.U64(vhost.ReqGetFeatures)
+	if err != nil {
+		return err
+	}
+	g.Features = offered & g.opt.Features
+	if offered&vhost.FProtocolFeatures != 0 {
+		proto, err := fe.U64(vhost.ReqGetProtocolFeatures)
+		if err != nil {
+			return err
+		}
+		g.Protocol = proto & wantedProtocol
+		if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(g.Protocol)); err != nil {
+			return err
+		}
+		fe.EnableReplyAck(g.Protocol&vhost.ProtoFReplyAck != 0)
+	}
+	if g.Protocol&vhost.ProtoFMQ != 0 {
+		pairs, err := fe.U64(vhost.ReqGetQueueNum)
+		if err != nil {
+			return err
+		}
+		if pairs < uint64(g.opt.QueuePairs) {
+			return fmt.Errorf("back end has %d queue pairs, guest wants %d", pairs, g.opt.QueuePairs)
+		}
+	}
+	if _, err := fe.Request(vhost.ReqSetOwner, nil); err != nil {
+		return err
+	}
+	if _, err := fe.U64(vhost.ReqGetFeatures); err != nil {
+		return err
+	}
+	for i, q := range g.queues {
+		if err := g.sendCall(i, q); err != nil {
+			return err
+		}
+		if _, err := fe.Request(vhost.ReqSetVringErr, vhost.EncodeVringFile(i, false), q.err); err != nil {
+			return err
+		}
+	}
+	if g.Features&vhost.FProtocolFeatures != 0 {
+		for i := range g.queues {
+			if err := g.SetEnable(i, false); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(g.Features)); err != nil {
+		return err
+	}
+	if err := g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK); err != nil {
+		return err
+	}
+	if _, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable(g.Mem.regions), repeat(g.Mem.fd, len(g.Mem.regions))...); err != nil {
+		return err
+	}
+	for i, q := range g.queues {
+		if err := g.startRing(i, q); err != nil {
+			return err
+		}
+	}
+	if g.Features&vhost.FProtocolFeatures != 0 {
+		for i := range g.queues {
+			if err := g.SetEnable(i, true); err != nil {
+				return err
+			}
+		}
+	}
+	return g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK | vhost.StatusDriverOK)
+}
+
+func repeat(fd, n int) []int {
+	fds := make([]int, n)
+	for i := range fds {
+		fds[i] = fd
+	}
+	return fds
+}
+
+func (g *Guest) sendCall(i int, q *queue) error {
+	if g.opt.NoCallFD {
+		_, err := g.FE.Request(vhost.ReqSetVringCall, vhost.EncodeVringFile(i, true))
+		return err
+	}
+	_, err := g.FE.Request(vhost.ReqSetVringCall, vhost.EncodeVringFile(i, false), q.call)
+	return err
+}
+
+func (g *Guest) status(s uint8) error {
+	if g.Protocol&vhost.ProtoFStatus == 0 {
+		return nil
+	}
+	if _, err := g.FE.U64(vhost.ReqGetStatus); err != nil {
+		return err
+	}
+	_, err := g.FE.Request(vhost.ReqSetStatus, vhost.EncodeU64(uint64(s)))
+	return err
+}
+
+func (g *Guest) startRing(i int, q *queue) error {
+	fe := g.FE
+	r := q.ring
+	if _, err := fe.Request(vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Size())})); err != nil {
+		return err
+	}
+	if _, err := fe.Request(vhost.ReqSetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Restart())})); err != nil {
+		return err
+	}
+	desc, avail, used := r.Addrs()
+	if _, err := fe.Request(vhost.ReqSetVringAddr, vhost.EncodeVringAddr(vhost.VringAddr{Index: uint32(i), Desc: desc, Avail: avail, Used: used})); err != nil {
+		return err
+	}
+	if _, err := fe.Request(vhost.ReqSetVringKick, vhost.EncodeVringFile(i, false), q.kick); err != nil {
+		return err
+	}
+	return g.sendCall(i, q)
+}
+
+// SetEnable sends SET_VRING_ENABLE for ring i.
+func (g *Guest) SetEnable(i int, on bool) error {
+	var n uint32
+	if on {
+		n = 1
+	}
+	_, err := g.FE.Request(vhost.ReqSetVringEnable, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: n}))
+	return err
+}
+
+// StopRing sends GET_VRING_BASE and returns the device's next avail index.
+func (g *Guest) StopRing(i int) (uint16, error) {
+	p, err := g.FE.Request(vhost.ReqGetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i)}))
+	if err != nil {
+		return 0, err
+	}
+	s, err := vhost.DecodeVringState(p)
+	if err != nil {
+		return 0, err
+	}
+	if s.Index != uint32(i) {
+		return 0, fmt.Errorf("guest: GET_VRING_BASE reply for vring %d, asked %d", s.Index, i)
+	}
+	return uint16(s.Num), nil
+}
+
+// Ring returns virtqueue i's driver ring (RX of pair p is 2p, TX 2p+1).
+func (g *Guest) Ring(i int) *Ring { return g.queues[i].ring }
+
+// HdrLen is the virtio-net header size for the acked features.
+func (g *Guest) HdrLen() int { return vhost.NetHeaderLen(g.Features) }
+
+// Kick notifies the device about ring i if it asked for it.
+func (g *Guest) publish(i int) error {
+	q := g.queues[i]
+	if q.ring.Publish() {
+		return g.Kick(i)
+	}
+	return nil
+}
+
+// Kick writes ring i's kick eventfd.
+func (g *Guest) Kick(i int) error {
+	var one = [8]byte{1}
+	_, err := unix.Write(g.queues[i].kick, one[:])
+	return err
+}
+
+// Calls reads and resets ring i's call eventfd counter: how many times the
+// device signalled since the last read.
+func (g *Guest) Calls(i int) uint64 {
+	var b [8]byte
+	n, err := unix.Read(g.queues[i].call, b[:])
+	if err != nil || n != 8 {
+		return 0
+	}
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24
+}
+
+// ErrSignalled reports whether the device wrote ring i's error eventfd.
+func (g *Guest) ErrSignalled(i int) bool {
+	var b [8]byte
+	n, _ := unix.Read(g.queues[i].err, b[:])
+	return n == 8
+}
+
+func (q *queue) takeSlot() (int, bool) {
+	if len(q.freeSlots) == 0 {
+		return 0, false
+	}
+	s := q.freeSlots[len(q.freeSlots)-1]
+	q.freeSlots = q.freeSlots[:len(q.freeSlots)-1]
+	return s, true
+}
+
+func (q *queue) slotGPA(s int) uint64 { return q.bufGPA + uint64(s*q.bufSize) }
+
+// PostRx makes n receive buffers available on pair's RX queue.
+func (g *Guest) PostRx(pair, n int) error {
+	i := 2 * pair
+	q := g.queues[i]
+	parts := g.opt.RxChainDescs
+	for range n {
+		s, ok := q.takeSlot()
+		if !ok {
+			return errors.Join(ErrRingFull, g.publish(i))
+		}
+		bufs := make([]Buf, parts)
+		per := q.bufSize / parts
+		for k := range bufs {
+			bufs[k] = Buf{GPA: q.slotGPA(s) + uint64(k*per), Len: uint32(per), Write: true}
+		}
+		head, err := q.ring.Add(bufs, false)
+		if err != nil {
+			q.freeSlots = append(q.freeSlots, s)
+			return errors.Join(err, g.publish(i))
+		}
+		q.slotOf[head] = s
+	}
+	return g.publish(i)
+}
+
+// Transmit sends one frame with hdr on pair's TX queue.
+func (g *Guest) Transmit(pair int, hdr vhost.NetHeader, frame []byte) error {
+	i := 2*pair + 1
+	q := g.queues[i]
+	g.reclaim(q)
+	hl := g.HdrLen()
+	if hl+len(frame) > q.bufSize {
+		return fmt.Errorf("guest: frame of %d bytes too big for a %d-byte TX buffer", len(frame), q.bufSize)
+	}
+	s, ok := q.takeSlot()
+	if !ok {
+		return ErrRingFull
+	}
+	gpa := q.slotGPA(s)
+	b := g.Mem.Bytes(gpa, uint64(hl+len(frame)))
+	if _, err := hdr.Encode(b, hl); err != nil {
+		return err
+	}
+	copy(b[hl:], frame)
+	bufs := []Buf{{GPA: gpa, Len: uint32(hl + len(frame))}}
+	if g.opt.TxSplit {
+		half := len(frame) / 2
+		bufs = []Buf{{GPA: gpa, Len: uint32(hl)},
+			{GPA: gpa + uint64(hl), Len: uint32(half)},
+			{GPA: gpa + uint64(hl+half), Len: uint32(len(frame) - half)}}
+	}
+	head, err := q.ring.Add(bufs, g.opt.TxIndirect)
+	if err != nil {
+		q.freeSlots = append(q.freeSlots, s)
+		return err
+	}
+	q.slotOf[head] = s
+	return g.publish(i)
+}
+
+// reclaim frees the TX buffers the device has used.
+func (g *Guest) reclaim(q *queue) int {
+	n := 0
+	for {
+		head, _, ok := q.ring.Used()
+		if !ok {
+			return n
+		}
+		q.freeSlots = append(q.freeSlots, q.slotOf[head])
+		delete(q.slotOf, head)
+		n++
+	}
+}
+
+// ReclaimTx frees used TX buffers of pair and returns how many.
+func (g *Guest) ReclaimTx(pair int) int { return g.reclaim(g.queues[2*pair+1]) }
+
+// Receive collects the frames the device delivered on pair's RX queue.
+// Buffers are not reposted: call PostRx.
+func (g *Guest) Receive(pair int) ([]Packet, error) {
+	q := g.queues[2*pair]
+	hl := g.HdrLen()
+	var out []Packet
+	for {
+		head, length, ok := q.ring.Used()
+		if !ok {
+			return out, nil
+		}
+		data, err := g.rxData(q, head, length)
+		if err != nil {
+			return out, err
+		}
+		if len(data) < hl {
+			return out, fmt.Errorf("guest: received %d bytes, shorter than the header", len(data))
+		}
+		h, _ := vhost.DecodeNetHeader(data, hl)
+		frame := append([]byte(nil), data[hl:]...)
+		nbuf := 1
+		if g.Features&vhost.NetFMrgRxbuf != 0 {
+			nbuf = int(h.NumBuffers)
+		}
+		for k := 1; k < nbuf; k++ {
+			head, length, ok := q.ring.Used()
+			if !ok {
+				return out, fmt.Errorf("guest: packet announced %d buffers, only %d used", nbuf, k)
+			}
+			more, err := g.rxData(q, head, length)
+			if err != nil {
+				return out, err
+			}
+			frame = append(frame, more...)
+		}
+		out = append(out, Packet{Hdr: h, Frame: frame})
+	}
+}
+
+func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
+	s, ok := q.slotOf[head]
+	if !ok {
+		return nil, fmt.Errorf("guest: device used unknown RX head %d", head)
+	}
+	delete(q.slotOf, head)
+	q.freeSlots = append(q.freeSlots, s)
+	if int(length) > q.bufSize {
+		return nil, fmt.Errorf("guest: device wrote %d bytes into a %d-byte buffer", length, q.bufSize)
+	}
+	return g.Mem.Bytes(q.slotGPA(s), uint64(length)), nil
+}
+
+// Control sends one control-queue command and returns the ack byte once
+// the device used it; poll drives the device meanwhile.
+func (g *Guest) Control(class, cmd byte, data []byte, poll func()) (byte, error) {
+	if !g.opt.CtrlQueue {
+		return 0, errors.New("guest: no control queue configured")
+	}
+	i := 2 * g.opt.QueuePairs
+	q := g.queues[i]
+	s, ok := q.takeSlot()
+	if !ok {
+		return 0, ErrRingFull
+	}
+	defer func() { q.freeSlots = append(q.freeSlots, s) }()
+	gpa := q.slotGPA(s)
+	b := g.Mem.Bytes(gpa, uint64(3+len(data)))
+	b[0], b[1] = class, cmd
+	copy(b[2:], data)
+	ackAt := 2 + len(data)
+	b[ackAt] = 0xff
+	if _, err := q.ring.Add([]Buf{{GPA: gpa, Len: uint32(2 + len(data))}, {GPA: gpa + uint64(ackAt), Len: 1, Write: true}}, false); err != nil {
+		return 0, err
+	}
+	if err := g.publish(i); err != nil {
+		return 0, err
+	}
+	for range 1000 {
+		poll()
+		if _, n, ok := q.ring.Used(); ok {
+			if n != 1 {
+				return 0, fmt.Errorf("guest: control command used with length %d", n)
+			}
+			return b[ackAt], nil
+		}
+	}
+	return 0, errors.New("guest: device never completed the control command")
+}

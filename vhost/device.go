@@ -1,0 +1,660 @@
+package vhost
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+)
+
+// Config describes one virtio-net device a port exposes over vhost-user.
+type Config struct {
+	// Name labels the device in logs (e.g. the socket path or port name).
+	Name string
+	// Features is the virtio feature set offered; 0 means DefaultFeatures.
+	// It must be a subset of what the package supports; FProtocolFeatures
+	// is always added.
+	Features uint64
+	// ProtocolFeatures offered; 0 means DefaultProtocolFeatures.
+	ProtocolFeatures uint64
+	// QueuePairs is the number of RX/TX queue pairs (GET_QUEUE_NUM); 0
+	// means 1. More than one needs NetFMQ in Features.
+	QueuePairs int
+	// MAC and MTU fill the config space (GET_CONFIG, if offered).
+	MAC net.HardwareAddr
+	MTU uint16
+	// Hook, if set, is told about every guest memory region mapped and
+	// unmapped (for DMA mapping).
+	Hook MemoryHook
+	// Logger receives protocol events; nil means no logging.
+	Logger *zap.Logger
+}
+
+// maxMemSlots is what GET_MAX_MEM_SLOTS reports: the memory table is
+// scanned linearly, which stays cheap for a few dozen regions.
+const maxMemSlots = 32
+
+// vring is the control-plane state of one virtqueue.
+type vring struct {
+	num     uint16
+	addr    VringAddr
+	addrSet bool
+	base    uint16
+	kickFD  int
+	callFD  int
+	errFD   int
+	enabled bool
+	q       *Virtqueue // non-nil while started
+}
+
+// Device is the back end of one virtio-net device: the session state one
+// front end builds up over its socket, and the virtqueues the data path
+// polls. Control messages and the data path meet at the data-path lock:
+// a poller holds it (LockDataPath) for one polling round; control messages
+// that start or stop rings or change memory take it too, so a memory table
+// is never unmapped under a poller.
+type Device struct {
+	cfg    Config
+	log    *zap.Logger
+	busy   atomic.Bool // a front end is connected
+	broken atomic.Bool // a queue is broken: status reports NEEDS_RESET
+
+	dp sync.Mutex // the data-path lock; guards everything below
+
+	features      uint64
+	protoFeatures uint64
+	owner         bool
+	status        uint8
+	mem           *MemoryTable
+	vrings        []vring
+	ctrl          ctrlState
+}
+
+// NewDevice checks cfg and returns a device waiting for a front end.
+func NewDevice(cfg Config) (*Device, error) {
+	if cfg.Features == 0 {
+		cfg.Features = DefaultFeatures
+	}
+	if cfg.ProtocolFeatures == 0 {
+		cfg.ProtocolFeatures = DefaultProtocolFeatures
+	}
+	if cfg.QueuePairs == 0 {
+		cfg.QueuePairs = 1
+	}
+	if extra := cfg.Features &^ supportedFeatures; extra != 0 {
+		return nil, fmt.Errorf("vhost: device %q: features %#x are not implemented; offer only bits of %#x", cfg.Name, extra, uint64(supportedFeatures))
+	}
+	if extra := cfg.ProtocolFeatures &^ supportedProtocolFeatures; extra != 0 {
+		return nil, fmt.Errorf("vhost: device %q: protocol features %#x are not implemented", cfg.Name, extra)
+	}
+	if cfg.QueuePairs < 1 || cfg.QueuePairs > 128 {
+		return nil, fmt.Errorf("vhost: device %q: %d queue pairs; use 1 to 128", cfg.Name, cfg.QueuePairs)
+	}
+	if cfg.QueuePairs > 1 && cfg.Features&NetFMQ == 0 {
+		return nil, fmt.Errorf("vhost: device %q: %d queue pairs need the MQ feature offered", cfg.Name, cfg.QueuePairs)
+	}
+	if cfg.MAC != nil && len(cfg.MAC) != 6 {
+		return nil, fmt.Errorf("vhost: device %q: MAC %v is not 6 bytes", cfg.Name, cfg.MAC)
+	}
+	cfg.Features |= FProtocolFeatures
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	d := &Device{cfg: cfg, log: log.With(zap.String("device", cfg.Name))}
+	n := 2 * cfg.QueuePairs
+	if cfg.Features&NetFCtrlVQ != 0 {
+		n++
+	}
+	d.vrings = make([]vring, n)
+	d.resetSession()
+	return d, nil
+}
+
+// Name is the device's label.
+func (d *Device) Name() string { return d.cfg.Name }
+
+// QueuePairs is the number of queue pairs the device offers.
+func (d *Device) QueuePairs() int { return d.cfg.QueuePairs }
+
+// LockDataPath is taken by the poller around one polling round of this
+// device's queues; queues returned by RxQueue and TxQueue are valid only
+// while it is held.
+func (d *Device) LockDataPath() { d.dp.Lock() }
+
+// UnlockDataPath ends a polling round. Every Push must be Flushed first.
+func (d *Device) UnlockDataPath() { d.dp.Unlock() }
+
+// Features returns the negotiated virtio features (with the data-path lock
+// held, or for information).
+func (d *Device) Features() uint64 { return d.features }
+
+// NetHeaderLen is the virtio-net header size for the negotiated features.
+func (d *Device) NetHeaderLen() int { return NetHeaderLen(d.features) }
+
+// RxQueue returns the running, enabled receive queue of pair, or nil.
+// The data-path lock must be held.
+func (d *Device) RxQueue(pair int) *Virtqueue { return d.activeQueue(2 * pair) }
+
+// TxQueue returns the running, enabled transmit queue of pair, or nil.
+// The data-path lock must be held.
+func (d *Device) TxQueue(pair int) *Virtqueue { return d.activeQueue(2*pair + 1) }
+
+func (d *Device) activeQueue(i int) *Virtqueue {
+	if i < 0 || i >= 2*d.cfg.QueuePairs {
+		return nil
+	}
+	v := &d.vrings[i]
+	if v.q == nil || v.q.broken || !d.ringEnabled(v) {
+		return nil
+	}
+	// When this back end runs the control queue, only the pairs the driver
+	// activated with VQ_PAIRS_SET carry traffic. (QEMU keeps the control
+	// queue and uses SET_VRING_ENABLE instead.)
+	if d.ctrlQueue() != nil && i/2 >= d.ctrl.activePairs {
+		return nil
+	}
+	return v.q
+}
+
+// ringEnabled: without VHOST_USER_F_PROTOCOL_FEATURES, rings are enabled
+// as soon as they start; with it, SET_VRING_ENABLE decides.
+func (d *Device) ringEnabled(v *vring) bool {
+	return v.enabled || d.features&FProtocolFeatures == 0
+}
+
+// Status is the device status byte as GET_STATUS reports it.
+func (d *Device) Status() uint8 {
+	d.dp.Lock()
+	defer d.dp.Unlock()
+	return d.statusLocked()
+}
+
+func (d *Device) statusLocked() uint8 {
+	s := d.status
+	if d.broken.Load() {
+		s |= StatusNeedsReset
+	}
+	return s
+}
+
+// Connected reports whether a front end is attached.
+func (d *Device) Connected() bool { return d.busy.Load() }
+
+// resetSession forgets everything a front end set up (data-path lock held
+// or device unused): rings stopped and their descriptors closed, memory
+// released through the hook, features and status cleared.
+func (d *Device) resetSession() {
+	for i := range d.vrings {
+		v := &d.vrings[i]
+		closeFDs([]int{v.kickFD, v.callFD, v.errFD})
+		*v = vring{kickFD: -1, callFD: -1, errFD: -1}
+	}
+	if err := d.mem.release(d.cfg.Hook); err != nil {
+		d.log.Error("releasing guest memory", zap.Error(err))
+	}
+	d.mem = nil
+	d.features, d.protoFeatures, d.owner, d.status = 0, 0, false, 0
+	d.broken.Store(false)
+	d.ctrl = ctrlState{activePairs: 1}
+	if d.cfg.MAC != nil {
+		copy(d.ctrl.mac[:], d.cfg.MAC)
+	}
+}
+
+// queueBroken is called by a virtqueue, on the data path, the first time it
+// sees a guest error.
+func (d *Device) queueBroken(q *Virtqueue, reason error) {
+	d.broken.Store(true)
+	d.log.Warn("virtqueue broken by a guest error; the guest must reset the device",
+		zap.Int("queue", q.index), zap.Error(reason))
+}
+
+// errFatal marks handler errors after which the connection is dropped:
+// the front end waits for a reply we cannot give.
+type errFatal struct{ error }
+
+func (e errFatal) Unwrap() error { return e.error }
+
+// needsReply lists the requests that are always answered with a payload.
+func needsReply(r Request) bool {
+	switch r {
+	case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetVringBase, ReqGetQueueNum,
+		ReqGetConfig, ReqGetStatus, ReqGetMaxMemSlots:
+		return true
+	}
+	return false
+}
+
+// Dispatch handles one message and returns the reply payload, whether a
+// reply must be sent, and a non-nil error if the connection must be
+// dropped. It closes every descriptor of m that it did not keep.
+func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) {
+	defer closeFDs(m.FDs)
+	d.dp.Lock()
+	resp, err := d.handle(m)
+	ack := d.protoFeatures&ProtoFReplyAck != 0
+	d.dp.Unlock()
+	if err != nil {
+		d.log.Warn("vhost-user request refused", zap.Stringer("request", m.Request), zap.Error(err))
+	} else {
+		d.log.Debug("vhost-user request", zap.Stringer("request", m.Request))
+	}
+	switch {
+	case needsReply(m.Request):
+		if err != nil {
+			if m.Request == ReqGetConfig {
+				return nil, true, nil // an empty config reply means failure
+			}
+			return nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
+		}
+		return resp, true, nil
+	case m.Flags&FlagNeedReply != 0 && ack:
+		if err != nil {
+			return EncodeU64(1), true, nil
+		}
+		return EncodeU64(0), true, nil
+	}
+	return nil, false, nil
+}
+
+// takeFD removes fd i from m so the dispatcher does not close it.
+func takeFD(m *Message, i int) int {
+	fd := m.FDs[i]
+	m.FDs[i] = -1
+	return fd
+}
+
+func wantFDs(m *Message, n int) error {
+	if len(m.FDs) != n {
+		return fmt.Errorf("%w: %v carries %d, want %d", ErrBadFDCount, m.Request, len(m.FDs), n)
+	}
+	return nil
+}
+
+// handle applies one request with the data-path lock held.
+func (d *Device) handle(m *Message) ([]byte, error) {
+	if err := checkSize(m); err != nil {
+		return nil, err
+	}
+	switch m.Request {
+	case ReqSetMemTable, ReqSetVringKick, ReqSetVringCall, ReqSetVringErr, ReqAddMemReg,
+		ReqRemMemReg, ReqSetLogBase, ReqSetLogFD, ReqSetBackendReqFD, ReqSetInflightFD:
+		// descriptors checked by the handler
+	default:
+		if err := wantFDs(m, 0); err != nil {
+			return nil, err
+		}
+	}
+	p := m.Payload
+	switch m.Request {
+	case ReqGetFeatures:
+		return EncodeU64(d.cfg.Features), nil
+	case ReqSetFeatures:
+		return nil, d.setFeatures(u64(p))
+	case ReqGetProtocolFeatures:
+		return EncodeU64(d.cfg.ProtocolFeatures), nil
+	case ReqSetProtocolFeatures:
+		v := u64(p)
+		if extra := v &^ d.cfg.ProtocolFeatures; extra != 0 {
+			return nil, fmt.Errorf("front end acked protocol features %#x that were not offered", extra)
+		}
+		d.protoFeatures = v
+		return nil, nil
+	case ReqSetOwner:
+		d.owner = true
+		return nil, nil
+	case ReqResetOwner:
+		d.resetRings()
+		return nil, nil
+	case ReqResetDevice:
+		if d.protoFeatures&ProtoFResetDevice == 0 {
+			return nil, errors.New("RESET_DEVICE without the RESET_DEVICE protocol feature")
+		}
+		d.resetRings()
+		return nil, nil
+	case ReqSetMemTable:
+		return nil, d.setMemTable(m)
+	case ReqSetLogBase, ReqSetLogFD:
+		return nil, fmt.Errorf("dirty logging for live migration is not implemented (LOG_ALL/LOG_SHMFD are never offered)")
+	case ReqSetVringNum:
+		return nil, d.setVringNum(decodeVringState(p))
+	case ReqSetVringAddr:
+		return nil, d.setVringAddr(decodeVringAddr(p))
+	case ReqSetVringBase:
+		s := decodeVringState(p)
+		v, err := d.stoppedVring(s.Index)
+		if err != nil {
+			return nil, err
+		}
+		if s.Num > 0xffff {
+			return nil, fmt.Errorf("vring %d base %#x does not fit a split ring index", s.Index, s.Num)
+		}
+		v.base = uint16(s.Num)
+		return nil, nil
+	case ReqGetVringBase:
+		s := decodeVringState(p)
+		base, err := d.stopVring(s.Index)
+		if err != nil {
+			return nil, err
+		}
+		return EncodeVringState(VringState{Index: s.Index, Num: uint32(base)}), nil
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		return nil, d.setVringFile(m)
+	case ReqGetQueueNum:
+		return EncodeU64(uint64(d.cfg.QueuePairs)), nil
+	case ReqSetVringEnable:
+		s := decodeVringState(p)
+		v, err := d.vring(s.Index)
+		if err != nil {
+			return nil, err
+		}
+		if s.Num > 1 {
+			return nil, fmt.Errorf("SET_VRING_ENABLE %d for vring %d: want 0 or 1", s.Num, s.Index)
+		}
+		v.enabled = s.Num == 1
+		return nil, nil
+	case ReqGetConfig, ReqSetConfig:
+		return d.config(m)
+	case ReqSetStatus:
+		v := u64(p)
+		if v > 0xff {
+			return nil, fmt.Errorf("SET_STATUS %#x does not fit the status byte", v)
+		}
+		d.status = uint8(v)
+		if v == 0 {
+			d.broken.Store(false) // the driver reset the device
+		}
+		return nil, nil
+	case ReqGetStatus:
+		return EncodeU64(uint64(d.statusLocked())), nil
+	case ReqGetMaxMemSlots:
+		if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
+			return nil, errors.New("GET_MAX_MEM_SLOTS without the CONFIGURE_MEM_SLOTS protocol feature")
+		}
+		return EncodeU64(maxMemSlots), nil
+	case ReqAddMemReg:
+		return nil, d.addMemReg(m)
+	case ReqRemMemReg:
+		return nil, d.remMemReg(m)
+	}
+	return nil, fmt.Errorf("request %v is not implemented by this back end", m.Request)
+}
+
+func (d *Device) setFeatures(v uint64) error {
+	if extra := v &^ d.cfg.Features; extra != 0 {
+		return fmt.Errorf("front end acked features %#x that were not offered", extra)
+	}
+	for i := range d.vrings {
+		if d.vrings[i].q != nil && d.features != v {
+			// Only LOG_ALL may change under running rings, and we never
+			// offer it; anything else is a confused front end.
+			return fmt.Errorf("SET_FEATURES %#x while vring %d runs with %#x", v, i, d.features)
+		}
+	}
+	d.features = v
+	return nil
+}
+
+func (d *Device) vring(index uint32) (*vring, error) {
+	if index >= uint32(len(d.vrings)) {
+		return nil, fmt.Errorf("vring index %d out of range (device has %d)", index, len(d.vrings))
+	}
+	return &d.vrings[index], nil
+}
+
+func (d *Device) stoppedVring(index uint32) (*vring, error) {
+	v, err := d.vring(index)
+	if err == nil && v.q != nil {
+		err = fmt.Errorf("vring %d is running; stop it with GET_VRING_BASE first", index)
+	}
+	return v, err
+}
+
+func (d *Device) setVringNum(s VringState) error {
+	v, err := d.stoppedVring(s.Index)
+	if err != nil {
+		return err
+	}
+	if s.Num == 0 || s.Num > MaxQueueSize || s.Num&(s.Num-1) != 0 {
+		return fmt.Errorf("vring %d size %d: want a power of two up to %d", s.Index, s.Num, MaxQueueSize)
+	}
+	v.num = uint16(s.Num)
+	return nil
+}
+
+func (d *Device) setVringAddr(a VringAddr) error {
+	v, err := d.vring(a.Index)
+	if err != nil {
+		return err
+	}
+	v.addr, v.addrSet = a, true
+	if v.q != nil {
+		// Re-translate a running ring (DPDK does this when logging is
+		// toggled). If the new addresses are bad the ring is broken.
+		if err := v.q.translate(d.queueConfig(int(a.Index), v)); err != nil {
+			v.q.fail(err)
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Device) queueConfig(i int, v *vring) QueueConfig {
+	return QueueConfig{Index: i, Size: v.num, Desc: v.addr.Desc, Avail: v.addr.Avail,
+		Used: v.addr.Used, LastAvail: v.base, EventIdx: d.features&FEventIdx != 0}
+}
+
+// startVring creates the virtqueue once everything it needs has arrived.
+func (d *Device) startVring(i int, v *vring) error {
+	if v.q != nil {
+		return nil
+	}
+	switch {
+	case d.mem == nil:
+		return fmt.Errorf("vring %d kicked before SET_MEM_TABLE", i)
+	case v.num == 0:
+		return fmt.Errorf("vring %d kicked before SET_VRING_NUM", i)
+	case !v.addrSet:
+		return fmt.Errorf("vring %d kicked before SET_VRING_ADDR", i)
+	case d.features&FRingPacked != 0:
+		return fmt.Errorf("vring %d: packed rings are not implemented", i)
+	}
+	q, err := NewSplitQueue(d.mem, d.queueConfig(i, v))
+	if err != nil {
+		return err
+	}
+	q.callFD, q.errFD, q.onBroken = v.callFD, v.errFD, d.queueBroken
+	v.q = q
+	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint16("base", v.base))
+	return nil
+}
+
+// stopVring stops a ring (GET_VRING_BASE) and returns the next avail index
+// it would have consumed. Everything consumed before it has been published
+// in the used ring: pollers flush before releasing the data-path lock.
+func (d *Device) stopVring(index uint32) (uint16, error) {
+	v, err := d.vring(index)
+	if err != nil {
+		return 0, err
+	}
+	if v.q != nil {
+		v.base = v.q.lastAvail
+		v.q = nil
+	}
+	closeFDs([]int{v.kickFD})
+	v.kickFD = -1
+	return v.base, nil
+}
+
+// resetRings stops every ring and forgets the memory table (RESET_OWNER,
+// RESET_DEVICE): the front end rebuilds everything after it.
+func (d *Device) resetRings() {
+	d.resetSession()
+	d.owner = true
+}
+
+// setVringFile handles SET_VRING_KICK/CALL/ERR: payload bits 0-7 are the
+// index, bit 8 says no descriptor follows.
+func (d *Device) setVringFile(m *Message) error {
+	val := u64(m.Payload)
+	noFD := val&vringNoFD != 0
+	if val&^uint64(vringIndexMask|vringNoFD) != 0 {
+		return fmt.Errorf("%v payload %#x has reserved bits set", m.Request, val)
+	}
+	want := 1
+	if noFD {
+		want = 0
+	}
+	if err := wantFDs(m, want); err != nil {
+		return err
+	}
+	i := int(val & vringIndexMask)
+	v, err := d.vring(uint32(i))
+	if err != nil {
+		return err
+	}
+	fd := -1
+	if !noFD {
+		fd = takeFD(m, 0)
+	}
+	switch m.Request {
+	case ReqSetVringKick:
+		closeFDs([]int{v.kickFD})
+		v.kickFD = fd
+		return d.startVring(i, v)
+	case ReqSetVringCall:
+		closeFDs([]int{v.callFD})
+		v.callFD = fd
+		if v.q != nil {
+			v.q.callFD = fd
+		}
+	case ReqSetVringErr:
+		closeFDs([]int{v.errFD})
+		v.errFD = fd
+		if v.q != nil {
+			v.q.errFD = fd
+		}
+	}
+	return nil
+}
+
+// swapMemory installs a new memory table under the data-path lock (held),
+// re-translates running rings, then releases the old table: QEMU may free
+// the old memory as soon as we acknowledge.
+func (d *Device) swapMemory(t *MemoryTable, releaseOld bool) {
+	old := d.mem
+	d.mem = t
+	for i := range d.vrings {
+		v := &d.vrings[i]
+		if v.q == nil {
+			continue
+		}
+		v.q.mem = t
+		if err := v.q.translate(d.queueConfig(i, v)); err != nil {
+			d.log.Warn("running vring not in the new memory table", zap.Int("vring", i), zap.Error(err))
+			v.q.fail(err)
+		}
+	}
+	if releaseOld {
+		if err := old.release(d.cfg.Hook); err != nil {
+			d.log.Error("releasing old guest memory", zap.Error(err))
+		}
+	}
+}
+
+func (d *Device) setMemTable(m *Message) error {
+	descs, err := decodeMemTable(m.Payload, len(m.FDs))
+	if err != nil {
+		return err
+	}
+	fds := make([]int, len(m.FDs))
+	for i := range fds {
+		fds[i] = takeFD(m, i)
+	}
+	t, err := mapRegions(descs, fds, d.cfg.Hook)
+	if err != nil {
+		return fmt.Errorf("SET_MEM_TABLE: %w", err)
+	}
+	d.swapMemory(t, true)
+	return nil
+}
+
+func (d *Device) addMemReg(m *Message) error {
+	if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
+		return errors.New("ADD_MEM_REG without the CONFIGURE_MEM_SLOTS protocol feature")
+	}
+	if err := wantFDs(m, 1); err != nil {
+		return err
+	}
+	desc := decodeRegion(m.Payload[8:])
+	one, err := mapRegions([]RegionDesc{desc}, []int{takeFD(m, 0)}, nil)
+	if err != nil {
+		return fmt.Errorf("ADD_MEM_REG: %w", err)
+	}
+	r := one.regions[0]
+	t, err := d.mem.withRegion(r)
+	if err == nil && len(t.regions) > maxMemSlots {
+		err = fmt.Errorf("more than %d memory slots", maxMemSlots)
+	}
+	if err == nil && d.cfg.Hook != nil {
+		err = d.cfg.Hook.MapRegion(r)
+	}
+	if err != nil {
+		_ = releaseRegion(r, nil)
+		return fmt.Errorf("ADD_MEM_REG gpa %#x: %w", desc.GuestPhysAddr, err)
+	}
+	d.swapMemory(t, false)
+	return nil
+}
+
+func (d *Device) remMemReg(m *Message) error {
+	if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
+		return errors.New("REM_MEM_REG without the CONFIGURE_MEM_SLOTS protocol feature")
+	}
+	if len(m.FDs) > 1 {
+		return wantFDs(m, 1)
+	}
+	desc := decodeRegion(m.Payload[8:])
+	t, r, ok := d.mem.withoutRegion(desc)
+	if !ok {
+		return fmt.Errorf("REM_MEM_REG: no region at gpa %#x uva %#x size %#x", desc.GuestPhysAddr, desc.UserAddr, desc.Size)
+	}
+	d.swapMemory(t, false)
+	return releaseRegion(r, d.cfg.Hook)
+}
+
+// virtio-net config space: mac[6], status le16, max_virtqueue_pairs le16,
+// mtu le16.
+const netConfigSize = 12
+
+func (d *Device) config(m *Message) ([]byte, error) {
+	if d.protoFeatures&ProtoFConfig == 0 {
+		return nil, fmt.Errorf("%v without the CONFIG protocol feature", m.Request)
+	}
+	c, err := decodeConfig(m.Payload)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(c.Offset)+uint64(c.Size) > netConfigSize {
+		return nil, fmt.Errorf("%v offset %d size %d beyond the %d-byte config space", m.Request, c.Offset, c.Size, netConfigSize)
+	}
+	var space [netConfigSize]byte
+	copy(space[:6], d.ctrl.mac[:])
+	binary.LittleEndian.PutUint16(space[6:], 1) // VIRTIO_NET_S_LINK_UP
+	binary.LittleEndian.PutUint16(space[8:], uint16(d.cfg.QueuePairs))
+	binary.LittleEndian.PutUint16(space[10:], d.cfg.MTU)
+	if m.Request == ReqSetConfig {
+		// Only the MAC is writable (legacy drivers set it this way).
+		if c.Offset+c.Size > 6 {
+			return nil, fmt.Errorf("SET_CONFIG: only the MAC (bytes 0-5) is writable")
+		}
+		copy(d.ctrl.mac[c.Offset:], c.Data)
+		return nil, nil
+	}
+	return encodeConfig(ConfigPayload{Offset: c.Offset, Flags: c.Flags, Data: space[c.Offset : c.Offset+c.Size]}), nil
+}

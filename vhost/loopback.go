@@ -1,0 +1,315 @@
+package vhost
+
+import (
+	"encoding/binary"
+	"sync/atomic"
+)
+
+// Loopback is a test device mode: every frame the guest transmits on TX
+// queue n comes back on RX queue n with source and destination MAC
+// swapped, copied through the memory table. It also serves the control
+// queue. Poll is a driver.Task method: run it on an lcore or call it from
+// a test.
+type Loopback struct {
+	d     *Device
+	burst int
+
+	tx      Chain
+	rx      []Chain
+	written []uint32
+
+	counts loopbackCounters
+}
+
+type loopbackCounters struct {
+	frames, dropped, noRxBuffer atomic.Uint64
+}
+
+// LoopbackCounters are a loopback's totals.
+type LoopbackCounters struct {
+	Frames     uint64 // frames returned to the guest
+	Dropped    uint64 // frames dropped (RX disabled, malformed, too big, GSO)
+	NoRxBuffer uint64 // polls that stopped because the guest posted too few RX buffers
+}
+
+const (
+	loopbackBurst     = 32
+	loopbackMaxSegs   = 64 // per chain
+	loopbackMaxMerged = 64 // RX chains per packet with MRG_RXBUF
+	minFrame          = 14 // Ethernet header
+)
+
+// NewLoopback returns the loopback poller of d.
+func NewLoopback(d *Device) *Loopback {
+	l := &Loopback{d: d, burst: loopbackBurst,
+		tx:      Chain{Segs: make([]Segment, 0, loopbackMaxSegs)},
+		rx:      make([]Chain, loopbackMaxMerged),
+		written: make([]uint32, loopbackMaxMerged),
+	}
+	for i := range l.rx {
+		l.rx[i].Segs = make([]Segment, 0, loopbackMaxSegs)
+	}
+	return l
+}
+
+// Name labels the task.
+func (l *Loopback) Name() string { return "vhost-loopback:" + l.d.cfg.Name }
+
+// Counters returns the loopback's totals.
+func (l *Loopback) Counters() LoopbackCounters {
+	return LoopbackCounters{Frames: l.counts.frames.Load(), Dropped: l.counts.dropped.Load(), NoRxBuffer: l.counts.noRxBuffer.Load()}
+}
+
+// Poll moves up to one burst of frames per queue pair and serves the
+// control queue. It returns the number of frames and commands handled.
+func (l *Loopback) Poll() int {
+	l.d.LockDataPath()
+	defer l.d.UnlockDataPath()
+	n := l.d.pollControl()
+	for p := range l.d.cfg.QueuePairs {
+		n += l.pollPair(p)
+	}
+	return n
+}
+
+func (l *Loopback) pollPair(p int) int {
+	tx := l.d.TxQueue(p)
+	if tx == nil {
+		return 0
+	}
+	rx := l.d.RxQueue(p)
+	feat := l.d.features
+	hdrLen := NetHeaderLen(feat)
+	mrg := feat&NetFMrgRxbuf != 0
+	n := 0
+	for n < l.burst {
+		ok, err := tx.Pop(&l.tx)
+		if !ok {
+			break
+		}
+		n++
+		if err != nil || rx == nil || l.tx.ReadLen < uint32(hdrLen+minFrame) {
+			tx.Push(l.tx.Head, 0) // RX disabled or unusable frame: drain and drop
+			l.counts.dropped.Add(1)
+			continue
+		}
+		need := l.tx.ReadLen // header plus frame, as it will be on RX
+		nrx, room, bad := 0, uint32(0), false
+		for room < need && nrx < len(l.rx) {
+			ok, err := rx.Pop(&l.rx[nrx])
+			if !ok {
+				break
+			}
+			if err != nil {
+				bad = true // chain with too many segments: give it back empty
+				rx.Push(l.rx[nrx].Head, 0)
+				break
+			}
+			room += l.rx[nrx].WriteLen
+			nrx++
+			if !mrg {
+				break
+			}
+		}
+		switch {
+		case bad || (room < need && !mrg && nrx == 1) || (room < need && nrx == len(l.rx)):
+			// Buffers too small for the frame: drop it, return the buffers
+			// untouched (a zero-length buffer is a driver-visible error,
+			// but so is a frame that cannot be delivered).
+			for i := range nrx {
+				rx.Push(l.rx[i].Head, 0)
+			}
+			tx.Push(l.tx.Head, 0)
+			l.counts.dropped.Add(1)
+			continue
+		case room < need:
+			// Not enough RX buffers posted yet: leave both for next time.
+			rx.Unpop(nrx)
+			tx.Unpop(1)
+			n--
+			l.counts.noRxBuffer.Add(1)
+		default:
+			if l.copyFrame(l.rx[:nrx], hdrLen, feat) {
+				for i := range nrx {
+					rx.Push(l.rx[i].Head, l.written[i])
+				}
+				l.counts.frames.Add(1)
+			} else {
+				rx.Unpop(nrx)
+				l.counts.dropped.Add(1)
+			}
+			tx.Push(l.tx.Head, 0)
+			continue
+		}
+		break
+	}
+	tx.Flush()
+	if rx != nil {
+		rx.Flush()
+	}
+	return n
+}
+
+// copyFrame copies l.tx's frame into chains with MACs swapped and the
+// header adapted to what the guest accepts. It reports false for a frame
+// the loopback cannot deliver (GSO to a guest without GUEST_TSO).
+func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
+	var hb [NetHeaderSize]byte
+	r := segReader{segs: l.tx.Segs}
+	r.read(hb[:hdrLen])
+	h, _ := DecodeNetHeader(hb[:], hdrLen)
+	frameLen := int(l.tx.ReadLen) - hdrLen
+
+	patchAt := -1 // frame offset of a checksum the device must finish
+	var csum [2]byte
+	if h.GSOType != NetHdrGSONone {
+		var want uint64 = NetFGuestTSO4
+		if h.GSOType&^NetHdrGSOECN == NetHdrGSOTCPv6 {
+			want = NetFGuestTSO6
+		}
+		if feat&want == 0 || feat&NetFGuestCsum == 0 {
+			return false // software segmentation is not implemented
+		}
+	} else if h.Flags&NetHdrFNeedsCsum != 0 && feat&NetFGuestCsum == 0 {
+		start, at := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
+		if start >= frameLen || at+2 > frameLen {
+			return false
+		}
+		binary.BigEndian.PutUint16(csum[:], ^checksum(l.tx.Segs, hdrLen+start, frameLen-start))
+		patchAt = at
+		h.Flags &^= NetHdrFNeedsCsum
+		h.CsumStart, h.CsumOffset = 0, 0
+	}
+	if feat&NetFGuestCsum == 0 {
+		h.Flags &^= NetHdrFNeedsCsum | NetHdrFDataValid
+	}
+	h.NumBuffers = uint16(len(chains))
+
+	w := chainWriter{chains: chains, written: l.written[:len(chains)]}
+	clear(w.written)
+	_, _ = h.Encode(hb[:], hdrLen)
+	w.write(hb[:hdrLen])
+
+	var mac [12]byte
+	r.read(mac[:])
+	var swapped [12]byte
+	copy(swapped[:6], mac[6:])
+	copy(swapped[6:], mac[:6])
+	w.write(swapped[:])
+	pos := 12
+	if patchAt >= pos {
+		r.copyTo(&w, patchAt-pos)
+		w.write(csum[:])
+		r.skip(2)
+		pos = patchAt + 2
+	}
+	r.copyTo(&w, frameLen-pos)
+	return true
+}
+
+// segReader reads a chain's readable bytes in order.
+type segReader struct {
+	segs []Segment
+	si   int
+	off  int
+}
+
+// next returns the next contiguous piece of at most max bytes.
+func (r *segReader) next(max int) []byte {
+	for r.si < len(r.segs) {
+		b := r.segs[r.si].Buf[r.off:]
+		if len(b) == 0 {
+			r.si++
+			r.off = 0
+			continue
+		}
+		if len(b) > max {
+			b = b[:max]
+		}
+		r.off += len(b)
+		return b
+	}
+	return nil
+}
+
+func (r *segReader) read(dst []byte) {
+	for n := 0; n < len(dst); {
+		b := r.next(len(dst) - n)
+		if b == nil {
+			return
+		}
+		n += copy(dst[n:], b)
+	}
+}
+
+func (r *segReader) skip(n int) {
+	for n > 0 {
+		b := r.next(n)
+		if b == nil {
+			return
+		}
+		n -= len(b)
+	}
+}
+
+func (r *segReader) copyTo(w *chainWriter, n int) {
+	for n > 0 {
+		b := r.next(n)
+		if b == nil {
+			return
+		}
+		w.write(b)
+		n -= len(b)
+	}
+}
+
+// chainWriter fills the writable space of several chains in order (a
+// mergeable RX packet), counting the bytes written into each.
+type chainWriter struct {
+	chains  []Chain
+	written []uint32
+	ci      int
+}
+
+func (w *chainWriter) write(p []byte) {
+	for len(p) > 0 && w.ci < len(w.chains) {
+		c := &w.chains[w.ci]
+		off := w.written[w.ci]
+		if off == c.WriteLen {
+			w.ci++
+			continue
+		}
+		k := min(int(c.WriteLen-off), len(p))
+		Scatter(writable(c.Segs), int(off), p[:k])
+		w.written[w.ci] += uint32(k)
+		p = p[k:]
+	}
+}
+
+// checksum is the Internet checksum (RFC 1071) of n bytes of segs starting
+// skip bytes in, not complemented.
+func checksum(segs []Segment, skip, n int) uint16 {
+	r := segReader{segs: segs}
+	r.skip(skip)
+	var sum uint64
+	odd := false
+	for n > 0 {
+		b := r.next(n)
+		if b == nil {
+			break
+		}
+		n -= len(b)
+		for _, c := range b {
+			if odd {
+				sum += uint64(c)
+			} else {
+				sum += uint64(c) << 8
+			}
+			odd = !odd
+		}
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}

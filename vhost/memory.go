@@ -1,0 +1,295 @@
+package vhost
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Region is one range of guest memory mapped into this process.
+type Region struct {
+	// GuestPhysAddr is where the guest sees the region; descriptor
+	// addresses are translated with it.
+	GuestPhysAddr uint64
+	// Size is the length in bytes of the region.
+	Size uint64
+	// UserAddr is where the front-end process has the region mapped; ring
+	// addresses from SET_VRING_ADDR are translated with it.
+	UserAddr uint64
+	// MmapOffset is the region's offset in the file the front end sent.
+	MmapOffset uint64
+	// Host is the region in this process: len(Host) == Size.
+	Host []byte
+
+	mapping []byte // whole mmap (from file offset 0), nil if not ours
+}
+
+// MemoryHook learns about guest memory as it comes and goes, so that the
+// zero-copy engine can DMA-map each region (one IOVA range per region) when
+// a memory table arrives. UnmapRegion is called before the memory is
+// unmapped from this process; after it returns the engine must no longer
+// let a device reach the region.
+type MemoryHook interface {
+	MapRegion(r Region) error
+	UnmapRegion(r Region) error
+}
+
+// Errors from address translation.
+var (
+	ErrNoMemory     = errors.New("vhost: no guest memory table")
+	ErrBadAddress   = errors.New("vhost: guest address outside the memory table")
+	ErrLengthWraps  = errors.New("vhost: guest address plus length overflows")
+	ErrTooManySegs  = errors.New("vhost: buffer needs more segments than the caller provided")
+	ErrRegionLayout = errors.New("vhost: memory regions overlap or are empty")
+)
+
+// MemoryTable is an immutable set of guest memory regions. A new table
+// replaces the old one as a whole (SET_MEM_TABLE, ADD/REM_MEM_REG).
+type MemoryTable struct {
+	regions []Region
+}
+
+// NewMemoryTable builds a table over memory the caller already has mapped
+// (Region.Host set). It checks that regions are non-empty, that Host has the
+// right length and that neither guest physical nor user ranges overlap.
+func NewMemoryTable(regions []Region) (*MemoryTable, error) {
+	t := &MemoryTable{regions: append([]Region(nil), regions...)}
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *MemoryTable) check() error {
+	for i, r := range t.regions {
+		if r.Size == 0 || uint64(len(r.Host)) != r.Size {
+			return fmt.Errorf("%w: region %d size %d, host %d bytes", ErrRegionLayout, i, r.Size, len(r.Host))
+		}
+		if r.GuestPhysAddr+r.Size < r.GuestPhysAddr || r.UserAddr+r.Size < r.UserAddr {
+			return fmt.Errorf("%w: region %d wraps the address space", ErrRegionLayout, i)
+		}
+		for j := range i {
+			o := t.regions[j]
+			if overlaps(r.GuestPhysAddr, r.Size, o.GuestPhysAddr, o.Size) ||
+				overlaps(r.UserAddr, r.Size, o.UserAddr, o.Size) {
+				return fmt.Errorf("%w: regions %d and %d overlap", ErrRegionLayout, j, i)
+			}
+		}
+	}
+	return nil
+}
+
+func overlaps(a, alen, b, blen uint64) bool { return a < b+blen && b < a+alen }
+
+// Regions returns a copy of the table's regions.
+func (t *MemoryTable) Regions() []Region { return append([]Region(nil), t.regions...) }
+
+// find returns the region holding addr (by guest physical address if gpa,
+// else by front-end user address) and addr's offset in it.
+func (t *MemoryTable) find(addr uint64, gpa bool) (*Region, uint64, bool) {
+	if t == nil {
+		return nil, 0, false
+	}
+	for i := range t.regions {
+		r := &t.regions[i]
+		base := r.UserAddr
+		if gpa {
+			base = r.GuestPhysAddr
+		}
+		// addr-base < Size is overflow-safe: it also rejects addr < base.
+		if off := addr - base; addr >= base && off < r.Size {
+			return r, off, true
+		}
+	}
+	return nil, 0, false
+}
+
+func (t *MemoryTable) translate(addr, n uint64, gpa bool) ([]byte, error) {
+	if t == nil {
+		return nil, ErrNoMemory
+	}
+	if addr+n < addr {
+		return nil, ErrLengthWraps
+	}
+	r, off, ok := t.find(addr, gpa)
+	if !ok || n > r.Size-off {
+		return nil, ErrBadAddress
+	}
+	return r.Host[off : off+n : off+n], nil
+}
+
+// TranslateGPA returns the host memory of the guest physical range
+// [gpa, gpa+n), which must lie within one region.
+func (t *MemoryTable) TranslateGPA(gpa, n uint64) ([]byte, error) { return t.translate(gpa, n, true) }
+
+// TranslateUVA returns the host memory of the front-end virtual range
+// [uva, uva+n), which must lie within one region.
+func (t *MemoryTable) TranslateUVA(uva, n uint64) ([]byte, error) { return t.translate(uva, n, false) }
+
+// Segment is a piece of a guest buffer that is contiguous in host memory.
+type Segment struct {
+	GPA      uint64 // guest physical address of Buf[0]
+	Buf      []byte // the bytes, in this process
+	Writable bool   // the device may write (VIRTQ_DESC_F_WRITE)
+}
+
+// AppendGPA appends to segs the host pieces of the guest physical range
+// [gpa, gpa+n): one segment per region the range crosses, so a buffer that
+// straddles two guest-adjacent regions is split correctly. It fails if any
+// byte lies outside the table or if segs has no capacity left (it never
+// grows segs, so it never allocates).
+func (t *MemoryTable) AppendGPA(segs []Segment, gpa, n uint64, writable bool) ([]Segment, error) {
+	if t == nil {
+		return segs, ErrNoMemory
+	}
+	if gpa+n < gpa {
+		return segs, ErrLengthWraps
+	}
+	for n > 0 {
+		r, off, ok := t.find(gpa, true)
+		if !ok {
+			return segs, ErrBadAddress
+		}
+		if len(segs) == cap(segs) {
+			return segs, ErrTooManySegs
+		}
+		k := min(n, r.Size-off)
+		segs = append(segs, Segment{GPA: gpa, Buf: r.Host[off : off+k : off+k], Writable: writable})
+		gpa += k
+		n -= k
+	}
+	return segs, nil
+}
+
+// mapRegions mmaps the regions the front end described, one descriptor
+// each, and reports them to hook. Descriptors are always closed: a mapping
+// keeps the memory alive on its own. On failure nothing stays mapped.
+func mapRegions(descs []RegionDesc, fds []int, hook MemoryHook) (t *MemoryTable, err error) {
+	defer closeFDs(fds)
+	t = &MemoryTable{regions: make([]Region, 0, len(descs))}
+	defer func() {
+		if err != nil {
+			t.release(nil)
+		}
+	}()
+	for i, d := range descs {
+		r, err := mapRegion(d, fds[i])
+		if err != nil {
+			return t, fmt.Errorf("region %d (gpa %#x size %#x): %w", i, d.GuestPhysAddr, d.Size, err)
+		}
+		t.regions = append(t.regions, r)
+	}
+	if err := t.check(); err != nil {
+		return t, err
+	}
+	for i, r := range t.regions {
+		if hook == nil {
+			break
+		}
+		if err := hook.MapRegion(r); err != nil {
+			// Undo the hook for the regions it accepted.
+			for _, done := range t.regions[:i] {
+				_ = hook.UnmapRegion(done)
+			}
+			return t, fmt.Errorf("DMA-mapping region %d (gpa %#x): %w", i, r.GuestPhysAddr, err)
+		}
+	}
+	return t, nil
+}
+
+func mapRegion(d RegionDesc, fd int) (Region, error) {
+	if d.Size == 0 {
+		return Region{}, fmt.Errorf("%w: zero-sized region", ErrRegionLayout)
+	}
+	length := d.MmapOffset + d.Size
+	if length < d.MmapOffset || length > 1<<47 {
+		return Region{}, fmt.Errorf("%w: mmap offset %#x + size %#x", ErrLengthWraps, d.MmapOffset, d.Size)
+	}
+	// hugetlbfs files must be mapped in whole huge pages; st_blksize is the
+	// page size for them (4 KiB for memfd and tmpfs).
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Region{}, fmt.Errorf("fstat region fd: %w", err)
+	}
+	if align := uint64(st.Blksize); align > 0 && align&(align-1) == 0 {
+		length = (length + align - 1) &^ (align - 1)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < d.MmapOffset+d.Size {
+		return Region{}, fmt.Errorf("%w: file of %d bytes is shorter than offset+size %#x", ErrBadAddress, st.Size, d.MmapOffset+d.Size)
+	}
+	m, err := unix.Mmap(fd, 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return Region{}, fmt.Errorf("mmap %d bytes of guest memory: %w (is the front end's memory shared, e.g. memory-backend-memfd,share=on?)", length, err)
+	}
+	_ = unix.Madvise(m, unix.MADV_DONTDUMP)
+	end := d.MmapOffset + d.Size
+	return Region{
+		GuestPhysAddr: d.GuestPhysAddr, Size: d.Size, UserAddr: d.UserAddr, MmapOffset: d.MmapOffset,
+		Host: m[d.MmapOffset:end:end], mapping: m,
+	}, nil
+}
+
+// release reports the table's regions to hook as going away, then unmaps
+// the ones this package mapped. It is called only after no poller can
+// touch the table any more.
+func (t *MemoryTable) release(hook MemoryHook) error {
+	if t == nil {
+		return nil
+	}
+	var errs []error
+	for _, r := range t.regions {
+		errs = append(errs, releaseRegion(r, hook))
+	}
+	t.regions = nil
+	return errors.Join(errs...)
+}
+
+// releaseRegion tells hook the region is going away, then unmaps it if
+// this package mapped it. The hook goes first: a device must not be able to
+// reach memory that is no longer there.
+func releaseRegion(r Region, hook MemoryHook) error {
+	var errs []error
+	if hook != nil {
+		if err := hook.UnmapRegion(r); err != nil {
+			errs = append(errs, fmt.Errorf("DMA-unmapping region gpa %#x: %w", r.GuestPhysAddr, err))
+		}
+	}
+	if r.mapping != nil {
+		if err := unix.Munmap(r.mapping); err != nil {
+			errs = append(errs, fmt.Errorf("munmap region gpa %#x: %w", r.GuestPhysAddr, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// withRegion returns a new table with r added (ADD_MEM_REG).
+func (t *MemoryTable) withRegion(r Region) (*MemoryTable, error) {
+	n := &MemoryTable{}
+	if t != nil {
+		n.regions = append(n.regions, t.regions...)
+	}
+	n.regions = append(n.regions, r)
+	if err := n.check(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// withoutRegion returns a new table without the region matching d
+// (REM_MEM_REG matches on guest address, user address and size), and the
+// removed region.
+func (t *MemoryTable) withoutRegion(d RegionDesc) (*MemoryTable, Region, bool) {
+	if t == nil {
+		return nil, Region{}, false
+	}
+	for i, r := range t.regions {
+		if r.GuestPhysAddr == d.GuestPhysAddr && r.UserAddr == d.UserAddr && r.Size == d.Size {
+			n := &MemoryTable{regions: make([]Region, 0, len(t.regions)-1)}
+			n.regions = append(n.regions, t.regions[:i]...)
+			n.regions = append(n.regions, t.regions[i+1:]...)
+			return n, r, true
+		}
+	}
+	return t, Region{}, false
+}

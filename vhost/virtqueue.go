@@ -1,0 +1,376 @@
+package vhost
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"golang.org/x/sys/unix"
+)
+
+// Split virtqueue layout (virtio 1.x, 2.7).
+const (
+	descSize = 16
+
+	descFNext     = 1
+	descFWrite    = 2
+	descFIndirect = 4
+
+	availFNoInterrupt = 1
+	usedFNoNotify     = 1
+
+	// MaxQueueSize is the largest split queue virtio allows.
+	MaxQueueSize = 32768
+)
+
+// Errors a virtqueue reports. Everything except ErrTooManySegs marks the
+// queue broken: the guest gave us something no correct driver gives.
+var (
+	ErrQueueBroken      = errors.New("vhost: virtqueue is broken and needs a device reset")
+	errAvailIdx         = errors.New("avail index moved more than the queue size")
+	errHeadRange        = errors.New("descriptor head index out of range")
+	errNextRange        = errors.New("descriptor next index out of range")
+	errDescLoop         = errors.New("descriptor chain longer than its table (loop)")
+	errIndirectNested   = errors.New("indirect descriptor inside a chain or an indirect table")
+	errIndirectNext     = errors.New("descriptor has both INDIRECT and NEXT")
+	errIndirectLen      = errors.New("indirect table length is zero or not a multiple of 16")
+	errIndirectAddr     = errors.New("indirect table outside guest memory or split across regions")
+	errBufferAddr       = errors.New("buffer outside guest memory")
+	errLenOverflow      = errors.New("chain length overflows 32 bits")
+	errWriteBeforeRead  = errors.New("device-readable descriptor after a writable one")
+	errRingMisaligned   = errors.New("ring address misaligned (desc 16, avail 2, used 4 bytes)")
+	errRingOutsideGuest = errors.New("ring outside guest memory")
+)
+
+// Chain is one available descriptor chain, flattened: the caller provides
+// Segs with enough capacity (Pop never grows it), Pop fills it.
+type Chain struct {
+	Head     uint16    // id to hand back with Push
+	Segs     []Segment // readable segments first, then writable ones
+	ReadLen  uint32    // total bytes the device may read
+	WriteLen uint32    // total bytes the device may write
+}
+
+// QueueConfig describes a split virtqueue the front end set up.
+type QueueConfig struct {
+	Index int
+	Size  uint16 // power of two, 1..32768
+	// Desc, Avail and Used are front-end user addresses (SET_VRING_ADDR).
+	Desc, Avail, Used uint64
+	// LastAvail is the next available entry to consume (SET_VRING_BASE).
+	LastAvail uint16
+	// EventIdx is set when VIRTIO_F_RING_EVENT_IDX was negotiated.
+	EventIdx bool
+}
+
+// Virtqueue is the device side of a split virtqueue. It is used by one
+// poller at a time and allocates nothing on Pop, Push and Flush.
+type Virtqueue struct {
+	index int
+	size  uint16
+	mask  uint16
+
+	desc, avail, used []byte
+	mem               *MemoryTable
+	availAligned      bool
+	eventIdx          bool
+
+	lastAvail uint16 // next avail ring entry to consume
+	usedIdx   uint16 // next used ring slot to fill (staged, unpublished)
+	published uint16 // last value stored into used->idx
+	usedFlags uint16
+
+	callFD int // -1: the front end polls
+	errFD  int
+
+	broken   bool
+	onBroken func(q *Virtqueue, err error)
+
+	fence  uint32
+	one    [8]byte
+	counts QueueCounters
+}
+
+// QueueCounters are a queue's running totals.
+type QueueCounters struct {
+	Popped, Pushed, Signals, Flushes uint64
+}
+
+// NewSplitQueue maps a split virtqueue described by cfg through mem.
+func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
+	if cfg.Size == 0 || cfg.Size > MaxQueueSize || cfg.Size&(cfg.Size-1) != 0 {
+		return nil, fmt.Errorf("vhost: queue %d size %d is not a power of two up to %d", cfg.Index, cfg.Size, MaxQueueSize)
+	}
+	if cfg.Desc%16 != 0 || cfg.Avail%2 != 0 || cfg.Used%4 != 0 {
+		return nil, fmt.Errorf("vhost: queue %d: %w", cfg.Index, errRingMisaligned)
+	}
+	q := &Virtqueue{index: cfg.Index, size: cfg.Size, mask: cfg.Size - 1, mem: mem,
+		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, callFD: -1, errFD: -1}
+	binary.LittleEndian.PutUint64(q.one[:], 1)
+	if err := q.translate(cfg); err != nil {
+		return nil, err
+	}
+	q.usedIdx = load16(q.used, 2)
+	q.published = q.usedIdx
+	q.setPolling()
+	return q, nil
+}
+
+func (q *Virtqueue) translate(cfg QueueConfig) error {
+	n := uint64(cfg.Size)
+	var err error
+	if q.desc, err = q.mem.TranslateUVA(cfg.Desc, descSize*n); err != nil {
+		return fmt.Errorf("vhost: queue %d descriptor table at %#x: %w: %w", cfg.Index, cfg.Desc, errRingOutsideGuest, err)
+	}
+	if q.avail, err = q.mem.TranslateUVA(cfg.Avail, 6+2*n); err != nil {
+		return fmt.Errorf("vhost: queue %d avail ring at %#x: %w: %w", cfg.Index, cfg.Avail, errRingOutsideGuest, err)
+	}
+	if q.used, err = q.mem.TranslateUVA(cfg.Used, 6+8*n); err != nil {
+		return fmt.Errorf("vhost: queue %d used ring at %#x: %w: %w", cfg.Index, cfg.Used, errRingOutsideGuest, err)
+	}
+	if !aligned4(q.used, 0) {
+		return fmt.Errorf("vhost: queue %d used ring: %w", cfg.Index, errRingMisaligned)
+	}
+	q.availAligned = aligned4(q.avail, 0)
+	return nil
+}
+
+// setPolling asks the driver not to kick: this back end polls. Without
+// EVENT_IDX that is VRING_USED_F_NO_NOTIFY; with it the flag is ignored and
+// the avail_event index is parked half a ring-space (32768 entries) ahead,
+// so the driver's "did I pass avail_event" test fails until then.
+func (q *Virtqueue) setPolling() {
+	if q.eventIdx {
+		q.usedFlags = 0
+		store16(q.used, 4+8*int(q.size), q.lastAvail+0x8000)
+	} else {
+		q.usedFlags = usedFNoNotify
+	}
+	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.published)<<16)
+}
+
+// EnableNotify asks the driver to kick on the next available buffer: for a
+// poller that is about to sleep on the kick eventfd. It must re-check Avail
+// afterwards, since a buffer may have arrived before the driver saw this.
+func (q *Virtqueue) EnableNotify() {
+	if q.eventIdx {
+		store16(q.used, 4+8*int(q.size), q.lastAvail)
+	} else {
+		q.usedFlags = 0
+		store32(q.used, 0, uint32(q.published)<<16)
+	}
+	fullFence(&q.fence)
+}
+
+// DisableNotify returns to polling after EnableNotify.
+func (q *Virtqueue) DisableNotify() { q.setPolling() }
+
+// Index is the queue's index in its device.
+func (q *Virtqueue) Index() int { return q.index }
+
+// Size is the number of descriptors in the queue.
+func (q *Virtqueue) Size() int { return int(q.size) }
+
+// Broken reports whether the queue was stopped by a guest error.
+func (q *Virtqueue) Broken() bool { return q.broken }
+
+// Counters returns the queue's totals.
+func (q *Virtqueue) Counters() QueueCounters { return q.counts }
+
+// LastAvail is the next available entry the device will consume.
+func (q *Virtqueue) LastAvail() uint16 { return q.lastAvail }
+
+// availIdx reads avail->idx with acquire semantics: ring entries read
+// after it are at least as new as the index.
+func (q *Virtqueue) availIdx() uint16 {
+	if q.availAligned {
+		return uint16(load32(q.avail, 0) >> 16)
+	}
+	v := load16(q.avail, 2)
+	fullFence(&q.fence)
+	return v
+}
+
+// Avail reports how many chains the driver has made available and the
+// device has not popped yet.
+func (q *Virtqueue) Avail() int {
+	if q.broken {
+		return 0
+	}
+	return int(q.availIdx() - q.lastAvail)
+}
+
+// Pop takes the next available chain into c. It reports false with a nil
+// error when nothing is available. A guest error marks the queue broken
+// and returns an error wrapping ErrQueueBroken; from then on Pop returns
+// ErrQueueBroken. ErrTooManySegs means the chain needed more segments
+// than cap(c.Segs): the chain is consumed (c.Head is valid) and the caller
+// must Push it back with length 0.
+func (q *Virtqueue) Pop(c *Chain) (bool, error) {
+	if q.broken {
+		return false, ErrQueueBroken
+	}
+	pending := q.availIdx() - q.lastAvail
+	if pending == 0 {
+		return false, nil
+	}
+	if pending > q.size {
+		return false, q.fail(errAvailIdx)
+	}
+	head := load16(q.avail, 4+2*int(q.lastAvail&q.mask))
+	if head >= q.size {
+		return false, q.fail(errHeadRange)
+	}
+	c.Head = head
+	c.Segs = c.Segs[:0]
+	c.ReadLen, c.WriteLen = 0, 0
+	if err := q.walk(c, head); err != nil {
+		if err == ErrTooManySegs {
+			q.lastAvail++
+			q.counts.Popped++
+			return true, err
+		}
+		return false, q.fail(err)
+	}
+	q.lastAvail++
+	q.counts.Popped++
+	return true, nil
+}
+
+// Unpop gives back the last n popped chains that were not pushed, so the
+// next Pop returns them again (for a device that popped a buffer it turned
+// out not to need).
+func (q *Virtqueue) Unpop(n int) { q.lastAvail -= uint16(n) }
+
+// walk follows the chain starting at head, direct or through one indirect
+// table, checking every index, flag combination, length and address.
+func (q *Virtqueue) walk(c *Chain, head uint16) error {
+	table := q.desc
+	limit := uint32(q.size)
+	idx := uint32(head)
+	indirect := false
+	var total uint64
+	for count := uint32(0); ; count++ {
+		if count >= limit {
+			return errDescLoop
+		}
+		d := table[descSize*idx : descSize*idx+descSize]
+		addr := binary.LittleEndian.Uint64(d)
+		length := binary.LittleEndian.Uint32(d[8:])
+		flags := binary.LittleEndian.Uint16(d[12:])
+		next := uint32(binary.LittleEndian.Uint16(d[14:]))
+		if flags&descFIndirect != 0 {
+			if indirect || count != 0 {
+				return errIndirectNested
+			}
+			if flags&descFNext != 0 {
+				return errIndirectNext
+			}
+			if length == 0 || length%descSize != 0 {
+				return errIndirectLen
+			}
+			t, err := q.mem.TranslateGPA(addr, uint64(length))
+			if err != nil {
+				return errIndirectAddr
+			}
+			table, limit, idx, indirect = t, length/descSize, 0, true
+			count = math.MaxUint32 // becomes 0 at the loop increment
+			continue
+		}
+		writable := flags&descFWrite != 0
+		if !writable && c.WriteLen > 0 {
+			return errWriteBeforeRead
+		}
+		total += uint64(length)
+		if total > math.MaxUint32 {
+			return errLenOverflow
+		}
+		if length > 0 {
+			var err error
+			c.Segs, err = q.mem.AppendGPA(c.Segs, addr, uint64(length), writable)
+			if err == ErrTooManySegs {
+				return err
+			}
+			if err != nil {
+				return errBufferAddr
+			}
+		}
+		if writable {
+			c.WriteLen += length
+		} else {
+			c.ReadLen += length
+		}
+		if flags&descFNext == 0 {
+			return nil
+		}
+		if next >= limit {
+			return errNextRange
+		}
+		idx = next
+	}
+}
+
+// fail marks the queue broken, once, and tells the device.
+func (q *Virtqueue) fail(reason error) error {
+	if !q.broken {
+		q.broken = true
+		if q.errFD >= 0 {
+			_, _ = unix.Write(q.errFD, q.one[:])
+		}
+		if q.onBroken != nil {
+			q.onBroken(q, reason)
+		}
+	}
+	return ErrQueueBroken
+}
+
+// Push stages a used entry: chain head id and the number of bytes the
+// device wrote into it. Nothing is visible to the driver until Flush.
+func (q *Virtqueue) Push(head uint16, written uint32) {
+	e := q.used[4+8*int(q.usedIdx&q.mask):]
+	binary.LittleEndian.PutUint32(e, uint32(head))
+	binary.LittleEndian.PutUint32(e[4:], written)
+	q.usedIdx++
+	q.counts.Pushed++
+}
+
+// Flush publishes every staged used entry with one release store of
+// used->idx, then signals the call eventfd if the driver asked for it
+// (EVENT_IDX: the new entries passed used_event; otherwise: the driver did
+// not set VRING_AVAIL_F_NO_INTERRUPT). At most one signal per Flush.
+func (q *Virtqueue) Flush() {
+	if q.usedIdx == q.published {
+		return
+	}
+	old := q.published
+	q.published = q.usedIdx
+	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedIdx)<<16)
+	q.counts.Flushes++
+	if q.callFD < 0 {
+		return
+	}
+	// Make the used->idx store visible before reading the driver's
+	// suppression fields, or we could miss its request for a signal.
+	fullFence(&q.fence)
+	if q.eventIdx {
+		if !NeedEvent(load16(q.avail, 4+2*int(q.size)), q.usedIdx, old) {
+			return
+		}
+	} else if load16(q.avail, 0)&availFNoInterrupt != 0 {
+		return
+	}
+	q.signal()
+}
+
+func (q *Virtqueue) signal() {
+	q.counts.Signals++
+	_, _ = unix.Write(q.callFD, q.one[:])
+}
+
+// NeedEvent is the virtio event-index test (vring_need_event): should the
+// other side be notified now that its index moved from old to new, given it
+// asked to be told when it passes event?
+func NeedEvent(event, new, old uint16) bool {
+	return new-event-1 < new-old
+}
