@@ -1,0 +1,60 @@
+package ixgbe
+
+import (
+	"fmt"
+	"runtime"
+	"time"
+)
+
+func (p *Port) read(off uint32) uint32     { return p.bar.Read32(off) }
+func (p *Port) write(off uint32, v uint32) { p.bar.Write32(off, v) }
+func (p *Port) set(off uint32, bits uint32) {
+	p.bar.Write32(off, p.bar.Read32(off)|bits)
+}
+func (p *Port) clear(off uint32, bits uint32) {
+	p.bar.Write32(off, p.bar.Read32(off)&^bits)
+}
+
+// TimeoutError reports a register that did not reach the expected state in
+// time: the device is absent, wedged, or not an 82599.
+type TimeoutError struct {
+	What    string
+	Reg     uint32
+	Value   uint32
+	Timeout time.Duration
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("timed out after %v waiting for %s (register %#05x reads %#08x); the device may be wedged: try a function-level reset or power cycle", e.Timeout, e.What, e.Reg, e.Value)
+}
+
+// waitSet polls off until all of bits read as set.
+func (p *Port) waitSet(off, bits uint32, timeout time.Duration, what string) error {
+	return p.waitFor(off, bits, bits, timeout, what)
+}
+
+// waitClear polls off until all of bits read as clear.
+func (p *Port) waitClear(off, bits uint32, timeout time.Duration, what string) error {
+	return p.waitFor(off, bits, 0, timeout, what)
+}
+
+// waitFor polls off until (value & mask) == want. It spins briefly (the
+// common case is a bit that flips within microseconds), then sleeps between
+// reads so a slow device does not cost a core.
+func (p *Port) waitFor(off, mask, want uint32, timeout time.Duration, what string) error {
+	deadline := time.Now().Add(timeout)
+	for i := 0; ; i++ {
+		v := p.read(off)
+		if v&mask == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return &TimeoutError{What: what, Reg: off, Value: v, Timeout: timeout}
+		}
+		if i < 64 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+}

@@ -1,0 +1,200 @@
+package ixgbe
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/zcnet/zcnet/ring"
+	"github.com/zcnet/zcnet/vfio"
+)
+
+// ErrQueueRunning is returned by Drain on a queue the device may still use.
+var ErrQueueRunning = errors.New("ixgbe: queue still enabled; call Port.Stop first")
+
+// RxQueue is one receive queue. It implements ring.RxQueue. A queue has a
+// single owner: Post, Harvest and Drain must not be called concurrently.
+//
+// Ring protocol (datasheet 7.1.9): the device owns the descriptors from RDH
+// up to RDT-1 and stops one short of the tail, so at most size-1 buffers
+// are posted at once. Post fills descriptors at the tail and moves RDT
+// once per call; Harvest reads completed descriptors from the oldest
+// posted one on, in ring order.
+type RxQueue struct {
+	ring    descRing
+	bar     vfio.BAR
+	tailReg uint32
+	mask    uint32
+	next    uint32 // free-running index of the oldest posted descriptor
+	tail    uint32 // free-running index of the next descriptor to post
+	minBuf  uint32
+	cookies []ring.Cookie // cookie of the buffer posted at each slot
+
+	index    int
+	size     int
+	ringIOVA uint64
+	stopped  bool
+}
+
+var _ ring.RxQueue = (*RxQueue)(nil)
+
+func newRxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size, bufSize int) (*RxQueue, error) {
+	r, err := newDescRing(mem, size)
+	if err != nil {
+		return nil, fmt.Errorf("RX queue %d: %w", index, err)
+	}
+	return &RxQueue{
+		ring:     r,
+		bar:      bar,
+		tailReg:  rxQueueReg(index, rxqRDT),
+		mask:     uint32(size - 1),
+		minBuf:   uint32(bufSize),
+		cookies:  make([]ring.Cookie, size),
+		index:    index,
+		size:     size,
+		ringIOVA: iova,
+	}, nil
+}
+
+// Index is the queue's number on its port.
+func (q *RxQueue) Index() int { return q.index }
+
+// Size is the number of descriptors in the ring; at most Size()-1 buffers
+// are posted at once.
+func (q *RxQueue) Size() int { return q.size }
+
+// Posted is the number of buffers the device holds (posted, not yet
+// harvested).
+func (q *RxQueue) Posted() int { return int(q.tail - q.next) }
+
+// Post hands bufs to the device in order and returns how many it took:
+// fewer when the ring is full. Every buffer must be at least the port's
+// RxBufSize long (the device writes up to that many bytes into it,
+// whatever Len says); a shorter one stops the batch there. One tail write
+// per call.
+func (q *RxQueue) Post(bufs []ring.Buf) int {
+	free := q.mask - (q.tail - q.next)
+	n := uint32(len(bufs))
+	if n > free {
+		n = free
+	}
+	if n == 0 || q.stopped {
+		return 0
+	}
+	tail := q.tail
+	for i := range bufs[:n] {
+		b := &bufs[i]
+		if b.Len < q.minBuf {
+			n = uint32(i)
+			break
+		}
+		// Header address 0 also clears DD from the last write-back.
+		q.ring.store(tail, b.IOVA, 0)
+		q.cookies[tail&q.mask] = b.Cookie
+		tail++
+	}
+	if n == 0 {
+		return 0
+	}
+	q.tail = tail
+	q.bar.Write32(q.tailReg, tail&q.mask)
+	return int(n)
+}
+
+// Harvest fills done with completed buffers in ring order and returns how
+// many. A frame that spans several buffers completes as several entries,
+// EOP set on the last; the frame-level fields are valid on that one.
+func (q *RxQueue) Harvest(done []ring.RxDone) int {
+	if q.stopped {
+		return 0 // the ring memory may already be gone; Drain returns the rest
+	}
+	next := q.next
+	avail := q.tail - next
+	n := 0
+	for n < len(done) && avail > 0 {
+		st := q.ring.load1(next)
+		if st&rxStatDD == 0 {
+			break
+		}
+		// DD was read first; the rest of the write-back is complete.
+		info := q.ring.load0(next)
+		done[n] = decodeRx(st, info, q.cookies[next&q.mask])
+		next++
+		avail--
+		n++
+	}
+	q.next = next
+	return n
+}
+
+// decodeRx turns an advanced write-back descriptor into a ring.RxDone.
+func decodeRx(st, info uint64, c ring.Cookie) ring.RxDone {
+	d := ring.RxDone{
+		Cookie: c,
+		Len:    uint32(st>>rxLenShift) & 0xFFFF,
+		EOP:    st&rxStatEOP != 0,
+	}
+	if !d.EOP {
+		return d
+	}
+	d.RxError = st&rxErrRXE != 0
+	if t := uint8(info & rxRSSTypeMask); t != 0 {
+		d.RSSType = t
+		d.RSSHash = uint32(info >> rxRSSHashShift)
+	}
+	d.PacketType = packetType(uint32(info>>rxPTypeShift) & rxPTMask)
+	if st&rxStatVP != 0 {
+		d.VLANStripped = true
+		d.VLAN = uint16(st >> rxVLANShift)
+	}
+	if st&rxStatIPCS != 0 {
+		d.IPCsum = ring.CsumGood
+		if st&rxErrIPE != 0 {
+			d.IPCsum = ring.CsumBad
+		}
+	}
+	if st&(rxStatL4CS|rxStatUDPCS) != 0 {
+		d.L4Csum = ring.CsumGood
+		if st&rxErrL4E != 0 {
+			d.L4Csum = ring.CsumBad
+		}
+	}
+	return d
+}
+
+// packetType maps the 82599's packet-type field to ring.PT* flags.
+func packetType(pt uint32) uint16 {
+	if pt&rxPTEtqf != 0 {
+		return 0 // an EtherType-filter match: the low bits are a filter index
+	}
+	var f uint16
+	if pt&(rxPTIPv4|rxPTIPv4Ext) != 0 {
+		f |= ring.PTIPv4
+	}
+	if pt&(rxPTIPv6|rxPTIPv6Ext) != 0 {
+		f |= ring.PTIPv6
+	}
+	if pt&rxPTTCP != 0 {
+		f |= ring.PTTCP
+	}
+	if pt&rxPTUDP != 0 {
+		f |= ring.PTUDP
+	}
+	if pt&rxPTSCTP != 0 {
+		f |= ring.PTSCTP
+	}
+	return f
+}
+
+// Drain appends to dst the cookies of every buffer still posted (not yet
+// harvested), oldest first, and forgets them. It is for shutdown: the
+// queue must have been stopped (Port.Stop), or the device could still
+// write into the buffers being handed back.
+func (q *RxQueue) Drain(dst []ring.Cookie) ([]ring.Cookie, error) {
+	if !q.stopped {
+		return dst, ErrQueueRunning
+	}
+	for ; q.next != q.tail; q.next++ {
+		dst = append(dst, q.cookies[q.next&q.mask])
+	}
+	return dst, nil
+}

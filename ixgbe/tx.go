@@ -1,0 +1,260 @@
+package ixgbe
+
+import (
+	"fmt"
+
+	"github.com/zcnet/zcnet/ring"
+	"github.com/zcnet/zcnet/vfio"
+)
+
+// TxQueue is one transmit queue. It implements ring.TxQueue. A queue has a
+// single owner: Submit, Reclaim and Drain must not be called concurrently.
+//
+// Ring protocol (datasheet 7.2.3): TDH == TDT means empty; software fills
+// descriptors from the tail and moves TDT once per Submit; the device
+// walks TDH towards TDT. One slot always stays empty so a full ring is not
+// mistaken for an empty one. Every packet's last descriptor carries RS, and
+// the device reports it done either by setting DD in it or (head
+// write-back) by writing TDH to memory.
+//
+// A packet occupies an optional context descriptor followed by one data
+// descriptor per segment. Its cookie and the index of its last descriptor
+// are kept at its first slot, so Reclaim never reads anything back from the
+// ring but the completion status.
+type TxQueue struct {
+	ring    descRing
+	bar     vfio.BAR
+	tailReg uint32
+	mask    uint32
+	tail    uint32 // free-running index of the next free descriptor
+	clean   uint32 // free-running index of the oldest unreclaimed packet's first descriptor
+	cookies []ring.Cookie
+	last    []uint32 // at a packet's first slot: free-running index of its last descriptor
+	ctx     [2]txContext
+	headWB  bool
+	head    dmaWord
+
+	index    int
+	size     int
+	ringIOVA uint64
+	headIOVA uint64
+	stopped  bool
+}
+
+var _ ring.TxQueue = (*TxQueue)(nil)
+
+// txContext is what an advanced context descriptor loads into one of the
+// queue's two context slots.
+type txContext struct {
+	valid     bool
+	vlanMacIP uint32
+	tucmd     uint32
+	mssL4Idx  uint32
+}
+
+func newTxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size int) (*TxQueue, error) {
+	r, err := newDescRing(mem, size)
+	if err != nil {
+		return nil, fmt.Errorf("TX queue %d: %w", index, err)
+	}
+	return &TxQueue{
+		ring:     r,
+		bar:      bar,
+		tailReg:  txQueueReg(index, txqTDT),
+		mask:     uint32(size - 1),
+		cookies:  make([]ring.Cookie, size),
+		last:     make([]uint32, size),
+		index:    index,
+		size:     size,
+		ringIOVA: iova,
+	}, nil
+}
+
+// useHeadWriteBack makes the queue read completions from the word at mem,
+// which the device reaches at iova.
+func (q *TxQueue) useHeadWriteBack(mem []byte, iova uint64) {
+	q.headWB = true
+	q.head = newDMAWord(mem)
+	q.head.store(0)
+	q.headIOVA = iova
+}
+
+// Index is the queue's number on its port.
+func (q *TxQueue) Index() int { return q.index }
+
+// Size is the number of descriptors in the ring.
+func (q *TxQueue) Size() int { return q.size }
+
+// InFlight is the number of descriptors submitted and not yet reclaimed.
+func (q *TxQueue) InFlight() int { return int(q.tail - q.clean) }
+
+// Submit queues packets in order and returns how many it took: fewer when
+// the ring lacks descriptors for the next one, or when the next one has no
+// segment. One tail write per call.
+//
+// Offloads follow the 82599's rules (datasheet 7.2.5): for a TCP or UDP
+// checksum the caller seeds the L4 checksum field with the pseudo-header
+// checksum (for TSO: without the length), and for TSO sets the IPv4 total
+// length/IPv6 payload length as for one segment or zero; the device fills
+// in the rest for every frame it sends. Header lengths in the packet say
+// where the headers end; the device does not parse them.
+func (q *TxQueue) Submit(pkts []ring.TxPkt) int {
+	if q.stopped {
+		return 0
+	}
+	free := q.mask - (q.tail - q.clean)
+	tail := q.tail
+	n := 0
+	for i := range pkts {
+		pk := &pkts[i]
+		segs := pk.Segs
+		need := uint32(len(segs))
+		if need == 0 {
+			break
+		}
+		total := uint32(0)
+		for j := range segs {
+			total += segs[j].Len
+		}
+		cmd := uint32(txdDTypData | txdCmdDEXT | txdCmdIFCS)
+		olinfo := total << txdPaylenShft
+		var ctx txContext
+		slot := -1
+		if pk.Offload != 0 {
+			var extraCmd, popts, hdrLen uint32
+			ctx, slot, extraCmd, popts, hdrLen = contextFor(pk)
+			cmd |= extraCmd
+			olinfo = (total-hdrLen)<<txdPaylenShft | popts | uint32(slot)<<txdIdxShift | txdCC
+			if q.ctx[slot] != ctx {
+				need++
+			} else {
+				slot = -1 // loaded already
+			}
+		}
+		if need > free {
+			break
+		}
+		first := tail
+		if slot >= 0 {
+			q.ring.store(tail,
+				uint64(ctx.vlanMacIP),
+				uint64(ctx.mssL4Idx)<<32|uint64(ctx.tucmd))
+			q.ctx[slot] = ctx
+			tail++
+		}
+		lastSeg := len(segs) - 1
+		for j := range segs {
+			c := cmd | segs[j].Len&txdLenMask
+			if j == lastSeg {
+				c |= txdCmdEOP | txdCmdRS
+			}
+			q.ring.store(tail, segs[j].IOVA, uint64(olinfo)<<32|uint64(c))
+			tail++
+		}
+		q.cookies[first&q.mask] = pk.Cookie
+		q.last[first&q.mask] = tail - 1
+		free -= need
+		n++
+	}
+	if n > 0 {
+		q.tail = tail
+		q.bar.Write32(q.tailReg, tail&q.mask)
+	}
+	return n
+}
+
+// contextFor works out the context descriptor a packet's offloads need,
+// the context slot it goes in, the data descriptors' extra command bits and
+// POPTS, and the header length PAYLEN excludes (TSO only).
+func contextFor(pk *ring.TxPkt) (c txContext, slot int, cmd, popts, hdrLen uint32) {
+	c.valid = true
+	c.vlanMacIP = uint32(pk.L3Len)&0x1FF | uint32(pk.L2Len)<<ctxMACLenShift
+	c.tucmd = txdDTypCtx | txdCmdDEXT
+	if !pk.IPv6 {
+		c.tucmd |= ctxTUCmdIPv4
+	}
+	switch pk.L4Proto {
+	case ring.L4TCP:
+		c.tucmd |= ctxTUCmdL4TCP
+	case ring.L4SCTP:
+		c.tucmd |= ctxTUCmdL4SCTP
+	default:
+		c.tucmd |= ctxTUCmdL4UDP
+	}
+	slot = ctxSlotCsum
+	if pk.Offload&ring.OffloadVLAN != 0 {
+		c.vlanMacIP |= uint32(pk.VLAN) << ctxVLANShift
+		cmd |= txdCmdVLE
+	}
+	if pk.Offload&ring.OffloadIPv4Csum != 0 && !pk.IPv6 {
+		popts |= txdPoptsIXSM
+	}
+	if pk.Offload&ring.OffloadL4Csum != 0 && pk.L4Proto != ring.L4None {
+		popts |= txdPoptsTXSM
+	}
+	if pk.Offload&ring.OffloadTSO != 0 {
+		slot = ctxSlotTSO
+		cmd |= txdCmdTSE
+		popts |= txdPoptsTXSM
+		if !pk.IPv6 {
+			popts |= txdPoptsIXSM // every segment gets a new IPv4 header
+		}
+		c.mssL4Idx = uint32(pk.MSS)<<ctxMSSShift | uint32(pk.L4Len)<<ctxL4LenShift
+		hdrLen = uint32(pk.L2Len) + uint32(pk.L3Len) + uint32(pk.L4Len)
+	}
+	c.mssL4Idx |= uint32(slot) << ctxIdxShift
+	return c, slot, cmd, popts, hdrLen
+}
+
+// Reclaim fills done with the cookies of packets the device has finished
+// sending, oldest first, and returns how many.
+func (q *TxQueue) Reclaim(done []ring.Cookie) int {
+	if q.stopped {
+		return 0 // the ring memory may already be gone; Drain returns the rest
+	}
+	clean := q.clean
+	n := 0
+	if q.headWB {
+		// The device has finished every descriptor before its head; fewer
+		// than size descriptors are in flight, so the distance from the
+		// oldest one to the head (mod size) is how many are done.
+		base := clean
+		finished := (q.head.load() - base) & q.mask
+		for n < len(done) && clean != q.tail {
+			eop := q.last[clean&q.mask]
+			if eop-base >= finished {
+				break
+			}
+			done[n] = q.cookies[clean&q.mask]
+			n++
+			clean = eop + 1
+		}
+		q.clean = clean
+		return n
+	}
+	for n < len(done) && clean != q.tail {
+		eop := q.last[clean&q.mask]
+		if q.ring.loadHi1(eop)&txdStatDD == 0 {
+			break
+		}
+		done[n] = q.cookies[clean&q.mask]
+		n++
+		clean = eop + 1
+	}
+	q.clean = clean
+	return n
+}
+
+// Drain appends to dst the cookies of every packet submitted and not yet
+// reclaimed, sent or not, oldest first, and forgets them. It is for
+// shutdown: the queue must have been stopped (Port.Stop) first.
+func (q *TxQueue) Drain(dst []ring.Cookie) ([]ring.Cookie, error) {
+	if !q.stopped {
+		return dst, ErrQueueRunning
+	}
+	for q.clean != q.tail {
+		dst = append(dst, q.cookies[q.clean&q.mask])
+		q.clean = q.last[q.clean&q.mask] + 1
+	}
+	return dst, nil
+}
