@@ -173,4 +173,3 @@ func sizes(n int, sizes ...int) []int {
 	}
 	return out
 }
-
