@@ -30,6 +30,14 @@ func simPort(t testing.TB, cfg Config) (*sim.PF, *Port, *hugepage.IOVAAllocator)
 		if err := p.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
+		// Every test proves the NIC stayed inside mapped memory and the
+		// driver inside the documented registers.
+		if c := pf.Counters(); c.IOMMUFaults != 0 {
+			t.Errorf("simulator counted %d IOMMU faults (last at IOVA %#x)", c.IOMMUFaults, c.LastFaultIOVA)
+		}
+		if u := pf.UnknownOffsets(); len(u) != 0 {
+			t.Errorf("driver touched registers the simulator does not define: %+v", u)
+		}
 	})
 	return pf, p, alloc
 }
