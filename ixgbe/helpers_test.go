@@ -69,6 +69,9 @@ func (b testBufs) txSeg(t testing.TB, data []byte) (ring.Segment, uint32) {
 	if b.Get(idx[:]) != 1 {
 		t.Fatal("buffer pool exhausted")
 	}
+	if len(data) > b.BufSize() {
+		t.Fatalf("segment of %d bytes does not fit a %d-byte buffer", len(data), b.BufSize())
+	}
 	copy(b.Bytes(idx[0]), data)
 	return ring.Segment{IOVA: b.IOVA(idx[0]), Len: uint32(len(data))}, idx[0]
 }
@@ -241,4 +244,20 @@ func payloadBytes(n int, seed byte) []byte {
 		b[i] = seed + byte(i*7)
 	}
 	return b
+}
+
+// txEnv is a port with a recorder on its wire and a buffer pool.
+type txEnv struct {
+	pf   *sim.PF
+	p    *Port
+	q    *TxQueue
+	rec  *recorder
+	bufs testBufs
+}
+
+func newTxEnv(t *testing.T, cfg Config) txEnv {
+	pf, p, alloc := simPort(t, cfg)
+	rec := &recorder{}
+	pf.Attach(rec)
+	return txEnv{pf: pf, p: p, q: p.TxQueue(0), rec: rec, bufs: newTestBufs(t, pf, p, alloc, 128, 2048)}
 }
