@@ -26,11 +26,11 @@ type TxQueue struct {
 	bar     vfio.BAR
 	tailReg uint32
 	mask    uint32
-	tail    uint32 // free-running index of the next free descriptor
-	clean   uint32 // free-running index of the oldest unreclaimed packet's first descriptor
-	cookies []ring.Cookie
-	last    []uint32 // at a packet's first slot: free-running index of its last descriptor
-	ctx     [2]txContext
+	tail    uint32    // free-running index of the next free descriptor
+	clean   uint32    // free-running index of the oldest unreclaimed packet's first descriptor
+	pkts    []txSlot  // at each packet's first slot
+	memo    txOffload // the offload plan of the last offloaded packet
+	loaded  [2]uint64 // offload key of the context in each slot, 0: none
 	headWB  bool
 	head    dmaWord
 
@@ -43,13 +43,43 @@ type TxQueue struct {
 
 var _ ring.TxQueue = (*TxQueue)(nil)
 
-// txContext is what an advanced context descriptor loads into one of the
-// queue's two context slots.
-type txContext struct {
-	valid     bool
-	vlanMacIP uint32
-	tucmd     uint32
-	mssL4Idx  uint32
+// txSlot is what the queue remembers about a packet, at its first slot.
+type txSlot struct {
+	cookie ring.Cookie
+	last   uint32 // free-running index of the packet's last descriptor
+}
+
+// txOffload is how a packet's offload requests translate into a context
+// descriptor and data-descriptor bits. Consecutive packets of one flow
+// usually ask for the same offloads, so the last plan is kept and found
+// again by its key.
+type txOffload struct {
+	key uint64
+	// The context descriptor's words (slot index included).
+	vlanMacIP, tucmd, mssL4Idx uint32
+	slot                       uint32
+	cmd, popts, hdrLen         uint32
+}
+
+// offloadKey packs every TxPkt field that shapes the context or the data
+// descriptors into one word; it is never 0 for a packet with offloads.
+func offloadKey(pk *ring.TxPkt) uint64 {
+	var l4 uint64
+	switch pk.L4Proto {
+	case ring.L4TCP:
+		l4 = 1
+	case ring.L4UDP:
+		l4 = 2
+	case ring.L4SCTP:
+		l4 = 3
+	}
+	var v6 uint64
+	if pk.IPv6 {
+		v6 = 1
+	}
+	return uint64(pk.Offload)&0xF | v6<<4 | l4<<5 |
+		uint64(pk.L2Len&0x7F)<<7 | uint64(pk.L3Len&0x1FF)<<14 |
+		uint64(pk.L4Len)<<23 | uint64(pk.MSS)<<31 | uint64(pk.VLAN)<<47
 }
 
 func newTxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size int) (*TxQueue, error) {
@@ -62,8 +92,7 @@ func newTxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size int) (*Tx
 		bar:      bar,
 		tailReg:  txQueueReg(index, txqTDT),
 		mask:     uint32(size - 1),
-		cookies:  make([]ring.Cookie, size),
-		last:     make([]uint32, size),
+		pkts:     make([]txSlot, size),
 		index:    index,
 		size:     size,
 		ringIOVA: iova,
@@ -108,6 +137,20 @@ func (q *TxQueue) Submit(pkts []ring.TxPkt) int {
 	for i := range pkts {
 		pk := &pkts[i]
 		segs := pk.Segs
+		if len(segs) == 1 && pk.Offload == 0 {
+			// The common case: one buffer, nothing to offload.
+			if free == 0 {
+				break
+			}
+			l := segs[0].Len
+			q.ring.store(tail, segs[0].IOVA,
+				uint64(l)<<(32+txdPaylenShft)|uint64(txdDTypData|txdCmdDEXT|txdCmdIFCS|txdCmdEOP|txdCmdRS|l&txdLenMask))
+			q.pkts[tail&q.mask] = txSlot{pk.Cookie, tail}
+			tail++
+			free--
+			n++
+			continue
+		}
 		need := uint32(len(segs))
 		if need == 0 {
 			break
@@ -118,28 +161,28 @@ func (q *TxQueue) Submit(pkts []ring.TxPkt) int {
 		}
 		cmd := uint32(txdDTypData | txdCmdDEXT | txdCmdIFCS)
 		olinfo := total << txdPaylenShft
-		var ctx txContext
-		slot := -1
+		loadCtx := false
 		if pk.Offload != 0 {
-			var extraCmd, popts, hdrLen uint32
-			ctx, slot, extraCmd, popts, hdrLen = contextFor(pk)
-			cmd |= extraCmd
-			olinfo = (total-hdrLen)<<txdPaylenShft | popts | uint32(slot)<<txdIdxShift | txdCC
-			if q.ctx[slot] != ctx {
+			key := offloadKey(pk)
+			if key != q.memo.key {
+				q.memo = planOffload(pk, key)
+			}
+			m := &q.memo
+			cmd |= m.cmd
+			olinfo = (total-m.hdrLen)<<txdPaylenShft | m.popts | m.slot<<txdIdxShift | txdCC
+			if q.loaded[m.slot] != key {
+				loadCtx = true
 				need++
-			} else {
-				slot = -1 // loaded already
 			}
 		}
 		if need > free {
 			break
 		}
 		first := tail
-		if slot >= 0 {
-			q.ring.store(tail,
-				uint64(ctx.vlanMacIP),
-				uint64(ctx.mssL4Idx)<<32|uint64(ctx.tucmd))
-			q.ctx[slot] = ctx
+		if loadCtx {
+			m := &q.memo
+			q.ring.store(tail, uint64(m.vlanMacIP), uint64(m.mssL4Idx)<<32|uint64(m.tucmd))
+			q.loaded[m.slot] = m.key
 			tail++
 		}
 		lastSeg := len(segs) - 1
@@ -151,8 +194,7 @@ func (q *TxQueue) Submit(pkts []ring.TxPkt) int {
 			q.ring.store(tail, segs[j].IOVA, uint64(olinfo)<<32|uint64(c))
 			tail++
 		}
-		q.cookies[first&q.mask] = pk.Cookie
-		q.last[first&q.mask] = tail - 1
+		q.pkts[first&q.mask] = txSlot{pk.Cookie, tail - 1}
 		free -= need
 		n++
 	}
@@ -163,47 +205,46 @@ func (q *TxQueue) Submit(pkts []ring.TxPkt) int {
 	return n
 }
 
-// contextFor works out the context descriptor a packet's offloads need,
+// planOffload works out the context descriptor a packet's offloads need,
 // the context slot it goes in, the data descriptors' extra command bits and
 // POPTS, and the header length PAYLEN excludes (TSO only).
-func contextFor(pk *ring.TxPkt) (c txContext, slot int, cmd, popts, hdrLen uint32) {
-	c.valid = true
-	c.vlanMacIP = uint32(pk.L3Len)&0x1FF | uint32(pk.L2Len)<<ctxMACLenShift
-	c.tucmd = txdDTypCtx | txdCmdDEXT
+func planOffload(pk *ring.TxPkt, key uint64) txOffload {
+	m := txOffload{key: key, slot: ctxSlotCsum}
+	m.vlanMacIP = uint32(pk.L3Len)&0x1FF | uint32(pk.L2Len)<<ctxMACLenShift
+	m.tucmd = txdDTypCtx | txdCmdDEXT
 	if !pk.IPv6 {
-		c.tucmd |= ctxTUCmdIPv4
+		m.tucmd |= ctxTUCmdIPv4
 	}
 	switch pk.L4Proto {
 	case ring.L4TCP:
-		c.tucmd |= ctxTUCmdL4TCP
+		m.tucmd |= ctxTUCmdL4TCP
 	case ring.L4SCTP:
-		c.tucmd |= ctxTUCmdL4SCTP
+		m.tucmd |= ctxTUCmdL4SCTP
 	default:
-		c.tucmd |= ctxTUCmdL4UDP
+		m.tucmd |= ctxTUCmdL4UDP
 	}
-	slot = ctxSlotCsum
 	if pk.Offload&ring.OffloadVLAN != 0 {
-		c.vlanMacIP |= uint32(pk.VLAN) << ctxVLANShift
-		cmd |= txdCmdVLE
+		m.vlanMacIP |= uint32(pk.VLAN) << ctxVLANShift
+		m.cmd |= txdCmdVLE
 	}
 	if pk.Offload&ring.OffloadIPv4Csum != 0 && !pk.IPv6 {
-		popts |= txdPoptsIXSM
+		m.popts |= txdPoptsIXSM
 	}
 	if pk.Offload&ring.OffloadL4Csum != 0 && pk.L4Proto != ring.L4None {
-		popts |= txdPoptsTXSM
+		m.popts |= txdPoptsTXSM
 	}
 	if pk.Offload&ring.OffloadTSO != 0 {
-		slot = ctxSlotTSO
-		cmd |= txdCmdTSE
-		popts |= txdPoptsTXSM
+		m.slot = ctxSlotTSO
+		m.cmd |= txdCmdTSE
+		m.popts |= txdPoptsTXSM
 		if !pk.IPv6 {
-			popts |= txdPoptsIXSM // every segment gets a new IPv4 header
+			m.popts |= txdPoptsIXSM // every segment gets a new IPv4 header
 		}
-		c.mssL4Idx = uint32(pk.MSS)<<ctxMSSShift | uint32(pk.L4Len)<<ctxL4LenShift
-		hdrLen = uint32(pk.L2Len) + uint32(pk.L3Len) + uint32(pk.L4Len)
+		m.mssL4Idx = uint32(pk.MSS)<<ctxMSSShift | uint32(pk.L4Len)<<ctxL4LenShift
+		m.hdrLen = uint32(pk.L2Len) + uint32(pk.L3Len) + uint32(pk.L4Len)
 	}
-	c.mssL4Idx |= uint32(slot) << ctxIdxShift
-	return c, slot, cmd, popts, hdrLen
+	m.mssL4Idx |= m.slot << ctxIdxShift
+	return m
 }
 
 // Reclaim fills done with the cookies of packets the device has finished
@@ -221,11 +262,12 @@ func (q *TxQueue) Reclaim(done []ring.Cookie) int {
 		base := clean
 		finished := (q.head.load() - base) & q.mask
 		for n < len(done) && clean != q.tail {
-			eop := q.last[clean&q.mask]
+			p := q.pkts[clean&q.mask]
+			eop := p.last
 			if eop-base >= finished {
 				break
 			}
-			done[n] = q.cookies[clean&q.mask]
+			done[n] = p.cookie
 			n++
 			clean = eop + 1
 		}
@@ -233,11 +275,12 @@ func (q *TxQueue) Reclaim(done []ring.Cookie) int {
 		return n
 	}
 	for n < len(done) && clean != q.tail {
-		eop := q.last[clean&q.mask]
+		p := q.pkts[clean&q.mask]
+		eop := p.last
 		if q.ring.loadHi1(eop)&txdStatDD == 0 {
 			break
 		}
-		done[n] = q.cookies[clean&q.mask]
+		done[n] = p.cookie
 		n++
 		clean = eop + 1
 	}
@@ -253,8 +296,9 @@ func (q *TxQueue) Drain(dst []ring.Cookie) ([]ring.Cookie, error) {
 		return dst, ErrQueueRunning
 	}
 	for q.clean != q.tail {
-		dst = append(dst, q.cookies[q.clean&q.mask])
-		q.clean = q.last[q.clean&q.mask] + 1
+		p := q.pkts[q.clean&q.mask]
+		dst = append(dst, p.cookie)
+		q.clean = p.last + 1
 	}
 	return dst, nil
 }
