@@ -200,6 +200,7 @@ func (p *Port) bringUp() error {
 	p.set(regCTRLEXT, ctrlExtDrvLoad|ctrlExtNSDis)
 	p.restartAutoneg()
 	p.readStats() // the counters clear on read: start from zero
+	p.stats = Stats{}
 	if err := p.allocRings(); err != nil {
 		return err
 	}
