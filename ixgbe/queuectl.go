@@ -1,0 +1,105 @@
+package ixgbe
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Per-queue stop and restart, for owners whose buffers come and go while
+// the port keeps running: the zero-copy engine posts a guest's own buffers,
+// and when that guest disconnects or replaces its memory table the queues
+// holding its buffers must stop, give every buffer back (Drain) and later
+// start again empty, without disturbing the other queues of the port.
+
+// errPortStopped is returned when a queue is restarted on a stopped port.
+var errPortStopped = errors.New("ixgbe: port is stopped; open it again")
+
+// StopRxQueue disables RX queue i and waits until the device confirms it
+// is off. Afterwards the device no longer writes into the buffers posted
+// to it: take them back with Drain, then StartRxQueue. Frames arriving for
+// a stopped queue are dropped by the device and counted.
+func (p *Port) StopRxQueue(i int) error {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	q := p.rx[i]
+	if q.stopped {
+		return nil
+	}
+	q.stopped = true
+	return p.stopQueue(rxQueueReg(q.index, rxqRXDCTL), rxdctlEnable, fmt.Sprintf("RX queue %d", q.index))
+}
+
+// StartRxQueue re-enables a stopped RX queue with an empty ring whose
+// buffers are bufSize bytes (SRRCTL.BSIZEPACKET: a multiple of 1024 up to
+// 16384; 0 keeps the size the queue had). Drain must have taken back every
+// posted buffer first.
+func (p *Port) StartRxQueue(i, bufSize int) error {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	if p.stopped {
+		return errPortStopped
+	}
+	q := p.rx[i]
+	if !q.stopped {
+		return fmt.Errorf("ixgbe: RX queue %d is running; stop it first", i)
+	}
+	if q.next != q.tail {
+		return fmt.Errorf("ixgbe: RX queue %d still has %d posted buffers; Drain them first", i, q.tail-q.next)
+	}
+	if bufSize != 0 {
+		if bufSize%1024 != 0 || bufSize < 1024 || bufSize > 16384 {
+			return fmt.Errorf("ixgbe: RX buffer size %d must be a multiple of 1024 from 1024 to 16384", bufSize)
+		}
+		q.minBuf = uint32(bufSize)
+	}
+	q.next, q.tail = 0, 0
+	if err := p.startRxQueue(q); err != nil {
+		return err
+	}
+	q.stopped = false
+	return nil
+}
+
+// RxBufSize is the buffer size the queue's descriptors are programmed for:
+// every buffer posted must be at least this long.
+func (q *RxQueue) RxBufSize() int { return int(q.minBuf) }
+
+// StopTxQueue disables TX queue i and waits until the device confirms it
+// is off; packets not yet sent are abandoned. Take their cookies back with
+// Drain, then StartTxQueue.
+func (p *Port) StopTxQueue(i int) error {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	q := p.tx[i]
+	if q.stopped {
+		return nil
+	}
+	q.stopped = true
+	return p.stopQueue(txQueueReg(q.index, txqTXDCTL), txdctlEnable, fmt.Sprintf("TX queue %d", q.index))
+}
+
+// StartTxQueue re-enables a stopped, drained TX queue with an empty ring.
+func (p *Port) StartTxQueue(i int) error {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	if p.stopped {
+		return errPortStopped
+	}
+	q := p.tx[i]
+	if !q.stopped {
+		return fmt.Errorf("ixgbe: TX queue %d is running; stop it first", i)
+	}
+	if q.clean != q.tail {
+		return fmt.Errorf("ixgbe: TX queue %d still has packets in flight; Drain them first", i)
+	}
+	q.tail, q.clean = 0, 0
+	q.memo, q.loaded = txOffload{}, [2]uint64{}
+	if q.headWB {
+		q.head.store(0)
+	}
+	if err := p.startTxQueue(q); err != nil {
+		return err
+	}
+	q.stopped = false
+	return nil
+}
