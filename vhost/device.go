@@ -111,6 +111,10 @@ func NewDevice(cfg Config) (*Device, error) {
 		n++
 	}
 	d.vrings = make([]vring, n)
+	for i := range d.vrings {
+		// resetSession closes the descriptors it finds; fd 0 is not ours.
+		d.vrings[i] = vring{kickFD: -1, callFD: -1, errFD: -1}
+	}
 	d.resetSession()
 	return d, nil
 }
