@@ -1,0 +1,285 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/ring"
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// NIC is the NIC side of a Port: one receive and one transmit queue that
+// the port owns, and can stop, empty and start again while the rest of the
+// NIC keeps running.
+type NIC interface {
+	Rx() ring.RxQueue
+	Tx() ring.TxQueue
+	// RxCapacity is how many buffers the RX queue holds at once; TxFree is
+	// how many TX descriptors are free now.
+	RxCapacity() int
+	TxFree() int
+	// StopRx/StopTx return once the device no longer touches the buffers
+	// posted to that queue; DrainRx/DrainTx then hand their cookies back.
+	StopRx() error
+	DrainRx(dst []ring.Cookie) ([]ring.Cookie, error)
+	StopTx() error
+	DrainTx(dst []ring.Cookie) ([]ring.Cookie, error)
+	// StartRx starts the stopped, drained RX queue empty with buffers of
+	// bufSize bytes (a multiple of 1024); StartTx likewise.
+	StartRx(bufSize int) error
+	StartTx() error
+}
+
+// IxgbeQueuePair is queue pair i of an 82599 port as a Port's NIC.
+func IxgbeQueuePair(p *ixgbe.Port, i int) NIC { return ixgbeQueues{p, p.RxQueue(i), p.TxQueue(i), i} }
+
+type ixgbeQueues struct {
+	p  *ixgbe.Port
+	rx *ixgbe.RxQueue
+	tx *ixgbe.TxQueue
+	i  int
+}
+
+func (q ixgbeQueues) Rx() ring.RxQueue                                 { return q.rx }
+func (q ixgbeQueues) Tx() ring.TxQueue                                 { return q.tx }
+func (q ixgbeQueues) RxCapacity() int                                  { return q.rx.Size() - 1 }
+func (q ixgbeQueues) TxFree() int                                      { return q.tx.Size() - 1 - q.tx.InFlight() }
+func (q ixgbeQueues) StopRx() error                                    { return q.p.StopRxQueue(q.i) }
+func (q ixgbeQueues) DrainRx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.rx.Drain(dst) }
+func (q ixgbeQueues) StopTx() error                                    { return q.p.StopTxQueue(q.i) }
+func (q ixgbeQueues) DrainTx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.tx.Drain(dst) }
+func (q ixgbeQueues) StartRx(bufSize int) error                        { return q.p.StartRxQueue(q.i, bufSize) }
+func (q ixgbeQueues) StartTx() error                                   { return q.p.StartTxQueue(q.i) }
+
+// PortConfig describes a Port.
+type PortConfig struct {
+	// Name labels the port (task name, logs).
+	Name string
+	// Device and Pair select the guest's virtio queue pair.
+	Device *vhost.Device
+	Pair   int
+	// NIC is the NIC queue pair the port owns. Its queues must be
+	// stopped and empty (the port starts them when the guest is ready):
+	// stop them with StopRx/StopTx right after opening the NIC.
+	NIC NIC
+	// DMA is the guest's memory hook (the Device's Config.Hook).
+	DMA *GuestDMA
+	// CopyPool supplies host buffers for the copy path. It must be DMA
+	// mapped in the NIC's IOMMU domain, its buffers at least 2048 bytes,
+	// and used by this port only (one pool per lcore, shared by the ports
+	// of that lcore, is fine). Required.
+	CopyPool *hugepage.Pool
+	// ForceCopy copies every frame through host buffers (for benchmarks
+	// and to compare with the zero-copy path).
+	ForceCopy bool
+	// MaxFrame is the longest frame the NIC accepts (default 1518): a
+	// guest without MRG_RXBUF gets zero-copy only if one of its buffers
+	// holds that much.
+	MaxFrame int
+	// Burst bounds the work of one Poll per direction (default 32).
+	Burst int
+	// TxCompleteBatch is how many TX completions are gathered before they
+	// are published to the guest (and it is signalled if it asked); they
+	// are always published when the NIC's TX queue drains. Default 32.
+	TxCompleteBatch int
+}
+
+// Cookies: bit 63 marks a host (copy) buffer, whose pool index or TX
+// record is in the low 32 bits; otherwise the low 16 bits are a guest
+// chain head.
+const copyCookie ring.Cookie = 1 << 63
+
+const (
+	maxRxMerge = 64 // guest buffers per received frame
+	maxTxSegs  = 32 // NIC data descriptors per zero-copy packet
+	maxSegs    = 64 // segments per guest chain
+	frameProbe = 128
+)
+
+// Port joins one NIC queue pair to one virtio queue pair of one guest. It
+// is a Task: an lcore calls Poll, which does one burst of RX and TX work
+// with the guest's data-path lock held.
+type Port struct {
+	cfg  PortConfig
+	dev  *vhost.Device
+	nic  NIC
+	rxq  ring.RxQueue
+	txq  ring.TxQueue
+	dma  *GuestDMA
+	pool *hugepage.Pool
+
+	// The virtqueues as seen by the last Poll: a change means the front end
+	// stopped or restarted them, and the NIC must give our buffers back.
+	rxv, txv  *vhost.Virtqueue
+	rxRunning bool
+	txRunning bool
+	failed    error
+
+	hdrLen   int
+	features uint64
+
+	rx rxState
+	tx txState
+
+	drain []ring.Cookie
+	st    stats
+}
+
+// NewPort binds cfg.NIC to the guest's queue pair. The NIC queues start
+// when the guest has posted receive buffers (RX) or transmits (TX).
+func NewPort(cfg PortConfig) (*Port, error) {
+	switch {
+	case cfg.Device == nil || cfg.NIC == nil || cfg.DMA == nil:
+		return nil, errors.New("driver: port needs a vhost device, a NIC queue pair and the guest's GuestDMA hook")
+	case cfg.CopyPool == nil || cfg.CopyPool.BufSize() < 2048:
+		return nil, errors.New("driver: port needs a DMA-mapped copy pool of buffers of at least 2048 bytes")
+	case cfg.Pair < 0 || cfg.Pair >= cfg.Device.QueuePairs():
+		return nil, fmt.Errorf("driver: queue pair %d out of range (device has %d)", cfg.Pair, cfg.Device.QueuePairs())
+	}
+	if cfg.MaxFrame == 0 {
+		cfg.MaxFrame = 1518
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = 32
+	}
+	if cfg.TxCompleteBatch <= 0 {
+		cfg.TxCompleteBatch = 32
+	}
+	if cfg.Name == "" {
+		cfg.Name = fmt.Sprintf("%s/%d", cfg.Device.Name(), cfg.Pair)
+	}
+	p := &Port{cfg: cfg, dev: cfg.Device, nic: cfg.NIC, rxq: cfg.NIC.Rx(), txq: cfg.NIC.Tx(),
+		dma: cfg.DMA, pool: cfg.CopyPool}
+	// The queues start when the guest is ready: stop them now (they are
+	// empty, so there is nothing to drain).
+	if err := errors.Join(cfg.NIC.StopRx(), cfg.NIC.StopTx()); err != nil {
+		return nil, fmt.Errorf("driver: stopping the NIC queues of port %s: %w", cfg.Name, err)
+	}
+	if c, err := cfg.NIC.DrainRx(nil); err != nil || len(c) != 0 {
+		return nil, fmt.Errorf("driver: NIC RX queue of port %s holds %d buffers of another owner (%v)", cfg.Name, len(c), err)
+	}
+	if c, err := cfg.NIC.DrainTx(nil); err != nil || len(c) != 0 {
+		return nil, fmt.Errorf("driver: NIC TX queue of port %s holds %d packets of another owner (%v)", cfg.Name, len(c), err)
+	}
+	rxCap := cfg.NIC.RxCapacity()
+	p.rx.init(cfg.Burst, rxCap)
+	p.tx.init(cfg.Burst, cfg.NIC.TxFree()+1)
+	p.drain = make([]ring.Cookie, 0, rxCap+cfg.NIC.TxFree()+1)
+	p.dev.LockDataPath()
+	p.dma.attach(p)
+	p.dev.UnlockDataPath()
+	return p, nil
+}
+
+// Name labels the task.
+func (p *Port) Name() string { return "port:" + p.cfg.Name }
+
+// Stats returns the port's totals; safe from any goroutine.
+func (p *Port) Stats() Stats { return p.st.snapshot() }
+
+// Err reports why the port stopped working (a NIC queue that failed to
+// start or stop), nil while it works.
+func (p *Port) Err() error {
+	p.dev.LockDataPath()
+	defer p.dev.UnlockDataPath()
+	return p.failed
+}
+
+// Poll does one burst of work in each direction and returns the number of
+// frames moved. It allocates nothing.
+func (p *Port) Poll() int {
+	p.dev.LockDataPath()
+	n := p.pollLocked()
+	p.dev.UnlockDataPath()
+	return n
+}
+
+func (p *Port) pollLocked() int {
+	if p.failed != nil {
+		return 0
+	}
+	rxv, txv := p.dev.RxQueue(p.cfg.Pair), p.dev.TxQueue(p.cfg.Pair)
+	if rxv != p.rxv || txv != p.txv {
+		if err := p.quiesce(); err != nil {
+			p.failed = err
+			return 0
+		}
+		p.rxv, p.txv = rxv, txv
+	}
+	n := 0
+	if txv != nil {
+		if !p.txRunning {
+			p.startTx()
+		}
+		if p.txRunning {
+			n += p.pollTx()
+		}
+	}
+	if rxv != nil {
+		if !p.rxRunning && rxv.Avail() > 0 {
+			p.startRx()
+		}
+		if p.rxRunning {
+			n += p.pollRx()
+		}
+	}
+	if n > 0 {
+		p.st.add(cBusyPolls, 1)
+	} else {
+		p.st.add(cIdlePolls, 1)
+	}
+	p.st.publish()
+	return n
+}
+
+// negotiated reads the guest's features when a queue starts.
+func (p *Port) negotiated() {
+	p.features = p.dev.Features()
+	p.hdrLen = p.dev.NetHeaderLen()
+}
+
+// quiesce stops the port's NIC queues, takes back every buffer they held
+// and returns guest chains still owned by the port to the guest (when
+// their virtqueue still runs) or forgets them (when the front end stopped
+// it: it resumes from the used index). Called with the data-path lock
+// held. The queues start again on a later Poll.
+func (p *Port) quiesce() error {
+	if !p.rxRunning && !p.txRunning {
+		return nil
+	}
+	p.st.add(cRestarts, 1)
+	var errs []error
+	if p.rxRunning {
+		errs = append(errs, p.quiesceRx())
+	}
+	if p.txRunning {
+		errs = append(errs, p.quiesceTx())
+	}
+	p.st.publish()
+	return errors.Join(errs...)
+}
+
+// alive returns v if the device still runs it, else nil.
+func (p *Port) alive(v *vhost.Virtqueue, rx bool) *vhost.Virtqueue {
+	cur := p.dev.TxQueue(p.cfg.Pair)
+	if rx {
+		cur = p.dev.RxQueue(p.cfg.Pair)
+	}
+	if v != nil && cur == v {
+		return v
+	}
+	return nil
+}
+
+// Close stops the port's NIC queues, gives guest buffers back and detaches
+// the port from the guest's memory hook. The pool stays the caller's.
+func (p *Port) Close() error {
+	p.dev.LockDataPath()
+	defer p.dev.UnlockDataPath()
+	err := p.quiesce()
+	p.dma.detach(p)
+	p.failed = errors.New("driver: port closed")
+	return err
+}

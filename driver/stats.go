@@ -1,0 +1,129 @@
+package driver
+
+import "sync/atomic"
+
+// counter indexes a Port's statistics.
+type counter int
+
+const (
+	cRxPackets counter = iota
+	cRxBytes
+	cTxPackets
+	cTxBytes
+	cRxZeroCopy
+	cTxZeroCopy
+	cRxCopied
+	cTxCopied
+	cRxSpanMoves
+	cCopyForced
+	cCopyFeatures
+	cCopySmallBuffer
+	cCopyLayout
+	cCopyNoGuestBuffer
+	cDropRxError
+	cDropRxNoGuestBuffer
+	cDropRxTooBig
+	cDropRxChainUnusable
+	cDropRxQuiesce
+	cDropTxBadHeader
+	cDropTxOffload
+	cDropTxNoCopyBuffer
+	cDropTxQuiesce
+	cGuestErrors
+	cBusyPolls
+	cIdlePolls
+	cRestarts
+	cTxSignals
+	numCounters
+)
+
+// Stats are a Port's totals since it was created.
+type Stats struct {
+	RxPackets, RxBytes uint64 // wire -> guest, delivered
+	TxPackets, TxBytes uint64 // guest -> wire, handed to the NIC
+
+	// Frames that moved without a copy (the NIC wrote into or read from
+	// guest memory) and frames copied through host buffers.
+	RxZeroCopy, TxZeroCopy uint64
+	RxCopied, TxCopied     uint64
+	// RxSpanMoves counts buffers after the first of a frame spanning
+	// several guest buffers, whose data was moved down over the space left
+	// for the virtio-net header (which only the first buffer carries).
+	RxSpanMoves uint64
+
+	// Copies by reason (each copied frame counts once, in one reason).
+	Copy CopyReasons
+
+	Drops Drops
+
+	// GuestErrors counts broken guest chains (the virtqueue is marked
+	// NEEDS_RESET by vhost).
+	GuestErrors uint64
+	// BusyPolls and IdlePolls count Poll calls that did / did not move
+	// anything.
+	BusyPolls, IdlePolls uint64
+	// Restarts counts how often the port stopped its NIC queues and took
+	// guest buffers back (reconnect, ring stop, new memory table).
+	Restarts uint64
+	// TxSignals counts TX completion flushes (used-ring publications that
+	// may signal the guest), coalesced every TxCompleteBatch completions.
+	TxSignals uint64
+}
+
+// CopyReasons says why frames were copied instead of moved zero-copy.
+type CopyReasons struct {
+	Forced        uint64 // Config.ForceCopy
+	Features      uint64 // the guest negotiated something zero-copy cannot honour (ACCESS_PLATFORM; no MRG_RXBUF with small buffers)
+	SmallBuffer   uint64 // guest RX buffers smaller than the smallest NIC buffer (1 KiB + header)
+	Layout        uint64 // chain layout unusable (header and data not in one writable piece; too many TX segments)
+	NoGuestBuffer uint64 // frames that arrived while the guest had posted no buffer, held in host buffers
+}
+
+// Drops are frames lost, by cause.
+type Drops struct {
+	RxError         uint64 // the NIC flagged the frame damaged
+	RxNoGuestBuffer uint64 // copy path: no host buffer was left to hold a frame for the guest
+	RxTooBig        uint64 // frame larger than what the guest's buffers can take
+	RxChainUnusable uint64 // guest RX chain that could not be used, returned empty
+	RxQuiesce       uint64 // guest buffers or frames in flight when the port stopped
+	TxBadHeader     uint64 // virtio-net header or frame headers malformed
+	TxOffload       uint64 // offload request the NIC cannot do (UDP fragmentation offload, unknown checksum position)
+	TxNoCopyBuffer  uint64 // copy path: host buffers exhausted
+	TxQuiesce       uint64 // packets not sent when the port stopped
+}
+
+// stats is the live counter set: the poller accumulates into local (plain
+// fields, no atomics per packet) and publishes into pub once per Poll, so
+// Stats may be read from any goroutine.
+type stats struct {
+	local [numCounters]uint64
+	pub   [numCounters]atomic.Uint64
+}
+
+func (s *stats) add(c counter, n uint64) { s.local[c] += n }
+
+// publish moves the poller's increments to the shared counters.
+func (s *stats) publish() {
+	for i := range s.local {
+		if v := s.local[i]; v != 0 {
+			s.pub[i].Add(v)
+			s.local[i] = 0
+		}
+	}
+}
+
+func (s *stats) snapshot() Stats {
+	g := func(c counter) uint64 { return s.pub[c].Load() }
+	return Stats{
+		RxPackets: g(cRxPackets), RxBytes: g(cRxBytes), TxPackets: g(cTxPackets), TxBytes: g(cTxBytes),
+		RxZeroCopy: g(cRxZeroCopy), TxZeroCopy: g(cTxZeroCopy), RxCopied: g(cRxCopied), TxCopied: g(cTxCopied),
+		RxSpanMoves: g(cRxSpanMoves),
+		Copy: CopyReasons{Forced: g(cCopyForced), Features: g(cCopyFeatures), SmallBuffer: g(cCopySmallBuffer),
+			Layout: g(cCopyLayout), NoGuestBuffer: g(cCopyNoGuestBuffer)},
+		Drops: Drops{RxError: g(cDropRxError), RxNoGuestBuffer: g(cDropRxNoGuestBuffer), RxTooBig: g(cDropRxTooBig),
+			RxChainUnusable: g(cDropRxChainUnusable), RxQuiesce: g(cDropRxQuiesce), TxBadHeader: g(cDropTxBadHeader),
+			TxOffload: g(cDropTxOffload), TxNoCopyBuffer: g(cDropTxNoCopyBuffer), TxQuiesce: g(cDropTxQuiesce)},
+		GuestErrors: g(cGuestErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
+		Restarts: g(cRestarts), TxSignals: g(cTxSignals),
+	}
+}
