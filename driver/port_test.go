@@ -3,6 +3,7 @@ package driver
 import (
 	"bytes"
 	"context"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -263,4 +264,10 @@ func TestRxZeroCopy(t *testing.T) {
 			}
 		})
 	}
+}
+
+func waitBriefly() { time.Sleep(time.Millisecond) }
+
+func dialUnix(path string) (*net.UnixConn, error) {
+	return net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 }

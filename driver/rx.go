@@ -81,6 +81,9 @@ func (p *Port) startRx() {
 		}
 		nicBuf = min(16384, (len(c.Segs[0].Buf)-p.hdrLen)/1024*1024)
 		switch {
+		case nicBuf < 1024 && len(c.Segs) > 1 && int(c.WriteLen) >= p.hdrLen+1024:
+			// Room enough, but in pieces the NIC cannot fill as one.
+			r.copyReason = cCopyLayout
 		case nicBuf < 1024:
 			r.copyReason = cCopySmallBuffer
 		case !mrg && nicBuf < p.cfg.MaxFrame:
@@ -114,7 +117,8 @@ func (p *Port) pollRx() int {
 		r.posted -= n
 	}
 	delivered := p.deliverPending()
-	p.refill()
+	for p.refill() {
+	}
 	p.rxv.Flush()
 	return delivered
 }
@@ -232,13 +236,14 @@ func (p *Port) releaseCookie(c ring.Cookie) {
 	p.rx.recycle = append(p.rx.recycle, uint16(c))
 }
 
-// refill posts guest chains (zero-copy) or host buffers (copy) up to the
-// NIC ring's capacity, one burst at a time.
-func (p *Port) refill() {
+// refill posts one burst of guest chains (zero-copy) or host buffers
+// (copy) towards the NIC ring's capacity. It reports whether it posted a
+// full burst with room left, i.e. whether calling again may post more.
+func (p *Port) refill() bool {
 	r := &p.rx
 	room := min(r.capacity-r.posted, len(r.bufs))
 	if room <= 0 {
-		return
+		return false
 	}
 	k := 0
 	if r.zeroCopy {
@@ -252,13 +257,14 @@ func (p *Port) refill() {
 		k = p.collectHostBufs(0, room)
 	}
 	if k == 0 {
-		return
+		return false
 	}
 	m := p.rxq.Post(r.bufs[:k])
 	r.posted += m
 	for i := m; i < k; i++ {
 		p.releaseCookie(r.bufs[i].Cookie)
 	}
+	return m == len(r.bufs) && r.posted < r.capacity
 }
 
 // collectGuestBufs fills r.bufs with up to room guest chains: first those
