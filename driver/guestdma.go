@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/vfio"
@@ -26,6 +27,7 @@ type GuestDMA struct {
 	iova    *hugepage.IOVAAllocator
 	regions []dmaRegion
 	ports   []*Port
+	mapped  atomic.Int32 // len(regions), readable without the data-path lock
 }
 
 // dmaRegion is one mapped guest region: host range [host, host+size) is
@@ -58,6 +60,7 @@ func (g *GuestDMA) MapRegion(r vhost.Region) error {
 		return fmt.Errorf("DMA-map guest region gpa %#x at IOVA %#x: %w", r.GuestPhysAddr, iova, err)
 	}
 	g.regions = append(g.regions, dmaRegion{host: uint64(addrOf(r.Host)), size: r.Size, iova: iova, gpa: r.GuestPhysAddr})
+	g.mapped.Add(1)
 	return nil
 }
 
@@ -86,6 +89,7 @@ func (g *GuestDMA) UnmapRegion(r vhost.Region) error {
 		return fmt.Errorf("DMA-unmap guest region gpa %#x at IOVA %#x: %w", m.gpa, m.iova, err)
 	}
 	g.regions = append(g.regions[:i], g.regions[i+1:]...)
+	g.mapped.Add(-1)
 	return g.iova.Free(m.iova)
 }
 
@@ -98,8 +102,9 @@ func (g *GuestDMA) find(host, size uint64) int {
 	return -1
 }
 
-// Mapped reports how many guest regions are DMA-mapped.
-func (g *GuestDMA) Mapped() int { return len(g.regions) }
+// Mapped reports how many guest regions are DMA-mapped; safe from any
+// goroutine.
+func (g *GuestDMA) Mapped() int { return int(g.mapped.Load()) }
 
 // iovaOf translates guest memory b (a slice the virtqueue produced from
 // the memory table, hence already validated against it) to the IOVA the
