@@ -45,6 +45,7 @@ type vring struct {
 	addrSet bool
 	base    uint16
 	kickFD  int
+	kicked  bool // SET_VRING_KICK arrived: start as soon as the ring is complete
 	callFD  int
 	errFD   int
 	enabled bool
@@ -240,8 +241,11 @@ func needsReply(r Request) bool {
 func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) {
 	defer closeFDs(m.FDs)
 	d.dp.Lock()
-	resp, err := d.handle(m)
+	// REPLY_ACK counts if it was negotiated before the request (RESET_OWNER
+	// clears it) or by it (SET_PROTOCOL_FEATURES).
 	ack := d.protoFeatures&ProtoFReplyAck != 0
+	resp, err := d.handle(m)
+	ack = ack || d.protoFeatures&ProtoFReplyAck != 0
 	d.dp.Unlock()
 	if err != nil {
 		d.log.Warn("vhost-user request refused", zap.Stringer("request", m.Request), zap.Error(err))
@@ -428,7 +432,7 @@ func (d *Device) setVringNum(s VringState) error {
 		return fmt.Errorf("vring %d size %d: want a power of two up to %d", s.Index, s.Num, MaxQueueSize)
 	}
 	v.num = uint16(s.Num)
-	return nil
+	return d.startVring(int(s.Index), v)
 }
 
 func (d *Device) setVringAddr(a VringAddr) error {
@@ -437,7 +441,10 @@ func (d *Device) setVringAddr(a VringAddr) error {
 		return err
 	}
 	v.addr, v.addrSet = a, true
-	if v.q != nil {
+	if v.q == nil {
+		return d.startVring(int(a.Index), v)
+	}
+	{
 		// Re-translate a running ring (DPDK does this when logging is
 		// toggled). If the new addresses are bad the ring is broken.
 		if err := v.q.translate(d.queueConfig(int(a.Index), v)); err != nil {
@@ -453,19 +460,15 @@ func (d *Device) queueConfig(i int, v *vring) QueueConfig {
 		Used: v.addr.Used, LastAvail: v.base, EventIdx: d.features&FEventIdx != 0}
 }
 
-// startVring creates the virtqueue once everything it needs has arrived.
+// startVring starts a kicked ring once everything it needs has arrived.
+// Front ends differ in order (QEMU sends CALL after KICK, DPDK may send
+// ENABLE last), so readiness is re-checked after every message that can
+// complete a ring; a ring that is merely incomplete is not an error.
 func (d *Device) startVring(i int, v *vring) error {
-	if v.q != nil {
+	if v.q != nil || !v.kicked || d.mem == nil || v.num == 0 || !v.addrSet {
 		return nil
 	}
-	switch {
-	case d.mem == nil:
-		return fmt.Errorf("vring %d kicked before SET_MEM_TABLE", i)
-	case v.num == 0:
-		return fmt.Errorf("vring %d kicked before SET_VRING_NUM", i)
-	case !v.addrSet:
-		return fmt.Errorf("vring %d kicked before SET_VRING_ADDR", i)
-	case d.features&FRingPacked != 0:
+	if d.features&FRingPacked != 0 {
 		return fmt.Errorf("vring %d: packed rings are not implemented", i)
 	}
 	q, err := NewSplitQueue(d.mem, d.queueConfig(i, v))
@@ -476,6 +479,15 @@ func (d *Device) startVring(i int, v *vring) error {
 	v.q = q
 	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint16("base", v.base))
 	return nil
+}
+
+// startReady starts every kicked ring that has become complete.
+func (d *Device) startReady() error {
+	var errs []error
+	for i := range d.vrings {
+		errs = append(errs, d.startVring(i, &d.vrings[i]))
+	}
+	return errors.Join(errs...)
 }
 
 // stopVring stops a ring (GET_VRING_BASE) and returns the next avail index
@@ -491,7 +503,7 @@ func (d *Device) stopVring(index uint32) (uint16, error) {
 		v.q = nil
 	}
 	closeFDs([]int{v.kickFD})
-	v.kickFD = -1
+	v.kickFD, v.kicked = -1, false
 	return v.base, nil
 }
 
@@ -529,7 +541,7 @@ func (d *Device) setVringFile(m *Message) error {
 	switch m.Request {
 	case ReqSetVringKick:
 		closeFDs([]int{v.kickFD})
-		v.kickFD = fd
+		v.kickFD, v.kicked = fd, true
 		return d.startVring(i, v)
 	case ReqSetVringCall:
 		closeFDs([]int{v.callFD})
@@ -585,7 +597,7 @@ func (d *Device) setMemTable(m *Message) error {
 		return fmt.Errorf("SET_MEM_TABLE: %w", err)
 	}
 	d.swapMemory(t, true)
-	return nil
+	return d.startReady()
 }
 
 func (d *Device) addMemReg(m *Message) error {
@@ -613,7 +625,7 @@ func (d *Device) addMemReg(m *Message) error {
 		return fmt.Errorf("ADD_MEM_REG gpa %#x: %w", desc.GuestPhysAddr, err)
 	}
 	d.swapMemory(t, false)
-	return nil
+	return d.startReady()
 }
 
 func (d *Device) remMemReg(m *Message) error {

@@ -136,9 +136,10 @@ type Segment struct {
 
 // AppendGPA appends to segs the host pieces of the guest physical range
 // [gpa, gpa+n): one segment per region the range crosses, so a buffer that
-// straddles two guest-adjacent regions is split correctly. It fails if any
-// byte lies outside the table or if segs has no capacity left (it never
-// grows segs, so it never allocates).
+// straddles two guest-adjacent regions is split correctly. It fails with
+// ErrBadAddress if any byte lies outside the table. It never grows segs,
+// so it never allocates: if segs runs out of capacity it still checks the
+// whole range and then reports ErrTooManySegs.
 func (t *MemoryTable) AppendGPA(segs []Segment, gpa, n uint64, writable bool) ([]Segment, error) {
 	if t == nil {
 		return segs, ErrNoMemory
@@ -146,18 +147,23 @@ func (t *MemoryTable) AppendGPA(segs []Segment, gpa, n uint64, writable bool) ([
 	if gpa+n < gpa {
 		return segs, ErrLengthWraps
 	}
+	full := false
 	for n > 0 {
 		r, off, ok := t.find(gpa, true)
 		if !ok {
 			return segs, ErrBadAddress
 		}
-		if len(segs) == cap(segs) {
-			return segs, ErrTooManySegs
-		}
 		k := min(n, r.Size-off)
-		segs = append(segs, Segment{GPA: gpa, Buf: r.Host[off : off+k : off+k], Writable: writable})
+		if len(segs) == cap(segs) {
+			full = true
+		} else {
+			segs = append(segs, Segment{GPA: gpa, Buf: r.Host[off : off+k : off+k], Writable: writable})
+		}
 		gpa += k
 		n -= k
+	}
+	if full {
+		return segs, ErrTooManySegs
 	}
 	return segs, nil
 }

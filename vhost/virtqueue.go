@@ -249,7 +249,7 @@ func (q *Virtqueue) walk(c *Chain, head uint16) error {
 	table := q.desc
 	limit := uint32(q.size)
 	idx := uint32(head)
-	indirect := false
+	indirect, truncated := false, false
 	var total uint64
 	for count := uint32(0); ; count++ {
 		if count >= limit {
@@ -290,9 +290,8 @@ func (q *Virtqueue) walk(c *Chain, head uint16) error {
 			var err error
 			c.Segs, err = q.mem.AppendGPA(c.Segs, addr, uint64(length), writable)
 			if err == ErrTooManySegs {
-				return err
-			}
-			if err != nil {
+				truncated = true // keep validating the rest of the chain
+			} else if err != nil {
 				return errBufferAddr
 			}
 		}
@@ -302,6 +301,9 @@ func (q *Virtqueue) walk(c *Chain, head uint16) error {
 			c.ReadLen += length
 		}
 		if flags&descFNext == 0 {
+			if truncated {
+				return ErrTooManySegs
+			}
 			return nil
 		}
 		if next >= limit {

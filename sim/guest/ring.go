@@ -222,3 +222,25 @@ func (r *Ring) Used() (head uint16, length uint32, ok bool) {
 // Restart resumes after a reconnect: the driver's view is unchanged, the
 // device restarts at used->idx (what QEMU sends as SET_VRING_BASE).
 func (r *Ring) Restart() uint16 { return r.UsedIdx() }
+
+// Repost makes head available again without rewriting its descriptors (a
+// driver recycling a buffer; used by allocation-free benchmarks together
+// with SkipUsed instead of Add/Used).
+func (r *Ring) Repost(head uint16) {
+	store16(r.avail, 4+2*int(r.availIdx&(r.size-1)), head)
+	r.availIdx++
+}
+
+// SkipUsed consumes every used entry without freeing descriptors (see
+// Repost) and returns how many there were.
+func (r *Ring) SkipUsed() int {
+	n := int(r.UsedIdx() - r.lastUsed)
+	r.lastUsed += uint16(n)
+	return n
+}
+
+// PublishRaw stores avail->idx = idx without kick logic (for tests that
+// make the driver misbehave).
+func (r *Ring) PublishRaw(idx uint16) {
+	store32(r.avail, 0, uint32(load16(r.avail, 0))|uint32(idx)<<16)
+}

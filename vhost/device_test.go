@@ -1,0 +1,446 @@
+package vhost_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+
+	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// recordingHook remembers which regions are DMA-mapped.
+type recordingHook struct {
+	mu     sync.Mutex
+	mapped map[*byte]int // host address -> size
+	maps   int
+	unmaps int
+}
+
+func (h *recordingHook) MapRegion(r vhost.Region) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(r.Host) != int(r.Size) {
+		return errors.New("host slice does not match size")
+	}
+	h.mapped[&r.Host[0]] = int(r.Size)
+	h.maps++
+	return nil
+}
+
+func (h *recordingHook) UnmapRegion(r vhost.Region) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.mapped[&r.Host[0]]; !ok {
+		return errors.New("unmap of a region never mapped")
+	}
+	// The memory must still be mapped while the hook runs.
+	_ = r.Host[len(r.Host)-1]
+	delete(h.mapped, &r.Host[0])
+	h.unmaps++
+	return nil
+}
+
+func (h *recordingHook) count() int {
+	n, _, _ := h.counts()
+	return n
+}
+
+func (h *recordingHook) counts() (mapped, maps, unmaps int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.mapped), h.maps, h.unmaps
+}
+
+type server struct {
+	dev  *vhost.Device
+	path string
+}
+
+func serve(t *testing.T, cfg vhost.Config) *server {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	}
+	dev, err := vhost.NewDevice(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "dev.sock")
+	l, err := vhost.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = vhost.ServeListener(ctx, l, dev) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return &server{dev: dev, path: path}
+}
+
+func rawFrontend(t *testing.T, path string) *guest.Frontend {
+	t.Helper()
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe, err := guest.NewFrontend(uc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fe.Close() })
+	return fe
+}
+
+// ackedFrontend negotiates REPLY_ACK so every request reports its status.
+func ackedFrontend(t *testing.T, path string) *guest.Frontend {
+	fe := rawFrontend(t, path)
+	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFReplyAck|vhost.ProtoFConfigureMemSlots|vhost.ProtoFStatus)); err != nil {
+		t.Fatal(err)
+	}
+	fe.EnableReplyAck(true)
+	return fe
+}
+
+func eventFD(t *testing.T) int {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+func TestFeatureNegotiation(t *testing.T) {
+	s := serve(t, vhost.Config{Features: vhost.FVersion1 | vhost.NetFMrgRxbuf, QueuePairs: 1})
+	fe := rawFrontend(t, s.path)
+	f, err := fe.U64(vhost.ReqGetFeatures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f != vhost.FVersion1|vhost.NetFMrgRxbuf|vhost.FProtocolFeatures {
+		t.Fatalf("offered %#x", f)
+	}
+	p, err := fe.U64(vhost.ReqGetProtocolFeatures)
+	if err != nil || p != vhost.DefaultProtocolFeatures {
+		t.Fatalf("protocol features %#x %v", p, err)
+	}
+	fe.EnableReplyAck(true)
+	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFReplyAck)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(vhost.FVersion1|vhost.FEventIdx)); err == nil {
+		t.Fatal("acking a feature that was not offered succeeded")
+	}
+	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(vhost.FVersion1)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := fe.U64(vhost.ReqGetQueueNum); err != nil || n != 1 {
+		t.Fatalf("GET_QUEUE_NUM %d %v", n, err)
+	}
+}
+
+func TestNewDeviceRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []vhost.Config{
+		{Features: vhost.FRingPacked},
+		{ProtocolFeatures: vhost.ProtoFLogShmfd},
+		{QueuePairs: 4, Features: vhost.FVersion1},
+		{MAC: net.HardwareAddr{1, 2, 3}},
+	} {
+		if _, err := vhost.NewDevice(cfg); err == nil {
+			t.Errorf("config %+v accepted", cfg)
+		}
+	}
+}
+
+func TestMalformedRequestsAreRefused(t *testing.T) {
+	s := serve(t, vhost.Config{QueuePairs: 2})
+	fe := ackedFrontend(t, s.path)
+	efd := eventFD(t)
+	cases := []struct {
+		name    string
+		req     vhost.Request
+		payload []byte
+		fds     []int
+	}{
+		{"unknown request", vhost.Request(99), nil, nil},
+		{"short SET_FEATURES", vhost.ReqSetFeatures, []byte{1, 2, 3, 4}, nil},
+		{"vring index out of range", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 99, Num: 256}), nil},
+		{"ring size not a power of two", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 300}), nil},
+		{"kick without fd", vhost.ReqSetVringKick, vhost.EncodeVringFile(0, false), nil},
+		{"kick with no-fd flag and an fd", vhost.ReqSetVringCall, vhost.EncodeVringFile(0, true), []int{efd}},
+		{"kick index out of range", vhost.ReqSetVringCall, vhost.EncodeVringFile(200, false), []int{efd}},
+		{"fd on a request without fds", vhost.ReqSetOwner, nil, []int{efd}},
+		{"mem table without fds", vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{{Size: 4096}}), nil},
+		{"mem table with 9 regions", vhost.ReqSetMemTable, func() []byte { b := vhost.EncodeMemTable(nil); b[0] = 9; return b }(), nil},
+		{"dirty log base", vhost.ReqSetLogBase, make([]byte, 16), []int{efd}},
+		{"enable value 2", vhost.ReqSetVringEnable, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 2}), nil},
+		{"status too large", vhost.ReqSetStatus, vhost.EncodeU64(0x100), nil},
+		{"backend req fd", vhost.ReqSetBackendReqFD, vhost.EncodeU64(0), []int{efd}},
+		{"protocol feature not offered", vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFLogShmfd), nil},
+	}
+	before := openFDs(t)
+	for _, c := range cases {
+		n := openFDs(t)
+		if _, err := fe.Request(c.req, c.payload, c.fds...); err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+		if openFDs(t) != n {
+			t.Errorf("%s: leaked a descriptor", c.name)
+		}
+	}
+	// The connection survived all of that.
+	if _, err := fe.U64(vhost.ReqGetFeatures); err != nil {
+		t.Fatalf("connection unusable after refused requests: %v", err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("back end kept %d descriptors from refused requests", after-before)
+	}
+}
+
+func TestBadHeaderDropsConnectionOnly(t *testing.T) {
+	s := serve(t, vhost.Config{})
+	fe := rawFrontend(t, s.path)
+	if err := fe.Conn().WriteMessage(vhost.Header{Request: vhost.ReqGetFeatures, Flags: 2}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fe.Conn().ReadMessage(); err == nil {
+		t.Fatal("back end answered a message with protocol version 2")
+	}
+	fe2 := rawFrontend(t, s.path)
+	if _, err := fe2.U64(vhost.ReqGetFeatures); err != nil {
+		t.Fatalf("back end does not accept a new front end: %v", err)
+	}
+}
+
+// openFDs counts this process's eventfd and memfd descriptors: the kinds a
+// front end passes. (Sockets and runtime descriptors come and go on their
+// own schedule and would make the count racy.)
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && (strings.Contains(link, "eventfd") || strings.HasPrefix(link, "/memfd:")) {
+			n++
+		}
+	}
+	return n
+}
+
+func waitDisconnected(t *testing.T, d *vhost.Device) {
+	t.Helper()
+	for range 500 {
+		if !d.Connected() {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatal("back end did not notice the disconnect")
+}
+
+func TestSessionLifecycleReleasesEverything(t *testing.T) {
+	hook := &recordingHook{mapped: map[*byte]int{}}
+	s := serve(t, vhost.Config{Hook: hook, QueuePairs: 2})
+	before := openFDs(t)
+	g, err := guest.Dial(s.path, guest.Options{QueuePairs: 2, Memory: guest.MemoryOptions{Split: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hook.count() != 2 {
+		t.Fatalf("hook saw %d regions mapped, want 2", hook.count())
+	}
+	// A second memory table replaces the first: old regions unmapped.
+	if _, err := g.FE.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable(g.Mem.Regions()), g.Mem.FD(), g.Mem.FD()); err != nil {
+		t.Fatal(err)
+	}
+	if mapped, maps, unmaps := hook.counts(); maps != 4 || unmaps != 2 || mapped != 2 {
+		t.Fatalf("after a new table: maps %d unmaps %d mapped %d", maps, unmaps, mapped)
+	}
+	if st := s.dev.Status(); st&vhost.StatusDriverOK == 0 {
+		t.Fatalf("status %#x after setup", st)
+	}
+	// Stopping a ring returns where it stopped.
+	base, err := g.StopRing(1)
+	if err != nil || base != 0 {
+		t.Fatalf("GET_VRING_BASE = %d, %v", base, err)
+	}
+	g.Close()
+	waitDisconnected(t, s.dev)
+	if hook.count() != 0 {
+		t.Fatalf("%d regions still DMA-mapped after disconnect", hook.count())
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d descriptors leaked across a session", after-before)
+	}
+}
+
+func TestResetOwnerStopsRingsAndMemory(t *testing.T) {
+	hook := &recordingHook{mapped: map[*byte]int{}}
+	s := serve(t, vhost.Config{Hook: hook})
+	g, err := guest.Dial(s.path, guest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.FE.Request(vhost.ReqResetOwner, nil); err != nil {
+		t.Fatal(err)
+	}
+	if hook.count() != 0 {
+		t.Fatal("RESET_OWNER left memory mapped")
+	}
+	s.dev.LockDataPath()
+	q := s.dev.TxQueue(0)
+	s.dev.UnlockDataPath()
+	if q != nil {
+		t.Fatal("RESET_OWNER left a ring running")
+	}
+}
+
+func TestMemSlots(t *testing.T) {
+	hook := &recordingHook{mapped: map[*byte]int{}}
+	s := serve(t, vhost.Config{Hook: hook})
+	fe := ackedFrontend(t, s.path)
+	n, err := fe.U64(vhost.ReqGetMaxMemSlots)
+	if err != nil || n < 8 {
+		t.Fatalf("GET_MAX_MEM_SLOTS = %d, %v", n, err)
+	}
+	mem, err := guest.NewMemory(guest.MemoryOptions{Size: 4 << 20, Split: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	regs := mem.Regions()
+	for _, r := range regs {
+		if _, err := fe.Request(vhost.ReqAddMemReg, vhost.EncodeMemReg(r), mem.FD()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := fe.Request(vhost.ReqAddMemReg, vhost.EncodeMemReg(regs[0]), mem.FD()); err == nil {
+		t.Fatal("overlapping ADD_MEM_REG accepted")
+	}
+	if hook.count() != 2 {
+		t.Fatalf("hook has %d regions", hook.count())
+	}
+	if _, err := fe.Request(vhost.ReqRemMemReg, vhost.EncodeMemReg(regs[0])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fe.Request(vhost.ReqRemMemReg, vhost.EncodeMemReg(regs[0])); err == nil {
+		t.Fatal("removing a region twice succeeded")
+	}
+	if hook.count() != 1 {
+		t.Fatalf("hook has %d regions after REM_MEM_REG", hook.count())
+	}
+}
+
+func TestGetConfig(t *testing.T) {
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+	s := serve(t, vhost.Config{ProtocolFeatures: vhost.DefaultProtocolFeatures | vhost.ProtoFConfig, MAC: mac, QueuePairs: 3, Features: vhost.DefaultFeatures, MTU: 9000})
+	fe := rawFrontend(t, s.path)
+	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFConfig)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := fe.Request(vhost.ReqGetConfig, vhost.EncodeConfig(0, 0, make([]byte, 12)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) != 24 || net.HardwareAddr(p[12:18]).String() != mac.String() ||
+		binary.LittleEndian.Uint16(p[20:]) != 3 || binary.LittleEndian.Uint16(p[22:]) != 9000 {
+		t.Fatalf("config reply % x", p)
+	}
+	p, err = fe.Request(vhost.ReqGetConfig, vhost.EncodeConfig(8, 0, make([]byte, 8)))
+	if err != nil || len(p) != 0 {
+		t.Fatalf("out-of-range GET_CONFIG: % x %v (want an empty config = failure)", p, err)
+	}
+}
+
+func TestSeveralDevicesAtOnce(t *testing.T) {
+	var devs []*server
+	var gs []*guest.Guest
+	for range 3 {
+		s := serve(t, vhost.Config{})
+		g, err := guest.Dial(s.path, guest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		devs, gs = append(devs, s), append(gs, g)
+	}
+	for i, s := range devs {
+		loop := vhost.NewLoopback(s.dev)
+		if err := gs[i].PostRx(0, 8); err != nil {
+			t.Fatal(err)
+		}
+		f := make([]byte, 60+i)
+		f[0] = byte(i)
+		if err := gs[i].Transmit(0, vhost.NetHeader{}, f); err != nil {
+			t.Fatal(err)
+		}
+		loop.Poll()
+		pk, err := gs[i].Receive(0)
+		if err != nil || len(pk) != 1 || len(pk[0].Frame) != 60+i || pk[0].Frame[6] != byte(i) {
+			t.Fatalf("device %d: %+v %v", i, pk, err)
+		}
+	}
+}
+
+func FuzzMessage(f *testing.F) {
+	seed := func(r vhost.Request, flags uint32, p []byte) []byte {
+		b := make([]byte, vhost.HeaderSize+len(p))
+		vhost.EncodeHeader(b, vhost.Header{Request: r, Flags: flags, Size: uint32(len(p))})
+		copy(b[vhost.HeaderSize:], p)
+		return b
+	}
+	f.Add(byte(0), seed(vhost.ReqGetFeatures, 1, nil))
+	f.Add(byte(1), seed(vhost.ReqSetVringKick, 9, vhost.EncodeVringFile(0, false)))
+	f.Add(byte(0), seed(vhost.ReqSetVringAddr, 1, vhost.EncodeVringAddr(vhost.VringAddr{Index: 1, Desc: 1 << 40})))
+	f.Add(byte(2), seed(vhost.ReqSetMemTable, 1, vhost.EncodeMemTable([]vhost.RegionDesc{{Size: 4096}, {Size: 1 << 62}})))
+	f.Add(byte(0), seed(vhost.ReqGetConfig, 1, vhost.EncodeConfig(4, 0, make([]byte, 300))))
+	f.Add(byte(0), seed(vhost.ReqSetVringNum, 1, vhost.EncodeVringState(vhost.VringState{Index: 2, Num: 1 << 15})))
+	f.Add(byte(0), seed(vhost.ReqAddMemReg, 1, vhost.EncodeMemReg(vhost.RegionDesc{Size: 1})))
+	dev, err := vhost.NewDevice(vhost.Config{QueuePairs: 2, ProtocolFeatures: vhost.DefaultProtocolFeatures | vhost.ProtoFConfig})
+	if err != nil {
+		f.Fatal(err)
+	}
+	// Protocol features that unlock the optional requests.
+	all := vhost.Message{Header: vhost.Header{Request: vhost.ReqSetProtocolFeatures, Flags: 1, Size: 8},
+		Payload: vhost.EncodeU64(vhost.DefaultProtocolFeatures | vhost.ProtoFConfig)}
+	f.Fuzz(func(t *testing.T, nfds byte, data []byte) {
+		dev.Dispatch(&all)
+		h, err := vhost.DecodeHeader(data)
+		if err != nil {
+			return
+		}
+		m := vhost.Message{Header: h, Payload: data[vhost.HeaderSize:]}
+		if int(h.Size) < len(m.Payload) {
+			m.Payload = m.Payload[:h.Size]
+		}
+		m.Size = uint32(len(m.Payload))
+		for range nfds % 3 {
+			// memfds, so SET_MEM_TABLE can really map something.
+			fd, err := unix.MemfdCreate("fuzz", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Ftruncate(fd, 1<<16)
+			m.FDs = append(m.FDs, fd)
+		}
+		dev.Dispatch(&m)
+	})
+}

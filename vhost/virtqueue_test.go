@@ -1,0 +1,293 @@
+package vhost_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"testing"
+
+	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// queuePair is a driver ring (the test guest's) and the device queue over
+// the same memory, without a socket.
+type queuePair struct {
+	mem *guest.Memory
+	drv *guest.Ring
+	dev *vhost.Virtqueue
+	buf uint64 // 64 KiB of buffer space
+}
+
+func newQueuePair(t testing.TB, size uint16, eventIdx, split bool) *queuePair {
+	t.Helper()
+	mem, err := guest.NewMemory(guest.MemoryOptions{Size: 4 << 20, Split: split})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	drv, err := guest.NewRing(mem, size, eventIdx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := mem.Table()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, avail, used := drv.Addrs()
+	dev, err := vhost.NewSplitQueue(tab, vhost.QueueConfig{Size: size, Desc: desc, Avail: avail, Used: used, EventIdx: eventIdx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := mem.Alloc(64<<10, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &queuePair{mem: mem, drv: drv, dev: dev, buf: buf}
+}
+
+func newChain(n int) vhost.Chain { return vhost.Chain{Segs: make([]vhost.Segment, 0, n)} }
+
+func TestPopDirectAndIndirect(t *testing.T) {
+	for _, indirect := range []bool{false, true} {
+		qp := newQueuePair(t, 64, false, false)
+		copy(qp.mem.Bytes(qp.buf, 4), "abcd")
+		bufs := []guest.Buf{{GPA: qp.buf, Len: 100}, {GPA: qp.buf + 100, Len: 28}, {GPA: qp.buf + 4096, Len: 2048, Write: true}}
+		head, err := qp.drv.Add(bufs, indirect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newChain(8)
+		if ok, err := qp.dev.Pop(&c); ok || err != nil {
+			t.Fatalf("popped before publish: %v %v", ok, err)
+		}
+		qp.drv.Publish()
+		if qp.dev.Avail() != 1 {
+			t.Fatalf("Avail = %d", qp.dev.Avail())
+		}
+		ok, err := qp.dev.Pop(&c)
+		if !ok || err != nil {
+			t.Fatalf("indirect=%v: Pop = %v, %v", indirect, ok, err)
+		}
+		if c.Head != head || c.ReadLen != 128 || c.WriteLen != 2048 || len(c.Segs) != 3 {
+			t.Fatalf("indirect=%v: chain %+v", indirect, c)
+		}
+		if string(c.Segs[0].Buf[:4]) != "abcd" || c.Segs[0].Writable || !c.Segs[2].Writable || c.Segs[2].GPA != qp.buf+4096 {
+			t.Fatalf("segments wrong: %+v", c.Segs)
+		}
+		qp.dev.Push(c.Head, 77)
+		if qp.drv.UsedIdx() != 0 {
+			t.Fatal("used entry visible before Flush")
+		}
+		qp.dev.Flush()
+		h, n, ok := qp.drv.Used()
+		if !ok || h != head || n != 77 {
+			t.Fatalf("used = %d %d %v", h, n, ok)
+		}
+	}
+}
+
+func TestPopSplitsBufferAcrossRegions(t *testing.T) {
+	qp := newQueuePair(t, 16, false, true)
+	regs := qp.mem.Regions()
+	// A buffer that runs off the end of region 0 is not in guest memory
+	// (region 1 is not guest-adjacent): the queue must break.
+	end0 := regs[0].GuestPhysAddr + regs[0].Size
+	if _, err := qp.drv.Add([]guest.Buf{{GPA: end0 - 8, Len: 16}}, false); err != nil {
+		t.Fatal(err)
+	}
+	qp.drv.Publish()
+	c := newChain(4)
+	if _, err := qp.dev.Pop(&c); !errors.Is(err, vhost.ErrQueueBroken) || !qp.dev.Broken() {
+		t.Fatalf("buffer across a hole: %v", err)
+	}
+}
+
+// sabotage publishes one chain and then corrupts it with f before the
+// device pops it; the queue must break without panicking.
+func TestBrokenChains(t *testing.T) {
+	cases := map[string]func(qp *queuePair, head uint16){
+		"loop": func(qp *queuePair, head uint16) {
+			d := qp.drv.Desc(head)
+			binary.LittleEndian.PutUint16(d[12:], guest.DescNext)
+			binary.LittleEndian.PutUint16(d[14:], head)
+		},
+		"next-out-of-range": func(qp *queuePair, head uint16) {
+			d := qp.drv.Desc(head)
+			binary.LittleEndian.PutUint16(d[12:], guest.DescNext)
+			binary.LittleEndian.PutUint16(d[14:], 1000)
+		},
+		"outside-memory": func(qp *queuePair, head uint16) {
+			binary.LittleEndian.PutUint64(qp.drv.Desc(head), qp.mem.End()+4096)
+		},
+		"address-wraps": func(qp *queuePair, head uint16) {
+			binary.LittleEndian.PutUint64(qp.drv.Desc(head), math.MaxUint64-10)
+		},
+		"length-overflow": func(qp *queuePair, head uint16) {
+			// Two descriptors of 3 GiB each (addresses are checked after
+			// the total, so the overflow is what trips).
+			a, b := qp.drv.Desc(head), qp.drv.Desc(head+1)
+			binary.LittleEndian.PutUint32(a[8:], 3<<30)
+			binary.LittleEndian.PutUint16(a[12:], guest.DescNext)
+			binary.LittleEndian.PutUint16(a[14:], head+1)
+			copy(b, a)
+			binary.LittleEndian.PutUint16(b[12:], 0)
+		},
+		"indirect-with-next": func(qp *queuePair, head uint16) {
+			d := qp.drv.Desc(head)
+			binary.LittleEndian.PutUint16(d[12:], guest.DescIndirect|guest.DescNext)
+		},
+		"indirect-bad-length": func(qp *queuePair, head uint16) {
+			d := qp.drv.Desc(head)
+			binary.LittleEndian.PutUint32(d[8:], 17)
+			binary.LittleEndian.PutUint16(d[12:], guest.DescIndirect)
+		},
+		"nested-indirect": func(qp *queuePair, head uint16) {
+			// An indirect table whose entry is itself indirect.
+			d := qp.drv.Desc(head)
+			table := binary.LittleEndian.Uint64(d)
+			binary.LittleEndian.PutUint16(qp.mem.Bytes(table, 16)[12:], guest.DescIndirect)
+		},
+		"read-after-write": func(qp *queuePair, head uint16) {
+			a, b := qp.drv.Desc(head), qp.drv.Desc(head+1)
+			binary.LittleEndian.PutUint64(a, qp.buf)
+			binary.LittleEndian.PutUint32(a[8:], 8)
+			binary.LittleEndian.PutUint16(a[12:], guest.DescNext|guest.DescWrite)
+			binary.LittleEndian.PutUint16(a[14:], head+1)
+			binary.LittleEndian.PutUint64(b, qp.buf+8)
+			binary.LittleEndian.PutUint32(b[8:], 8)
+			binary.LittleEndian.PutUint16(b[12:], 0)
+		},
+		"head-out-of-range": func(qp *queuePair, head uint16) {
+			qp.drv.Repost(500)
+			qp.drv.PublishRaw(qp.drv.AvailIdx())
+		},
+		"avail-index-jump": func(qp *queuePair, head uint16) {
+			qp.drv.PublishRaw(qp.drv.AvailIdx() + 100)
+		},
+	}
+	for name, corrupt := range cases {
+		t.Run(name, func(t *testing.T) {
+			qp := newQueuePair(t, 16, false, false)
+			indirect := name == "nested-indirect"
+			head, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 64}}, indirect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name == "head-out-of-range" {
+				qp.drv.Publish()
+				ok, err := qp.dev.Pop(&vhost.Chain{Segs: make([]vhost.Segment, 0, 4)})
+				if !ok || err != nil {
+					t.Fatal("valid chain refused", err)
+				}
+			}
+			qp.drv.Publish()
+			corrupt(qp, head) // after publishing: the device reads at Pop time
+			c := newChain(4)
+			ok, err := qp.dev.Pop(&c)
+			if ok || !errors.Is(err, vhost.ErrQueueBroken) || !qp.dev.Broken() {
+				t.Fatalf("Pop = %v, %v; broken %v", ok, err, qp.dev.Broken())
+			}
+			if _, err := qp.dev.Pop(&c); !errors.Is(err, vhost.ErrQueueBroken) {
+				t.Fatalf("second Pop on a broken queue: %v", err)
+			}
+			if qp.dev.Avail() != 0 {
+				t.Fatal("broken queue reports available chains")
+			}
+		})
+	}
+}
+
+func TestPopTooManySegmentsConsumesChain(t *testing.T) {
+	qp := newQueuePair(t, 16, false, false)
+	bufs := []guest.Buf{{GPA: qp.buf, Len: 10}, {GPA: qp.buf + 10, Len: 10}, {GPA: qp.buf + 20, Len: 10}}
+	head, _ := qp.drv.Add(bufs, false)
+	qp.drv.Publish()
+	c := newChain(2)
+	ok, err := qp.dev.Pop(&c)
+	if !ok || !errors.Is(err, vhost.ErrTooManySegs) || c.Head != head || qp.dev.Broken() {
+		t.Fatalf("Pop = %v %v head %d broken %v", ok, err, c.Head, qp.dev.Broken())
+	}
+}
+
+func TestNotificationSuppression(t *testing.T) {
+	qp := newQueuePair(t, 16, false, false)
+	if qp.drv.UsedFlags()&1 == 0 {
+		t.Fatal("polling device without EVENT_IDX must set VRING_USED_F_NO_NOTIFY")
+	}
+	qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 10}}, false)
+	if qp.drv.Publish() {
+		t.Fatal("driver would kick a polling device")
+	}
+	qp.dev.EnableNotify()
+	qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 10}}, false)
+	if !qp.drv.Publish() {
+		t.Fatal("driver would not kick after EnableNotify")
+	}
+	qp.dev.DisableNotify()
+
+	ev := newQueuePair(t, 16, true, false)
+	for i := range 40 { // more than the ring: wraps avail indexes past 16
+		ev.drv.Add([]guest.Buf{{GPA: ev.buf, Len: 10}}, false)
+		if ev.drv.Publish() {
+			t.Fatalf("EVENT_IDX driver would kick at %d (avail_event %d)", i, ev.drv.AvailEvent())
+		}
+		c := newChain(2)
+		if ok, err := ev.dev.Pop(&c); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		ev.dev.Push(c.Head, 0)
+		ev.dev.Flush()
+		ev.drv.Used()
+	}
+}
+
+func TestPopPushAllocatesNothing(t *testing.T) {
+	qp := newQueuePair(t, 256, true, false)
+	primeRecycling(t, qp, 256)
+	c := newChain(8)
+	allocs := testing.AllocsPerRun(1000, func() { cycle(t, qp, &c, 32) })
+	if allocs != 0 {
+		t.Fatalf("pop/push/flush allocated %.1f times per burst", allocs)
+	}
+}
+
+// primeRecycling adds n single-buffer chains once; cycle then recycles
+// them with Repost/SkipUsed, which allocate nothing on the driver side.
+func primeRecycling(t testing.TB, qp *queuePair, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf + uint64(i%32)*2048, Len: 2048, Write: true}}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qp.drv.Publish()
+}
+
+// cycle is one burst: the device pops up to burst chains and pushes them
+// back, publishing once; the driver reposts them and publishes once.
+func cycle(t testing.TB, qp *queuePair, c *vhost.Chain, burst int) {
+	for range burst {
+		ok, err := qp.dev.Pop(c)
+		if !ok || err != nil {
+			t.Fatalf("pop: %v %v", ok, err)
+		}
+		qp.dev.Push(c.Head, 64)
+		qp.drv.Repost(c.Head)
+	}
+	qp.dev.Flush()
+	qp.drv.SkipUsed()
+	qp.drv.Publish()
+}
+
+func BenchmarkSplitPopPush(b *testing.B) {
+	const burst = 32
+	qp := newQueuePair(b, 256, true, false)
+	primeRecycling(b, qp, 256)
+	c := newChain(8)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for done := 0; done < b.N; done += burst {
+		cycle(b, qp, &c, burst)
+	}
+}
