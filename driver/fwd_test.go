@@ -39,12 +39,12 @@ func newFwdRig(t *testing.T, frameSize, bufSize int) *fwdRig {
 		return pf, p, alloc
 	}
 	var allocA, allocB *hugepage.IOVAAllocator
-	r.pfA, r.a, allocA = openPort(ixgbe.Config{RxRingSize: 256, RxBufSize: bufSize, MTU: 9000})
-	r.pfB, r.b, allocB = openPort(ixgbe.Config{TxRingSize: 256, MTU: 9000})
+	r.pfA, r.a, allocA = openPort(ixgbe.Config{RxRingSize: 1024, RxBufSize: bufSize, MTU: 9000})
+	r.pfB, r.b, allocB = openPort(ixgbe.Config{TxRingSize: 1024, MTU: 9000})
 
 	// One pool, mapped at the same IOVA into both ports' IOMMU domains:
 	// A's NIC writes a frame into a buffer and B's NIC reads it from there.
-	const count = 1024
+	const count = 4096
 	region, err := hugepage.Alloc(uint64(count*bufSize), hugepage.Options{PageSize: hugepage.Page2M, Name: "fwd-test"})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func TestForwardLossless(t *testing.T) {
 	for _, size := range []int{64, 1518, 9018} {
 		t.Run(wireSizeName(size), func(t *testing.T) {
 			r := newFwdRig(t, size, 2048)
-			for i := 0; i < 40; i++ { // let the forwarder fill the RX ring
+			for i := 0; i < 40; i++ { // let the forwarder fill the RX ring (8 bursts a poll)
 				r.fwd.Poll()
 				r.pfA.Step()
 			}
@@ -164,8 +164,8 @@ func TestForwardFreeRunning(t *testing.T) {
 	defer runner.Stop()
 	time.Sleep(20 * time.Millisecond) // RX ring filled
 
-	const total = 10000
-	gen, err := wire.NewGenerator(wire.GeneratorConfig{DstMAC: wire.MAC(r.a.MAC()), Rate: 20000, Count: total}, r.pfA)
+	const total = 5000
+	gen, err := wire.NewGenerator(wire.GeneratorConfig{DstMAC: wire.MAC(r.a.MAC()), Rate: 5000, Count: total}, r.pfA)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ with no copy, polled by pinned cores.`,
 		newProbeCommand(a),
 		newBindCommand(a),
 		newUnbindCommand(a),
+		newRunCommand(a),
 	)
 	return root
 }

@@ -41,3 +41,33 @@ func TestCommandErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRunForwardSimulated runs `zcnet run --fwd --sim` for a moment at a
+// rate the simulator sustains under the race detector and expects every
+// generated frame at the sink.
+func TestRunForwardSimulated(t *testing.T) {
+	out, err := execute("run", "--fwd", "--sim", "--duration", "1s", "--rate", "5000", "--stats-period", "0")
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "lost 0, bad checksums 0") {
+		t.Errorf("forwarding lost frames:\n%s", out)
+	}
+	if strings.Contains(out, "sink received 0,") {
+		t.Errorf("nothing was forwarded:\n%s", out)
+	}
+}
+
+func TestRunForwardFlagErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"run"},
+		{"run", "--fwd"},
+		{"run", "--fwd", "--pci", "0000:01:00.0"},
+		{"run", "--fwd", "--sim", "--pci", "0000:01:00.0"},
+		{"run", "--fwd", "--sim", "-l", "5-3"},
+	} {
+		if _, err := execute(args...); err == nil {
+			t.Errorf("zcnet %s succeeded", strings.Join(args, " "))
+		}
+	}
+}

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/wire"
+	"github.com/zcnet/zcnet/vfio"
+)
+
+// runOptions are the flags of `zcnet run`, named as testpmd and OVS-DPDK
+// operators know them.
+type runOptions struct {
+	pci       []string
+	fwd       bool
+	simulate  bool
+	lcores    string
+	rxRing    int
+	txRing    int
+	mtu       int
+	burst     int
+	poolBufs  int
+	duration  time.Duration
+	interval  time.Duration
+	rate      float64
+	frameSize int
+	flows     int
+}
+
+func newRunCommand(a *app) *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the data path: --fwd forwards between two ports",
+		Long: `run drives NIC ports with pinned poll cores until SIGINT or SIGTERM.
+
+With --fwd and two --pci ports it forwards every frame received on one port
+out of the other, in both directions, like ixy-fwd or testpmd's io mode: the
+receive buffer itself is transmitted, so nothing is copied. With --sim the two
+ports are simulated 82599s joined by a traffic generator (on port 0's wire)
+and a verifying sink (on port 1's wire), and the run reports loss.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return runForward(ctx, a.log, o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of a port (PF or VF bound to vfio-pci); repeat for each port")
+	f.BoolVar(&o.fwd, "fwd", false, "forward between the two ports (io mode)")
+	f.BoolVar(&o.simulate, "sim", false, "use two simulated 82599 ports with a generator and a sink instead of --pci")
+	f.StringVarP(&o.lcores, "lcores", "l", "", "poll cores, DPDK -l syntax (e.g. 2-3); default: the last allowed CPU")
+	f.IntVar(&o.rxRing, "rxd", 1024, "RX descriptors per queue")
+	f.IntVar(&o.txRing, "txd", 1024, "TX descriptors per queue")
+	f.IntVar(&o.mtu, "mtu", 1500, "MTU of the ports")
+	f.IntVar(&o.burst, "burst", 32, "frames per poll")
+	f.IntVar(&o.poolBufs, "pool", 4096, "2 KiB buffers per direction")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT/SIGTERM)")
+	f.DurationVar(&o.interval, "stats-period", time.Second, "print statistics this often (0: only at the end)")
+	f.Float64Var(&o.rate, "rate", 100000, "--sim: generator rate in frames per second")
+	f.IntVar(&o.frameSize, "frame-size", 64, "--sim: frame size on the wire, FCS included")
+	f.IntVar(&o.flows, "flows", 1, "--sim: number of UDP flows")
+	return cmd
+}
+
+// fwdPort is one side of the forwarder: a NIC port and the IOMMU domain
+// bookkeeping its buffers live in.
+type fwdPort struct {
+	name  string
+	dev   vfio.Device
+	port  *ixgbe.Port
+	alloc *hugepage.IOVAAllocator
+}
+
+func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writer) error {
+	if !o.fwd {
+		return errors.New("nothing to run: give --fwd (the vhost data path arrives with the zero-copy engine)")
+	}
+	if o.simulate == (len(o.pci) > 0) {
+		return errors.New("--fwd needs either exactly two --pci ports or --sim")
+	}
+	if !o.simulate && len(o.pci) != 2 {
+		return fmt.Errorf("--fwd needs exactly two --pci ports, got %d", len(o.pci))
+	}
+	cpus, err := pollCPUs(o.lcores)
+	if err != nil {
+		return err
+	}
+
+	var ports [2]*fwdPort
+	var gen *wire.Generator
+	var sink *wire.Sink
+	var sims [2]*sim.PF
+	for i := range ports {
+		var dev vfio.Device
+		name := fmt.Sprintf("port%d", i)
+		if o.simulate {
+			opts := sim.DefaultOptions()
+			opts.MAC[5] = byte(i + 1)
+			opts.Address = fmt.Sprintf("sim:%d", i)
+			sims[i] = sim.NewPF(opts)
+			dev = sims[i]
+		} else {
+			d, err := vfio.Open(o.pci[i])
+			if err != nil {
+				return err
+			}
+			dev = d
+			name = o.pci[i]
+		}
+		p, err := openFwdPort(name, dev, o)
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		defer p.close(log)
+		ports[i] = p
+	}
+	if o.simulate {
+		sink = wire.NewSink(nil)
+		sims[1].Attach(sink)
+		gen, err = wire.NewGenerator(wire.GeneratorConfig{
+			DstMAC: wire.MAC(ports[0].port.MAC()), FrameSize: o.frameSize,
+			Flows: o.flows, Rate: o.rate,
+		}, sims[0])
+		if err != nil {
+			return err
+		}
+		for _, s := range sims {
+			s.Start()
+			defer s.Stop()
+		}
+	}
+
+	fwds := make([]*driver.Forward, 2)
+	var release []func()
+	defer func() {
+		for _, r := range release {
+			r()
+		}
+	}()
+	for i := range fwds {
+		from, to := ports[i], ports[1-i]
+		pool, free, err := sharedPool(from, to, o.poolBufs)
+		if err != nil {
+			return err
+		}
+		release = append(release, free)
+		fwds[i], err = driver.NewForward(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool, o.burst)
+		if err != nil {
+			return err
+		}
+	}
+	// Ports stop (handing back every buffer) before the pools are freed:
+	// deferred calls run in reverse, so register the stop after the frees.
+	defer func() {
+		for _, p := range ports {
+			if err := p.port.Stop(); err != nil {
+				log.Warn("stop port", zap.String("port", p.name), zap.Error(err))
+			}
+		}
+	}()
+
+	lcores := make([]driver.LcoreConfig, 0, 2)
+	if len(cpus) >= 2 {
+		lcores = append(lcores,
+			driver.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []driver.Task{fwds[0]}},
+			driver.LcoreConfig{ID: 1, CPU: cpus[1], Tasks: []driver.Task{fwds[1]}})
+	} else {
+		lcores = append(lcores, driver.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []driver.Task{fwds[0], fwds[1]}})
+	}
+	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield}, lcores)
+	if err != nil {
+		return err
+	}
+	if err := runner.Start(ctx); err != nil {
+		return err
+	}
+	log.Info("forwarding", zap.String("a", ports[0].name), zap.String("b", ports[1].name), zap.Ints("cpus", cpus))
+	if gen != nil {
+		time.Sleep(20 * time.Millisecond) // let the forwarders fill the RX rings
+		if err := gen.Start(); err != nil {
+			runner.Stop()
+			return err
+		}
+	}
+
+	runCtx := ctx
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	var tick <-chan time.Time
+	if o.interval > 0 {
+		t := time.NewTicker(o.interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	start := time.Now()
+	var last [2]driver.ForwardStats
+	lastAt := start
+loop:
+	for {
+		select {
+		case <-runCtx.Done():
+			break loop
+		case now := <-tick:
+			secs := now.Sub(lastAt).Seconds()
+			for i, f := range fwds {
+				s := f.Stats()
+				fmt.Fprintf(out, "%-24s rx %10d  tx %10d  %8.3f Mpps  txfull %d\n",
+					f.Name(), s.RxFrames, s.TxFrames, float64(s.TxFrames-last[i].TxFrames)/secs/1e6, s.TxFull)
+				last[i] = s
+			}
+			lastAt = now
+		}
+	}
+	if gen != nil {
+		gen.Stop()
+		drain(sink, gen.Sent())
+	}
+	if err := runner.Stop(); err != nil {
+		return err
+	}
+	elapsed := time.Since(start).Seconds()
+	for _, f := range fwds {
+		s := f.Stats()
+		fmt.Fprintf(out, "total %-18s rx %d tx %d (%.3f Mpps average)\n", f.Name(), s.RxFrames, s.TxFrames, float64(s.TxFrames)/elapsed/1e6)
+	}
+	for _, p := range ports {
+		st := p.port.Stats()
+		fmt.Fprintf(out, "%-24s NIC rx %d tx %d, dropped: packet buffer full %d, no RX descriptor %d\n",
+			p.name, st.RxPackets, st.TxPackets, st.RxMissed, st.Queues[0].RxDropped)
+	}
+	if sink != nil {
+		s := sink.Stats()
+		fmt.Fprintf(out, "generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %v p99 %v\n",
+			gen.Sent(), s.Received, gen.Sent()-s.Received, s.BadIPChecksum+s.BadUDPChecksum, s.Latency.P50, s.Latency.P99)
+		for i, pf := range sims {
+			if c := pf.Counters(); c.IOMMUFaults != 0 {
+				return fmt.Errorf("simulated port %d counted %d IOMMU faults", i, c.IOMMUFaults)
+			}
+		}
+	}
+	return nil
+}
+
+// drain waits until the frames still in flight reach the sink: all sent
+// ones, or none more for 200 ms.
+func drain(sink *wire.Sink, sent uint64) {
+	last, still := sink.Stats().Received, 0
+	for last < sent && still < 20 {
+		time.Sleep(10 * time.Millisecond)
+		now := sink.Stats().Received
+		if now == last {
+			still++
+		} else {
+			last, still = now, 0
+		}
+	}
+}
+
+// openFwdPort brings a port up with one queue pair.
+func openFwdPort(name string, dev vfio.Device, o *runOptions) (*fwdPort, error) {
+	alloc, err := hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit)
+	if err != nil {
+		return nil, err
+	}
+	p, err := ixgbe.Open(dev, ixgbe.Config{
+		RxRingSize: o.rxRing, TxRingSize: o.txRing, MTU: o.mtu, IOVA: alloc,
+		LinkTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &fwdPort{name: name, dev: dev, port: p, alloc: alloc}, nil
+}
+
+func (p *fwdPort) close(log *zap.Logger) {
+	if err := p.port.Close(); err != nil {
+		log.Warn("close port", zap.String("port", p.name), zap.Error(err))
+	}
+	p.dev.Close()
+}
+
+// sharedPool allocates a buffer pool in hugepages and maps it at one IOVA
+// into both ports' IOMMU domains: from's NIC writes a frame and to's NIC
+// reads the same buffer. The returned func unmaps and frees it.
+func sharedPool(from, to *fwdPort, count int) (*hugepage.Pool, func(), error) {
+	const bufSize = 2048
+	region, err := hugepage.Alloc(uint64(count*bufSize), hugepage.Options{PageSize: hugepage.Page2M, Name: "zcnet-fwd"})
+	if err != nil {
+		return nil, nil, err
+	}
+	size := uint64(region.Len())
+	iova, err := from.alloc.Alloc(size, hugepage.IOMMUPage)
+	if err == nil {
+		err = to.alloc.Reserve(iova, size)
+	}
+	if err != nil {
+		region.Close()
+		return nil, nil, fmt.Errorf("IOVA for the buffer pool: %w", err)
+	}
+	if err := region.MapInto(from.dev.DMA(), iova); err != nil {
+		region.Close()
+		return nil, nil, err
+	}
+	if err := to.dev.DMA().MapDMA(iova, region.Bytes()); err != nil {
+		region.Close()
+		return nil, nil, fmt.Errorf("map the buffer pool for %s: %w", to.name, err)
+	}
+	pool, err := hugepage.NewPool(region, hugepage.PoolConfig{BufSize: bufSize, Count: count})
+	if err != nil {
+		_ = to.dev.DMA().UnmapDMA(iova, size)
+		region.Close()
+		return nil, nil, err
+	}
+	return pool, func() {
+		_ = to.dev.DMA().UnmapDMA(iova, size)
+		region.Close()
+	}, nil
+}
+
+// pollCPUs turns the -l list into CPUs, defaulting to the last allowed one
+// (CPU 0 usually takes the kernel's housekeeping).
+func pollCPUs(list string) ([]int, error) {
+	if list != "" {
+		return driver.ParseCoreList(list)
+	}
+	allowed, err := driver.AllowedCPUs()
+	if err != nil {
+		return nil, err
+	}
+	return allowed[len(allowed)-1:], nil
+}
