@@ -598,3 +598,26 @@ func (g *Guest) Control(class, cmd byte, data []byte, poll func()) (byte, error)
 	}
 	return 0, errors.New("guest: device never completed the control command")
 }
+
+// ResetQueue recovers virtqueue i the way a driver does after the device
+// reported NEEDS_RESET: stop it (GET_VRING_BASE), clear the ring and its
+// buffers, and set it up again from index 0.
+func (g *Guest) ResetQueue(i int) error {
+	if _, err := g.StopRing(i); err != nil {
+		return err
+	}
+	q := g.queues[i]
+	q.ring.Reset()
+	clear(q.slotOf)
+	q.freeSlots = q.freeSlots[:0]
+	for s := int(g.opt.QueueSize) - 1; s >= 0; s-- {
+		q.freeSlots = append(q.freeSlots, s)
+	}
+	if err := g.startRing(i, q); err != nil {
+		return err
+	}
+	if g.Features&vhost.FProtocolFeatures != 0 {
+		return g.SetEnable(i, true)
+	}
+	return nil
+}
