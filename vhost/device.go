@@ -71,6 +71,7 @@ type Device struct {
 	owner         bool
 	status        uint8
 	mem           *MemoryTable
+	retired       []Region // to release once the lock is dropped
 	vrings        []vring
 	ctrl          ctrlState
 }
@@ -187,20 +188,31 @@ func (d *Device) statusLocked() uint8 {
 	return s
 }
 
+// endSession resets the session and releases its memory.
+func (d *Device) endSession() {
+	d.dp.Lock()
+	d.resetSession()
+	retired := d.retired
+	d.retired = nil
+	d.dp.Unlock()
+	d.releaseRetired(retired)
+}
+
 // Connected reports whether a front end is attached.
 func (d *Device) Connected() bool { return d.busy.Load() }
 
 // resetSession forgets everything a front end set up (data-path lock held
 // or device unused): rings stopped and their descriptors closed, memory
-// released through the hook, features and status cleared.
+// retired (to be released through the hook once the lock is dropped),
+// features and status cleared.
 func (d *Device) resetSession() {
 	for i := range d.vrings {
 		v := &d.vrings[i]
 		closeFDs([]int{v.kickFD, v.callFD, v.errFD})
 		*v = vring{kickFD: -1, callFD: -1, errFD: -1}
 	}
-	if err := d.mem.release(d.cfg.Hook); err != nil {
-		d.log.Error("releasing guest memory", zap.Error(err))
+	if d.mem != nil {
+		d.retired = append(d.retired, d.mem.regions...)
 	}
 	d.mem = nil
 	d.features, d.protoFeatures, d.owner, d.status = 0, 0, false, 0
@@ -240,13 +252,17 @@ func needsReply(r Request) bool {
 // dropped. It closes every descriptor of m that it did not keep.
 func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) {
 	defer closeFDs(m.FDs)
+	prep := d.prepareMemory(m)
 	d.dp.Lock()
 	// REPLY_ACK counts if it was negotiated before the request (RESET_OWNER
 	// clears it) or by it (SET_PROTOCOL_FEATURES).
 	ack := d.protoFeatures&ProtoFReplyAck != 0
-	resp, err := d.handle(m)
+	resp, err := d.handle(m, prep)
 	ack = ack || d.protoFeatures&ProtoFReplyAck != 0
+	retired := d.retired
+	d.retired = nil
 	d.dp.Unlock()
+	d.releaseRetired(retired)
 	if err != nil {
 		d.log.Warn("vhost-user request refused", zap.Stringer("request", m.Request), zap.Error(err))
 	} else {
@@ -285,7 +301,7 @@ func wantFDs(m *Message, n int) error {
 }
 
 // handle applies one request with the data-path lock held.
-func (d *Device) handle(m *Message) ([]byte, error) {
+func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 	if err := checkSize(m); err != nil {
 		return nil, err
 	}
@@ -326,7 +342,7 @@ func (d *Device) handle(m *Message) ([]byte, error) {
 		d.resetRings()
 		return nil, nil
 	case ReqSetMemTable:
-		return nil, d.setMemTable(m)
+		return nil, d.setMemTable(prep)
 	case ReqSetLogBase, ReqSetLogFD:
 		return nil, fmt.Errorf("dirty logging for live migration is not implemented (LOG_ALL/LOG_SHMFD are never offered)")
 	case ReqSetVringNum:
@@ -386,7 +402,7 @@ func (d *Device) handle(m *Message) ([]byte, error) {
 		}
 		return EncodeU64(maxMemSlots), nil
 	case ReqAddMemReg:
-		return nil, d.addMemReg(m)
+		return nil, d.addMemReg(prep)
 	case ReqRemMemReg:
 		return nil, d.remMemReg(m)
 	}
@@ -559,12 +575,58 @@ func (d *Device) setVringFile(m *Message) error {
 	return nil
 }
 
-// swapMemory installs a new memory table under the data-path lock (held),
-// re-translates running rings, then releases the old table: QEMU may free
-// the old memory as soon as we acknowledge.
-func (d *Device) swapMemory(t *MemoryTable, releaseOld bool) {
-	old := d.mem
+// preparedMemory is guest memory mapped (and reported to the hook) before
+// the data-path lock is taken: mmap and DMA-mapping can take long for big
+// guests, and pollers must not wait for them.
+type preparedMemory struct {
+	table *MemoryTable
+	err   error
+}
+
+// prepareMemory maps the regions of SET_MEM_TABLE and ADD_MEM_REG. It runs
+// on the protocol goroutine, the only one that changes d.mem, so reading
+// d.protoFeatures here needs no lock.
+func (d *Device) prepareMemory(m *Message) (p preparedMemory) {
+	if checkSize(m) != nil {
+		return p // handle reports it
+	}
+	switch m.Request {
+	case ReqSetMemTable:
+		descs, err := decodeMemTable(m.Payload, len(m.FDs))
+		if err != nil {
+			return preparedMemory{err: err}
+		}
+		fds := make([]int, len(m.FDs))
+		for i := range fds {
+			fds[i] = takeFD(m, i)
+		}
+		p.table, p.err = mapRegions(descs, fds, d.cfg.Hook)
+		if p.err != nil {
+			p.err = fmt.Errorf("SET_MEM_TABLE: %w", p.err)
+		}
+	case ReqAddMemReg:
+		if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
+			return preparedMemory{err: errors.New("ADD_MEM_REG without the CONFIGURE_MEM_SLOTS protocol feature")}
+		}
+		if err := wantFDs(m, 1); err != nil {
+			return preparedMemory{err: err}
+		}
+		p.table, p.err = mapRegions([]RegionDesc{decodeRegion(m.Payload[8:])}, []int{takeFD(m, 0)}, d.cfg.Hook)
+		if p.err != nil {
+			p.err = fmt.Errorf("ADD_MEM_REG: %w", p.err)
+		}
+	}
+	return p
+}
+
+// swapMemory installs a new memory table under the data-path lock (held)
+// and re-translates running rings. Regions no longer in use are queued in
+// d.retired and released by Dispatch after the lock is dropped (no poller
+// can reach them any more) and before the reply: QEMU may free the old
+// memory as soon as we acknowledge.
+func (d *Device) swapMemory(t *MemoryTable, retired ...Region) {
 	d.mem = t
+	d.retired = append(d.retired, retired...)
 	for i := range d.vrings {
 		v := &d.vrings[i]
 		if v.q == nil {
@@ -576,55 +638,44 @@ func (d *Device) swapMemory(t *MemoryTable, releaseOld bool) {
 			v.q.fail(err)
 		}
 	}
-	if releaseOld {
-		if err := old.release(d.cfg.Hook); err != nil {
-			d.log.Error("releasing old guest memory", zap.Error(err))
+}
+
+// releaseRetired releases regions swapMemory retired; called without the
+// data-path lock.
+func (d *Device) releaseRetired(regions []Region) {
+	for _, r := range regions {
+		if err := releaseRegion(r, d.cfg.Hook); err != nil {
+			d.log.Error("releasing guest memory", zap.Error(err))
 		}
 	}
 }
 
-func (d *Device) setMemTable(m *Message) error {
-	descs, err := decodeMemTable(m.Payload, len(m.FDs))
-	if err != nil {
-		return err
+func (d *Device) setMemTable(p preparedMemory) error {
+	if p.err != nil {
+		return p.err
 	}
-	fds := make([]int, len(m.FDs))
-	for i := range fds {
-		fds[i] = takeFD(m, i)
+	var old []Region
+	if d.mem != nil {
+		old = d.mem.regions
 	}
-	t, err := mapRegions(descs, fds, d.cfg.Hook)
-	if err != nil {
-		return fmt.Errorf("SET_MEM_TABLE: %w", err)
-	}
-	d.swapMemory(t, true)
+	d.swapMemory(p.table, old...)
 	return d.startReady()
 }
 
-func (d *Device) addMemReg(m *Message) error {
-	if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
-		return errors.New("ADD_MEM_REG without the CONFIGURE_MEM_SLOTS protocol feature")
+func (d *Device) addMemReg(p preparedMemory) error {
+	if p.err != nil {
+		return p.err
 	}
-	if err := wantFDs(m, 1); err != nil {
-		return err
-	}
-	desc := decodeRegion(m.Payload[8:])
-	one, err := mapRegions([]RegionDesc{desc}, []int{takeFD(m, 0)}, nil)
-	if err != nil {
-		return fmt.Errorf("ADD_MEM_REG: %w", err)
-	}
-	r := one.regions[0]
+	r := p.table.regions[0]
 	t, err := d.mem.withRegion(r)
 	if err == nil && len(t.regions) > maxMemSlots {
 		err = fmt.Errorf("more than %d memory slots", maxMemSlots)
 	}
-	if err == nil && d.cfg.Hook != nil {
-		err = d.cfg.Hook.MapRegion(r)
-	}
 	if err != nil {
-		_ = releaseRegion(r, nil)
-		return fmt.Errorf("ADD_MEM_REG gpa %#x: %w", desc.GuestPhysAddr, err)
+		d.retired = append(d.retired, r)
+		return fmt.Errorf("ADD_MEM_REG gpa %#x: %w", r.GuestPhysAddr, err)
 	}
-	d.swapMemory(t, false)
+	d.swapMemory(t)
 	return d.startReady()
 }
 
@@ -640,8 +691,8 @@ func (d *Device) remMemReg(m *Message) error {
 	if !ok {
 		return fmt.Errorf("REM_MEM_REG: no region at gpa %#x uva %#x size %#x", desc.GuestPhysAddr, desc.UserAddr, desc.Size)
 	}
-	d.swapMemory(t, false)
-	return releaseRegion(r, d.cfg.Hook)
+	d.swapMemory(t, r)
+	return nil
 }
 
 // virtio-net config space: mac[6], status le16, max_virtqueue_pairs le16,

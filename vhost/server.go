@@ -31,11 +31,7 @@ func (d *Device) Serve(ctx context.Context, uc *net.UnixConn) error {
 		uc.Close()
 		return err
 	}
-	defer func() {
-		d.dp.Lock()
-		d.resetSession()
-		d.dp.Unlock()
-	}()
+	defer d.endSession()
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()

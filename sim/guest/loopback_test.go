@@ -26,6 +26,9 @@ func TestLoopbackRoundTrip(t *testing.T) {
 		{name: "hugetlb", opt: guest.Options{Memory: guest.MemoryOptions{Hugetlb: true}}, lens: sizes(50, 60, 1514)},
 		{name: "small-ring", opt: guest.Options{QueueSize: 16}, lens: sizes(100, 60, 1514, 3000)},
 		{name: "no-call-fd", opt: guest.Options{NoCallFD: true}, lens: sizes(20, 60, 1514)},
+		{name: "dpdk-virtio-user", dev: vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder},
+			opt: guest.Options{DPDKOrder: true, Features: vhost.FVersion1 | vhost.NetFMrgRxbuf | vhost.FIndirectDesc | vhost.FInOrder | vhost.FProtocolFeatures,
+				Memory: guest.MemoryOptions{IdentityMap: true, Split: true}}, lens: sizes(60, 60, 1514, 4000)},
 		{name: "in-order", dev: vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder},
 			opt: guest.Options{Features: guest.DefaultWanted | vhost.FInOrder}, lens: sizes(50, 60, 1514)},
 	}

@@ -20,6 +20,9 @@ type MemoryOptions struct {
 	// mmap offsets and a gap in guest physical addresses between them, as
 	// QEMU does around the PCI hole.
 	Split bool
+	// IdentityMap makes guest physical addresses equal to this process's
+	// virtual addresses, as DPDK virtio-user does (IOVA as VA).
+	IdentityMap bool
 }
 
 // Guest physical layout: region 0 starts above zero so that a back end
@@ -71,6 +74,11 @@ func NewMemory(o MemoryOptions) (*Memory, error) {
 		}
 	} else {
 		m.regions = []vhost.RegionDesc{{GuestPhysAddr: region0GPA, Size: o.Size, UserAddr: uva}}
+	}
+	if o.IdentityMap {
+		for i := range m.regions {
+			m.regions[i].GuestPhysAddr = m.regions[i].UserAddr
+		}
 	}
 	m.next = make([]uint64, len(m.regions))
 	return m, nil

@@ -35,6 +35,10 @@ type Options struct {
 	TxSplit bool
 	// TxBufSize is the size of each transmit buffer (default 16 KiB).
 	TxBufSize int
+	// DPDKOrder sets the device up in the order DPDK 22.11 virtio-user
+	// does (SET_OWNER first, call fds before SET_FEATURES only, rings
+	// enabled after all are kicked, no SET_VRING_ERR) instead of QEMU's.
+	DPDKOrder bool
 	// NoCallFD tells the back end "no call fd" (the driver polls).
 	NoCallFD bool
 }
@@ -238,6 +242,9 @@ func (g *Guest) Attach(uc *net.UnixConn) error {
 }
 
 func (g *Guest) setup() error {
+	if g.opt.DPDKOrder {
+		return g.setupDPDK()
+	}
 	fe := g.FE
 	offered, err := fe.U64(vhost.ReqGetFeatures)
 	if err != nil {
@@ -309,6 +316,56 @@ func (g *Guest) setup() error {
 	return g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK | vhost.StatusDriverOK)
 }
 
+// setupDPDK is DPDK 22.11 net_virtio_user's sequence.
+func (g *Guest) setupDPDK() error {
+	fe := g.FE
+	if _, err := fe.Request(vhost.ReqSetOwner, nil); err != nil {
+		return err
+	}
+	offered, err := fe.U64(vhost.ReqGetFeatures)
+	if err != nil {
+		return err
+	}
+	g.Features = offered & g.opt.Features
+	proto, err := fe.U64(vhost.ReqGetProtocolFeatures)
+	if err != nil {
+		return err
+	}
+	g.Protocol = proto & (vhost.ProtoFMQ | vhost.ProtoFReplyAck | vhost.ProtoFStatus)
+	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(g.Protocol)); err != nil {
+		return err
+	}
+	fe.EnableReplyAck(g.Protocol&vhost.ProtoFReplyAck != 0)
+	for i, q := range g.queues {
+		if err := g.sendCall(i, q); err != nil {
+			return err
+		}
+	}
+	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(g.Features)); err != nil {
+		return err
+	}
+	if err := g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK); err != nil {
+		return err
+	}
+	if _, err := fe.U64(vhost.ReqGetStatus); err != nil {
+		return err
+	}
+	if _, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable(g.Mem.regions), repeat(g.Mem.fd, len(g.Mem.regions))...); err != nil {
+		return err
+	}
+	for i, q := range g.queues {
+		if err := g.ringSetup(i, q); err != nil {
+			return err
+		}
+	}
+	for i := range g.queues {
+		if err := g.SetEnable(i, true); err != nil {
+			return err
+		}
+	}
+	return g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK | vhost.StatusDriverOK)
+}
+
 func repeat(fd, n int) []int {
 	fds := make([]int, n)
 	for i := range fds {
@@ -338,6 +395,14 @@ func (g *Guest) status(s uint8) error {
 }
 
 func (g *Guest) startRing(i int, q *queue) error {
+	if err := g.ringSetup(i, q); err != nil {
+		return err
+	}
+	return g.sendCall(i, q)
+}
+
+// ringSetup sends SET_VRING_NUM, _BASE, _ADDR and _KICK for ring i.
+func (g *Guest) ringSetup(i int, q *queue) error {
 	fe := g.FE
 	r := q.ring
 	if _, err := fe.Request(vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Size())})); err != nil {
@@ -350,10 +415,8 @@ func (g *Guest) startRing(i int, q *queue) error {
 	if _, err := fe.Request(vhost.ReqSetVringAddr, vhost.EncodeVringAddr(vhost.VringAddr{Index: uint32(i), Desc: desc, Avail: avail, Used: used})); err != nil {
 		return err
 	}
-	if _, err := fe.Request(vhost.ReqSetVringKick, vhost.EncodeVringFile(i, false), q.kick); err != nil {
-		return err
-	}
-	return g.sendCall(i, q)
+	_, err := fe.Request(vhost.ReqSetVringKick, vhost.EncodeVringFile(i, false), q.kick)
+	return err
 }
 
 // SetEnable sends SET_VRING_ENABLE for ring i.
