@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -154,16 +153,6 @@ func diff(want, got []byte) string {
 		}
 	}
 	return fmt.Sprintf("lengths %d vs %d", len(want), len(got))
-}
-
-// openFDs counts this process's open descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func sizes(n int, sizes ...int) []int {
