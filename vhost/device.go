@@ -43,7 +43,7 @@ type vring struct {
 	num     uint16
 	addr    VringAddr
 	addrSet bool
-	base    uint16
+	base    uint32 // split: next avail index; packed: avail|wrap<<15 | (used|wrap<<15)<<16
 	kickFD  int
 	kicked  bool // SET_VRING_KICK arrived: start as soon as the ring is complete
 	callFD  int
@@ -355,10 +355,10 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.Num > 0xffff {
+		if s.Num > 0xffff && d.features&FRingPacked == 0 {
 			return nil, fmt.Errorf("vring %d base %#x does not fit a split ring index", s.Index, s.Num)
 		}
-		v.base = uint16(s.Num)
+		v.base = s.Num
 		return nil, nil
 	case ReqGetVringBase:
 		s := decodeVringState(p)
@@ -366,7 +366,7 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return EncodeVringState(VringState{Index: s.Index, Num: uint32(base)}), nil
+		return EncodeVringState(VringState{Index: s.Index, Num: base}), nil
 	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
 		return nil, d.setVringFile(m)
 	case ReqGetQueueNum:
@@ -472,8 +472,18 @@ func (d *Device) setVringAddr(a VringAddr) error {
 }
 
 func (d *Device) queueConfig(i int, v *vring) QueueConfig {
-	return QueueConfig{Index: i, Size: v.num, Desc: v.addr.Desc, Avail: v.addr.Avail,
-		Used: v.addr.Used, LastAvail: v.base, EventIdx: d.features&FEventIdx != 0}
+	c := QueueConfig{Index: i, Size: v.num, Desc: v.addr.Desc, Avail: v.addr.Avail,
+		Used: v.addr.Used, LastAvail: uint16(v.base), EventIdx: d.features&FEventIdx != 0,
+		Packed: d.features&FRingPacked != 0}
+	if c.Packed {
+		// Front ends that know only the avail position send 0 in the
+		// upper half: the used position is then the same.
+		c.LastUsed = uint16(v.base >> 16)
+		if v.base>>16 == 0 {
+			c.LastUsed = c.LastAvail
+		}
+	}
+	return c
 }
 
 // startVring starts a kicked ring once everything it needs has arrived.
@@ -484,16 +494,13 @@ func (d *Device) startVring(i int, v *vring) error {
 	if v.q != nil || !v.kicked || d.mem == nil || v.num == 0 || !v.addrSet {
 		return nil
 	}
-	if d.features&FRingPacked != 0 {
-		return fmt.Errorf("vring %d: packed rings are not implemented", i)
-	}
 	q, err := NewSplitQueue(d.mem, d.queueConfig(i, v))
 	if err != nil {
 		return err
 	}
 	q.callFD, q.errFD, q.onBroken = v.callFD, v.errFD, d.queueBroken
 	v.q = q
-	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint16("base", v.base))
+	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint32("base", v.base))
 	return nil
 }
 
@@ -509,13 +516,16 @@ func (d *Device) startReady() error {
 // stopVring stops a ring (GET_VRING_BASE) and returns the next avail index
 // it would have consumed. Everything consumed before it has been published
 // in the used ring: pollers flush before releasing the data-path lock.
-func (d *Device) stopVring(index uint32) (uint16, error) {
+func (d *Device) stopVring(index uint32) (uint32, error) {
 	v, err := d.vring(index)
 	if err != nil {
 		return 0, err
 	}
 	if v.q != nil {
-		v.base = v.q.lastAvail
+		v.base = uint32(v.q.lastAvail)
+		if v.q.pk.on {
+			v.base = v.q.PackedBase()
+		}
 		v.q = nil
 	}
 	closeFDs([]int{v.kickFD})

@@ -154,7 +154,7 @@ func TestFeatureNegotiation(t *testing.T) {
 
 func TestNewDeviceRejectsBadConfig(t *testing.T) {
 	for _, cfg := range []vhost.Config{
-		{Features: vhost.FRingPacked},
+		{Features: vhost.NetFCtrlVLAN},
 		{ProtocolFeatures: vhost.ProtoFLogShmfd},
 		{QueuePairs: 4, Features: vhost.FVersion1},
 		{MAC: net.HardwareAddr{1, 2, 3}},

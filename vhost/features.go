@@ -60,7 +60,8 @@ const (
 
 // DefaultFeatures is the virtio feature set a zcnet port offers unless it
 // chooses otherwise. IN_ORDER is left out: offer it per port if the data
-// path completes every queue strictly in order.
+// path completes every queue strictly in order. RING_PACKED is implemented
+// but also optional, to be offered per port.
 const DefaultFeatures uint64 = FVersion1 | NetFMrgRxbuf | FEventIdx | FIndirectDesc |
 	NetFMQ | NetFCtrlVQ | NetFStatus | NetFCsum | NetFGuestCsum |
 	NetFHostTSO4 | NetFHostTSO6 | NetFGuestTSO4 | NetFGuestTSO6 | NetFMAC |
@@ -74,7 +75,7 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 
 // supportedFeatures is what this package can honour at all; Config.Features
 // must stay within it.
-const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce
+const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked
 
 const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig
 

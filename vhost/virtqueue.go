@@ -62,6 +62,12 @@ type QueueConfig struct {
 	LastAvail uint16
 	// EventIdx is set when VIRTIO_F_RING_EVENT_IDX was negotiated.
 	EventIdx bool
+	// Packed selects the packed layout (VIRTIO_F_RING_PACKED): Desc is the
+	// descriptor ring, Avail the driver event suppression area and Used
+	// the device event suppression area. LastAvail and LastUsed then carry
+	// the wrap counter in bit 15.
+	Packed   bool
+	LastUsed uint16
 }
 
 // Virtqueue is the device side of a split virtqueue. It is used by one
@@ -87,6 +93,8 @@ type Virtqueue struct {
 	broken   bool
 	onBroken func(q *Virtqueue, err error)
 
+	pk packedState // packed rings only
+
 	fence  uint32
 	one    [8]byte
 	counts QueueCounters
@@ -97,7 +105,8 @@ type QueueCounters struct {
 	Popped, Pushed, Signals, Flushes uint64
 }
 
-// NewSplitQueue maps a split virtqueue described by cfg through mem.
+// NewSplitQueue maps a virtqueue described by cfg through mem: a split
+// ring, or a packed ring if cfg.Packed (same API).
 func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
 	if cfg.Size == 0 || cfg.Size > MaxQueueSize || cfg.Size&(cfg.Size-1) != 0 {
 		return nil, fmt.Errorf("vhost: queue %d size %d is not a power of two up to %d", cfg.Index, cfg.Size, MaxQueueSize)
@@ -108,6 +117,9 @@ func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
 	q := &Virtqueue{index: cfg.Index, size: cfg.Size, mask: cfg.Size - 1, mem: mem,
 		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, callFD: -1, errFD: -1}
 	binary.LittleEndian.PutUint64(q.one[:], 1)
+	if cfg.Packed {
+		return q, q.initPacked(cfg)
+	}
 	if err := q.translate(cfg); err != nil {
 		return nil, err
 	}
@@ -118,6 +130,9 @@ func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
 }
 
 func (q *Virtqueue) translate(cfg QueueConfig) error {
+	if q.pk.on {
+		return q.translatePacked(cfg)
+	}
 	n := uint64(cfg.Size)
 	var err error
 	if q.desc, err = q.mem.TranslateUVA(cfg.Desc, descSize*n); err != nil {
@@ -141,6 +156,10 @@ func (q *Virtqueue) translate(cfg QueueConfig) error {
 // the avail_event index is parked half a ring-space (32768 entries) ahead,
 // so the driver's "did I pass avail_event" test fails until then.
 func (q *Virtqueue) setPolling() {
+	if q.pk.on {
+		store16(q.used, 2, packedEventDisable)
+		return
+	}
 	if q.eventIdx {
 		q.usedFlags = 0
 		store16(q.used, 4+8*int(q.size), q.lastAvail+0x8000)
@@ -154,7 +173,9 @@ func (q *Virtqueue) setPolling() {
 // poller that is about to sleep on the kick eventfd. It must re-check Avail
 // afterwards, since a buffer may have arrived before the driver saw this.
 func (q *Virtqueue) EnableNotify() {
-	if q.eventIdx {
+	if q.pk.on {
+		store16(q.used, 2, packedEventEnable)
+	} else if q.eventIdx {
 		store16(q.used, 4+8*int(q.size), q.lastAvail)
 	} else {
 		q.usedFlags = 0
@@ -198,6 +219,9 @@ func (q *Virtqueue) Avail() int {
 	if q.broken {
 		return 0
 	}
+	if q.pk.on {
+		return q.availPacked()
+	}
 	return int(q.availIdx() - q.lastAvail)
 }
 
@@ -210,6 +234,9 @@ func (q *Virtqueue) Avail() int {
 func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	if q.broken {
 		return false, ErrQueueBroken
+	}
+	if q.pk.on {
+		return q.popPacked(c)
 	}
 	pending := q.availIdx() - q.lastAvail
 	if pending == 0 {
@@ -240,8 +267,14 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 
 // Unpop gives back the last n popped chains that were not pushed, so the
 // next Pop returns them again (for a device that popped a buffer it turned
-// out not to need).
-func (q *Virtqueue) Unpop(n int) { q.lastAvail -= uint16(n) }
+// out not to need). On a packed ring n is at most 64.
+func (q *Virtqueue) Unpop(n int) {
+	if q.pk.on {
+		q.unpopPacked(n)
+		return
+	}
+	q.lastAvail -= uint16(n)
+}
 
 // walk follows the chain starting at head, direct or through one indirect
 // table, checking every index, flag combination, length and address.
@@ -278,27 +311,8 @@ func (q *Virtqueue) walk(c *Chain, head uint16) error {
 			count = math.MaxUint32 // becomes 0 at the loop increment
 			continue
 		}
-		writable := flags&descFWrite != 0
-		if !writable && c.WriteLen > 0 {
-			return errWriteBeforeRead
-		}
-		total += uint64(length)
-		if total > math.MaxUint32 {
-			return errLenOverflow
-		}
-		if length > 0 {
-			var err error
-			c.Segs, err = q.mem.AppendGPA(c.Segs, addr, uint64(length), writable)
-			if err == ErrTooManySegs {
-				truncated = true // keep validating the rest of the chain
-			} else if err != nil {
-				return errBufferAddr
-			}
-		}
-		if writable {
-			c.WriteLen += length
-		} else {
-			c.ReadLen += length
+		if err := q.addBuffer(c, addr, length, flags, &total, &truncated); err != nil {
+			return err
 		}
 		if flags&descFNext == 0 {
 			if truncated {
@@ -311,6 +325,35 @@ func (q *Virtqueue) walk(c *Chain, head uint16) error {
 		}
 		idx = next
 	}
+}
+
+// addBuffer appends one descriptor's buffer to c after checking the
+// descriptor order, the running length and the address. A full segment
+// slice only sets *truncated, so the rest of the chain is still checked.
+func (q *Virtqueue) addBuffer(c *Chain, addr uint64, length uint32, flags uint16, total *uint64, truncated *bool) error {
+	writable := flags&descFWrite != 0
+	if !writable && c.WriteLen > 0 {
+		return errWriteBeforeRead
+	}
+	*total += uint64(length)
+	if *total > math.MaxUint32 {
+		return errLenOverflow
+	}
+	if length > 0 {
+		var err error
+		c.Segs, err = q.mem.AppendGPA(c.Segs, addr, uint64(length), writable)
+		if err == ErrTooManySegs {
+			*truncated = true
+		} else if err != nil {
+			return errBufferAddr
+		}
+	}
+	if writable {
+		c.WriteLen += length
+	} else {
+		c.ReadLen += length
+	}
+	return nil
 }
 
 // fail marks the queue broken, once, and tells the device.
@@ -330,6 +373,10 @@ func (q *Virtqueue) fail(reason error) error {
 // Push stages a used entry: chain head id and the number of bytes the
 // device wrote into it. Nothing is visible to the driver until Flush.
 func (q *Virtqueue) Push(head uint16, written uint32) {
+	if q.pk.on {
+		q.pushPacked(head, written)
+		return
+	}
 	e := q.used[4+8*int(q.usedIdx&q.mask):]
 	binary.LittleEndian.PutUint32(e, uint32(head))
 	binary.LittleEndian.PutUint32(e[4:], written)
@@ -342,6 +389,10 @@ func (q *Virtqueue) Push(head uint16, written uint32) {
 // (EVENT_IDX: the new entries passed used_event; otherwise: the driver did
 // not set VRING_AVAIL_F_NO_INTERRUPT). At most one signal per Flush.
 func (q *Virtqueue) Flush() {
+	if q.pk.on {
+		q.flushPacked()
+		return
+	}
 	if q.usedIdx == q.published {
 		return
 	}

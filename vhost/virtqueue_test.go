@@ -20,13 +20,30 @@ type queuePair struct {
 }
 
 func newQueuePair(t testing.TB, size uint16, eventIdx, split bool) *queuePair {
+	return newRingPair(t, size, eventIdx, split, false)
+}
+
+func newPackedPair(t testing.TB, size uint16, eventIdx bool) *queuePair {
+	return newRingPair(t, size, eventIdx, false, true)
+}
+
+// newRingPair builds a driver ring and the device queue over it, split or
+// packed.
+func newRingPair(t testing.TB, size uint16, eventIdx, split, packed bool) *queuePair {
 	t.Helper()
 	mem, err := guest.NewMemory(guest.MemoryOptions{Size: 4 << 20, Split: split})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	drv, err := guest.NewRing(mem, size, eventIdx)
+	newRing := guest.NewRing
+	cfg := vhost.QueueConfig{Size: size, EventIdx: eventIdx}
+	if packed {
+		newRing = guest.NewPackedRing
+		const base = 1 << 15 // both wrap counters start at 1
+		cfg.Packed, cfg.LastAvail, cfg.LastUsed = true, base, base
+	}
+	drv, err := newRing(mem, size, eventIdx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,8 +51,8 @@ func newQueuePair(t testing.TB, size uint16, eventIdx, split bool) *queuePair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	desc, avail, used := drv.Addrs()
-	dev, err := vhost.NewSplitQueue(tab, vhost.QueueConfig{Size: size, Desc: desc, Avail: avail, Used: used, EventIdx: eventIdx})
+	cfg.Desc, cfg.Avail, cfg.Used = drv.Addrs()
+	dev, err := vhost.NewSplitQueue(tab, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,5 +306,94 @@ func BenchmarkSplitPopPush(b *testing.B) {
 	b.ResetTimer()
 	for done := 0; done < b.N; done += burst {
 		cycle(b, qp, &c, burst)
+	}
+}
+
+func TestPackedPopPushWraps(t *testing.T) {
+	qp := newPackedPair(t, 8, false)
+	if qp.drv.Publish() {
+		t.Fatal("driver would kick a polling device (device event flags not DISABLE)")
+	}
+	bufs := []guest.Buf{{GPA: qp.buf, Len: 64}, {GPA: qp.buf + 64, Len: 100, Write: true}, {GPA: qp.buf + 164, Len: 100, Write: true}}
+	c := newChain(8)
+	for round := range 20 { // 3 slots per chain on an 8-slot ring: wraps often
+		id, err := qp.drv.Add(bufs, round%3 == 0)
+		if err != nil {
+			t.Fatal(round, err)
+		}
+		ok, err := qp.dev.Pop(&c)
+		if !ok || err != nil || c.Head != id || c.ReadLen != 64 || c.WriteLen != 200 {
+			t.Fatalf("round %d: Pop = %v %v chain %+v", round, ok, err, c)
+		}
+		if ok, _ := qp.dev.Pop(&c); ok {
+			t.Fatalf("round %d: popped a chain twice", round)
+		}
+		qp.dev.Push(c.Head, uint32(round))
+		if _, _, ok := qp.drv.Used(); ok {
+			t.Fatal("used descriptor visible before Flush")
+		}
+		qp.dev.Flush()
+		gotID, n, ok := qp.drv.Used()
+		if !ok || gotID != id || n != uint32(round) {
+			t.Fatalf("round %d: used %d %d %v", round, gotID, n, ok)
+		}
+	}
+	// Unpop returns the chain again.
+	id, _ := qp.drv.Add(bufs, false)
+	qp.dev.Pop(&c)
+	qp.dev.Unpop(1)
+	if ok, err := qp.dev.Pop(&c); !ok || err != nil || c.Head != id {
+		t.Fatalf("after Unpop: %v %v %d", ok, err, c.Head)
+	}
+}
+
+func TestPackedBrokenChains(t *testing.T) {
+	for name, corrupt := range map[string]func(d []byte){
+		"outside-memory": func(d []byte) { binary.LittleEndian.PutUint64(d, 1<<50) },
+		"id-out-of-range": func(d []byte) {
+			binary.LittleEndian.PutUint16(d[12:], 999)
+		},
+		"indirect-with-next": func(d []byte) {
+			f := binary.LittleEndian.Uint16(d[14:])
+			binary.LittleEndian.PutUint16(d[14:], f|guest.DescIndirect|guest.DescNext)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			qp := newPackedPair(t, 8, false)
+			if _, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 64}}, false); err != nil {
+				t.Fatal(err)
+			}
+			corrupt(qp.drv.Desc(0)) // a fresh ring's first chain sits in slot 0
+			c := newChain(4)
+			if ok, err := qp.dev.Pop(&c); ok || !errors.Is(err, vhost.ErrQueueBroken) {
+				t.Fatalf("Pop = %v %v", ok, err)
+			}
+		})
+	}
+}
+
+func TestPackedPopPushAllocatesNothing(t *testing.T) {
+	qp := newPackedPair(t, 256, true)
+	bufs := []guest.Buf{{GPA: qp.buf, Len: 2048, Write: true}}
+	c := newChain(8)
+	allocs := testing.AllocsPerRun(1000, func() {
+		for range 32 {
+			if _, err := qp.drv.Add(bufs, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 32 {
+			if ok, err := qp.dev.Pop(&c); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			qp.dev.Push(c.Head, 64)
+		}
+		qp.dev.Flush()
+		for range 32 {
+			qp.drv.Used()
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("packed pop/push allocated %.1f times per burst", allocs)
 	}
 }

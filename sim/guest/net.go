@@ -165,7 +165,11 @@ func eventfd() (int, error) {
 }
 
 func (g *Guest) newQueue(i int) (*queue, error) {
-	r, err := NewRing(g.Mem, g.opt.QueueSize, g.opt.Features&vhost.FEventIdx != 0)
+	newRing := NewRing
+	if g.opt.Features&vhost.FRingPacked != 0 {
+		newRing = NewPackedRing
+	}
+	r, err := newRing(g.Mem, g.opt.QueueSize, g.opt.Features&vhost.FEventIdx != 0)
 	if err != nil {
 		return nil, err
 	}
@@ -408,7 +412,7 @@ func (g *Guest) ringSetup(i int, q *queue) error {
 	if _, err := fe.Request(vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Size())})); err != nil {
 		return err
 	}
-	if _, err := fe.Request(vhost.ReqSetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Restart())})); err != nil {
+	if _, err := fe.Request(vhost.ReqSetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: r.Restart()})); err != nil {
 		return err
 	}
 	desc, avail, used := r.Addrs()
@@ -429,8 +433,10 @@ func (g *Guest) SetEnable(i int, on bool) error {
 	return err
 }
 
-// StopRing sends GET_VRING_BASE and returns the device's next avail index.
-func (g *Guest) StopRing(i int) (uint16, error) {
+// StopRing sends GET_VRING_BASE and returns the device's position: the
+// next avail index (split), or avail and used positions with their wrap
+// counters (packed).
+func (g *Guest) StopRing(i int) (uint32, error) {
 	p, err := g.FE.Request(vhost.ReqGetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i)}))
 	if err != nil {
 		return 0, err
@@ -442,7 +448,7 @@ func (g *Guest) StopRing(i int) (uint16, error) {
 	if s.Index != uint32(i) {
 		return 0, fmt.Errorf("guest: GET_VRING_BASE reply for vring %d, asked %d", s.Index, i)
 	}
-	return uint16(s.Num), nil
+	return s.Num, nil
 }
 
 // Ring returns virtqueue i's driver ring (RX of pair p is 2p, TX 2p+1).

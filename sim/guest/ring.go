@@ -33,9 +33,12 @@ type Ring struct {
 	desc, avail, used          []byte
 	indirectGPA                uint64 // size tables of maxIndirect descriptors
 
-	free      []uint16
-	chainLen  map[uint16]int // head -> descriptors it holds in the table
-	availIdx  uint16         // next avail index to publish
+	free     []uint16
+	chainLen map[uint16]int // head -> descriptors it holds in the table
+
+	packed    bool
+	pk        packedDriver
+	availIdx  uint16 // next avail index to publish
 	published uint16
 	lastUsed  uint16
 }
@@ -75,6 +78,10 @@ func NewRing(mem *Memory, size uint16, eventIdx bool) (*Ring, error) {
 
 // Reset clears the ring to its initial state (device reset).
 func (r *Ring) Reset() {
+	if r.packed {
+		r.resetPacked()
+		return
+	}
 	clear(r.desc)
 	clear(r.avail)
 	clear(r.used)
@@ -117,6 +124,9 @@ func putDesc(d []byte, b Buf, flags uint16, next uint16) {
 func (r *Ring) Add(bufs []Buf, indirect bool) (uint16, error) {
 	if len(bufs) == 0 {
 		return 0, errors.New("guest: empty chain")
+	}
+	if r.packed {
+		return r.addPacked(bufs, indirect)
 	}
 	need := len(bufs)
 	if indirect {
@@ -162,6 +172,9 @@ func (r *Ring) Add(bufs []Buf, indirect bool) (uint16, error) {
 // Publish makes every added chain visible to the device (release store of
 // avail->idx) and reports whether the device wants a kick.
 func (r *Ring) Publish() bool {
+	if r.packed {
+		return load16(r.used, 2) != packedEventDisable
+	}
 	old := r.published
 	r.published = r.availIdx
 	store32(r.avail, 0, uint32(load16(r.avail, 0))|uint32(r.availIdx)<<16)
@@ -174,6 +187,14 @@ func (r *Ring) Publish() bool {
 
 // SetNoInterrupt sets or clears VRING_AVAIL_F_NO_INTERRUPT.
 func (r *Ring) SetNoInterrupt(on bool) {
+	if r.packed {
+		f := uint16(packedEventEnable)
+		if on {
+			f = packedEventDisable
+		}
+		store16(r.avail, 2, f)
+		return
+	}
 	var f uint16
 	if on {
 		f = 1
@@ -183,7 +204,14 @@ func (r *Ring) SetNoInterrupt(on bool) {
 
 // SetUsedEvent asks for a call once the device's used index passes idx
 // (EVENT_IDX).
-func (r *Ring) SetUsedEvent(idx uint16) { store16(r.avail, 4+2*int(r.size), idx) }
+// On a packed ring idx is the used position with the wrap counter in bit 15.
+func (r *Ring) SetUsedEvent(idx uint16) {
+	if r.packed {
+		store32(r.avail, 0, uint32(idx)|packedEventDesc<<16)
+		return
+	}
+	store16(r.avail, 4+2*int(r.size), idx)
+}
 
 // UsedIdx is the device's used->idx.
 func (r *Ring) UsedIdx() uint16 { return uint16(load32(r.used, 0) >> 16) }
@@ -202,6 +230,9 @@ func (r *Ring) AvailIdx() uint16 { return r.availIdx }
 
 // Used takes the next used entry, freeing its descriptors.
 func (r *Ring) Used() (head uint16, length uint32, ok bool) {
+	if r.packed {
+		return r.usedPacked()
+	}
 	if r.UsedIdx() == r.lastUsed {
 		return 0, 0, false
 	}
@@ -219,9 +250,20 @@ func (r *Ring) Used() (head uint16, length uint32, ok bool) {
 	return head, length, true
 }
 
-// Restart resumes after a reconnect: the driver's view is unchanged, the
-// device restarts at used->idx (what QEMU sends as SET_VRING_BASE).
-func (r *Ring) Restart() uint16 { return r.UsedIdx() }
+// Restart is the SET_VRING_BASE value after a (re)connect: the device
+// restarts at used->idx, what QEMU sends. A packed ring restarts where the
+// driver last consumed a used descriptor, for both sides, with the wrap
+// counters in bits 15 and 31.
+func (r *Ring) Restart() uint32 {
+	if r.packed {
+		p := uint32(r.lastUsed)
+		if r.pk.usedWrap {
+			p |= 1 << 15
+		}
+		return p | p<<16
+	}
+	return uint32(r.UsedIdx())
+}
 
 // Repost makes head available again without rewriting its descriptors (a
 // driver recycling a buffer; used by allocation-free benchmarks together
