@@ -9,9 +9,10 @@
 //   - maps the memory regions the front end sends and translates guest
 //     physical and front-end virtual addresses to host memory, with every
 //     guest-supplied address and length checked (MemoryTable);
-//   - runs split virtqueues without allocating: popping available chains
-//     into caller-provided segment slices and publishing used entries in
-//     bursts, suppressing notifications as a polling back end (Virtqueue);
+//   - runs split and packed virtqueues without allocating: popping
+//     available chains into caller-provided segment slices and publishing
+//     used entries in bursts, suppressing notifications as a polling back
+//     end (Virtqueue);
 //   - knows virtio-net: feature bits, the virtio-net header, the control
 //     virtqueue, and a loopback mode used by tests (NetHeader, Loopback).
 //
