@@ -30,11 +30,11 @@ test-vfio:
 bench: hugepages
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 
-demo: build
-	$(BIN)/zcnet probe
-	@echo
-	@echo "The simulated data path (82599 model, zero-copy engine, vhost-user guest)"
-	@echo "is being built; until it lands, 'make demo' shows what 'zcnet probe' sees."
+## demo: ten seconds of the whole data path on the simulator: an 82599 model,
+## the zero-copy engine on a pinned lcore and a vhost-user guest (over a real
+## unix socket) echoing a generator's frames back to a verifying sink.
+demo: build hugepages
+	$(BIN)/zcnet sim --duration 10s
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \

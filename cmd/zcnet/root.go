@@ -46,6 +46,7 @@ with no copy, polled by pinned cores.`,
 		newBindCommand(a),
 		newUnbindCommand(a),
 		newRunCommand(a),
+		newSimCommand(a),
 	)
 	return root
 }

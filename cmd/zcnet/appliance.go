@@ -1,0 +1,375 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/vfio"
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// applianceSpec is what `zcnet run` and `zcnet sim` assemble: NIC ports,
+// the vhost-user ports each serves, and the poll cores. It is what a
+// --config file holds, and what the command-line flags are turned into.
+type applianceSpec struct {
+	Lcores string    `json:"lcores" yaml:"lcores"`
+	Burst  int       `json:"burst" yaml:"burst"`
+	Ports  []nicSpec `json:"ports" yaml:"ports"`
+
+	// Not in config files: set by the commands.
+	pageSize    hugepage.PageSize // descriptor rings and copy buffers; 0: 2 MiB hugepages (tests use 4 KiB pages)
+	linkTimeout time.Duration
+}
+
+// nicSpec is one NIC port (a PF or VF) and the vhost-user ports joined to
+// its queue pairs.
+type nicSpec struct {
+	PCI string `json:"pci" yaml:"pci"`
+	// QueuePairs is how many queue pairs each vhost port gets (--rxq and
+	// --txq, which must agree: the engine joins an RX and a TX queue).
+	QueuePairs int `json:"queue_pairs" yaml:"queue_pairs"`
+	Rxd        int `json:"rxd" yaml:"rxd"`
+	Txd        int `json:"txd" yaml:"txd"`
+	MTU        int `json:"mtu" yaml:"mtu"`
+	// Copy sends every frame through host buffers (--copy, or a
+	// --copy-break covering every frame size).
+	Copy  bool        `json:"copy" yaml:"copy"`
+	Vhost []vhostSpec `json:"vhost" yaml:"vhost"`
+}
+
+// vhostSpec is one vhost-user socket.
+type vhostSpec struct {
+	Socket string `json:"socket" yaml:"socket"`
+	// Client connects to a front end listening on Socket (QEMU
+	// server=on) and reconnects when it goes away; otherwise zcnet
+	// listens and the front end connects.
+	Client bool `json:"client" yaml:"client"`
+}
+
+// Defaults for ring sizes and MTU, as testpmd's.
+const (
+	defaultRingSize = 1024
+	defaultMTU      = 1500
+	copyBufSize     = 2048
+)
+
+// validate fills in defaults and rejects what cannot be assembled, with an
+// error that names the setting to change.
+func (s *applianceSpec) validate() error {
+	if len(s.Ports) == 0 {
+		return errors.New("no NIC port: give --pci (or ports in --config)")
+	}
+	if s.Burst == 0 {
+		s.Burst = 32
+	}
+	if s.Burst < 1 || s.Burst > 512 {
+		return fmt.Errorf("burst %d: use 1 to 512", s.Burst)
+	}
+	sockets := map[string]bool{}
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		where := fmt.Sprintf("port %d (%s)", i, p.PCI)
+		if p.QueuePairs == 0 {
+			p.QueuePairs = 1
+		}
+		if p.Rxd == 0 {
+			p.Rxd = defaultRingSize
+		}
+		if p.Txd == 0 {
+			p.Txd = defaultRingSize
+		}
+		if p.MTU == 0 {
+			p.MTU = defaultMTU
+		}
+		switch {
+		case len(p.Vhost) == 0:
+			return fmt.Errorf("%s: no vhost-user socket to serve: give --vhost PATH", where)
+		case p.QueuePairs < 1 || p.QueuePairs*len(p.Vhost) > 64:
+			return fmt.Errorf("%s: %d queue pairs for each of %d vhost ports: the 82599 has 64 queue pairs (use 1 to %d per vhost port)",
+				where, p.QueuePairs, len(p.Vhost), 64/len(p.Vhost))
+		case !ringSizeOK(p.Rxd):
+			return fmt.Errorf("%s: --rxd %d: use a power of two from 64 to 4096", where, p.Rxd)
+		case !ringSizeOK(p.Txd):
+			return fmt.Errorf("%s: --txd %d: use a power of two from 64 to 4096", where, p.Txd)
+		case p.MTU < 68 || p.MTU > 9710:
+			return fmt.Errorf("%s: --mtu %d: use 68 to 9710", where, p.MTU)
+		}
+		for _, v := range p.Vhost {
+			if v.Socket == "" {
+				return fmt.Errorf("%s: empty vhost-user socket path", where)
+			}
+			if sockets[v.Socket] {
+				return fmt.Errorf("vhost-user socket %s is given twice: each guest needs a socket of its own", v.Socket)
+			}
+			sockets[v.Socket] = true
+		}
+	}
+	return nil
+}
+
+func ringSizeOK(n int) bool { return n >= 64 && n <= 4096 && n&(n-1) == 0 }
+
+// appliance is the assembled data path: NIC ports, vhost-user devices,
+// engine ports and the lcores polling them.
+type appliance struct {
+	log    *zap.Logger
+	nics   []*nicPort
+	vhosts []*vhostPort
+	ports  []*driver.Port
+	runner *driver.Runner
+	start  time.Time
+
+	serveCancel context.CancelFunc
+	serving     sync.WaitGroup
+	stopOnce    sync.Once
+	stopErr     error
+}
+
+// nicPort is one opened NIC with its IOMMU domain's IOVA allocator and the
+// copy-path buffer pools of its engine ports.
+type nicPort struct {
+	name  string
+	dev   vfio.Device
+	nic   *ixgbe.Port
+	alloc *hugepage.IOVAAllocator
+	pools []*hugepage.Region
+}
+
+// vhostPort is one vhost-user device and how it meets its front end.
+type vhostPort struct {
+	spec     vhostSpec
+	dev      *vhost.Device
+	dma      *driver.GuestDMA
+	listener *net.UnixListener // server mode
+}
+
+// assemble opens every NIC port on devs (devs[i] is spec.Ports[i]'s device,
+// real VFIO or simulated: the caller opened it and hands it over, assemble
+// closes it on failure and shutdown closes it later), creates the vhost-user
+// devices (listening already in server mode) and the engine ports, and
+// prepares the lcores. Nothing polls until run.
+func assemble(log *zap.Logger, spec applianceSpec, devs []vfio.Device) (_ *appliance, err error) {
+	a := &appliance{log: log}
+	defer func() {
+		if err != nil {
+			for _, p := range a.ports {
+				_ = p.Close()
+			}
+			a.release()
+			for _, d := range devs[len(a.nics):] {
+				d.Close()
+			}
+		}
+	}()
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	if len(devs) != len(spec.Ports) {
+		return nil, fmt.Errorf("internal: %d devices for %d ports", len(devs), len(spec.Ports))
+	}
+	cpus, err := pollCPUs(spec.Lcores)
+	if err != nil {
+		return nil, err
+	}
+	for i, ps := range spec.Ports {
+		np, err := openNICPort(ps, devs[i], spec)
+		if err != nil {
+			return nil, err
+		}
+		a.nics = append(a.nics, np)
+		for j, vs := range ps.Vhost {
+			vp, err := newVhostPort(log, vs, ps, np)
+			if err != nil {
+				return nil, err
+			}
+			a.vhosts = append(a.vhosts, vp)
+			for pair := range ps.QueuePairs {
+				p, err := np.newEnginePort(vp, pair, j*ps.QueuePairs+pair, ps, spec)
+				if err != nil {
+					return nil, err
+				}
+				a.ports = append(a.ports, p)
+			}
+		}
+	}
+	if len(cpus) > len(a.ports) {
+		return nil, fmt.Errorf("-l gives %d lcores for %d engine ports: an lcore without a port would spin for nothing; give at most %d cores",
+			len(cpus), len(a.ports), len(a.ports))
+	}
+	lcores := make([]driver.LcoreConfig, len(cpus))
+	for i, c := range cpus {
+		lcores[i] = driver.LcoreConfig{ID: i, CPU: c}
+	}
+	for i, p := range a.ports {
+		l := &lcores[i%len(lcores)]
+		l.Tasks = append(l.Tasks, p)
+	}
+	a.runner, err = driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield}, lcores)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// openNICPort brings one NIC up with a queue pair per vhost queue pair.
+// On failure the caller still owns dev.
+func openNICPort(ps nicSpec, dev vfio.Device, spec applianceSpec) (*nicPort, error) {
+	name := ps.PCI
+	if name == "" {
+		name = dev.Address()
+	}
+	alloc, err := hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit)
+	if err != nil {
+		return nil, err
+	}
+	queues := ps.QueuePairs * len(ps.Vhost)
+	timeout := spec.linkTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	nic, err := ixgbe.Open(dev, ixgbe.Config{
+		RxQueues: queues, TxQueues: queues, RSS: queues > 1,
+		RxRingSize: ps.Rxd, TxRingSize: ps.Txd, MTU: ps.MTU,
+		IOVA: alloc, LinkTimeout: timeout, RingMemory: hugepage.Options{PageSize: spec.pageSize},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("NIC port %s: %w", name, err)
+	}
+	return &nicPort{name: name, dev: dev, nic: nic, alloc: alloc}, nil
+}
+
+func newVhostPort(log *zap.Logger, vs vhostSpec, ps nicSpec, np *nicPort) (*vhostPort, error) {
+	vp := &vhostPort{spec: vs, dma: driver.NewGuestDMA(np.dev.DMA(), np.alloc)}
+	var err error
+	vp.dev, err = vhost.NewDevice(vhost.Config{
+		Name: vs.Socket, QueuePairs: ps.QueuePairs, MTU: uint16(ps.MTU),
+		Hook: vp.dma, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !vs.Client {
+		if vp.listener, err = vhost.Listen(vs.Socket); err != nil {
+			return nil, err
+		}
+	}
+	return vp, nil
+}
+
+// newEnginePort joins NIC queue pair q to the vhost port's queue pair with
+// a copy pool of its own, DMA-mapped in the NIC's domain.
+func (np *nicPort) newEnginePort(vp *vhostPort, pair, q int, ps nicSpec, spec applianceSpec) (*driver.Port, error) {
+	count := ps.Rxd + ps.Txd + 2*spec.Burst
+	page := spec.pageSize
+	if page == 0 {
+		page = hugepage.Page2M
+	}
+	region, err := hugepage.Alloc(uint64(count*copyBufSize), hugepage.Options{PageSize: page, Name: "zcnet-copy"})
+	if err != nil {
+		return nil, fmt.Errorf("copy buffers for %s queue %d: %w", np.name, q, err)
+	}
+	np.pools = append(np.pools, region)
+	iova, err := np.alloc.Alloc(uint64(region.Len()), uint64(page))
+	if err != nil {
+		return nil, fmt.Errorf("IOVA for the copy buffers of %s queue %d: %w", np.name, q, err)
+	}
+	if err := region.MapInto(np.dev.DMA(), iova); err != nil {
+		return nil, err
+	}
+	pool, err := hugepage.NewPool(region, hugepage.PoolConfig{BufSize: copyBufSize})
+	if err != nil {
+		return nil, err
+	}
+	return driver.NewPort(driver.PortConfig{
+		Name:   fmt.Sprintf("%s/%d<->%s/%d", np.name, q, vp.spec.Socket, pair),
+		Device: vp.dev, Pair: pair, NIC: driver.IxgbeQueuePair(np.nic, q), DMA: vp.dma,
+		CopyPool: pool, ForceCopy: ps.Copy, MaxFrame: ps.MTU + 18, Burst: spec.Burst,
+	})
+}
+
+// run serves the vhost-user sockets and starts the lcores. It returns once
+// they poll; shutdown stops everything.
+func (a *appliance) run(ctx context.Context) error {
+	serveCtx, cancel := context.WithCancel(context.Background())
+	a.serveCancel = cancel
+	for _, vp := range a.vhosts {
+		a.serving.Add(1)
+		go func() {
+			defer a.serving.Done()
+			var err error
+			if vp.listener != nil {
+				err = vhost.ServeListener(serveCtx, vp.listener, vp.dev)
+				vp.listener = nil // closed by ServeListener
+			} else {
+				err = vhost.DialAndServe(serveCtx, vp.spec.Socket, vp.dev, vhost.DefaultBackoff)
+			}
+			if err != nil {
+				a.log.Error("vhost-user socket stopped serving", zap.String("socket", vp.spec.Socket), zap.Error(err))
+			}
+		}()
+	}
+	a.start = time.Now()
+	if err := a.runner.Start(ctx); err != nil {
+		return err
+	}
+	for _, l := range a.runner.Lcores() {
+		a.log.Info("lcore polling", zap.Int("lcore", l.ID()), zap.Int("cpu", l.CPU()))
+	}
+	return nil
+}
+
+// shutdown stops the data path in the only safe order: lcores stop
+// polling; every engine port stops its NIC queues and takes back the guest
+// buffers they held; the vhost-user sessions end, which unmaps guest memory
+// from the IOMMU and closes the sockets; then the NICs close (rings
+// unmapped), the copy pools are freed and the devices closed. It is safe
+// to call more than once.
+func (a *appliance) shutdown() error {
+	a.stopOnce.Do(func() {
+		var errs []error
+		if a.runner != nil {
+			errs = append(errs, a.runner.Stop())
+		}
+		for _, p := range a.ports {
+			errs = append(errs, p.Close())
+		}
+		if a.serveCancel != nil {
+			a.serveCancel()
+		}
+		a.serving.Wait()
+		errs = append(errs, a.release())
+		a.stopErr = errors.Join(errs...)
+	})
+	return a.stopErr
+}
+
+// release closes what assemble opened, after the data path has stopped
+// (or before it started).
+func (a *appliance) release() error {
+	var errs []error
+	for _, vp := range a.vhosts {
+		if vp.listener != nil {
+			errs = append(errs, vp.listener.Close())
+		}
+	}
+	for _, np := range a.nics {
+		if err := np.nic.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close NIC port %s: %w", np.name, err))
+			continue // its rings may still be live: keep the buffers too
+		}
+		for _, r := range np.pools {
+			errs = append(errs, r.Close())
+		}
+		np.dev.Close()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/zcnet/zcnet/driver"
+)
+
+// Snapshot is every counter of a running instance at one moment: what the
+// telemetry socket serves, `zcnet stats` prints, /metrics exposes and
+// `zcnet sim --json` ends with. Counters are totals since start.
+type Snapshot struct {
+	Command       string           `json:"command"` // "run" or "sim"
+	PID           int              `json:"pid"`
+	UptimeSeconds float64          `json:"uptime_seconds"`
+	NICs          []NICCounters    `json:"nics"`
+	Ports         []PortCounters   `json:"ports"`
+	Lcores        []LcoreCounters  `json:"lcores"`
+	Traffic       *TrafficCounters `json:"traffic,omitempty"`
+}
+
+// NICCounters are one NIC port's hardware statistics.
+type NICCounters struct {
+	Name      string `json:"name"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	// RxMissed: the packet buffer was full (MPC); RxNoDescriptor: a queue
+	// had no free descriptor (QPRDC, summed over queues).
+	RxMissed       uint64 `json:"rx_missed"`
+	RxNoDescriptor uint64 `json:"rx_no_descriptor"`
+}
+
+// PortCounters are one engine port's counters (a NIC queue pair joined to
+// a guest's virtio queue pair): Rx is wire to guest, Tx guest to wire.
+type PortCounters struct {
+	Name      string `json:"name"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	ZeroCopy  Dirs   `json:"zero_copy"`
+	Copied    Dirs   `json:"copied"`
+	// CopyReasons and Drops are keyed by cause (see driver.CopyReasons
+	// and driver.Drops).
+	CopyReasons map[string]uint64 `json:"copy_reasons"`
+	Drops       map[string]uint64 `json:"drops"`
+	GuestErrors uint64            `json:"guest_errors"`
+	Restarts    uint64            `json:"restarts"`
+}
+
+// Dirs is a count per direction.
+type Dirs struct {
+	Rx uint64 `json:"rx"`
+	Tx uint64 `json:"tx"`
+}
+
+// LcoreCounters are one poll core's counters.
+type LcoreCounters struct {
+	Lcore       int     `json:"lcore"`
+	CPU         int     `json:"cpu"`
+	BusyRounds  uint64  `json:"busy_rounds"`
+	IdleRounds  uint64  `json:"idle_rounds"`
+	BusySeconds float64 `json:"busy_seconds"`
+	IdleSeconds float64 `json:"idle_seconds"`
+}
+
+// TrafficCounters are the simulated wire's: the generator, the verifying
+// sink and the built-in guest (zcnet sim only).
+type TrafficCounters struct {
+	GeneratorSent  uint64  `json:"generator_sent"`
+	SinkReceived   uint64  `json:"sink_received"`
+	SinkLost       uint64  `json:"sink_lost"`
+	SinkBad        uint64  `json:"sink_bad_checksums"`
+	LatencyP50Us   float64 `json:"latency_p50_us"`
+	LatencyP99Us   float64 `json:"latency_p99_us"`
+	GuestRx        uint64  `json:"guest_rx"`
+	GuestTx        uint64  `json:"guest_tx"`
+	GuestDropped   uint64  `json:"guest_dropped"`
+	TAPFromKernel  uint64  `json:"tap_from_kernel,omitempty"`
+	TAPToKernel    uint64  `json:"tap_to_kernel,omitempty"`
+	IOMMUFaults    uint64  `json:"iommu_faults"`
+	SimRxFIFOFull  uint64  `json:"sim_rx_fifo_full"`
+	SimRxQueueOff  uint64  `json:"sim_rx_queue_off"`
+	SimRxNotReady  uint64  `json:"sim_rx_not_ready"`
+	SimTxNoLink    uint64  `json:"sim_tx_no_link"`
+	SimTxDMAFaults uint64  `json:"sim_tx_dma_faults"`
+}
+
+// dropCauses names driver.Drops' fields as the telemetry keys them.
+func dropCauses(d driver.Drops) map[string]uint64 {
+	return map[string]uint64{
+		"rx_nic_error": d.RxError, "rx_no_guest_buffer": d.RxNoGuestBuffer, "rx_too_big": d.RxTooBig,
+		"rx_chain_unusable": d.RxChainUnusable, "rx_quiesce": d.RxQuiesce,
+		"tx_bad_header": d.TxBadHeader, "tx_offload": d.TxOffload, "tx_no_copy_buffer": d.TxNoCopyBuffer,
+		"tx_quiesce": d.TxQuiesce,
+	}
+}
+
+func copyReasons(c driver.CopyReasons) map[string]uint64 {
+	return map[string]uint64{
+		"forced": c.Forced, "features": c.Features, "small_buffer": c.SmallBuffer,
+		"layout": c.Layout, "no_guest_buffer": c.NoGuestBuffer,
+	}
+}
+
+// snapshot reads every counter of the appliance. It runs per telemetry
+// request or statistics period, never per packet.
+func (a *appliance) snapshot(command string) Snapshot {
+	s := Snapshot{Command: command, PID: os.Getpid()}
+	if !a.start.IsZero() {
+		s.UptimeSeconds = time.Since(a.start).Seconds()
+	}
+	for _, np := range a.nics {
+		st := np.nic.Stats()
+		var noDesc uint64
+		for _, q := range st.Queues {
+			noDesc += q.RxDropped
+		}
+		s.NICs = append(s.NICs, NICCounters{Name: np.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc})
+	}
+	for _, p := range a.ports {
+		st := p.Stats()
+		s.Ports = append(s.Ports, PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+			TxPackets: st.TxPackets, TxBytes: st.TxBytes,
+			ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
+			CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
+			GuestErrors: st.GuestErrors, Restarts: st.Restarts})
+	}
+	for _, l := range a.runner.Stats() {
+		s.Lcores = append(s.Lcores, LcoreCounters{Lcore: l.Lcore, CPU: l.CPU, BusyRounds: l.BusyRounds,
+			IdleRounds: l.IdleRounds, BusySeconds: l.BusyTime.Seconds(), IdleSeconds: l.IdleTime.Seconds()})
+	}
+	return s
+}
+
+// totals sums a snapshot's ports for the one-line summaries.
+type totals struct {
+	nicRx, nicTx, nicMissed, nicNoDesc uint64
+	guestRx, guestTx                   uint64
+	zeroCopy, copied, drops            uint64
+	busy, idle                         float64
+}
+
+func (s *Snapshot) totals() totals {
+	var t totals
+	for _, n := range s.NICs {
+		t.nicRx += n.RxPackets
+		t.nicTx += n.TxPackets
+		t.nicMissed += n.RxMissed
+		t.nicNoDesc += n.RxNoDescriptor
+	}
+	for _, p := range s.Ports {
+		t.guestRx += p.RxPackets
+		t.guestTx += p.TxPackets
+		t.zeroCopy += p.ZeroCopy.Rx + p.ZeroCopy.Tx
+		t.copied += p.Copied.Rx + p.Copied.Tx
+		for _, n := range p.Drops {
+			t.drops += n
+		}
+	}
+	for _, l := range s.Lcores {
+		t.busy += l.BusySeconds
+		t.idle += l.IdleSeconds
+	}
+	return t
+}
