@@ -47,6 +47,7 @@ with no copy, polled by pinned cores.`,
 		newUnbindCommand(a),
 		newRunCommand(a),
 		newSimCommand(a),
+		newStatsCommand(),
 	)
 	return root
 }

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+)
+
+func newStatsCommand() *cobra.Command {
+	var socket string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Print the counters of a running zcnet run or zcnet sim",
+		Long: `stats reads one snapshot of every counter from a running instance over its
+telemetry socket (zcnet run/sim --telemetry) and prints it as tables, or as
+the JSON the socket serves with --json.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := readTelemetry(socket)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(s)
+			}
+			printStatsTables(cmd.OutOrStdout(), &s)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", defaultTelemetryPath(), "telemetry socket of the instance")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the snapshot as JSON")
+	return cmd
+}
+
+// printStatsTables prints a snapshot as aligned tables: NICs, engine ports,
+// lcores and, for zcnet sim, the simulated wire.
+func printStatsTables(out io.Writer, s *Snapshot) {
+	fmt.Fprintf(out, "zcnet %s, pid %d, up %.1fs\n\n", s.Command, s.PID, s.UptimeSeconds)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "NIC\trx packets\ttx packets\trx bytes\ttx bytes\tmissed\tno descriptor\t")
+	for _, n := range s.NICs {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", n.Name, n.RxPackets, n.TxPackets, n.RxBytes, n.TxBytes, n.RxMissed, n.RxNoDescriptor)
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "port\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
+	for _, p := range s.Ports {
+		var drops uint64
+		for _, n := range p.Drops {
+			drops += n
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Name, p.RxPackets, p.TxPackets,
+			p.ZeroCopy.Rx, p.ZeroCopy.Tx, p.Copied.Rx, p.Copied.Tx, drops, p.GuestErrors, p.Restarts)
+	}
+	w.Flush()
+	for _, p := range s.Ports {
+		for _, k := range sortedKeys(p.Drops) {
+			if n := p.Drops[k]; n > 0 {
+				fmt.Fprintf(out, "  %s: dropped %s %d\n", p.Name, k, n)
+			}
+		}
+		for _, k := range sortedKeys(p.CopyReasons) {
+			if n := p.CopyReasons[k]; n > 0 {
+				fmt.Fprintf(out, "  %s: copied (%s) %d\n", p.Name, k, n)
+			}
+		}
+	}
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "lcore\tcpu\tbusy rounds\tidle rounds\tbusy %\t")
+	for _, l := range s.Lcores {
+		busy := 0.0
+		if t := l.BusySeconds + l.IdleSeconds; t > 0 {
+			busy = 100 * l.BusySeconds / t
+		}
+		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%.1f\t\n", l.Lcore, l.CPU, l.BusyRounds, l.IdleRounds, busy)
+	}
+	w.Flush()
+	if t := s.Traffic; t != nil {
+		fmt.Fprintf(out, "\nsimulated wire: generator sent %d, sink received %d, lost %d, bad checksums %d; guest echoed %d of %d; IOMMU faults %d\n",
+			t.GeneratorSent, t.SinkReceived, t.SinkLost, t.SinkBad, t.GuestTx, t.GuestRx, t.IOMMUFaults)
+	}
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freeAddr returns a loopback TCP address nothing listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startSim runs `zcnet sim` in the background until the test ends.
+func startSim(t *testing.T, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cmd := newRootCommand()
+	cmd.SetArgs(append([]string{"sim", "--stats-period", "0", "--rate", "3000"}, args...))
+	cmd.SetOut(io.Discard)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("zcnet sim: %v", err)
+		}
+	})
+}
+
+// waitTelemetry polls the socket until the instance answers.
+func waitTelemetry(t *testing.T, path string) Snapshot {
+	t.Helper()
+	var err error
+	for range 300 {
+		var s Snapshot
+		if s, err = readTelemetry(path); err == nil {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("telemetry socket never answered: %v", err)
+	return Snapshot{}
+}
+
+var metricLine = regexp.MustCompile(`(?m)^zcnet_port_rx_packets_total\{port="[^"]+"\} (\d+)$`)
+
+func scrape(t *testing.T, addr string) (string, uint64) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		t.Errorf("Content-Type %q", ct)
+	}
+	m := metricLine.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no zcnet_port_rx_packets_total sample in /metrics:\n%s", body)
+	}
+	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return string(body), n
+}
+
+// TestTelemetryAndMetrics starts a sim instance in-process and checks that
+// the telemetry socket, `zcnet stats` and /metrics report counters that
+// move while traffic flows.
+func TestTelemetryAndMetrics(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "telemetry.sock")
+	addr := freeAddr(t)
+	startSim(t, "--telemetry", sock, "--metrics-addr", addr)
+
+	first := waitTelemetry(t, sock)
+	if first.Command != "sim" || len(first.NICs) != 1 || len(first.Ports) != 1 || len(first.Lcores) != 1 || first.Traffic == nil {
+		t.Fatalf("snapshot lacks parts: %+v", first)
+	}
+	_, m1 := scrape(t, addr)
+	time.Sleep(400 * time.Millisecond)
+	second, err := readTelemetry(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := first.totals(), second.totals()
+	if b.nicRx <= a.nicRx || b.guestRx <= a.guestRx || b.guestTx <= a.guestTx || b.zeroCopy <= a.zeroCopy ||
+		second.Traffic.GeneratorSent <= first.Traffic.GeneratorSent || second.UptimeSeconds <= first.UptimeSeconds {
+		t.Errorf("counters did not move:\n first %+v\nsecond %+v", a, b)
+	}
+	body, m2 := scrape(t, addr)
+	if m2 <= m1 {
+		t.Errorf("zcnet_port_rx_packets_total did not move: %d then %d", m1, m2)
+	}
+	for _, want := range []string{
+		"# TYPE zcnet_port_drops_total counter",
+		`zcnet_port_drops_total{port="`,
+		`cause="rx_too_big"}`,
+		`zcnet_port_frames_total{port="`,
+		`zcnet_lcore_busy_seconds_total{lcore="0",cpu="`,
+		"zcnet_nic_rx_missed_total{nic=",
+		"zcnet_sim_generator_sent_total ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	out, err := execute("stats", "--socket", sock)
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	for _, want := range []string{"zcnet sim, pid", "rx packets", "zero-copy rx", "busy %", "simulated wire: generator sent"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stats table lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = execute("stats", "--socket", sock, "--json")
+	if err != nil {
+		t.Fatalf("stats --json: %v", err)
+	}
+	var s Snapshot
+	if err := json.NewDecoder(bytes.NewReader([]byte(out))).Decode(&s); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	if s.totals().guestRx < b.guestRx {
+		t.Errorf("stats --json went backwards: %+v after %+v", s.totals(), b)
+	}
+}
+
+func TestStatsWithoutInstance(t *testing.T) {
+	_, err := execute("stats", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	if err == nil || !strings.Contains(err.Error(), "no zcnet instance") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestTelemetrySocketInUse(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "telemetry.sock")
+	startSim(t, "--telemetry", sock)
+	waitTelemetry(t, sock)
+	_, err := execute("sim", "--duration", "10ms", "--telemetry", sock)
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second instance on one socket: err = %v", err)
+	}
+}
+
+func TestEscapeLabel(t *testing.T) {
+	if got := escapeLabel("a\"b\\c\nd"); got != `a\"b\\c\nd` {
+		t.Errorf("escapeLabel = %s", got)
+	}
+}
