@@ -39,6 +39,11 @@ func startEchoGuest(path string) (*echoGuest, error) {
 	if err != nil {
 		return nil, err
 	}
+	return runEchoGuest(g)
+}
+
+// runEchoGuest starts echoing on a connected guest; it owns g from now on.
+func runEchoGuest(g *guest.Guest) (*echoGuest, error) {
 	if err := g.PostRx(0, int(echoGuestOptions.QueueSize)); err != nil && !errors.Is(err, guest.ErrRingFull) {
 		g.Close()
 		return nil, err

@@ -37,14 +37,23 @@ type runOptions struct {
 	rate      float64
 	frameSize int
 	flows     int
+
+	vhostOpts vhostOptions
 }
 
 func newRunCommand(a *app) *cobra.Command {
 	o := &runOptions{}
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the data path: --fwd forwards between two ports",
+		Short: "Run the data path: NIC ports joined zero-copy to vhost-user guests (or --fwd between two ports)",
 		Long: `run drives NIC ports with pinned poll cores until SIGINT or SIGTERM.
+
+Without --fwd it joins each --pci port to vhost-user guests (--vhost socket
+paths; zcnet listens unless --vhost-client): every guest queue pair gets a
+NIC queue pair of its own (--rxq/--txq per guest), and the NIC DMAs straight
+into and out of the guest's buffers. Several ports are easier to describe in
+a --config JSON file. On SIGINT/SIGTERM it stops the lcores, stops and drains
+the NIC queues, unmaps guest memory and closes the sockets, in that order.
 
 With --fwd and two --pci ports it forwards every frame received on one port
 out of the other, in both directions, like ixy-fwd or testpmd's io mode: the
@@ -55,6 +64,12 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if !o.fwd {
+				return runVhost(ctx, a.log, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
+			}
+			if len(o.vhostOpts.vhost) > 0 || o.vhostOpts.config != "" {
+				return errors.New("--fwd forwards between two NIC ports; drop --vhost/--config, or drop --fwd to serve guests")
+			}
 			return runForward(ctx, a.log, o, cmd.OutOrStdout())
 		},
 	}
@@ -73,6 +88,16 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 	f.Float64Var(&o.rate, "rate", 100000, "--sim: generator rate in frames per second")
 	f.IntVar(&o.frameSize, "frame-size", 64, "--sim: frame size on the wire, FCS included")
 	f.IntVar(&o.flows, "flows", 1, "--sim: number of UDP flows")
+	v := &o.vhostOpts
+	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port; repeat for each guest")
+	f.BoolVar(&v.client, "vhost-client", false, "connect to the --vhost sockets (QEMU server=on) and reconnect when the front end goes away")
+	f.IntVar(&v.rxq, "rxq", 1, "RX queues (queue pairs) per vhost port")
+	f.IntVar(&v.txq, "txq", 1, "TX queues per vhost port (equal to --rxq)")
+	f.IntVar(&v.copyBreak, "copy-break", 0, "copy frames up to this size instead of zero-copy (0: never; the engine copies all frames or none)")
+	f.BoolVar(&v.copyAll, "copy", false, "copy every frame through host buffers")
+	f.StringVar(&v.config, "config", "", "JSON file describing the ports (instead of --pci/--vhost/... flags)")
+	f.StringVar(&v.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
+	f.StringVar(&v.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
 	return cmd
 }
 
@@ -86,9 +111,6 @@ type fwdPort struct {
 }
 
 func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writer) error {
-	if !o.fwd {
-		return errors.New("nothing to run: give --fwd (the vhost data path arrives with the zero-copy engine)")
-	}
 	if o.simulate == (len(o.pci) > 0) {
 		return errors.New("--fwd needs either exactly two --pci ports or --sim")
 	}

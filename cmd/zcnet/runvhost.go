@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/vfio"
+)
+
+// openVFIO opens a PCI function bound to vfio-pci. Tests replace it with
+// simulated devices: assemble takes any vfio.Device.
+var openVFIO = func(addr string) (vfio.Device, error) { return vfio.Open(addr) }
+
+// vhostOptions are the flags of `zcnet run` for the vhost data path.
+type vhostOptions struct {
+	vhost       []string
+	client      bool
+	rxq, txq    int
+	copyBreak   int
+	copyAll     bool
+	config      string
+	telemetry   string
+	metricsAddr string
+}
+
+// specFromFlags turns the testpmd-style flags into an applianceSpec.
+// Sockets are shared out as operators expect: with one --pci every
+// --vhost port gets its own queue pairs on it; with as many --pci as
+// --vhost, port i serves socket i (one VF per guest, one IOMMU domain each).
+func specFromFlags(o *runOptions) (applianceSpec, error) {
+	v := &o.vhostOpts
+	var spec applianceSpec
+	switch {
+	case len(o.pci) == 0:
+		return spec, errors.New("give the NIC with --pci ADDRESS (a PF or VF bound to vfio-pci; see zcnet probe)")
+	case len(v.vhost) == 0:
+		return spec, errors.New("give at least one vhost-user socket with --vhost PATH")
+	case len(o.pci) > 1 && len(o.pci) != len(v.vhost):
+		return spec, fmt.Errorf("%d --pci ports for %d --vhost sockets: give one --pci for all sockets, or one --pci per socket", len(o.pci), len(v.vhost))
+	case v.rxq < 1 || v.txq < 1:
+		return spec, fmt.Errorf("--rxq %d --txq %d: every vhost port needs at least one queue pair", v.rxq, v.txq)
+	case o.burst < 1:
+		return spec, fmt.Errorf("--burst %d: give 1 to 512 frames per poll", o.burst)
+	case v.rxq != v.txq:
+		return spec, fmt.Errorf("--rxq %d and --txq %d differ: the zero-copy engine joins each RX queue to a TX queue, give both the same count", v.rxq, v.txq)
+	case v.copyBreak < 0:
+		return spec, fmt.Errorf("--copy-break %d: give 0 (never copy) or a frame size", v.copyBreak)
+	}
+	copyAll := v.copyAll
+	if maxFrame := o.mtu + 18; v.copyBreak > 0 {
+		// The engine decides per port, not per frame: it copies every
+		// frame or none. A break below the largest frame would copy some
+		// frames only, which it cannot do; refuse rather than pretend.
+		if v.copyBreak < maxFrame {
+			return spec, fmt.Errorf("--copy-break %d: the engine copies all frames or none; give 0 (zero-copy) or at least %d (MTU %d + 18, copy everything)",
+				v.copyBreak, maxFrame, o.mtu)
+		}
+		copyAll = true
+	}
+	spec.Lcores, spec.Burst = o.lcores, o.burst
+	port := func(pci string, sockets []string) nicSpec {
+		p := nicSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll}
+		for _, s := range sockets {
+			p.Vhost = append(p.Vhost, vhostSpec{Socket: s, Client: v.client})
+		}
+		return p
+	}
+	if len(o.pci) == 1 {
+		spec.Ports = []nicSpec{port(o.pci[0], v.vhost)}
+	} else {
+		for i, pci := range o.pci {
+			spec.Ports = append(spec.Ports, port(pci, v.vhost[i:i+1]))
+		}
+	}
+	return spec, nil
+}
+
+// loadConfig reads a --config file: JSON with the applianceSpec's fields,
+// for example
+//
+//	{"lcores": "2-3", "ports": [
+//	  {"pci": "0000:03:10.0", "rxd": 1024, "txd": 1024,
+//	   "vhost": [{"socket": "/run/vm1.sock"}]},
+//	  {"pci": "0000:03:10.2", "vhost": [{"socket": "/run/vm2.sock", "client": true}]}]}
+func loadConfig(path string) (applianceSpec, error) {
+	var spec applianceSpec
+	if ext := strings.ToLower(filepath.Ext(path)); ext != ".json" {
+		return spec, fmt.Errorf("--config %s: write the configuration as JSON in a .json file", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return spec, fmt.Errorf("--config: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return spec, fmt.Errorf("--config %s: %w", path, err)
+	}
+	return spec, nil
+}
+
+// runVhost is `zcnet run` without --fwd: NIC ports joined to vhost-user
+// guests by the zero-copy engine, until SIGINT/SIGTERM or --duration.
+func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func(string) bool, out io.Writer) error {
+	if o.simulate {
+		return errors.New("--sim simulates the --fwd forwarder; for the vhost data path on the simulator use zcnet sim")
+	}
+	var spec applianceSpec
+	var err error
+	if o.vhostOpts.config != "" {
+		for _, f := range []string{"pci", "vhost", "vhost-client", "rxq", "txq", "rxd", "txd", "mtu", "copy-break", "copy", "lcores", "burst"} {
+			if flagsSet(f) {
+				return fmt.Errorf("--%s and --config: give the ports either with flags or in the file, not both", f)
+			}
+		}
+		spec, err = loadConfig(o.vhostOpts.config)
+	} else {
+		spec, err = specFromFlags(o)
+	}
+	if err != nil {
+		return err
+	}
+	if err := spec.validate(); err != nil {
+		return err
+	}
+	devs := make([]vfio.Device, 0, len(spec.Ports))
+	for _, p := range spec.Ports {
+		d, err := openVFIO(p.PCI)
+		if err != nil {
+			for _, d := range devs {
+				d.Close()
+			}
+			return fmt.Errorf("open %s: %w", p.PCI, err)
+		}
+		devs = append(devs, d)
+	}
+	app, err := assemble(log, spec, devs)
+	if err != nil {
+		return err
+	}
+	defer app.shutdown()
+	if err := app.run(ctx); err != nil {
+		return err
+	}
+	tel, err := startTelemetry(log, o.vhostOpts.telemetry, o.vhostOpts.metricsAddr, func() Snapshot { return app.snapshot("run") })
+	if err != nil {
+		return err
+	}
+	defer tel.close()
+	for _, vp := range app.vhosts {
+		mode := "server (front end connects)"
+		if vp.spec.Client {
+			mode = "client (reconnecting)"
+		}
+		log.Info("vhost-user port", zap.String("socket", vp.spec.Socket), zap.String("mode", mode))
+	}
+
+	runCtx := ctx
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	var tick <-chan time.Time
+	if o.interval > 0 {
+		t := time.NewTicker(o.interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	prev, prevAt := app.snapshot("run"), time.Now()
+	for done := false; !done; {
+		select {
+		case <-runCtx.Done():
+			done = true
+		case now := <-tick:
+			cur := app.snapshot("run")
+			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))
+			prev, prevAt = cur, now
+		}
+	}
+	log.Info("shutting down: stopping lcores, NIC queues, guest sessions")
+	final := app.snapshot("run")
+	if err := app.shutdown(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	printSummary(out, &final)
+	return nil
+}
