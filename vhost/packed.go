@@ -177,10 +177,22 @@ func (q *Virtqueue) walkPackedIndirect(c *Chain, addr uint64, length uint32, tot
 	if err != nil {
 		return errIndirectAddr
 	}
+	// DPDK's virtio PMD (22.11) presets every entry of its TX indirect
+	// tables to VRING_DESC_F_WRITE (vring_desc_init_indirect_packed) and
+	// never rewrites the flags of entry 0, the virtio-net header, so each
+	// multi-segment frame arrives as "writable header, readable data".
+	// In a transmit queue (odd index: transmitq k is queue 2k+1, the
+	// control queue 2N is even) the device only reads, so WRITE flags in
+	// its indirect tables are ignored, as DPDK's vhost library ignores
+	// them in every indirect table.
+	deviceReadsOnly := q.index%2 == 1
 	for i := 0; i < len(t); i += descSize {
 		flags := binary.LittleEndian.Uint16(t[i+14:])
 		if flags&descFIndirect != 0 {
 			return errIndirectNested
+		}
+		if deviceReadsOnly {
+			flags &^= descFWrite
 		}
 		if err := q.addBuffer(c, binary.LittleEndian.Uint64(t[i:]), binary.LittleEndian.Uint32(t[i+8:]), flags, total, truncated); err != nil {
 			return err
