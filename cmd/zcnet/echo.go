@@ -30,7 +30,7 @@ type echoGuest struct {
 
 // echoGuestOptions: 4 KiB receive buffers, so that the NIC's 2 KiB buffers
 // fit behind the virtio-net header and frames are received zero-copy.
-var echoGuestOptions = guest.Options{RxBufSize: 4096, TxBufSize: 2048, QueueSize: 1024}
+var echoGuestOptions = guest.Options{RxBufSize: 4096, TxBufSize: 2048, QueueSize: 4096}
 
 // startEchoGuest connects to the vhost-user socket at path, posts every
 // receive buffer and starts echoing.

@@ -76,8 +76,8 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	f.BoolVar(&o.json, "json", false, "print the final summary as JSON on stdout (statistics lines go to stderr)")
 	f.StringVar(&o.tap, "tap", "", "connect the simulated port's wire to a TAP interface of this name instead of the generator and sink")
 	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest")
-	f.IntVar(&o.rxd, "rxd", 512, "NIC RX descriptors")
-	f.IntVar(&o.txd, "txd", 512, "NIC TX descriptors")
+	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
+	f.IntVar(&o.txd, "txd", 2048, "NIC TX descriptors")
 	f.StringVar(&o.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
 	return cmd
