@@ -3,6 +3,8 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"github.com/zcnet/zcnet/hugepage"
@@ -14,43 +16,78 @@ import (
 // device's MemoryHook, DMA-mapping every guest memory region into the NIC's
 // IOMMU domain when the memory table arrives (each region at an IOVA of its
 // own from the domain's allocator) and unmapping it when the table goes
-// away, but only after every port of the guest has stopped its NIC queues
-// and taken back each guest buffer the NIC held: a region is never unmapped
-// while the device may still write into it.
+// away, but only after every port holding a buffer in it has stopped its
+// NIC queues and taken the buffers back: a region is never unmapped while
+// the device may still write into it.
+//
+// It is also the device's vhost.RingHook: when the front end stops a ring
+// (GET_VRING_BASE, SET_VRING_ENABLE 0, reset, disconnect, new memory
+// table), the port using that ring stops its NIC queue and gives every
+// guest buffer back before the device replies.
 //
 // Set it as vhost.Config.Hook of the device before the front end connects,
-// and create the guest's Ports with it. The vhost device calls the hook
-// with its data-path lock held, and Ports touch GuestDMA only with that
-// lock held, so GuestDMA needs no lock of its own.
+// and create the guest's Ports with it.
+//
+// Locking protocol (three parties: the protocol goroutine of the vhost
+// device, the lcore polling the port, and this hook):
+//   - A Port touches its state only with the device's data-path lock held
+//     (Poll takes it around one round).
+//   - StopRing is called by the device with the data-path lock held, so it
+//     runs between two polling rounds and drains synchronously; it takes
+//     g.mu (order: data-path lock, then g.mu; NewPort and Close follow the
+//     same order).
+//   - MapRegion and UnmapRegion are called without the data-path lock. The
+//     region list is copy-on-write behind an atomic pointer, so the poller
+//     reads it without a lock while a new region is added. UnmapRegion
+//     takes g.mu only to copy the port list, releases it, and then takes
+//     each port's data-path lock to stop the ports that still hold a buffer
+//     in the region (normally none: StopRing already drained them).
 type GuestDMA struct {
-	mapper  vfio.DMAMapper
-	iova    *hugepage.IOVAAllocator
-	regions []dmaRegion
-	ports   []*Port
-	mapped  atomic.Int32 // len(regions), readable without the data-path lock
+	mapper vfio.DMAMapper
+	iova   *hugepage.IOVAAllocator
+
+	regions atomic.Pointer[[]dmaRegion] // immutable snapshots
+
+	mu    sync.Mutex // guards ports, slots and region updates
+	ports []*Port
+	slots uint64 // region slot bits in use
 }
 
 // dmaRegion is one mapped guest region: host range [host, host+size) is
-// reachable by the device at iova.
+// reachable by the device at iova. slot is a bit of its own among the
+// guest's regions, which ports accumulate to remember where their posted
+// buffers lie.
 type dmaRegion struct {
 	host, size, iova uint64
 	gpa              uint64
+	slot             uint64
 }
 
 // NewGuestDMA returns the memory hook of one guest whose buffers go to
 // devices behind mapper; IOVAs come from alloc, the allocator of that
 // IOMMU domain (shared with the NIC driver's rings, so they cannot collide).
 func NewGuestDMA(mapper vfio.DMAMapper, alloc *hugepage.IOVAAllocator) *GuestDMA {
-	return &GuestDMA{mapper: mapper, iova: alloc}
+	g := &GuestDMA{mapper: mapper, iova: alloc}
+	g.regions.Store(&[]dmaRegion{})
+	return g
 }
 
-var _ vhost.MemoryHook = (*GuestDMA)(nil)
+var (
+	_ vhost.MemoryHook = (*GuestDMA)(nil)
+	_ vhost.RingHook   = (*GuestDMA)(nil)
+)
 
 // MapRegion DMA-maps a new guest region.
 func (g *GuestDMA) MapRegion(r vhost.Region) error {
 	if len(r.Host) == 0 || addrOf(r.Host)%hugepage.IOMMUPage != 0 || r.Size%hugepage.IOMMUPage != 0 {
 		return fmt.Errorf("guest region gpa %#x size %#x is not page aligned in this process; the IOMMU maps whole pages (back guest memory with page-aligned memfd or hugetlbfs offsets)", r.GuestPhysAddr, r.Size)
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.slots == ^uint64(0) {
+		return fmt.Errorf("guest region gpa %#x: 64 regions already DMA-mapped for this guest; the front end must remove regions first", r.GuestPhysAddr)
+	}
+	slot := uint64(1) << bits.TrailingZeros64(^g.slots)
 	iova, err := g.iova.Alloc(r.Size, hugepage.IOMMUPage)
 	if err != nil {
 		return fmt.Errorf("IOVA space for guest region gpa %#x size %#x: %w", r.GuestPhysAddr, r.Size, err)
@@ -59,74 +96,108 @@ func (g *GuestDMA) MapRegion(r vhost.Region) error {
 		_ = g.iova.Free(iova)
 		return fmt.Errorf("DMA-map guest region gpa %#x at IOVA %#x: %w", r.GuestPhysAddr, iova, err)
 	}
-	g.regions = append(g.regions, dmaRegion{host: uint64(addrOf(r.Host)), size: r.Size, iova: iova, gpa: r.GuestPhysAddr})
-	g.mapped.Add(1)
+	g.slots |= slot
+	old := *g.regions.Load()
+	next := append(append(make([]dmaRegion, 0, len(old)+1), old...),
+		dmaRegion{host: uint64(addrOf(r.Host)), size: r.Size, iova: iova, gpa: r.GuestPhysAddr, slot: slot})
+	g.regions.Store(&next)
 	return nil
 }
 
-// UnmapRegion stops every port of the guest (their NIC queues are stopped
-// and every posted guest buffer taken back) and then unmaps the region. If
-// a NIC queue does not confirm it stopped, the region stays mapped, which
-// leaks IOVA space but never lets the device write into freed memory.
+// UnmapRegion stops every port that holds a buffer in the region (their
+// NIC queues are stopped and each posted guest buffer taken back) and then
+// unmaps it. If a NIC queue does not confirm it stopped, the region stays
+// mapped, which leaks IOVA space but never lets the device write into
+// freed memory.
 func (g *GuestDMA) UnmapRegion(r vhost.Region) error {
 	if len(r.Host) == 0 {
 		return nil
 	}
 	host := uint64(addrOf(r.Host))
-	i := g.find(host, r.Size)
-	if i < 0 {
+	g.mu.Lock()
+	m, ok := g.find(host, r.Size)
+	ports := append([]*Port(nil), g.ports...)
+	g.mu.Unlock()
+	if !ok {
 		return nil // never mapped (MapRegion failed for it)
 	}
 	var errs []error
-	for _, p := range g.ports {
-		errs = append(errs, p.quiesce())
+	for _, p := range ports {
+		errs = append(errs, p.letGo(m.slot))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("guest region gpa %#x left DMA-mapped: a NIC queue did not stop: %w", r.GuestPhysAddr, err)
 	}
-	m := g.regions[i]
 	if err := g.mapper.UnmapDMA(m.iova, m.size); err != nil {
 		return fmt.Errorf("DMA-unmap guest region gpa %#x at IOVA %#x: %w", m.gpa, m.iova, err)
 	}
-	g.regions = append(g.regions[:i], g.regions[i+1:]...)
-	g.mapped.Add(-1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := *g.regions.Load()
+	next := make([]dmaRegion, 0, len(old))
+	for _, o := range old {
+		if o.slot != m.slot {
+			next = append(next, o)
+		}
+	}
+	g.regions.Store(&next)
+	g.slots &^= m.slot
 	return g.iova.Free(m.iova)
 }
 
-func (g *GuestDMA) find(host, size uint64) int {
-	for i, m := range g.regions {
+func (g *GuestDMA) find(host, size uint64) (dmaRegion, bool) {
+	for _, m := range *g.regions.Load() {
 		if m.host == host && m.size == size {
-			return i
+			return m, true
 		}
 	}
-	return -1
+	return dmaRegion{}, false
+}
+
+// StopRing is the vhost.RingHook: the port using q stops the NIC queue
+// that holds q's buffers and gives them back before the device goes on
+// (data-path lock held by the device).
+func (g *GuestDMA) StopRing(q *vhost.Virtqueue) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range g.ports {
+		p.stopRing(q)
+	}
 }
 
 // Mapped reports how many guest regions are DMA-mapped; safe from any
 // goroutine.
-func (g *GuestDMA) Mapped() int { return int(g.mapped.Load()) }
+func (g *GuestDMA) Mapped() int { return len(*g.regions.Load()) }
 
 // iovaOf translates guest memory b (a slice the virtqueue produced from
 // the memory table, hence already validated against it) to the IOVA the
-// device reaches it at. It reports false if b is not inside one mapped
-// region, which the caller treats as an unusable buffer.
-func (g *GuestDMA) iovaOf(b []byte) (uint64, bool) {
+// device reaches it at, and the region's slot bit. It reports false if b
+// is not inside one mapped region, which the caller treats as an unusable
+// buffer.
+func (g *GuestDMA) iovaOf(b []byte) (iova, slot uint64, ok bool) {
 	if len(b) == 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	a := uint64(addrOf(b))
-	for i := range g.regions {
-		m := &g.regions[i]
+	regions := *g.regions.Load()
+	for i := range regions {
+		m := &regions[i]
 		if off := a - m.host; a >= m.host && off < m.size && uint64(len(b)) <= m.size-off {
-			return m.iova + off, true
+			return m.iova + off, m.slot, true
 		}
 	}
-	return 0, false
+	return 0, 0, false
 }
 
-func (g *GuestDMA) attach(p *Port) { g.ports = append(g.ports, p) }
+func (g *GuestDMA) attach(p *Port) {
+	g.mu.Lock()
+	g.ports = append(g.ports, p)
+	g.mu.Unlock()
+}
 
 func (g *GuestDMA) detach(p *Port) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	for i, q := range g.ports {
 		if q == p {
 			g.ports = append(g.ports[:i], g.ports[i+1:]...)

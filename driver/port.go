@@ -101,6 +101,15 @@ const (
 // Port joins one NIC queue pair to one virtio queue pair of one guest. It
 // is a Task: an lcore calls Poll, which does one burst of RX and TX work
 // with the guest's data-path lock held.
+//
+// Stopping: when the front end stops a ring, the device calls the port
+// (through GuestDMA, its RingHook) with the data-path lock held, and the
+// port stops that direction's NIC queue, waits until the NIC confirms, and
+// pushes every guest chain it held back to the used ring (completed ones
+// with their length, the rest with 0) before the device replies. The
+// direction starts again, on a later Poll, when the front end restarts the
+// ring. Poll also notices a ring that went away without the hook (e.g. the
+// control queue reducing the active pairs) and stops the NIC queue then.
 type Port struct {
 	cfg  PortConfig
 	dev  *vhost.Device
@@ -125,6 +134,14 @@ type Port struct {
 
 	drain []ring.Cookie
 	st    stats
+}
+
+// iova translates a guest buffer for the NIC and records, in *holds, the
+// region it lies in (UnmapRegion stops only ports holding buffers there).
+func (p *Port) iova(b []byte, holds *uint64) (uint64, bool) {
+	iova, slot, ok := p.dma.iovaOf(b)
+	*holds |= slot
+	return iova, ok
 }
 
 // NewPort binds cfg.NIC to the guest's queue pair. The NIC queues start
@@ -201,12 +218,26 @@ func (p *Port) pollLocked() int {
 		return 0
 	}
 	rxv, txv := p.dev.RxQueue(p.cfg.Pair), p.dev.TxQueue(p.cfg.Pair)
-	if rxv != p.rxv || txv != p.txv {
-		if err := p.quiesce(); err != nil {
-			p.failed = err
-			return 0
+	// A ring that changed without the ring hook telling us (it always
+	// does for front-end requests): the NIC queue must give its buffers
+	// back before it serves the new ring.
+	if rxv != p.rxv {
+		if p.rxRunning {
+			if err := p.quiesceRx(p.alive(p.rxv, true)); err != nil {
+				p.failed = err
+				return 0
+			}
 		}
-		p.rxv, p.txv = rxv, txv
+		p.rxv = rxv
+	}
+	if txv != p.txv {
+		if p.txRunning {
+			if err := p.quiesceTx(p.alive(p.txv, false)); err != nil {
+				p.failed = err
+				return 0
+			}
+		}
+		p.txv = txv
 	}
 	n := 0
 	if txv != nil {
@@ -246,16 +277,61 @@ func (p *Port) negotiated() {
 // it: it resumes from the used index). Called with the data-path lock
 // held. The queues start again on a later Poll.
 func (p *Port) quiesce() error {
-	if !p.rxRunning && !p.txRunning {
-		return nil
-	}
-	p.st.add(cRestarts, 1)
 	var errs []error
 	if p.rxRunning {
-		errs = append(errs, p.quiesceRx())
+		errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
 	}
 	if p.txRunning {
-		errs = append(errs, p.quiesceTx())
+		errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
+	}
+	p.st.publish()
+	return errors.Join(errs...)
+}
+
+// stopRing is the port's part of vhost.RingHook (data-path lock held by
+// the device): if q is one of the port's rings, the NIC queue serving it
+// finishes what it completed, stops, and every chain of q goes back to q's
+// used ring before this returns.
+func (p *Port) stopRing(q *vhost.Virtqueue) {
+	var err error
+	switch {
+	case q == nil:
+		return
+	case q == p.rxv:
+		if p.rxRunning && p.failed == nil {
+			// Frames the NIC already wrote are delivered, not dropped.
+			p.harvestRx()
+			p.deliverPending()
+			err = p.quiesceRx(q)
+		}
+		p.rxv = nil
+	case q == p.txv:
+		if p.txRunning && p.failed == nil {
+			p.reclaimTx()
+			err = p.quiesceTx(q)
+		}
+		p.txv = nil
+	default:
+		return
+	}
+	if err != nil {
+		p.failed = fmt.Errorf("driver: port %s: stopping the NIC queue of vring %d: %w", p.cfg.Name, q.Index(), err)
+	}
+	p.st.publish()
+}
+
+// letGo stops the directions of the port that hold a guest buffer in the
+// region with slot bit slot (GuestDMA.UnmapRegion, without the data-path
+// lock held).
+func (p *Port) letGo(slot uint64) error {
+	p.dev.LockDataPath()
+	defer p.dev.UnlockDataPath()
+	var errs []error
+	if p.rxRunning && p.rx.holds&slot != 0 {
+		errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
+	}
+	if p.txRunning && p.tx.holds&slot != 0 {
+		errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
 	}
 	p.st.publish()
 	return errors.Join(errs...)

@@ -36,6 +36,8 @@ type rigOptions struct {
 	port  PortConfig
 	guest guest.Options
 	frame int // generator frame size on the wire (FCS included)
+	// features the device offers (0: vhost.DefaultFeatures).
+	features uint64
 }
 
 // recorder keeps copies of frames.
@@ -74,7 +76,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	pool := newCopyPool(t, r.pf, alloc)
 
 	r.dma = NewGuestDMA(r.pf.DMA(), alloc)
-	r.dev, err = vhost.NewDevice(vhost.Config{Name: "g0", Hook: r.dma})
+	r.dev, err = vhost.NewDevice(vhost.Config{Name: "g0", Hook: r.dma, Features: o.features})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 type rxState struct {
 	zeroCopy   bool
 	copyReason counter
+	holds      uint64 // slot bits of the guest regions of buffers on the NIC
 	bufLen     uint32 // length posted for each guest buffer (its piece minus the header)
 	capacity   int
 	posted     int
@@ -109,6 +110,16 @@ func (p *Port) startRx() {
 
 // pollRx harvests, delivers and refills; it returns frames delivered.
 func (p *Port) pollRx() int {
+	p.harvestRx()
+	delivered := p.deliverPending()
+	for p.refill() {
+	}
+	p.rxv.Flush()
+	return delivered
+}
+
+// harvestRx takes one burst of completions from the NIC.
+func (p *Port) harvestRx() {
 	r := &p.rx
 	room := cap(r.pending) - len(r.pending)
 	if room > 0 {
@@ -116,11 +127,6 @@ func (p *Port) pollRx() int {
 		r.pending = r.pending[:len(r.pending)+n]
 		r.posted -= n
 	}
-	delivered := p.deliverPending()
-	for p.refill() {
-	}
-	p.rxv.Flush()
-	return delivered
 }
 
 // deliverPending hands complete frames to the guest in order, stopping at
@@ -296,7 +302,7 @@ func (p *Port) collectGuestBufs(room int) int {
 			continue
 		}
 		b := c.Segs[0].Buf
-		iova, ok := p.dma.iovaOf(b)
+		iova, ok := p.iova(b, &r.holds)
 		if !ok {
 			p.rxv.Push(c.Head, 0)
 			p.st.add(cDropRxChainUnusable, 1)
@@ -310,9 +316,13 @@ func (p *Port) collectGuestBufs(room int) int {
 	return k
 }
 
-// quiesceRx stops the NIC RX queue and takes every buffer back.
-func (p *Port) quiesceRx() error {
+// quiesceRx stops the NIC RX queue and takes every buffer back: guest
+// chains go to v's used ring with length 0 (if v is nil the front end
+// dropped the ring and resumes from its used index), host buffers to the
+// pool.
+func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	r := &p.rx
+	p.st.add(cRestarts, 1)
 	if err := p.nic.StopRx(); err != nil {
 		return err
 	}
@@ -320,7 +330,6 @@ func (p *Port) quiesceRx() error {
 	if err != nil {
 		return err
 	}
-	v := p.alive(p.rxv, true)
 	give := func(c ring.Cookie) {
 		if c&copyCookie != 0 {
 			r.idx[0] = uint32(c)
@@ -344,7 +353,7 @@ func (p *Port) quiesceRx() error {
 	if v != nil {
 		v.Flush()
 	}
-	r.pending, r.recycle, r.posted = r.pending[:0], r.recycle[:0], 0
+	r.pending, r.recycle, r.posted, r.holds = r.pending[:0], r.recycle[:0], 0, 0
 	p.rxRunning = false
 	return nil
 }

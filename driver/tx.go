@@ -18,6 +18,7 @@ import (
 type txState struct {
 	zeroCopy   bool
 	copyReason counter
+	holds      uint64 // slot bits of the guest regions of packets on the NIC
 
 	chain   vhost.Chain
 	pkts    []ring.TxPkt
@@ -215,7 +216,7 @@ func (p *Port) guestSegs(c *vhost.Chain, segs []ring.Segment) int {
 		if n == len(segs) {
 			return 0
 		}
-		iova, ok := p.dma.iovaOf(b)
+		iova, ok := p.iova(b, &p.tx.holds)
 		if !ok {
 			return 0
 		}
@@ -327,9 +328,12 @@ func foldSum(sum uint32) uint16 {
 	return uint16(sum)
 }
 
-// quiesceTx stops the NIC TX queue and returns every packet's buffers.
-func (p *Port) quiesceTx() error {
+// quiesceTx stops the NIC TX queue and returns every packet's buffers:
+// guest chains of packets not sent to v's used ring (unless v is nil),
+// host buffers to the pool. Completions reclaimed before are published.
+func (p *Port) quiesceTx(v *vhost.Virtqueue) error {
 	t := &p.tx
+	p.st.add(cRestarts, 1)
 	if err := p.nic.StopTx(); err != nil {
 		return err
 	}
@@ -337,7 +341,6 @@ func (p *Port) quiesceTx() error {
 	if err != nil {
 		return err
 	}
-	v := p.alive(p.txv, false)
 	for _, c := range cookies {
 		if c&copyCookie != 0 {
 			p.freeTxRecord(c)
@@ -349,7 +352,7 @@ func (p *Port) quiesceTx() error {
 	if v != nil {
 		v.Flush()
 	}
-	t.zcHeads, t.unflush = 0, 0
+	t.zcHeads, t.unflush, t.holds = 0, 0, 0
 	p.txRunning = false
 	return nil
 }

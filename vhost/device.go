@@ -28,7 +28,8 @@ type Config struct {
 	MAC net.HardwareAddr
 	MTU uint16
 	// Hook, if set, is told about every guest memory region mapped and
-	// unmapped (for DMA mapping).
+	// unmapped (for DMA mapping). If it also implements RingHook it is
+	// told, synchronously, before any running ring stops.
 	Hook MemoryHook
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
@@ -61,6 +62,7 @@ type vring struct {
 type Device struct {
 	cfg    Config
 	log    *zap.Logger
+	rings  RingHook    // cfg.Hook as a RingHook, or nil
 	busy   atomic.Bool // a front end is connected
 	broken atomic.Bool // a queue is broken: status reports NEEDS_RESET
 
@@ -108,6 +110,7 @@ func NewDevice(cfg Config) (*Device, error) {
 		log = zap.NewNop()
 	}
 	d := &Device{cfg: cfg, log: log.With(zap.String("device", cfg.Name))}
+	d.rings, _ = cfg.Hook.(RingHook)
 	n := 2 * cfg.QueuePairs
 	if cfg.Features&NetFCtrlVQ != 0 {
 		n++
@@ -208,6 +211,7 @@ func (d *Device) Connected() bool { return d.busy.Load() }
 func (d *Device) resetSession() {
 	for i := range d.vrings {
 		v := &d.vrings[i]
+		d.releaseRing(v)
 		closeFDs([]int{v.kickFD, v.callFD, v.errFD})
 		*v = vring{kickFD: -1, callFD: -1, errFD: -1}
 	}
@@ -380,6 +384,11 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		if s.Num > 1 {
 			return nil, fmt.Errorf("SET_VRING_ENABLE %d for vring %d: want 0 or 1", s.Num, s.Index)
 		}
+		if s.Num == 0 && v.q != nil && d.ringEnabled(v) && d.features&FProtocolFeatures != 0 {
+			// The ring stops being handed to pollers: whoever holds its
+			// buffers gives them back first.
+			d.releaseRing(v)
+		}
 		v.enabled = s.Num == 1
 		return nil, nil
 	case ReqGetConfig, ReqSetConfig:
@@ -522,6 +531,10 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 		return 0, err
 	}
 	if v.q != nil {
+		// The base must count every popped chain as used: the ring hook
+		// takes back (and pushes) what the NIC still holds before we read
+		// it.
+		d.releaseRing(v)
 		v.base = uint32(v.q.lastAvail)
 		if v.q.pk.on {
 			v.base = v.q.PackedBase()
@@ -531,6 +544,14 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 	closeFDs([]int{v.kickFD})
 	v.kickFD, v.kicked = -1, false
 	return v.base, nil
+}
+
+// releaseRing has the ring hook give back every buffer of v's running
+// queue (data-path lock held; see RingHook).
+func (d *Device) releaseRing(v *vring) {
+	if v.q != nil && d.rings != nil {
+		d.rings.StopRing(v.q)
+	}
 }
 
 // resetRings stops every ring and forgets the memory table (RESET_OWNER,
@@ -635,6 +656,14 @@ func (d *Device) prepareMemory(m *Message) (p preparedMemory) {
 // can reach them any more) and before the reply: QEMU may free the old
 // memory as soon as we acknowledge.
 func (d *Device) swapMemory(t *MemoryTable, retired ...Region) {
+	if len(retired) > 0 {
+		// Buffers in retired regions may be posted to a device: every
+		// running ring gives its buffers back while the old table is
+		// still in place.
+		for i := range d.vrings {
+			d.releaseRing(&d.vrings[i])
+		}
+	}
 	d.mem = t
 	d.retired = append(d.retired, retired...)
 	for i := range d.vrings {

@@ -75,7 +75,13 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 
 // supportedFeatures is what this package can honour at all; Config.Features
 // must stay within it.
-const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked
+//
+// FAccessPlatform may be offered for guests whose QEMU sets it without a
+// virtual IOMMU (memory-encrypted guests): addresses are still guest
+// physical, as no IOTLB messages are handled. Consumers that hand guest
+// addresses to hardware may want to treat such guests specially (the
+// zero-copy engine copies for them).
+const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform
 
 const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig
 

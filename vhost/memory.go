@@ -30,9 +30,40 @@ type Region struct {
 // a memory table arrives. UnmapRegion is called before the memory is
 // unmapped from this process; after it returns the engine must no longer
 // let a device reach the region.
+//
+// Both methods are called on the protocol goroutine without the data-path
+// lock held (mapping can be slow and pollers must not wait for it); a hook
+// that shares state with pollers synchronises on its own, e.g. by taking
+// the device's data-path lock.
 type MemoryHook interface {
 	MapRegion(r Region) error
 	UnmapRegion(r Region) error
+}
+
+// RingHook is implemented by a MemoryHook whose consumer holds guest
+// buffers outside the virtqueue, as a zero-copy engine does when it posts
+// guest chains into a NIC ring. The device calls StopRing, synchronously,
+// whenever a running ring is about to stop being handed to pollers or its
+// memory is about to go away:
+//
+//   - GET_VRING_BASE, before the ring base is read and replied;
+//   - SET_VRING_ENABLE 0 on an enabled running ring;
+//   - RESET_OWNER, RESET_DEVICE and the front end disconnecting;
+//   - a memory table change that retires regions (SET_MEM_TABLE over an
+//     existing table, REM_MEM_REG), before the swap and thus before the old
+//     regions are released through UnmapRegion.
+//
+// StopRing runs with the data-path lock held, so no poller is inside a
+// polling round of this device, and q and its memory are still valid. It
+// must make the hardware let go of every chain popped from q (stop the
+// queue and wait until the device confirms), give each one back with Push
+// (0 bytes for a buffer never written, the real length for a completed
+// one), Flush, and return only then: the ring base the front end gets
+// counts every popped chain as used, so nothing is lost or returned twice
+// when the ring resumes. It must not call back into the Device (the lock
+// is not reentrant). It may be called for a queue the hook never used.
+type RingHook interface {
+	StopRing(q *Virtqueue)
 }
 
 // Errors from address translation.

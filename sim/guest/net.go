@@ -72,6 +72,8 @@ type Guest struct {
 	Features uint64 // acked virtio features
 	Protocol uint64 // acked protocol features
 	queues   []*queue
+	// EmptyRx counts receive buffers the device returned with length 0.
+	EmptyRx int
 }
 
 // Packet is one received frame.
@@ -451,6 +453,18 @@ func (g *Guest) StopRing(i int) (uint32, error) {
 	return s.Num, nil
 }
 
+// ResumeRing restarts ring i after StopRing, where the device left it
+// (SET_VRING_NUM, _BASE = used->idx, _ADDR, _KICK, _CALL, and ENABLE).
+func (g *Guest) ResumeRing(i int) error {
+	if err := g.startRing(i, g.queues[i]); err != nil {
+		return err
+	}
+	if g.Features&vhost.FProtocolFeatures != 0 {
+		return g.SetEnable(i, true)
+	}
+	return nil
+}
+
 // Ring returns virtqueue i's driver ring (RX of pair p is 2p, TX 2p+1).
 func (g *Guest) Ring(i int) *Ring { return g.queues[i].ring }
 
@@ -593,6 +607,12 @@ func (g *Guest) Receive(pair int) ([]Packet, error) {
 		data, err := g.rxData(q, head, length)
 		if err != nil {
 			return out, err
+		}
+		if len(data) == 0 {
+			// A buffer the device gave back unwritten (it stopped the
+			// ring while holding it): free, nothing to deliver.
+			g.EmptyRx++
+			continue
 		}
 		if len(data) < hl {
 			return out, fmt.Errorf("guest: received %d bytes, shorter than the header", len(data))
