@@ -282,7 +282,7 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 	guest.waitForwarding()
 	checkFeatures(t, sc, d)
 
-	time.Sleep(trafficTime)
+	watchProgress(t, d, lb, runner, trafficTime)
 	// Stop the back end's poller for good (see checkNoLoss) and wait for
 	// the guest to park every circulating frame in its TX ring.
 	if err := runner.Stop(); err != nil {
@@ -334,6 +334,40 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 	}
 	for _, e := range warnings.All() {
 		t.Errorf("back end logged %s %q %v", e.Level, e.Message, e.ContextMap())
+	}
+}
+
+// watchProgress lets the loop run for d, logging the longest time the
+// back end went without returning a frame, with where the frames were and
+// what the lcore was doing: the evidence to start from if the loop stalls.
+func watchProgress(t *testing.T, dev *vhost.Device, lb *vhost.Loopback, r *driver.Runner, d time.Duration) {
+	const every = 10 * time.Millisecond
+	var last uint64
+	lastMove, end := time.Now(), time.Now().Add(d)
+	longest, at := time.Duration(0), ""
+	for time.Now().Before(end) {
+		time.Sleep(every)
+		dev.LockDataPath()
+		f := lb.Counters().Frames
+		tx, rx := -1, -1
+		if q := dev.TxQueue(0); q != nil {
+			tx = q.Avail()
+		}
+		if q := dev.RxQueue(0); q != nil {
+			rx = q.Avail()
+		}
+		dev.UnlockDataPath()
+		if f != last {
+			last, lastMove = f, time.Now()
+			continue
+		}
+		if still := time.Since(lastMove); still > longest {
+			longest = still
+			at = fmt.Sprintf("after %d frames, guest TX ring avail %d, RX ring avail %d, lcore %+v", f, tx, rx, r.Stats())
+		}
+	}
+	if longest > 0 {
+		t.Logf("longest stall %v: %s", longest, at)
 	}
 }
 
