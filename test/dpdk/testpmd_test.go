@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -33,6 +34,10 @@ const (
 	// mbufPool keeps testpmd's start-up (and hugepage use) small; the
 	// default pool is 155456 mbufs, 330 MiB.
 	mbufPool = 8192
+
+	// ealRuntimeDir is where DPDK's EAL keeps per-prefix runtime files
+	// when run as root (the tests need root for hugepages).
+	ealRuntimeDir = "/var/run/dpdk"
 
 	startTimeout = 30 * time.Second // EAL init, mempool, port start
 	stopTimeout  = 20 * time.Second // stop forwarding, print, close ports
@@ -171,6 +176,14 @@ func startTestpmd(t testing.TB, h host, name string, ealArgs, appArgs []string) 
 	}()
 	t.Cleanup(func() {
 		p.kill()
+		// Even with --in-memory, EAL creates an (empty) runtime directory
+		// named after the file prefix; remove it so that runs leave
+		// nothing behind.
+		for i, a := range ealArgs {
+			if a == "--file-prefix" && i+1 < len(ealArgs) {
+				_ = os.RemoveAll(filepath.Join(ealRuntimeDir, ealArgs[i+1]))
+			}
+		}
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, p.out.String())
 		}
