@@ -8,7 +8,7 @@ STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # 2 MiB pages to keep reserved for tests and the demo (2 GiB).
 HUGEPAGES    ?= 1024
 
-.PHONY: all build test test-unit test-vfio bench demo lint hugepages clean
+.PHONY: all build test test-unit test-vfio test-dpdk bench bench-vhost fuzz demo lint hugepages clean
 
 all: build
 
@@ -16,11 +16,18 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/zcnet ./cmd/zcnet
 
 ## test: the whole suite: lint, unit and simulator tests under the race
-## detector, and the VFIO layer against a real kernel in a QEMU guest.
-test: lint test-unit test-vfio
+## detector, the VFIO layer against a real kernel in a QEMU guest, and
+## interop with DPDK's testpmd as a vhost-user front end.
+test: lint test-unit test-vfio test-dpdk
 
 test-unit: hugepages
-	$(GO) test -race -count=1 -timeout 10m ./...
+	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v /test/dpdk)
+
+## test-dpdk: DPDK 22.11 testpmd (net_virtio_user) against zcnet's vhost back
+## end, and against DPDK's net_vhost as a baseline; run on its own so that
+## testpmd's busy-polling cores do not share the CPUs with other packages.
+test-dpdk: hugepages
+	$(GO) test -race -count=1 -timeout 10m ./test/dpdk/
 
 ## test-vfio: boots a QEMU/TCG guest with a virtual IOMMU and an e1000e bound
 ## to vfio-pci, and runs the vfio package's guest tests inside it.
@@ -28,7 +35,18 @@ test-vfio:
 	bash test/vfio-qemu/run.sh
 
 bench: hugepages
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v /test/dpdk)
+
+## bench-vhost: testpmd virtio-user in txonly/rxonly/io against zcnet's back
+## end and against DPDK's net_vhost, alternately, in Mpps.
+bench-vhost: hugepages
+	$(GO) test -run '^$$' -bench BenchmarkVirtioUser -benchtime 1x -count=1 ./test/dpdk/
+
+## fuzz: 60 s for each vhost fuzzer (message parsing, split and packed chains).
+fuzz:
+	$(GO) test -run '^$$' -fuzz=FuzzMessage     -fuzztime=60s ./vhost/
+	$(GO) test -run '^$$' -fuzz=FuzzSplitChain  -fuzztime=60s -fuzzminimizetime=5s ./vhost/
+	$(GO) test -run '^$$' -fuzz=FuzzPackedChain -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 
 ## demo: ten seconds of the whole data path on the simulator: an 82599 model,
 ## the zero-copy engine on a pinned lcore and a vhost-user guest (over a real
