@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,9 @@ type echoGuest struct {
 	burst []guest.RxFrame
 	stop  chan struct{}
 	done  chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
 
 	rx, tx, dropped atomic.Uint64
 }
@@ -152,9 +156,13 @@ func macSwap(f []byte) {
 	copy(f[6:12], dst[:])
 }
 
-// close stops echoing and disconnects from the back end.
+// close stops echoing and disconnects from the back end. Calls after the
+// first return the first one's result.
 func (e *echoGuest) close() error {
-	close(e.stop)
-	<-e.done
-	return e.g.Close()
+	e.closeOnce.Do(func() {
+		close(e.stop)
+		<-e.done
+		e.closeErr = e.g.Close()
+	})
+	return e.closeErr
 }

@@ -47,6 +47,7 @@ with no copy, polled by pinned cores.`,
 		newUnbindCommand(a),
 		newRunCommand(a),
 		newSimCommand(a),
+		newBenchCommand(a),
 		newStatsCommand(),
 	)
 	return root

@@ -1,0 +1,534 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/wire"
+	"github.com/zcnet/zcnet/vfio"
+)
+
+// benchOptions are the flags of `zcnet bench`.
+type benchOptions struct {
+	lcores    string
+	sizes     []int
+	modes     []string
+	duration  time.Duration
+	warmup    time.Duration
+	rate      string // a frame rate, or "auto"
+	startRate float64
+	maxRate   float64
+	trial     time.Duration
+	flows     int
+	rxd, txd  int
+	ghz       float64
+	json      bool
+
+	pageSize hugepage.PageSize // tests: 4 KiB pages instead of hugepages
+}
+
+// Benchmark modes: how the engine moves frames.
+const (
+	modeZeroCopy = "zero-copy"
+	modeCopy     = "copy"
+)
+
+// lineRate64 is 10 GbE line rate for 64-byte frames: 10^10 bit/s over
+// (64 + 8 preamble + 12 inter-frame gap) bytes = 14.88 Mpps, 67.2 ns each.
+const lineRate64 = 1e10 / ((64 + 20) * 8)
+
+func newBenchCommand(a *app) *cobra.Command {
+	o := &benchOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the data path's per-packet cost, rate and latency on the simulator",
+		Long: `bench runs phy -> guest -> phy on the simulated 82599: the traffic
+generator sends into the simulated port, the engine on a pinned lcore moves
+each frame into the built-in guest, which echoes it (MACs swapped), and the
+engine moves it back to the wire and the verifying sink. It does so for
+every frame size and mode (zero-copy, and copy forced) and reports for each:
+
+  Mpps         frames back at the sink per second of sending
+  ns/pkt       PMD cost: the poll lcore's busy time (the lcore runner's
+               per-task clock, read only around polls that moved packets)
+               divided by the frames it moved, counting both directions:
+               an echoed frame is moved twice (wire->guest, guest->wire).
+               The simulator, generator, sink and guest run on other
+               threads and are not counted.
+  ns/fwd       the same per echoed frame (both moves): 10 GbE line rate at
+               64 bytes on one core needs <= 67.2 ns
+  cyc/pkt      ns/pkt x the CPU clock (the method is printed)
+  pkts/poll    frames per busy poll: small bursts cost more per frame
+  lat p50/p99  round trip from the generator's stamp to the sink
+  lost, faults sink loss and IOMMU faults
+
+With --rate auto (the default) each configuration first ramps the generator
+(doubling, then bisecting) to the highest rate it forwards without loss in
+--trial-long runs, then measures at that rate for --duration.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return runBench(ctx, a.log, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.lcores, "lcores", "l", "", "poll core, DPDK -l syntax; default: the last allowed CPU")
+	f.IntSliceVar(&o.sizes, "sizes", []int{64, 512, 1500}, "frame sizes on the wire, FCS included (64 to 1518)")
+	f.StringSliceVar(&o.modes, "modes", []string{modeZeroCopy, modeCopy}, "modes to run: zero-copy, copy (forced)")
+	f.DurationVar(&o.duration, "duration", 3*time.Second, "measurement per configuration")
+	f.DurationVar(&o.warmup, "warmup", 300*time.Millisecond, "unmeasured traffic before a fixed-rate measurement")
+	f.StringVar(&o.rate, "rate", "auto", `generator rate in frames per second, or "auto": the highest loss-free rate found by ramping`)
+	f.Float64Var(&o.startRate, "start-rate", 25000, "auto: first rate tried")
+	f.Float64Var(&o.maxRate, "max-rate", 20e6, "auto: highest rate tried")
+	f.DurationVar(&o.trial, "trial", 500*time.Millisecond, "auto: length of each ramp trial")
+	f.IntVar(&o.flows, "flows", 1, "number of UDP flows the generator cycles through")
+	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
+	f.IntVar(&o.txd, "txd", 2048, "NIC TX descriptors")
+	f.Float64Var(&o.ghz, "ghz", 0, "CPU clock for cycles/packet (0: read it from the system)")
+	f.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
+	return cmd
+}
+
+// fixedRate returns the --rate value, or 0 for auto.
+func (o *benchOptions) fixedRate() (float64, error) {
+	if o.rate == "auto" {
+		return 0, nil
+	}
+	r, err := strconv.ParseFloat(o.rate, 64)
+	if err != nil || r <= 0 {
+		return 0, fmt.Errorf(`--rate %q: give a positive frame rate or "auto"`, o.rate)
+	}
+	return r, nil
+}
+
+func (o *benchOptions) check() error {
+	if _, err := o.fixedRate(); err != nil {
+		return err
+	}
+	if len(o.sizes) == 0 || len(o.modes) == 0 {
+		return errors.New("--sizes and --modes must each name at least one value")
+	}
+	for _, s := range o.sizes {
+		if s < wire.MinFrameSize || s > 1518 {
+			return fmt.Errorf("--sizes: %d: use %d to 1518", s, wire.MinFrameSize)
+		}
+	}
+	for _, m := range o.modes {
+		if m != modeZeroCopy && m != modeCopy {
+			return fmt.Errorf("--modes: %q: use %s or %s", m, modeZeroCopy, modeCopy)
+		}
+	}
+	switch {
+	case o.duration <= 0 || o.trial <= 0 || o.warmup < 0:
+		return errors.New("--duration and --trial must be positive, --warmup not negative")
+	case o.startRate <= 0 || o.maxRate < o.startRate:
+		return fmt.Errorf("--start-rate %g and --max-rate %g: give 0 < start <= max", o.startRate, o.maxRate)
+	case o.flows < 1 || o.flows > 65536:
+		return fmt.Errorf("--flows %d: use 1 to 65536", o.flows)
+	case o.ghz < 0:
+		return fmt.Errorf("--ghz %g must not be negative", o.ghz)
+	}
+	return nil
+}
+
+// benchReport is what `zcnet bench --json` prints.
+type benchReport struct {
+	Setup   string    `json:"setup"`
+	Counted string    `json:"pmd_packets_counted"`
+	Clock   cpuClock  `json:"clock"`
+	CPUs    int       `json:"cpus"`
+	Go      string    `json:"go"`
+	LoadAvg [2]string `json:"loadavg_before_after"`
+	// TargetNsPerFwd is the per-echoed-frame budget for one 10 GbE port
+	// at line rate (64-byte frames) on one core.
+	TargetNsPerFwd float64       `json:"target_ns_per_forwarded_frame"`
+	Rows           []benchResult `json:"rows"`
+}
+
+// benchResult is one configuration's measurement.
+type benchResult struct {
+	Mode      string `json:"mode"`
+	FrameSize int    `json:"frame_size"`
+	Lcore     int    `json:"lcore"`
+	CPU       int    `json:"cpu"`
+	// RateOffered is the generator's rate; AutoRate says the ramp chose it.
+	RateOffered float64 `json:"offered_pps"`
+	AutoRate    bool    `json:"auto_rate"`
+	Seconds     float64 `json:"seconds"`
+
+	Sent     uint64  `json:"sent"`
+	Received uint64  `json:"received"`
+	Lost     uint64  `json:"lost"`
+	Mpps     float64 `json:"mpps"`
+	GbpsL1   float64 `json:"gbps_l1"` // with preamble and inter-frame gap
+
+	PMDPackets      uint64  `json:"pmd_packets"` // both directions
+	PMDBusySeconds  float64 `json:"pmd_busy_seconds"`
+	PMDBusyPolls    uint64  `json:"pmd_busy_polls"`
+	NsPerPacket     float64 `json:"pmd_ns_per_packet"`
+	CyclesPerPacket float64 `json:"pmd_cycles_per_packet"`
+	NsPerForwarded  float64 `json:"pmd_ns_per_forwarded_frame"`
+	PacketsPerPoll  float64 `json:"packets_per_busy_poll"`
+	LcoreBusyPct    float64 `json:"lcore_busy_percent"`
+
+	ZeroCopy uint64 `json:"zero_copy_frames"`
+	Copied   uint64 `json:"copied_frames"`
+
+	LatencyP50Us float64 `json:"latency_p50_us"`
+	LatencyP99Us float64 `json:"latency_p99_us"`
+
+	NICMissed   uint64 `json:"nic_missed"`
+	NICNoDesc   uint64 `json:"nic_no_descriptor"`
+	EngineDrops uint64 `json:"engine_drops"`
+	IOMMUFaults uint64 `json:"iommu_faults"`
+}
+
+func runBench(ctx context.Context, log *zap.Logger, o *benchOptions, out, errOut io.Writer) error {
+	if err := o.check(); err != nil {
+		return err
+	}
+	cpus, err := pollCPUs(o.lcores)
+	if err != nil {
+		return err
+	}
+	if len(cpus) != 1 {
+		return fmt.Errorf("-l %s gives %d lcores: the benchmark has one engine port, give one core", o.lcores, len(cpus))
+	}
+	clock := cpuClock{GHz: o.ghz, Method: "given with --ghz"}
+	if o.ghz == 0 {
+		clock = detectClock(cpus[0])
+	}
+	rep := benchReport{
+		Setup: "phy -> guest -> phy on the simulated 82599: generator -> NIC -> engine -> vhost-user -> built-in echo guest (macswap) -> engine -> NIC -> sink",
+		Counted: "frames the poll lcore moved in both directions (wire->guest plus guest->wire: an echoed frame counts twice); " +
+			"busy time from the lcore runner's per-task clock, read only around polls that moved packets",
+		Clock: clock, CPUs: runtime.NumCPU(), Go: runtime.Version(),
+		TargetNsPerFwd: 1e9 / lineRate64,
+	}
+	rep.LoadAvg[0] = loadAvg()
+	for _, mode := range o.modes {
+		for _, size := range o.sizes {
+			if ctx.Err() != nil {
+				break
+			}
+			res, err := benchCase(ctx, log, o, mode == modeCopy, size, errOut)
+			if err != nil {
+				return fmt.Errorf("%s, %d-byte frames: %w", mode, size, err)
+			}
+			res.CyclesPerPacket = res.NsPerPacket * clock.GHz
+			rep.Rows = append(rep.Rows, res)
+		}
+	}
+	rep.LoadAvg[1] = loadAvg()
+	if o.json {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(&rep); err != nil {
+			return err
+		}
+	} else {
+		printBench(out, &rep)
+	}
+	for _, r := range rep.Rows {
+		if r.IOMMUFaults != 0 {
+			return fmt.Errorf("%s, %d-byte frames: the simulated NIC counted %d IOMMU faults: DMA outside the mapped memory", r.Mode, r.FrameSize, r.IOMMUFaults)
+		}
+	}
+	return ctx.Err()
+}
+
+// benchRun is the appliance of one configuration, between trials.
+type benchRun struct {
+	*simRun
+	progress io.Writer
+	label    string
+}
+
+// benchCase assembles a fresh appliance for one configuration, finds or
+// takes the rate, measures, and shuts the appliance down.
+func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath bool, size int, progress io.Writer) (benchResult, error) {
+	mode := modeZeroCopy
+	if copyPath {
+		mode = modeCopy
+	}
+	dir, err := os.MkdirTemp("", "zcnet-bench-")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	so := &simOptions{lcores: o.lcores, frameSize: size, flows: o.flows, copy: copyPath, rxd: o.rxd, txd: o.txd, pageSize: o.pageSize}
+	r := &simRun{o: so, pf: sim.NewPF(sim.DefaultOptions())}
+	socket := filepath.Join(dir, "guest.sock")
+	spec := applianceSpec{
+		Lcores:   o.lcores,
+		Ports:    []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: copyPath, Vhost: []vhostSpec{{Socket: socket}}}},
+		pageSize: o.pageSize,
+	}
+	if r.app, err = assemble(log, spec, []vfio.Device{r.pf}); err != nil {
+		return benchResult{}, err
+	}
+	defer r.app.shutdown()
+	if err := r.attachWire(); err != nil {
+		return benchResult{}, err
+	}
+	r.pf.Start()
+	if err := r.app.run(ctx); err != nil {
+		return benchResult{}, err
+	}
+	if r.guest, err = startEchoGuest(socket); err != nil {
+		return benchResult{}, err
+	}
+	defer r.guest.close()
+	r.waitGuestReady()
+
+	b := &benchRun{simRun: r, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
+	rate, err := o.fixedRate()
+	if err != nil {
+		return benchResult{}, err
+	}
+	auto := rate == 0
+	if auto {
+		rate = b.search(ctx, o)
+	} else if o.warmup > 0 {
+		b.trial(ctx, rate, o.warmup)
+	}
+	res := b.trial(ctx, rate, o.duration)
+	res.Mode, res.AutoRate = mode, auto
+	fmt.Fprintf(progress, "%s: measured %.0f pps for %.1fs: %.3f Mpps, %.1f ns/pkt, lost %d\n",
+		b.label, rate, res.Seconds, res.Mpps, res.NsPerPacket, res.Lost)
+
+	// Faults are read after shutdown: an unmap under a live DMA would
+	// show up only then.
+	if err := r.guest.close(); err != nil {
+		log.Debug("closing the echo guest", zap.Error(err))
+	}
+	if err := r.app.shutdown(); err != nil {
+		return res, err
+	}
+	res.IOMMUFaults = r.pf.Counters().IOMMUFaults
+	return res, nil
+}
+
+// search ramps the rate from --start-rate, doubling while a trial loses
+// nothing, then bisects between the last loss-free and the first lossy
+// rate to within 5%. It returns the highest loss-free rate seen (or, if even
+// the lowest rate tried lost frames, that rate).
+func (b *benchRun) search(ctx context.Context, o *benchOptions) float64 {
+	lossFree := func(rate float64) bool {
+		t := b.trial(ctx, rate, o.trial)
+		ok := t.Lost == 0 && t.Received > 0
+		fmt.Fprintf(b.progress, "%s: trial %.0f pps: %.3f Mpps, lost %d\n", b.label, rate, t.Mpps, t.Lost)
+		return ok
+	}
+	good, bad := 0.0, 0.0
+	for rate := o.startRate; ctx.Err() == nil; rate *= 2 {
+		if rate > o.maxRate {
+			return good
+		}
+		if !lossFree(rate) {
+			bad = rate
+			break
+		}
+		good = rate
+	}
+	for good == 0 && ctx.Err() == nil { // even the start rate lost frames: go down
+		if bad /= 2; bad < 1000 {
+			return 1000
+		}
+		if lossFree(bad) {
+			good, bad = bad, 2*bad
+		}
+	}
+	for bad-good > 0.05*good && ctx.Err() == nil {
+		mid := (good + bad) / 2
+		if lossFree(mid) {
+			good = mid
+		} else {
+			bad = mid
+		}
+	}
+	return good
+}
+
+// trial sends at rate for d from a fresh generator into a reset sink,
+// waits for the frames in flight, and measures what the lcore and the
+// wire saw meanwhile. It does not fill in Mode, AutoRate or IOMMUFaults.
+func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) benchResult {
+	gen, err := wire.NewGenerator(wire.GeneratorConfig{
+		DstMAC: wire.MAC(b.app.nics[0].nic.MAC()), FrameSize: b.o.frameSize, Flows: b.o.flows, Rate: rate,
+	}, b.pf)
+	if err != nil { // the configuration was checked: a bug
+		panic(err)
+	}
+	b.sink.Reset()
+	b.gen = gen
+	lc := b.app.runner.Lcores()[0]
+	before, snapBefore := lc.Stats(), b.snapshot()
+	start := time.Now()
+	_ = gen.Start() // a fresh generator: cannot be running
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	gen.Stop()
+	secs := time.Since(start).Seconds()
+	drain(b.sink, gen.Sent())
+	after, snapAfter := lc.Stats(), b.snapshot()
+
+	res := benchResult{FrameSize: b.o.frameSize, Lcore: lc.ID(), CPU: lc.CPU(), RateOffered: rate, Seconds: secs}
+	st := b.sink.Stats()
+	res.Sent, res.Received = gen.Sent(), st.Received
+	res.Lost = res.Sent - min(res.Sent, res.Received)
+	res.Mpps = float64(res.Received) / secs / 1e6
+	res.GbpsL1 = res.Mpps * 1e6 * float64(b.o.frameSize+20) * 8 / 1e9
+	res.LatencyP50Us = float64(st.Latency.P50) / 1e3
+	res.LatencyP99Us = float64(st.Latency.P99) / 1e3
+
+	// Frames moved are the ports' delivered counts (what a poll returns
+	// is work done, which on the copy path need not be one per frame).
+	tb, ta := snapBefore.totals(), snapAfter.totals()
+	res.PMDPackets = (ta.guestRx - tb.guestRx) + (ta.guestTx - tb.guestTx)
+	var busy time.Duration
+	for i := range after.Tasks {
+		busy += after.Tasks[i].BusyTime - before.Tasks[i].BusyTime
+		res.PMDBusyPolls += after.Tasks[i].BusyPolls - before.Tasks[i].BusyPolls
+	}
+	res.PMDBusySeconds = busy.Seconds()
+	if res.PMDPackets > 0 {
+		res.NsPerPacket = float64(busy.Nanoseconds()) / float64(res.PMDPackets)
+		res.NsPerForwarded = 2 * res.NsPerPacket
+		res.PacketsPerPoll = float64(res.PMDPackets) / float64(res.PMDBusyPolls)
+	}
+	if total := (after.BusyTime - before.BusyTime) + (after.IdleTime - before.IdleTime); total > 0 {
+		res.LcoreBusyPct = 100 * float64(after.BusyTime-before.BusyTime) / float64(total)
+	}
+	res.ZeroCopy, res.Copied = ta.zeroCopy-tb.zeroCopy, ta.copied-tb.copied
+	res.NICMissed, res.NICNoDesc = ta.nicMissed-tb.nicMissed, ta.nicNoDesc-tb.nicNoDesc
+	res.EngineDrops = ta.drops - tb.drops
+	return res
+}
+
+// printBench prints the report as a table with its method notes.
+func printBench(out io.Writer, rep *benchReport) {
+	fmt.Fprintf(out, "zcnet bench: %s\n", rep.Setup)
+	fmt.Fprintf(out, "PMD packets: %s\n", rep.Counted)
+	fmt.Fprintf(out, "cycles at %.3f GHz: %s\n", rep.Clock.GHz, rep.Clock.Method)
+	fmt.Fprintf(out, "%d CPUs, %s; load average before: %s, after: %s\n", rep.CPUs, rep.Go, rep.LoadAvg[0], rep.LoadAvg[1])
+	fmt.Fprintf(out, "target: <= %.1f ns per forwarded frame (ns/fwd) for one 10 GbE port at 64-byte line rate on one core\n\n", rep.TargetNsPerFwd)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "mode\tsize\toffered pps\tMpps\tGbit/s\tns/pkt\tcyc/pkt\tns/fwd\tpkts/poll\tbusy %\tlat p50 us\tlat p99 us\tlost\tfaults\t")
+	for _, r := range rep.Rows {
+		offered := fmt.Sprintf("%.0f", r.RateOffered)
+		if r.AutoRate {
+			offered += " (auto)"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%.3f\t%.3f\t%.1f\t%.0f\t%.1f\t%.1f\t%.0f\t%.0f\t%.0f\t%d\t%d\t\n",
+			r.Mode, r.FrameSize, offered, r.Mpps, r.GbpsL1, r.NsPerPacket, r.CyclesPerPacket, r.NsPerForwarded,
+			r.PacketsPerPoll, r.LcoreBusyPct, r.LatencyP50Us, r.LatencyP99Us, r.Lost, r.IOMMUFaults)
+	}
+	w.Flush()
+}
+
+// cpuClock is the clock rate cycles/packet is computed with, and where it
+// came from.
+type cpuClock struct {
+	GHz    float64 `json:"ghz"`
+	Method string  `json:"method"`
+}
+
+// detectClock finds the clock rate of cpu: the nominal (base) frequency
+// from cpufreq when the driver reports one, else "cpu MHz" from
+// /proc/cpuinfo, which without a cpufreq driver is the kernel's calibrated
+// TSC rate (and with one, the frequency at this moment).
+func detectClock(cpu int) cpuClock {
+	sysfs := fmt.Sprintf("/sys/devices/system/cpu/cpu%d/cpufreq", cpu)
+	if b, err := os.ReadFile(filepath.Join(sysfs, "base_frequency")); err == nil {
+		if khz, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64); err == nil && khz > 0 {
+			return cpuClock{GHz: khz / 1e6, Method: fmt.Sprintf("nominal base frequency of CPU %d (%s/base_frequency)", cpu, sysfs)}
+		}
+	}
+	mhz, flags, err := cpuinfo(cpu)
+	if err != nil || mhz <= 0 {
+		return cpuClock{Method: fmt.Sprintf("unknown (%v): give --ghz", err)}
+	}
+	how := "no cpufreq driver, so the kernel's calibrated TSC rate"
+	if _, err := os.Stat(sysfs); err == nil {
+		how = "a cpufreq driver is loaded, so this is the frequency when bench started, not necessarily the nominal one"
+	}
+	for _, f := range []string{"constant_tsc", "tsc_known_freq"} {
+		if strings.Contains(" "+flags+" ", " "+f+" ") {
+			how += "; " + f
+		}
+	}
+	return cpuClock{GHz: mhz / 1e3, Method: fmt.Sprintf("\"cpu MHz\" of CPU %d in /proc/cpuinfo (%s)", cpu, how)}
+}
+
+// cpuinfo returns the "cpu MHz" and "flags" lines of cpu in /proc/cpuinfo.
+func cpuinfo(cpu int) (mhz float64, flags string, err error) {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	current := -1
+	for s.Scan() {
+		key, val, ok := strings.Cut(s.Text(), ":")
+		if !ok {
+			continue
+		}
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		switch {
+		case key == "processor":
+			current, _ = strconv.Atoi(val)
+		case current != cpu:
+		case key == "cpu MHz":
+			mhz, err = strconv.ParseFloat(val, 64)
+			if err != nil {
+				return 0, "", fmt.Errorf("/proc/cpuinfo: cpu MHz %q: %w", val, err)
+			}
+		case key == "flags":
+			flags = val
+		}
+	}
+	if err := s.Err(); err != nil {
+		return 0, "", fmt.Errorf("read /proc/cpuinfo: %w", err)
+	}
+	if mhz == 0 {
+		return 0, "", fmt.Errorf("/proc/cpuinfo has no cpu MHz for CPU %d", cpu)
+	}
+	return mhz, flags, nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg, or "unknown".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
