@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
@@ -189,6 +190,14 @@ type benchResult struct {
 	NsPerForwarded  float64 `json:"pmd_ns_per_forwarded_frame"`
 	PacketsPerPoll  float64 `json:"packets_per_busy_poll"`
 	LcoreBusyPct    float64 `json:"lcore_busy_percent"`
+	// PreemptedPct is the share of the measurement the lcore's thread
+	// was runnable but not running (its schedstat run-queue wait): other
+	// threads on its CPU. Busy time is wall time, so preemption inside a
+	// busy poll inflates ns/pkt; NsPerPacketOnCPU removes it on the
+	// assumption that preemption hits busy and idle polls alike. Both
+	// are -1 when the lcore's thread could not be found.
+	PreemptedPct     float64 `json:"lcore_preempted_percent"`
+	NsPerPacketOnCPU float64 `json:"pmd_ns_per_packet_on_cpu_estimate"`
 
 	ZeroCopy uint64 `json:"zero_copy_frames"`
 	Copied   uint64 `json:"copied_frames"`
@@ -382,6 +391,8 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	b.sink.Reset()
 	b.gen = gen
 	lc := b.app.runner.Lcores()[0]
+	tid := lcoreThread(lc.CPU())
+	schedBefore, schedOK := threadSchedstat(tid)
 	before, snapBefore := lc.Stats(), b.snapshot()
 	start := time.Now()
 	_ = gen.Start() // a fresh generator: cannot be running
@@ -393,6 +404,8 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	secs := time.Since(start).Seconds()
 	drain(b.sink, gen.Sent())
 	after, snapAfter := lc.Stats(), b.snapshot()
+	schedAfter, schedAfterOK := threadSchedstat(tid)
+	wall := time.Since(start)
 
 	res := benchResult{FrameSize: b.o.frameSize, Lcore: lc.ID(), CPU: lc.CPU(), RateOffered: rate, Seconds: secs}
 	st := b.sink.Stats()
@@ -418,6 +431,14 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 		res.NsPerForwarded = 2 * res.NsPerPacket
 		res.PacketsPerPoll = float64(res.PMDPackets) / float64(res.PMDBusyPolls)
 	}
+	res.PreemptedPct, res.NsPerPacketOnCPU = -1, -1
+	if schedOK && schedAfterOK && wall > 0 {
+		run, wait := schedAfter.run-schedBefore.run, schedAfter.wait-schedBefore.wait
+		res.PreemptedPct = 100 * float64(wait) / float64(wall)
+		if run+wait > 0 {
+			res.NsPerPacketOnCPU = res.NsPerPacket * float64(run) / float64(run+wait)
+		}
+	}
 	if total := (after.BusyTime - before.BusyTime) + (after.IdleTime - before.IdleTime); total > 0 {
 		res.LcoreBusyPct = 100 * float64(after.BusyTime-before.BusyTime) / float64(total)
 	}
@@ -435,17 +456,69 @@ func printBench(out io.Writer, rep *benchReport) {
 	fmt.Fprintf(out, "%d CPUs, %s; load average before: %s, after: %s\n", rep.CPUs, rep.Go, rep.LoadAvg[0], rep.LoadAvg[1])
 	fmt.Fprintf(out, "target: <= %.1f ns per forwarded frame (ns/fwd) for one 10 GbE port at 64-byte line rate on one core\n\n", rep.TargetNsPerFwd)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "mode\tsize\toffered pps\tMpps\tGbit/s\tns/pkt\tcyc/pkt\tns/fwd\tpkts/poll\tbusy %\tlat p50 us\tlat p99 us\tlost\tfaults\t")
+	fmt.Fprintln(w, "mode\tsize\toffered pps\tMpps\tGbit/s\tns/pkt\tcyc/pkt\tns/fwd\tpkts/poll\tbusy %\tpreempted %\tns/pkt on-CPU\tlat p50 us\tlat p99 us\tlost\tfaults\t")
 	for _, r := range rep.Rows {
 		offered := fmt.Sprintf("%.0f", r.RateOffered)
 		if r.AutoRate {
 			offered += " (auto)"
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%.3f\t%.3f\t%.1f\t%.0f\t%.1f\t%.1f\t%.0f\t%.0f\t%.0f\t%d\t%d\t\n",
+		fmt.Fprintf(w, "%s\t%d\t%s\t%.3f\t%.3f\t%.1f\t%.0f\t%.1f\t%.1f\t%.0f\t%.0f\t%.1f\t%.0f\t%.0f\t%d\t%d\t\n",
 			r.Mode, r.FrameSize, offered, r.Mpps, r.GbpsL1, r.NsPerPacket, r.CyclesPerPacket, r.NsPerForwarded,
-			r.PacketsPerPoll, r.LcoreBusyPct, r.LatencyP50Us, r.LatencyP99Us, r.Lost, r.IOMMUFaults)
+			r.PacketsPerPoll, r.LcoreBusyPct, r.PreemptedPct, r.NsPerPacketOnCPU, r.LatencyP50Us, r.LatencyP99Us, r.Lost, r.IOMMUFaults)
 	}
 	w.Flush()
+	fmt.Fprintln(out, "\npreempted %: share of the run the lcore's thread waited for its CPU (schedstat); ns/pkt on-CPU: ns/pkt without that share, assuming preemption hits busy and idle polls alike")
+}
+
+// schedstat is a thread's /proc schedstat: time on a CPU and time
+// runnable but waiting for one.
+type schedstat struct{ run, wait time.Duration }
+
+// threadSchedstat reads /proc/self/task/tid/schedstat.
+func threadSchedstat(tid int) (schedstat, bool) {
+	if tid <= 0 {
+		return schedstat{}, false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
+	if err != nil {
+		return schedstat{}, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return schedstat{}, false
+	}
+	run, err1 := strconv.ParseInt(f[0], 10, 64)
+	wait, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return schedstat{}, false
+	}
+	return schedstat{time.Duration(run), time.Duration(wait)}, true
+}
+
+// lcoreThread finds the thread of this process pinned to exactly cpu: the
+// lcore's (the runner pins no other thread, and keeps one lcore per CPU).
+// It returns 0 if there is not exactly one.
+func lcoreThread(cpu int) int {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0
+	}
+	found := 0
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		var set unix.CPUSet
+		if unix.SchedGetaffinity(tid, &set) != nil || set.Count() != 1 || !set.IsSet(cpu) {
+			continue
+		}
+		if found != 0 {
+			return 0
+		}
+		found = tid
+	}
+	return found
 }
 
 // cpuClock is the clock rate cycles/packet is computed with, and where it
