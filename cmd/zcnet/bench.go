@@ -326,10 +326,8 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 		b.label, rate, res.Seconds, res.Mpps, res.NsPerPacket, res.Lost)
 
 	// Faults are read after shutdown: an unmap under a live DMA would
-	// show up only then.
-	if err := r.guest.close(); err != nil {
-		log.Debug("closing the echo guest", zap.Error(err))
-	}
+	// show up only then. The guest stays connected until the data path
+	// has stopped (as in zcnet sim); the deferred close disconnects it.
 	if err := r.app.shutdown(); err != nil {
 		return res, err
 	}
