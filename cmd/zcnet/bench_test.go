@@ -31,7 +31,9 @@ func TestBenchJSON(t *testing.T) {
 		if r.Mode != mode || r.FrameSize != 128 || r.AutoRate || r.RateOffered != 3000 {
 			t.Errorf("row %d is %s/%d bytes at %g pps (auto %v), want %s/128 at 3000", i, r.Mode, r.FrameSize, r.RateOffered, r.AutoRate, mode)
 		}
-		if r.Sent < 1500 || r.Received != r.Sent || r.Lost != 0 || r.IOMMUFaults != 0 {
+		// The floor is low: on a loaded machine the generator itself falls
+		// behind 3000 pps.
+		if r.Sent < 500 || r.Received != r.Sent || r.Lost != 0 || r.IOMMUFaults != 0 {
 			t.Errorf("%s: sent %d, received %d, lost %d, IOMMU faults %d", mode, r.Sent, r.Received, r.Lost, r.IOMMUFaults)
 		}
 		if r.Mpps <= 0 || r.Mpps > 3000*1.5/1e6 {
