@@ -487,6 +487,11 @@ func (l *Lcore) loop(idle IdlePolicy) {
 	for !l.stop.Load() {
 		if !l.round() && yield {
 			runtime.Gosched()
+			// The time spent away is idle: left to the next round it
+			// would be charged to that round's first busy poll.
+			now := l.clock()
+			l.idleNanos += now - l.last
+			l.last = now
 		}
 	}
 	finished = true
