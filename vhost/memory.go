@@ -117,10 +117,10 @@ func overlaps(a, alen, b, blen uint64) bool { return a < b+blen && b < a+alen }
 func (t *MemoryTable) Regions() []Region { return append([]Region(nil), t.regions...) }
 
 // find returns the region holding addr (by guest physical address if gpa,
-// else by front-end user address) and addr's offset in it.
-func (t *MemoryTable) find(addr uint64, gpa bool) (*Region, uint64, bool) {
+// else by front-end user address), its index and addr's offset in it.
+func (t *MemoryTable) find(addr uint64, gpa bool) (*Region, int, uint64, bool) {
 	if t == nil {
-		return nil, 0, false
+		return nil, 0, 0, false
 	}
 	for i := range t.regions {
 		r := &t.regions[i]
@@ -130,10 +130,10 @@ func (t *MemoryTable) find(addr uint64, gpa bool) (*Region, uint64, bool) {
 		}
 		// addr-base < Size is overflow-safe: it also rejects addr < base.
 		if off := addr - base; addr >= base && off < r.Size {
-			return r, off, true
+			return r, i, off, true
 		}
 	}
-	return nil, 0, false
+	return nil, 0, 0, false
 }
 
 func (t *MemoryTable) translate(addr, n uint64, gpa bool) ([]byte, error) {
@@ -143,7 +143,7 @@ func (t *MemoryTable) translate(addr, n uint64, gpa bool) ([]byte, error) {
 	if addr+n < addr {
 		return nil, ErrLengthWraps
 	}
-	r, off, ok := t.find(addr, gpa)
+	r, _, off, ok := t.find(addr, gpa)
 	if !ok || n > r.Size-off {
 		return nil, ErrBadAddress
 	}
@@ -172,18 +172,42 @@ type Segment struct {
 // so it never allocates: if segs runs out of capacity it still checks the
 // whole range and then reports ErrTooManySegs.
 func (t *MemoryTable) AppendGPA(segs []Segment, gpa, n uint64, writable bool) ([]Segment, error) {
+	hint := -1
+	return t.appendGPA(segs, gpa, n, writable, &hint)
+}
+
+// appendGPA is AppendGPA that tries the region *hint first and leaves in
+// *hint the region of the range's last byte. A queue's buffers nearly
+// always come from one region (the guest's packet pool), so a caller that
+// keeps the hint between calls skips the region search, which would
+// otherwise run for every descriptor. Any value of *hint is safe: it is
+// only a guess, checked like every other region.
+func (t *MemoryTable) appendGPA(segs []Segment, gpa, n uint64, writable bool, hint *int) ([]Segment, error) {
 	if t == nil {
 		return segs, ErrNoMemory
+	}
+	if i := *hint; uint(i) < uint(len(t.regions)) && n > 0 {
+		// The whole range in the hinted region: one segment. off < Size
+		// and n <= Size-off keep gpa+n inside a region that check()
+		// proved does not wrap.
+		r := &t.regions[i]
+		if off := gpa - r.GuestPhysAddr; gpa >= r.GuestPhysAddr && off < r.Size && n <= r.Size-off {
+			if len(segs) == cap(segs) {
+				return segs, ErrTooManySegs
+			}
+			return append(segs, Segment{GPA: gpa, Buf: r.Host[off : off+n : off+n], Writable: writable}), nil
+		}
 	}
 	if gpa+n < gpa {
 		return segs, ErrLengthWraps
 	}
 	full := false
 	for n > 0 {
-		r, off, ok := t.find(gpa, true)
+		r, i, off, ok := t.find(gpa, true)
 		if !ok {
 			return segs, ErrBadAddress
 		}
+		*hint = i
 		k := min(n, r.Size-off)
 		if len(segs) == cap(segs) {
 			full = true
