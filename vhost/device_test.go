@@ -68,7 +68,7 @@ type server struct {
 	path string
 }
 
-func serve(t *testing.T, cfg vhost.Config) *server {
+func serve(t testing.TB, cfg vhost.Config) *server {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
