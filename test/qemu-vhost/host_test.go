@@ -440,7 +440,7 @@ func runVariant(t *testing.T, v variant, qemu, kernel, initrd, out string, timeo
 	lc := loop.Counters()
 	t.Logf("loopback: %+v", lc)
 	if lc.Frames < uint64(wantSent) {
-		t.Errorf("the loopback returned %d frames, the guest received %d", lc.Frames, wantSent)
+		t.Errorf("the loopback returned %d frames; the guest sent %d, all to be returned", lc.Frames, wantSent)
 	}
 	if lc.Dropped != 0 {
 		t.Errorf("the loopback dropped %d frames", lc.Dropped)
