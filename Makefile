@@ -8,7 +8,7 @@ STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # 2 MiB pages to keep reserved for tests and the demo (2 GiB).
 HUGEPAGES    ?= 1024
 
-.PHONY: all build test test-unit test-vfio test-dpdk bench bench-sim bench-vhost fuzz demo lint hugepages clean
+.PHONY: all build test test-unit test-vfio test-qemu-vhost test-dpdk bench bench-sim bench-vhost fuzz demo lint hugepages clean
 
 all: build
 
@@ -17,11 +17,17 @@ build:
 
 ## test: the whole suite: lint, unit and simulator tests under the race
 ## detector, the VFIO layer against a real kernel in a QEMU guest, and
-## interop with DPDK's testpmd as a vhost-user front end.
-test: lint test-unit test-vfio test-dpdk
+## QEMU with a Linux guest and DPDK's testpmd as vhost-user front ends.
+test: lint test-unit test-vfio test-qemu-vhost test-dpdk
 
 test-unit: hugepages
 	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v /test/dpdk)
+
+## test-qemu-vhost: boots a QEMU/TCG guest whose virtio-net-pci uses zcnet's
+## vhost-user back end (loopback on a pinned lcore); every frame the Linux
+## driver sends must come back intact, with and without guest offloads.
+test-qemu-vhost:
+	bash test/qemu-vhost/run.sh
 
 ## test-dpdk: DPDK 22.11 testpmd (net_virtio_user) against zcnet's vhost back
 ## end, and against DPDK's net_vhost as a baseline; run on its own so that
@@ -64,6 +70,7 @@ lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags qemuvhost ./test/qemu-vhost/
 	$(GO) run $(STATICCHECK) ./...
 
 ## hugepages: reserve $(HUGEPAGES) 2 MiB pages and mount hugetlbfs (root, idempotent).
@@ -71,4 +78,4 @@ hugepages:
 	@bash scripts/hugepages.sh $(HUGEPAGES)
 
 clean:
-	rm -rf $(BIN) test/vfio-qemu/work
+	rm -rf $(BIN) test/vfio-qemu/work test/qemu-vhost/work
