@@ -45,6 +45,9 @@ type zcScenario struct {
 	// copyReason, if set, is the copy fallback the engine must choose for
 	// this geometry, and every frame must then be copied.
 	copyReason func(driver.CopyReasons) uint64
+	// reconnect: TestZeroCopyTestpmdReconnect runs this scenario too (one
+	// per ring layout keeps the test short).
+	reconnect bool
 }
 
 func (sc zcScenario) features() uint64 {
@@ -77,9 +80,9 @@ func (sc zcScenario) app() []string {
 }
 
 var zcScenarios = []zcScenario{
-	{name: "split-mrg", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSize},
+	{name: "split-mrg", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSize, reconnect: true},
 	{name: "split-nomrg", devargs: "mrg_rxbuf=0", mbuf: zcMbufSize},
-	{name: "packed-nomrg", devargs: "mrg_rxbuf=0,packed_vq=1", packed: true, mbuf: zcMbufSize},
+	{name: "packed-nomrg", devargs: "mrg_rxbuf=0,packed_vq=1", packed: true, mbuf: zcMbufSize, reconnect: true},
 	// The counter-check: mbufs whose descriptors cannot hold the header
 	// and a 1 KiB NIC buffer are copied into.
 	{name: "split-mrg-small-mbuf", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSmall,
@@ -235,9 +238,17 @@ const (
 // match the engine's exactly: everything lost was lost in the gap.
 func TestZeroCopyTestpmdReconnect(t *testing.T) {
 	h := checkHost(t, 2)
-	sc := zcScenarios[0]
-	r := newZcRig(t, h, zcRigOptions{name: "reconnect", features: sc.features(), rate: zcRate})
-	first := startTestpmd(t, h, "testpmd-1", eal(h.backendCPU, h.frontendCPU, "zc-reconnect-1", sc.vdev(r.sock)), sc.app())
+	for _, sc := range zcScenarios {
+		if !sc.reconnect {
+			continue
+		}
+		t.Run(sc.name, func(t *testing.T) { runZeroCopyReconnect(t, h, sc) })
+	}
+}
+
+func runZeroCopyReconnect(t *testing.T, h host, sc zcScenario) {
+	r := newZcRig(t, h, zcRigOptions{name: "reconnect-" + sc.name, features: sc.features(), rate: zcRate})
+	first := startTestpmd(t, h, "testpmd-1", eal(h.backendCPU, h.frontendCPU, "zc-reconnect-1-"+sc.name, sc.vdev(r.sock)), sc.app())
 	first.waitForwarding()
 	r.waitGuestBuffers(t)
 	if err := r.gen.Start(); err != nil {
@@ -270,7 +281,7 @@ func TestZeroCopyTestpmdReconnect(t *testing.T) {
 	time.Sleep(zcNoGuest)
 	noGuest := r.nicCounters()
 
-	second := startTestpmd(t, h, "testpmd-2", eal(h.backendCPU, h.frontendCPU, "zc-reconnect-2", sc.vdev(r.sock)), sc.app())
+	second := startTestpmd(t, h, "testpmd-2", eal(h.backendCPU, h.frontendCPU, "zc-reconnect-2-"+sc.name, sc.vdev(r.sock)), sc.app())
 	second.waitForwarding()
 	r.waitGuestBuffers(t)
 	time.Sleep(zcSettle)
