@@ -231,7 +231,8 @@ func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool
 	if len(chains) != 1 || len(l.tx.Segs) == 0 || len(chains[0].Segs) == 0 {
 		return false
 	}
-	src, dst := l.tx.Segs[0], chains[0].Segs[0]
+	// Pointers, not Segment copies: see setSegment.
+	src, dst := &l.tx.Segs[0], &chains[0].Segs[0]
 	need := int(l.tx.ReadLen)
 	if src.Writable || len(src.Buf) != need || !dst.Writable || len(dst.Buf) < need {
 		return false

@@ -4,8 +4,8 @@ package vhost
 // returns how many it copied. Only readable segments should be passed.
 func Gather(dst []byte, segs []Segment, skip int) int {
 	n := 0
-	for _, s := range segs {
-		b := s.Buf
+	for i := range segs {
+		b := segs[i].Buf // not a copy of the whole Segment: see setSegment
 		if skip >= len(b) {
 			skip -= len(b)
 			continue
@@ -25,8 +25,8 @@ func Gather(dst []byte, segs []Segment, skip int) int {
 // bytes it copied (less than len(src) if the segments are too short).
 func Scatter(segs []Segment, off int, src []byte) int {
 	n := 0
-	for _, s := range segs {
-		b := s.Buf
+	for i := range segs {
+		b := segs[i].Buf // not a copy of the whole Segment: see setSegment
 		if off >= len(b) {
 			off -= len(b)
 			continue
@@ -45,8 +45,8 @@ func Scatter(segs []Segment, off int, src []byte) int {
 // writable returns the writable tail of a chain's segments (readable
 // segments always come first).
 func writable(segs []Segment) []Segment {
-	for i, s := range segs {
-		if s.Writable {
+	for i := range segs {
+		if segs[i].Writable {
 			return segs[i:]
 		}
 	}
