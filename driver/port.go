@@ -206,10 +206,22 @@ func (p *Port) Err() error {
 
 // Poll does one burst of work in each direction and returns the number of
 // frames moved. It allocates nothing.
+//
+// If the round panics (a bug), the lcore records the panic and stops; the
+// data-path lock is released and the port marked failed on the way out, so
+// that the guest's protocol goroutine and Close can still stop the NIC
+// queues instead of waiting for the lock forever.
 func (p *Port) Poll() int {
 	p.dev.LockDataPath()
+	completed := false
+	defer func() {
+		if !completed {
+			p.failed = fmt.Errorf("driver: port %s: a poll round panicked; the port is stopped (restart zcnet and report the panic)", p.cfg.Name)
+		}
+		p.dev.UnlockDataPath()
+	}()
 	n := p.pollLocked()
-	p.dev.UnlockDataPath()
+	completed = true
 	return n
 }
 

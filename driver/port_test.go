@@ -137,7 +137,9 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	return r
 }
 
-// newCopyPool maps a pool of 2 KiB host buffers for the NIC.
+// newCopyPool maps a pool of 2 KiB host buffers for the NIC. It checks
+// for double frees: a buffer returned twice panics at the faulty Put
+// instead of corrupting the pool and failing somewhere later.
 func newCopyPool(t testing.TB, pf *sim.PF, alloc *hugepage.IOVAAllocator) *hugepage.Pool {
 	t.Helper()
 	reg, err := hugepage.Alloc(2<<20, hugepage.Options{PageSize: hugepage.Page4K, Name: "driver-test-copy"})
@@ -151,7 +153,7 @@ func newCopyPool(t testing.TB, pf *sim.PF, alloc *hugepage.IOVAAllocator) *hugep
 	if err := reg.MapInto(pf.DMA(), iova); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := hugepage.NewPool(reg, hugepage.PoolConfig{BufSize: 2048})
+	pool, err := hugepage.NewPool(reg, hugepage.PoolConfig{BufSize: 2048, CheckDoubleFree: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,19 +134,25 @@ func (p *Port) harvestRx() {
 func (p *Port) deliverPending() int {
 	r := &p.rx
 	start, n := 0, 0
+	waiting := false
 	for i := range r.pending {
 		if !r.pending[i].EOP {
 			continue
 		}
 		if !p.deliver(r.pending[start : i+1]) {
+			waiting = true
 			break
 		}
 		start = i + 1
 		n++
 	}
-	if start == len(r.pending) && len(r.pending) == cap(r.pending) {
+	if start == 0 && !waiting && len(r.pending) == cap(r.pending) {
 		// A full queue without an end of frame: longer than anything
-		// the guest could take. Drop what is there.
+		// the guest could take. Drop what is there. (Not when every
+		// frame was just delivered, which also leaves start at the end
+		// of a full queue: deliver already gave those buffers back, and
+		// releasing them again put host buffers into the pool twice and
+		// guest chains onto the NIC while the guest owned them.)
 		p.release(r.pending)
 		p.st.add(cDropRxTooBig, 1)
 		start = len(r.pending)
