@@ -16,6 +16,7 @@ import (
 func (p *Port) collectHostBufs(k, n int) int {
 	r := &p.rx
 	got := p.pool.Get(r.idx[:n])
+	r.hostOut += got
 	size := uint32(p.pool.BufSize())
 	for _, i := range r.idx[:got] {
 		r.bufs[k] = ring.Buf{IOVA: p.pool.IOVA(i), Len: size, Cookie: copyCookie | ring.Cookie(i)}
@@ -73,8 +74,7 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 	for i := range f {
 		idx := uint32(f[i].Cookie)
 		w.write(p.pool.Bytes(idx)[:f[i].Len])
-		r.idx[0] = idx
-		p.pool.Put(r.idx[:1])
+		p.putHostBuf(idx)
 	}
 	for i := range n {
 		p.rxv.Push(r.chains[i].Head, w.written[i])

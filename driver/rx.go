@@ -25,6 +25,9 @@ type rxState struct {
 	bufLen     uint32 // length posted for each guest buffer (its piece minus the header)
 	capacity   int
 	posted     int
+	// hostOut counts host buffers taken from the pool for receiving and
+	// not yet back: on the NIC or holding a frame in pending.
+	hostOut int
 
 	bufs    []ring.Buf
 	idx     []uint32
@@ -241,11 +244,28 @@ func (p *Port) release(f []ring.RxDone) {
 
 func (p *Port) releaseCookie(c ring.Cookie) {
 	if c&copyCookie != 0 {
-		p.rx.idx[0] = uint32(c)
-		p.pool.Put(p.rx.idx[:1])
+		p.putHostBuf(uint32(c))
 		return
 	}
 	p.rx.recycle = append(p.rx.recycle, uint16(c))
+}
+
+// putHostBuf returns receive host buffer i to the pool.
+func (p *Port) putHostBuf(i uint32) {
+	p.rx.idx[0] = i
+	p.pool.Put(p.rx.idx[:1])
+	p.rx.hostOut--
+}
+
+// returnRecycled hands the guest chains taken back from dropped frames to
+// the guest empty, while they cannot go to the NIC (see refill): kept,
+// they could be the very buffers a frame in host buffers waits for.
+func (p *Port) returnRecycled() {
+	r := &p.rx
+	for _, h := range r.recycle {
+		p.rxv.Push(h, 0)
+	}
+	r.recycle = r.recycle[:0]
 }
 
 // refill posts one burst of guest chains (zero-copy) or host buffers
@@ -258,15 +278,36 @@ func (p *Port) refill() bool {
 		return false
 	}
 	k := 0
-	if r.zeroCopy {
+	switch {
+	case !r.zeroCopy:
+		k = p.collectHostBufs(0, room)
+	case r.hostOut == 0:
 		k = p.collectGuestBufs(room)
 		if k == 0 && r.posted < len(r.bufs) {
 			// The guest has nothing posted: keep a burst of host buffers
 			// on the NIC so arriving frames wait in them.
 			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
 		}
-	} else {
-		k = p.collectHostBufs(0, room)
+	default:
+		// Host buffers are out (on the NIC, or holding frames that wait
+		// for a guest buffer). Guest chains are not posted behind them:
+		// the frames landing there would be delivered only after the
+		// frames in host buffers, which wait for guest chains, and once
+		// every guest chain was on the NIC or behind them nothing would
+		// move again (the NIC dropping everything from then on). So the
+		// guest's new chains stay in its avail ring, where deliverCopy
+		// takes them for the frames in host buffers, and zero-copy
+		// resumes once every host buffer is back in the pool, within a
+		// poll of the last one filling. Frames stay in order and none is
+		// dropped; the cost is that the NIC holds no more than the
+		// fallback's burst of host buffers meanwhile, as it did while
+		// the guest was dry. (Holding popped chains aside for the host
+		// buffers instead would let zero-copy resume earlier, at the
+		// price of storing chains and their segments per host buffer.)
+		p.returnRecycled()
+		if p.rxv.Avail() == 0 && r.posted < len(r.bufs) {
+			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
+		}
 	}
 	if k == 0 {
 		return false
@@ -338,8 +379,7 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	}
 	give := func(c ring.Cookie) {
 		if c&copyCookie != 0 {
-			r.idx[0] = uint32(c)
-			p.pool.Put(r.idx[:1])
+			p.putHostBuf(uint32(c))
 			return
 		}
 		if v != nil {
