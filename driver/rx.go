@@ -258,8 +258,7 @@ func (p *Port) putHostBuf(i uint32) {
 }
 
 // returnRecycled hands the guest chains taken back from dropped frames to
-// the guest empty, while they cannot go to the NIC (see refill): kept,
-// they could be the very buffers a frame in host buffers waits for.
+// the guest empty (see refill).
 func (p *Port) returnRecycled() {
 	r := &p.rx
 	for _, h := range r.recycle {
@@ -290,23 +289,32 @@ func (p *Port) refill() bool {
 		}
 	default:
 		// Host buffers are out (on the NIC, or holding frames that wait
-		// for a guest buffer). Guest chains are not posted behind them:
-		// the frames landing there would be delivered only after the
-		// frames in host buffers, which wait for guest chains, and once
-		// every guest chain was on the NIC or behind them nothing would
-		// move again (the NIC dropping everything from then on). So the
-		// guest's new chains stay in its avail ring, where deliverCopy
-		// takes them for the frames in host buffers, and zero-copy
-		// resumes once every host buffer is back in the pool, within a
-		// poll of the last one filling. Frames stay in order and none is
-		// dropped; the cost is that the NIC holds no more than the
-		// fallback's burst of host buffers meanwhile, as it did while
-		// the guest was dry. (Holding popped chains aside for the host
-		// buffers instead would let zero-copy resume earlier, at the
-		// price of storing chains and their segments per host buffer.)
-		p.returnRecycled()
-		if p.rxv.Avail() == 0 && r.posted < len(r.bufs) {
+		// for a guest buffer). Frames in guest chains posted behind them
+		// are delivered only after the frames in host buffers, which
+		// wait for guest chains from the avail ring: if every guest chain
+		// went to the NIC, nothing would move again and the NIC would
+		// drop everything from then on. So as many chains as host buffers
+		// are out stay in the avail ring, where deliverCopy takes them
+		// (one chain holds what one host buffer does: chains posted for
+		// zero-copy take a whole NIC buffer), and only the chains beyond
+		// that go to the NIC. Frames stay in order, none is dropped, and
+		// the NIC keeps the guest's other buffers, so a burst arriving
+		// while the host buffers are used up is not lost. A packed ring
+		// only says whether a chain is available, not how many: it gets
+		// none on the NIC until the host buffers are back, at worst the
+		// fallback's burst of buffers for a moment. Chains taken back
+		// from dropped frames may not be needed by the NIC then; they go
+		// back to the guest empty, as they could be the very buffers a
+		// frame in host buffers waits for.
+		avail := p.rxv.Avail()
+		switch {
+		case avail > r.hostOut:
+			k = p.collectGuestBufs(min(room, avail-r.hostOut))
+		case avail == 0 && r.posted < len(r.bufs):
+			p.returnRecycled()
 			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
+		default:
+			p.returnRecycled()
 		}
 	}
 	if k == 0 {
