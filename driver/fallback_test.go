@@ -53,3 +53,80 @@ func TestRxHostBufferFramesDoNotStarveGuest(t *testing.T) {
 	}
 	checkPoolWhole(t, r.port)
 }
+
+// TestRxLargeGuestBuffersFallBackToHostBuffers: a zero-copy guest with
+// 4 KiB receive buffers runs dry for a moment. The NIC's buffer size must
+// let it take the port's 2 KiB host buffers, so that the frames arriving
+// then wait there and reach the guest by copy when it posts again, none
+// lost and in order; then zero-copy resumes.
+func TestRxLargeGuestBuffersFallBackToHostBuffers(t *testing.T) {
+	r := newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}, frame: 1518})
+	r.postRx(t, 8)
+	r.gen.Emit(8)
+	// The guest does not repost: its 8 buffers fill and it is dry.
+	var got []guest.Packet
+	for range 4 {
+		r.step()
+		pk, err := r.g.Receive(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, pk...)
+	}
+	const dry = 24
+	r.gen.Emit(dry)
+	for range 4 {
+		r.step()
+	}
+	r.dev.LockDataPath()
+	held, hostOut := len(r.port.rx.pending), r.port.rx.hostOut
+	r.dev.UnlockDataPath()
+	if len(got) != 8 || held != dry {
+		t.Fatalf("while the guest is dry: guest got %d frames (want 8), %d wait in host buffers (want %d); stats %+v",
+			len(got), held, dry, r.port.Stats())
+	}
+	if err := r.g.PostRx(0, 64); err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, r.receive(t, dry)...)
+	// The host buffers still on the NIC take the next frames; then the
+	// guest's buffers do again.
+	for range 4 {
+		r.gen.Emit(16)
+		got = append(got, r.receive(t, 16)...)
+	}
+	checkIntact(t, got, r.input.take())
+	st := r.port.Stats()
+	if st.Copy.NoGuestBuffer != uint64(hostOut) || st.RxZeroCopy != uint64(len(got)-hostOut) || st.Drops != (Drops{}) {
+		t.Fatalf("want %d frames copied from host buffers (NoGuestBuffer), the other %d zero-copy, no drops: %+v",
+			hostOut, len(got)-hostOut, st)
+	}
+	if err := r.port.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkPoolWhole(t, r.port)
+}
+
+// TestZeroCopyBufSize: the NIC buffer size never exceeds what the largest
+// frame needs, and host buffers stand in whenever they are large enough.
+func TestZeroCopyBufSize(t *testing.T) {
+	for _, c := range []struct {
+		guest, maxFrame, pool int
+		mrg                   bool
+		want                  int
+		fallback              bool
+	}{
+		{guest: 3072, maxFrame: 1518, pool: 2048, mrg: true, want: 2048, fallback: true},
+		{guest: 3072, maxFrame: 1518, pool: 2048, mrg: false, want: 2048, fallback: true},
+		{guest: 1024, maxFrame: 1518, pool: 2048, mrg: true, want: 1024, fallback: true},
+		{guest: 16384, maxFrame: 9018, pool: 2048, mrg: true, want: 2048, fallback: true},
+		{guest: 16384, maxFrame: 9018, pool: 2048, mrg: false, want: 9216, fallback: false},
+		{guest: 16384, maxFrame: 9018, pool: 10240, mrg: false, want: 9216, fallback: true},
+	} {
+		got, fb := zeroCopyBufSize(c.guest, c.maxFrame, c.pool, c.mrg)
+		if got != c.want || fb != c.fallback {
+			t.Errorf("guest %d, max frame %d, pool %d, mrg %v: NIC buffers %d, fallback %v; want %d, %v",
+				c.guest, c.maxFrame, c.pool, c.mrg, got, fb, c.want, c.fallback)
+		}
+	}
+}

@@ -69,7 +69,9 @@ type PortConfig struct {
 	// CopyPool supplies host buffers for the copy path. It must be DMA
 	// mapped in the NIC's IOMMU domain, its buffers at least 2048 bytes,
 	// and used by this port only (one pool per lcore, shared by the ports
-	// of that lcore, is fine). Required.
+	// of that lcore, is fine). Required. Buffers of MaxFrame rounded up to
+	// 1 KiB keep the host-buffer fallback of zero-copy guests without
+	// MRG_RXBUF (see zeroCopyBufSize); 2048 covers the standard MTU.
 	CopyPool *hugepage.Pool
 	// ForceCopy copies every frame through host buffers (for benchmarks
 	// and to compare with the zero-copy path).

@@ -28,6 +28,9 @@ type rxState struct {
 	// hostOut counts host buffers taken from the pool for receiving and
 	// not yet back: on the NIC or holding a frame in pending.
 	hostOut int
+	// hostFallback: host buffers fit the NIC's buffer size, so a
+	// zero-copy port can post them while the guest has none.
+	hostFallback bool
 
 	bufs    []ring.Buf
 	idx     []uint32
@@ -57,7 +60,7 @@ func (r *rxState) init(burst, capacity int) {
 }
 
 // startRx decides between zero-copy and copy from the guest's features and
-// its first posted buffer, sizes the NIC's buffers to the guest's, and
+// its first posted buffer, sizes the NIC's buffers (zeroCopyBufSize), and
 // starts the NIC queue.
 func (p *Port) startRx() {
 	p.negotiated()
@@ -97,11 +100,16 @@ func (p *Port) startRx() {
 			r.zeroCopy = true
 		}
 	}
+	poolBuf := min(16384, p.pool.BufSize()/1024*1024)
+	r.hostFallback = true
 	if !r.zeroCopy {
-		nicBuf = min(16384, p.pool.BufSize()/1024*1024)
-	} else if n := p.rxv.Size(); len(r.zcBuf) < n {
-		r.zcBuf = make([][]byte, n)
-		r.zcIOVA = make([]uint64, n)
+		nicBuf = poolBuf
+	} else {
+		nicBuf, r.hostFallback = zeroCopyBufSize(nicBuf, p.cfg.MaxFrame, poolBuf, mrg)
+		if n := p.rxv.Size(); len(r.zcBuf) < n {
+			r.zcBuf = make([][]byte, n)
+			r.zcIOVA = make([]uint64, n)
+		}
 	}
 	r.bufLen = uint32(nicBuf)
 	if err := p.nic.StartRx(nicBuf); err != nil {
@@ -109,6 +117,32 @@ func (p *Port) startRx() {
 		return
 	}
 	p.rxRunning = true
+}
+
+// zeroCopyBufSize sizes the NIC's receive buffers for a zero-copy guest
+// whose buffers take guestBuf bytes of frame (a multiple of 1024), and says
+// whether the port's host buffers (poolBuf bytes, a multiple of 1024) can
+// stand in for guest buffers while the guest has none posted: the NIC
+// writes up to its buffer size into every buffer, so it refuses shorter
+// ones.
+//
+// The size is capped at the longest frame rounded up to 1 KiB: the NIC
+// never writes more into one buffer, so a larger size gains nothing (a
+// 4 KiB guest buffer takes a 1518-byte frame whole either way) and only
+// locks the host buffers out. A guest with MRG_RXBUF whose frames are
+// larger than a host buffer (jumbo MTU) gets buffers of the host buffers'
+// size: its frames span a few buffers, which costs a move of the later
+// buffers' data per frame, but the fallback keeps frames that arrive while
+// it is dry. Without MRG_RXBUF a frame must fit one guest buffer; then the
+// guest's size stays and there is no fallback (the NIC holds arriving
+// frames in its FIFO, and drops them when that fills, while the guest has
+// nothing posted).
+func zeroCopyBufSize(guestBuf, maxFrame, poolBuf int, mrg bool) (nicBuf int, hostFallback bool) {
+	nicBuf = min(guestBuf, (maxFrame+1023)/1024*1024)
+	if nicBuf > poolBuf && mrg {
+		nicBuf = poolBuf
+	}
+	return nicBuf, nicBuf <= poolBuf
 }
 
 // pollRx harvests, delivers and refills; it returns frames delivered.
@@ -282,7 +316,7 @@ func (p *Port) refill() bool {
 		k = p.collectHostBufs(0, room)
 	case r.hostOut == 0:
 		k = p.collectGuestBufs(room)
-		if k == 0 && r.posted < len(r.bufs) {
+		if k == 0 && r.posted < len(r.bufs) && r.hostFallback {
 			// The guest has nothing posted: keep a burst of host buffers
 			// on the NIC so arriving frames wait in them.
 			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
