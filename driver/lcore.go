@@ -68,6 +68,7 @@ type Runner struct {
 	started bool
 	stopped chan struct{} // closed by the first Stop or context cancellation
 	stop    sync.Once
+	failed  chan error // one slot per lcore: see Failed
 }
 
 // NewRunner checks the configuration and prepares the lcores without
@@ -87,7 +88,7 @@ func NewRunner(opts RunnerOptions, lcores []LcoreConfig) (*Runner, error) {
 	for _, c := range allowed {
 		allowedSet.addRange(c, c)
 	}
-	r := &Runner{idle: opts.Idle, stopped: make(chan struct{})}
+	r := &Runner{idle: opts.Idle, stopped: make(chan struct{}), failed: make(chan error, len(lcores))}
 	lcoreOfID := make(map[int]bool)
 	lcoreOnCPU := make(map[int]int)
 	for _, cfg := range lcores {
@@ -110,6 +111,7 @@ func NewRunner(opts RunnerOptions, lcores []LcoreConfig) (*Runner, error) {
 		if err != nil {
 			return nil, err
 		}
+		l.failed = r.failed
 		r.lcores = append(r.lcores, l)
 	}
 	return r, nil
@@ -222,6 +224,14 @@ func (r *Runner) Wait() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Failed delivers, the moment it happens, the error (a *TaskPanicError) of
+// each lcore that stops because a task crashed; the rest of the group keeps
+// polling. An application treats it as DPDK treats a crashed lcore: log
+// the error and shut down (the data path of that lcore's tasks is dead).
+// The channel is never closed; it holds one error per failed lcore until
+// read, so a late reader misses nothing.
+func (r *Runner) Failed() <-chan error { return r.failed }
 
 // Stats returns a snapshot of every lcore's counters, in configuration
 // order.
@@ -344,7 +354,8 @@ type Lcore struct {
 
 	id, cpu int
 	done    chan struct{}
-	err     error // set before done is closed
+	err     error        // set before done is closed
+	failed  chan<- error // the Runner's Failed; room for this lcore's error
 }
 
 // taskSlot holds a task and its counters, padded so that no other lcore's
@@ -479,6 +490,9 @@ func (l *Lcore) loop(idle IdlePolicy) {
 		if !finished {
 			v := recover()
 			l.err = &TaskPanicError{Lcore: l.id, CPU: l.cpu, Task: l.slots[l.current].name, Value: v, Stack: debug.Stack()}
+			if l.failed != nil {
+				l.failed <- l.err // never blocks: one slot per lcore
+			}
 		}
 		l.publish()
 	}()

@@ -497,8 +497,17 @@ func TestTaskPanicStopsOnlyItsLcore(t *testing.T) {
 		t.Fatal(err)
 	}
 	crashed, survivor := r.Lcores()[0], r.Lcores()[1]
-	<-crashed.Done()
+	// Failed tells at once, while the group still runs.
 	var pe *TaskPanicError
+	select {
+	case err := <-r.Failed():
+		if !errors.As(err, &pe) || pe.Task != "boom" {
+			t.Fatalf("Failed delivered %v, want the panic of task boom", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Failed delivered nothing after a task panicked")
+	}
+	<-crashed.Done()
 	if !errors.As(crashed.Err(), &pe) {
 		t.Fatalf("crashed lcore Err() = %v, want a *TaskPanicError", crashed.Err())
 	}
@@ -521,6 +530,11 @@ func TestTaskPanicStopsOnlyItsLcore(t *testing.T) {
 	err = stopWithin(t, r)
 	if !errors.As(err, &pe) || pe.Task != "boom" {
 		t.Errorf("Stop() = %v, want the task panic", err)
+	}
+	select {
+	case err := <-r.Failed():
+		t.Errorf("Failed delivered a second error %v for one crashed lcore", err)
+	default:
 	}
 }
 

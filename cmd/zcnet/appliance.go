@@ -213,6 +213,9 @@ func assemble(log *zap.Logger, spec applianceSpec, devs []vfio.Device) (_ *appli
 		l := &lcores[i%len(lcores)]
 		l.Tasks = append(l.Tasks, p)
 	}
+	if testExtraTask != nil {
+		lcores[0].Tasks = append(lcores[0].Tasks, testExtraTask())
+	}
 	a.runner, err = driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield}, lcores)
 	if err != nil {
 		return nil, err
@@ -294,6 +297,31 @@ func (np *nicPort) newEnginePort(vp *vhostPort, pair, q int, ps nicSpec, spec ap
 		Device: vp.dev, Pair: pair, NIC: driver.IxgbeQueuePair(np.nic, q), DMA: vp.dma,
 		CopyPool: pool, ForceCopy: ps.Copy, MaxFrame: ps.MTU + 18, Burst: spec.Burst,
 	})
+}
+
+// testExtraTask, set by tests only, adds a task to lcore 0 (e.g. one that
+// panics, to check that a dead lcore stops the appliance).
+var testExtraTask func() driver.Task
+
+// lcoreDied delivers the error of an lcore that stopped because a task
+// crashed: the ports it polled move no traffic any more.
+func (a *appliance) lcoreDied() <-chan error { return a.runner.Failed() }
+
+// dataPathDied logs a crashed lcore at once and returns the error the
+// command exits with. The appliance does not limp on with part of its
+// data path dead: like a DPDK application whose lcore crashed, it stops.
+func (a *appliance) dataPathDied(err error) error {
+	return logLcoreDeath(a.log, err)
+}
+
+func logLcoreDeath(log *zap.Logger, err error) error {
+	fields := []zap.Field{zap.Error(err)}
+	var pe *driver.TaskPanicError
+	if errors.As(err, &pe) {
+		fields = append(fields, zap.String("task", pe.Task), zap.Int("lcore", pe.Lcore), zap.ByteString("stack", pe.Stack))
+	}
+	log.Error("an lcore crashed and its ports stopped moving traffic; shutting down", fields...)
+	return fmt.Errorf("data path stopped: %w (a bug in zcnet: report it with the stack logged above)", err)
 }
 
 // run serves the vhost-user sockets and starts the lcores. It returns once

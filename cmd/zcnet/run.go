@@ -240,6 +240,12 @@ loop:
 		select {
 		case <-runCtx.Done():
 			break loop
+		case err := <-runner.Failed():
+			if gen != nil {
+				gen.Stop()
+			}
+			_ = runner.Stop() // returns err again
+			return logLcoreDeath(log, err)
 		case now := <-tick:
 			secs := now.Sub(lastAt).Seconds()
 			for i, f := range fwds {

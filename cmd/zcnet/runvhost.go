@@ -182,6 +182,8 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 		select {
 		case <-runCtx.Done():
 			done = true
+		case err := <-app.lcoreDied():
+			return app.dataPathDied(err) // the deferred shutdown stops the rest
 		case now := <-tick:
 			cur := app.snapshot("run")
 			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))

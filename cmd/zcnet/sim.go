@@ -171,7 +171,12 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if o.json {
 		lines = errOut
 	}
-	r.loop(ctx, lines)
+	if err := r.loop(ctx, lines); err != nil {
+		if r.gen != nil {
+			r.gen.Stop()
+		}
+		return err // the deferred shutdown stops the rest
+	}
 	if r.gen != nil {
 		r.gen.Stop()
 		drain(r.sink, r.gen.Sent())
@@ -238,8 +243,8 @@ func (r *simRun) waitGuestReady() {
 }
 
 // loop prints a statistics line every period until ctx ends or the
-// duration is over.
-func (r *simRun) loop(ctx context.Context, out io.Writer) {
+// duration is over; it returns an error at once if an lcore died.
+func (r *simRun) loop(ctx context.Context, out io.Writer) error {
 	if r.o.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, r.o.duration)
@@ -255,7 +260,9 @@ func (r *simRun) loop(ctx context.Context, out io.Writer) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
+		case err := <-r.app.lcoreDied():
+			return r.app.dataPathDied(err)
 		case now := <-tick:
 			cur := r.snapshot()
 			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))
