@@ -75,7 +75,9 @@ const benchFeatures = vhost.DefaultFeatures | vhost.FInOrder
 // BenchmarkVirtioUser measures the packet rate testpmd's virtio-user
 // reaches against zcnet's back end and against DPDK's net_vhost, with
 // 64-byte frames on a split ring of 256 entries with mergeable buffers,
-// bursts of 32, one queue pair, one polling core on each side.
+// bursts of 32, one queue pair, one polling core on each side: either
+// back end polls on host.backendCPU (zcnet's lcore, or net_vhost's
+// forwarding lcore), the guest's forwarding lcore on host.frontendCPU.
 //
 // Run it with -benchtime 1x. Each iteration runs -vhost.rounds rounds;
 // a round measures zcnet and net_vhost for benchTime each, alternating
@@ -126,8 +128,9 @@ type benchResult struct {
 	// nsPerPkt is the back end's time per packet in its polls that moved
 	// packets: zcnet's lcore busy time over the frames its task handled;
 	// net_vhost's busy cycles over packets as testpmd's
-	// --record-core-cycles counts them. Unlike Mpps it hardly depends on
-	// how often the scheduler lets each side run.
+	// --record-core-cycles counts them. It depends less than Mpps on how
+	// often the scheduler lets each side run, but a preemption in the
+	// middle of a busy poll is still charged to it.
 	nsPerPkt float64
 	busy     float64 // zcnet: lcore busy fraction, 0..1
 	// schedWait is how long the process's goroutines waited to be run by
