@@ -45,6 +45,9 @@ work=${ZCNET_VFIO_WORK:-$here/work}
 # whether the guest got as far as running the test.
 marker=ZCNET-VFIO-RESULT
 
+# shellcheck source=SCRIPTDIR/../lib/qemu-guest.sh
+. "$here/../lib/qemu-guest.sh"
+
 log() { printf '[vfio-qemu] %s\n' "$*" >&2; }
 die() { printf '[vfio-qemu] FAIL: %s\n' "$*" >&2; exit 1; }
 
@@ -58,111 +61,16 @@ flock 9
 
 # --- host packages -----------------------------------------------------------
 
-apt_updated=0
-apt_update_once() {
-	if [[ $apt_updated == 0 ]]; then
-		log "apt-get update"
-		apt-get update -qq || die "apt-get update failed; check network access to the Debian mirrors"
-		apt_updated=1
-	fi
-}
-
-ensure_packages() {
-	local missing=() p
-	command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-	# busybox (dynamic) and busybox-static both install /bin/busybox; only
-	# the static one runs in an initramfs without a C library.
-	dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
-	command -v cpio >/dev/null || missing+=(cpio)
-	command -v modinfo >/dev/null || missing+=(kmod)
-	((${#missing[@]} == 0)) && return
-	[[ $(id -u) == 0 ]] || die "missing packages ${missing[*]}; run as root or: apt-get install -y ${missing[*]}"
-	for p in "${missing[@]}"; do
-		apt-cache show "$p" >/dev/null 2>&1 || apt_update_once
-	done
-	log "installing ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
-		die "apt-get install ${missing[*]} failed"
-}
-
-ensure_packages
+qemu_guest_ensure_packages
 command -v go >/dev/null || [[ -n $test_bin ]] || die "go is not on PATH; it is needed to build the guest test binary"
 for tool in gzip flock timeout dpkg; do
 	command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
 
-# --- guest kernel ------------------------------------------------------------
+# --- guest kernel and modules ------------------------------------------------
 
-# resolve_kernel_pkg prints the versioned image package linux-image-amd64
-# depends on (e.g. linux-image-6.1.0-56-amd64): that is the stock Debian 12
-# kernel, signed, and it ships both vmlinuz and the modules.
-resolve_kernel_pkg() {
-	apt-cache depends linux-image-amd64 2>/dev/null |
-		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }'
-}
-
-if [[ -z $kernel_pkg ]]; then
-	kernel_pkg=$(resolve_kernel_pkg)
-	if [[ -z $kernel_pkg ]]; then
-		[[ $(id -u) == 0 ]] && apt_update_once
-		kernel_pkg=$(resolve_kernel_pkg)
-	fi
-	[[ -n $kernel_pkg ]] || die "cannot tell which kernel linux-image-amd64 depends on (apt-cache depends linux-image-amd64); set ZCNET_VFIO_KERNEL_PKG"
-fi
-
-kroot=$work/kernel/$kernel_pkg
-if ! compgen -G "$kroot/boot/vmlinuz-*" >/dev/null || [[ ! -e $kroot/.complete ]]; then
-	log "downloading $kernel_pkg"
-	rm -rf "$kroot" "$work/download"
-	mkdir -p "$work/download" "$kroot"
-	# apt-get download writes into the current directory; as root it warns
-	# that _apt cannot reach the folder, which is harmless.
-	(cd "$work/download" && apt-get download "$kernel_pkg" 2>&1 | grep -v 'unsandboxed as root' >&2) ||
-		die "apt-get download $kernel_pkg failed"
-	deb=$(compgen -G "$work/download/${kernel_pkg}_*.deb" | head -n1) || true
-	[[ -n $deb ]] || die "apt-get download left no .deb for $kernel_pkg in $work/download"
-	dpkg -x "$deb" "$kroot"
-	rm -rf "$work/download"
-	touch "$kroot/.complete"
-fi
-vmlinuz=$(compgen -G "$kroot/boot/vmlinuz-*" | head -n1) || true
-[[ -n $vmlinuz ]] || die "$kernel_pkg has no boot/vmlinuz-*; it is not a kernel image package"
-kver=${vmlinuz##*/vmlinuz-}
-moddir=$kroot/lib/modules/$kver
-[[ -d $moddir ]] || die "$kernel_pkg has no modules folder lib/modules/$kver"
-log "guest kernel $kver"
-
-# --- kernel modules, in dependency order ------------------------------------
-
-declare -A mod_path=()
-while IFS= read -r f; do
-	name=${f##*/}
-	name=${name%%.ko*}
-	mod_path[${name//-/_}]=$f
-done < <(find "$moddir/kernel" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
-
-declare -A mod_state=() # visiting | done
-mod_order=()
-# add_module appends a module after everything it depends on (depth first).
-add_module() {
-	local m=${1//-/_} dep deps
-	case ${mod_state[$m]:-} in
-	"done") return ;;
-	visiting) die "module dependency cycle through $m" ;;
-	esac
-	[[ -n ${mod_path[$m]:-} ]] || die "module $m not found in $moddir (built in? renamed?)"
-	mod_state[$m]=visiting
-	deps=$(modinfo -F depends "${mod_path[$m]}") || die "modinfo failed on ${mod_path[$m]}"
-	for dep in ${deps//,/ }; do
-		add_module "$dep"
-	done
-	mod_state[$m]="done"
-	mod_order+=("$m")
-}
-for m in vfio vfio_iommu_type1 irqbypass vfio_pci_core vfio_pci; do
-	add_module "$m"
-done
-log "modules: ${mod_order[*]}"
+qemu_guest_kernel "$work/kernel" "$kernel_pkg" ZCNET_VFIO_KERNEL_PKG
+qemu_guest_modules vfio vfio_iommu_type1 irqbypass vfio_pci_core vfio_pci
 
 # --- guest test binary -------------------------------------------------------
 
@@ -176,27 +84,13 @@ else
 		die "building the guest test binary from $test_pkg failed"
 	[[ -x $guest_bin ]] || die "go test -c produced no binary: does $test_pkg have test files with build tag $test_tags?"
 fi
-# A dynamically linked ELF names its loader; the guest has none.
-! LC_ALL=C grep -qa '/lib64/ld-linux-x86-64' "$guest_bin" ||
-	die "$guest_bin is dynamically linked; the guest has no C library (build with CGO_ENABLED=0)"
+qemu_guest_check_static "$guest_bin"
 
 # --- initramfs ---------------------------------------------------------------
 
 rootfs=$work/rootfs
-rm -rf "$rootfs"
-mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,modules}
-cp /bin/busybox "$rootfs/bin/busybox"
+qemu_guest_rootfs "$rootfs"
 cp "$guest_bin" "$rootfs/vfio.test"
-for m in "${mod_order[@]}"; do
-	src=${mod_path[$m]}
-	case $src in
-	*.ko.xz) xz -dc "$src" >"$rootfs/modules/$m.ko" ;;
-	*.ko.zst) zstd -qdc "$src" >"$rootfs/modules/$m.ko" ;;
-	*.ko.gz) gzip -dc "$src" >"$rootfs/modules/$m.ko" ;;
-	*) cp "$src" "$rootfs/modules/$m.ko" ;;
-	esac
-done
-printf '%s\n' "${mod_order[@]}" >"$rootfs/modules/order"
 
 vendor=0x${pci_id%%:*}
 device=0x${pci_id##*:}
@@ -216,7 +110,7 @@ EOF
 chmod 755 "$rootfs/init"
 
 initrd=$work/initramfs.gz
-(cd "$rootfs" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 >"$initrd")
+qemu_guest_pack_initramfs "$rootfs" "$initrd"
 
 # --- boot ----------------------------------------------------------------------
 
