@@ -117,13 +117,16 @@ func TestTwoGuestsOnOneLcore(t *testing.T) {
 	sentTx := make([]int, len(rigs))
 	tx := testFrames(n, 400)
 	var wire [2][][]byte
-	deadline := time.Now().Add(10 * time.Second)
-	emitted := 0
+	deadline := time.Now().Add(20 * time.Second)
+	// Each rig has at most a burst in flight, so a descheduled poller on a
+	// loaded machine delays the test instead of making the NIC drop.
+	var emitted [2]int
 	for time.Now().Before(deadline) {
 		done := true
 		for i, r := range rigs {
-			if emitted < n {
+			if emitted[i] < n && emitted[i]-len(got[i]) < 20 {
 				r.gen.Emit(10)
+				emitted[i] += 10
 			}
 			pk, err := r.g.Receive(0)
 			if err != nil {
@@ -139,9 +142,6 @@ func TestTwoGuestsOnOneLcore(t *testing.T) {
 			}
 			wire[i] = append(wire[i], r.wire.take()...)
 			done = done && len(got[i]) == n && len(wire[i]) == n
-		}
-		if emitted < n {
-			emitted += 10
 		}
 		if done {
 			break
