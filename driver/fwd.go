@@ -159,8 +159,8 @@ func (f *Forward) forward() int {
 		} else {
 			start := len(f.segs)
 			f.segs = append(f.segs, f.partialSegs...)
-			for _, s := range f.partialSegs {
-				bytes += uint64(s.Len)
+			for i := range f.partialSegs { // by index: no Segment copies on the hot path
+				bytes += uint64(f.partialSegs[i].Len)
 			}
 			f.pkts = append(f.pkts, ring.TxPkt{Segs: f.segs[start:len(f.segs):len(f.segs)], Cookie: ring.Cookie(first)})
 		}
