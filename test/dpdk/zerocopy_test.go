@@ -312,11 +312,22 @@ func runZeroCopyReconnect(t *testing.T, h host, sc zcScenario) {
 			ps.RxZeroCopy, ps.RxPackets, ps.TxZeroCopy, ps.TxPackets, ps.RxCopied, ps.TxCopied, ps.Copy)
 	}
 	// Nothing moves between the first session's end and the second's
-	// start: the second guest's share is what came after.
+	// start: the second guest's share is what came after. What the guest
+	// transmitted must match exactly. Received may fall short by frames
+	// the engine delivered while virtio-user was still setting up (it
+	// re-sends the memory table and toggles the rings after DRIVER_OK, and
+	// testpmd counts only from its port start): those never come back, so
+	// they must be among the frames the sink saw lost before the guest
+	// settled.
 	rxB, txB := ps.RxPackets-gone.RxPackets, ps.TxPackets-gone.TxPackets
-	if g.RxPackets != rxB || g.TxPackets != txB || g.RxDropped+g.TxDropped != 0 {
-		t.Errorf("second testpmd received %d and sent %d (dropped %d/%d); the engine delivered %d and transmitted %d in its session: want equal, no drops",
+	if g.RxPackets > rxB || g.TxPackets != txB || g.RxDropped+g.TxDropped != 0 {
+		t.Errorf("second testpmd received %d and sent %d (dropped %d/%d); the engine delivered %d and transmitted %d in its session: want sent equal, received no more than delivered, no drops",
 			g.RxPackets, g.TxPackets, g.RxDropped, g.TxDropped, rxB, txB)
+	}
+	if early := rxB - g.RxPackets; early > settled.Lost {
+		t.Errorf("the engine delivered %d frames the second testpmd never counted, more than the %d the sink lost before the guest settled", early, settled.Lost)
+	} else if early > 0 {
+		t.Logf("%d frames delivered during the second guest's set-up were not counted by testpmd (within the %d lost before it settled)", early, settled.Lost)
 	}
 
 	// The books balance (see the function comment).
