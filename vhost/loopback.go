@@ -167,6 +167,9 @@ func (l *Loopback) pollPair(p int) int {
 // header adapted to what the guest accepts. It reports false for a frame
 // the loopback cannot deliver (GSO to a guest without GUEST_TSO).
 func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
+	if len(chains) == 1 && headerPassesAsIs(l.tx.Segs[0].Buf, feat) && l.copyContiguous(chains, hdrLen, nil) {
+		return true
+	}
 	var hb [NetHeaderSize]byte
 	r := segReader{segs: l.tx.Segs}
 	r.read(hb[:hdrLen])
@@ -223,10 +226,20 @@ func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
 	return true
 }
 
+// headerPassesAsIs reports whether the virtio-net header at the start of
+// b (the first TX segment) reaches the guest unchanged but for
+// num_buffers: no GSO, and either no flags or a guest that accepts
+// NEEDS_CSUM and DATA_VALID (GUEST_CSUM). That is what copyFrame's decode,
+// adapt and encode would produce, without the per-frame decode and encode.
+func headerPassesAsIs(b []byte, feat uint64) bool {
+	return len(b) >= 2 && b[1] == NetHdrGSONone && (b[0] == 0 || feat&NetFGuestCsum != 0)
+}
+
 // copyContiguous is copyFrame's fast path for the common case, a frame in
 // one TX buffer going to one RX buffer: one copy, then the header and the
-// MAC addresses rewritten in place. It reports false, having written
-// nothing, when the frame or the RX space is split.
+// MAC addresses rewritten in place. A nil h keeps the guest's header bytes
+// and only sets num_buffers (see headerPassesAsIs). It reports false,
+// having written nothing, when the frame or the RX space is split.
 func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool {
 	if len(chains) != 1 || len(l.tx.Segs) == 0 || len(chains[0].Segs) == 0 {
 		return false
@@ -239,7 +252,11 @@ func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool
 	}
 	out := dst.Buf[:need]
 	copy(out, src.Buf)
-	_, _ = h.Encode(out, hdrLen)
+	if h != nil {
+		_, _ = h.Encode(out, hdrLen)
+	} else if hdrLen >= NetHeaderSize {
+		binary.LittleEndian.PutUint16(out[10:], 1) // num_buffers: one chain
+	}
 	in := src.Buf[hdrLen : hdrLen+12]
 	mac := out[hdrLen : hdrLen+12]
 	copy(mac[:6], in[6:])
