@@ -238,6 +238,11 @@ func (p *Port) txOffload(c *vhost.Chain, pk *ring.TxPkt) counter {
 	if c.WriteLen > 0 || int(c.ReadLen) < hl+14 {
 		return cDropTxBadHeader
 	}
+	// Most frames ask for no offload: flags and gso_type, the header's
+	// first two bytes, say so without gathering and decoding it all.
+	if b := c.Segs[0].Buf; len(b) >= 2 && b[0]&vhost.NetHdrFNeedsCsum == 0 && b[1] == vhost.NetHdrGSONone {
+		return 0
+	}
 	vhost.Gather(t.hdr[:hl], c.Segs, 0)
 	h, _ := vhost.DecodeNetHeader(t.hdr[:], hl)
 	if h.Flags&vhost.NetHdrFNeedsCsum == 0 && h.GSOType == vhost.NetHdrGSONone {
