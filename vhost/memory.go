@@ -186,19 +186,13 @@ func (t *MemoryTable) appendGPA(segs []Segment, gpa, n uint64, writable bool, hi
 	if t == nil {
 		return segs, ErrNoMemory
 	}
-	if i := *hint; uint(i) < uint(len(t.regions)) && n > 0 {
-		// The whole range in the hinted region: one segment. off < Size
-		// and n <= Size-off keep gpa+n inside a region that check()
-		// proved does not wrap.
-		r := &t.regions[i]
-		if off := gpa - r.GuestPhysAddr; gpa >= r.GuestPhysAddr && off < r.Size && n <= r.Size-off {
-			if len(segs) == cap(segs) {
-				return segs, ErrTooManySegs
-			}
-			segs = segs[:len(segs)+1]
-			setSegment(&segs[len(segs)-1], gpa, r.Host[off:off+n:off+n], writable)
-			return segs, nil
+	if buf, ok := t.hinted(gpa, n, *hint); ok {
+		if len(segs) == cap(segs) {
+			return segs, ErrTooManySegs
 		}
+		segs = segs[:len(segs)+1]
+		setSegment(&segs[len(segs)-1], gpa, buf, writable)
+		return segs, nil
 	}
 	if gpa+n < gpa {
 		return segs, ErrLengthWraps
@@ -224,6 +218,22 @@ func (t *MemoryTable) appendGPA(segs []Segment, gpa, n uint64, writable bool, hi
 		return segs, ErrTooManySegs
 	}
 	return segs, nil
+}
+
+// hinted returns the host memory of the guest physical range [gpa, gpa+n)
+// if it lies wholly within region i (any i is safe: it is checked), and
+// false otherwise or for an empty range. off < Size and n <= Size-off
+// keep gpa+n inside a region that check() proved does not wrap.
+func (t *MemoryTable) hinted(gpa, n uint64, i int) ([]byte, bool) {
+	if uint(i) >= uint(len(t.regions)) || n == 0 {
+		return nil, false
+	}
+	r := &t.regions[i]
+	off := gpa - r.GuestPhysAddr
+	if gpa < r.GuestPhysAddr || off >= r.Size || n > r.Size-off {
+		return nil, false
+	}
+	return r.Host[off : off+n : off+n], true
 }
 
 // setSegment fills *s field by field. Appending a Segment literal instead
