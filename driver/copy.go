@@ -68,8 +68,7 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 		return false
 	}
 	w := chainWriter{chains: r.chains[:n]}
-	h := p.netHeader(&f[len(f)-1], n)
-	_, _ = h.Encode(r.hdr[:], hl)
+	p.putRxHeader(r.hdr[:], &f[len(f)-1], n)
 	w.write(r.hdr[:hl])
 	for i := range f {
 		idx := uint32(f[i].Cookie)
