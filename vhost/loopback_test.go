@@ -15,61 +15,81 @@ import (
 // round trip; loopback-ns/frame is the share spent in Loopback.Poll, the
 // back end's cost per frame (pop TX, pop RX, copy, push both, publish).
 func BenchmarkLoopbackEcho(b *testing.B) {
-	const burst = 32
-	s := serve(b, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
-	g, err := guest.Dial(s.path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder, RxBufSize: 2048, TxBufSize: 2048})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
-	loop := vhost.NewLoopback(s.dev)
-	if err := g.RefillRx(0, int(g.Ring(0).Size())); err != nil {
-		b.Fatal(err)
-	}
-	frame := make([]byte, 64-4) // 64 bytes on the wire with the FCS
-	copy(frame, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5})
-	for range burst {
-		if err := g.QueueTx(0, vhost.NetHeader{}, frame); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := g.FlushTx(0); err != nil {
-		b.Fatal(err)
-	}
-	frames := make([]guest.RxFrame, 0, burst)
+	e := newEcho(b)
 	var inPoll time.Duration
 	b.ReportAllocs()
 	b.ResetTimer()
 	for moved := 0; moved < b.N; {
 		start := time.Now()
-		loop.Poll()
+		e.loop.Poll()
 		inPoll += time.Since(start)
-		got, err := g.ReceiveInPlace(0, frames[:0])
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(got) == 0 {
-			b.Fatalf("the loop stalled after %d frames: %+v", moved, loop.Counters())
-		}
-		for i := range got {
-			if err := g.QueueTx(0, vhost.NetHeader{}, got[i].Frame); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := g.FlushTx(0); err != nil {
-			b.Fatal(err)
-		}
-		if err := g.RefillRx(0, len(got)); err != nil {
-			b.Fatal(err)
-		}
-		g.ReclaimTx(0)
-		moved += len(got)
+		moved += e.echo(b)
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(inPoll.Nanoseconds())/float64(b.N), "loopback-ns/frame")
-	if c := loop.Counters(); c.Dropped != 0 {
+	if c := e.loop.Counters(); c.Dropped != 0 {
 		b.Fatalf("loopback dropped frames: %+v", c)
 	}
+}
+
+// echoGuest is a poll-mode guest (sim/guest's burst API, which allocates
+// nothing) with a burst of 64-byte frames in flight through a Loopback.
+type echoGuest struct {
+	g      *guest.Guest
+	loop   *vhost.Loopback
+	frames []guest.RxFrame
+}
+
+const echoBurst = 32
+
+func newEcho(tb testing.TB) *echoGuest {
+	s := serve(tb, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
+	g, err := guest.Dial(s.path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder, RxBufSize: 2048, TxBufSize: 2048})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { g.Close() })
+	if err := g.RefillRx(0, int(g.Ring(0).Size())); err != nil {
+		tb.Fatal(err)
+	}
+	frame := make([]byte, 64-4) // 64 bytes on the wire with the FCS
+	copy(frame, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5})
+	for range echoBurst {
+		if err := g.QueueTx(0, vhost.NetHeader{}, frame); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := g.FlushTx(0); err != nil {
+		tb.Fatal(err)
+	}
+	return &echoGuest{g: g, loop: vhost.NewLoopback(s.dev), frames: make([]guest.RxFrame, 0, echoBurst)}
+}
+
+// echo receives what the loopback delivered, transmits it again, reposts
+// the RX buffers and reclaims TX ones. It returns the frames echoed and
+// fails if there were none (the loop stalled).
+func (e *echoGuest) echo(tb testing.TB) int {
+	g := e.g
+	got, err := g.ReceiveInPlace(0, e.frames[:0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(got) == 0 {
+		tb.Fatalf("the loop stalled: %+v", e.loop.Counters())
+	}
+	for i := range got {
+		if err := g.QueueTx(0, vhost.NetHeader{}, got[i].Frame); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := g.FlushTx(0); err != nil {
+		tb.Fatal(err)
+	}
+	if err := g.RefillRx(0, len(got)); err != nil {
+		tb.Fatal(err)
+	}
+	g.ReclaimTx(0)
+	return len(got)
 }
 
 // TestLoopbackBackpressure checks that frames the guest has posted no RX
@@ -121,5 +141,19 @@ func TestLoopbackBackpressure(t *testing.T) {
 	}
 	if n := g.ReclaimTx(0); n != sent {
 		t.Errorf("%d TX buffers completed, want %d", n, sent)
+	}
+}
+
+// TestLoopbackPollAllocatesNothing guards the hot path: a poll that moves
+// a burst of frames (with the allocation-free guest echoing them) must not
+// allocate.
+func TestLoopbackPollAllocatesNothing(t *testing.T) {
+	e := newEcho(t)
+	allocs := testing.AllocsPerRun(50, func() {
+		e.loop.Poll()
+		e.echo(t)
+	})
+	if allocs != 0 {
+		t.Fatalf("a loopback poll of %d frames allocated %.1f times", echoBurst, allocs)
 	}
 }
