@@ -1,45 +1,11 @@
 # shellcheck shell=sh disable=SC2012
-# Guest /init for the qemu-vhost integration test (busybox sh, PID 1).
-# run.sh prepends the shebang and these settings:
-#   MARKER       the result line prefix the host looks for
-# The host test sets ZCNET_N, ZCNET_CSUM and ZCNET_TSO on the kernel command
-# line (the kernel hands unknown name=value parameters to init as
-# environment variables): the frame counts of each kind /guest sends.
-# Every path ends in finish, which prints "$MARKER rc=N" and powers off; the
-# host treats a missing marker as a failure.
+# Guest /init for the qemu-vhost integration test, after the common start in
+# test/lib/guest-init.sh (which run.sh puts before it, with MARKER and
+# SETUP_FAILED). The host test sets ZCNET_N, ZCNET_CSUM and ZCNET_TSO on the
+# kernel command line (the kernel hands unknown name=value parameters to init
+# as environment variables): the frame counts of each kind /guest sends.
 
-/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp TMPDIR=/tmp
-
-finish() {
-	if [ "$1" != 0 ]; then
-		echo "--- last kernel messages ---"
-		dmesg | tail -n 30
-	fi
-	echo "$MARKER rc=$1"
-	sync
-	poweroff -f
-	# If poweroff returns, panic=-1 plus QEMU's -no-reboot end the VM.
-	echo o >/proc/sysrq-trigger
-	sleep 5
-	exit "$1"
-}
-
-fail() {
-	echo "ZCNET-QEMU-VHOST-SETUP-FAILED: $*"
-	finish 99
-}
-
-mount -t proc proc /proc || fail "mount /proc"
-mount -t sysfs sysfs /sys || fail "mount /sys"
-mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
-mount -t tmpfs tmpfs /tmp || fail "mount /tmp"
 echo; echo "zcnet-qemu-vhost guest: kernel $(uname -r)"
-
-while read -r m; do
-	insmod "/modules/$m.ko" || fail "insmod $m.ko"
-done </modules/order
 echo "modules loaded: $(tr '\n' ' ' </modules/order)"
 
 i=0

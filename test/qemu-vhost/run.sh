@@ -68,8 +68,8 @@ rootfs=$work/rootfs
 qemu_guest_rootfs "$rootfs"
 cp "$guest_bin" "$rootfs/guest"
 {
-	printf '#!/bin/busybox sh\nMARKER=ZCNET-QEMU-VHOST\n'
-	cat "$here/init.sh"
+	printf '#!/bin/busybox sh\nMARKER=ZCNET-QEMU-VHOST\nSETUP_FAILED=ZCNET-QEMU-VHOST-SETUP-FAILED\n'
+	cat "$here/../lib/guest-init.sh" "$here/init.sh"
 } >"$rootfs/init"
 chmod 755 "$rootfs/init"
 initrd=$work/initramfs.gz

@@ -1,48 +1,12 @@
 # shellcheck shell=sh disable=SC2012
-# Guest /init for the VFIO integration test (busybox sh, PID 1).
-# run.sh prepends the shebang and these settings:
+# Guest /init for the VFIO integration test, after the common start in
+# test/lib/guest-init.sh (which run.sh puts before it). run.sh also sets:
 #   PCI_VENDOR PCI_DEVICE  the function to hand to vfio-pci (0x8086 0x10d3)
 #   TEST_RUN TEST_TIMEOUT  -test.run pattern and -test.timeout of /vfio.test
 #   HUGEPAGES              2 MiB pages to reserve
-#   MARKER                 the result line prefix the host looks for
-# Every path ends in finish, which prints "$MARKER rc=N" and powers off; the
-# host treats a missing marker as a failure.
+#   MARKER SETUP_FAILED    result and set-up failure line prefixes
 
-/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp TMPDIR=/tmp
-
-finish() {
-	if [ "$1" != 0 ]; then
-		# quiet hides the kernel's info messages; VFIO explains most refusals there.
-		echo "--- last kernel messages ---"
-		dmesg | tail -n 30
-	fi
-	echo "$MARKER rc=$1"
-	sync
-	poweroff -f
-	# poweroff should not return; if it does, ask the kernel directly, and
-	# failing that let PID 1 exit: panic=-1 reboots and QEMU's -no-reboot
-	# turns that into an exit.
-	echo o >/proc/sysrq-trigger
-	sleep 5
-	exit "$1"
-}
-
-fail() {
-	echo "ZCNET-VFIO-SETUP-FAILED: $*"
-	finish 99
-}
-
-mount -t proc proc /proc || fail "mount /proc"
-mount -t sysfs sysfs /sys || fail "mount /sys"
-mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
-mount -t tmpfs tmpfs /tmp || fail "mount /tmp"
 echo; echo "zcnet-vfio guest: kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
-
-while read -r m; do
-	insmod "/modules/$m.ko" || fail "insmod $m.ko"
-done </modules/order
 echo "modules loaded: $(tr '\n' ' ' </modules/order)"
 
 addr=

@@ -104,8 +104,9 @@ TEST_RUN='${test_run//\'/}'
 TEST_TIMEOUT=$((boot_timeout * 3 / 4))s
 HUGEPAGES=$hugepages
 MARKER=$marker
+SETUP_FAILED=ZCNET-VFIO-SETUP-FAILED
 EOF
-	cat "$here/init.sh"
+	cat "$here/../lib/guest-init.sh" "$here/init.sh"
 } >"$rootfs/init"
 chmod 755 "$rootfs/init"
 
