@@ -220,18 +220,8 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 		}
 	}
 
-	runCtx := ctx
-	if o.duration > 0 {
-		var cancel context.CancelFunc
-		runCtx, cancel = context.WithTimeout(ctx, o.duration)
-		defer cancel()
-	}
-	var tick <-chan time.Time
-	if o.interval > 0 {
-		t := time.NewTicker(o.interval)
-		defer t.Stop()
-		tick = t.C
-	}
+	runCtx, tick, endWindow := runWindow(ctx, o.duration, o.interval)
+	defer endWindow()
 	start := time.Now()
 	var last [2]driver.ForwardStats
 	lastAt := start
@@ -285,6 +275,20 @@ loop:
 		}
 	}
 	return nil
+}
+
+// runWindow bounds ctx by duration (0: until ctx ends) and ticks every
+// interval (0: never); release frees the timer and the context.
+func runWindow(ctx context.Context, duration, interval time.Duration) (context.Context, <-chan time.Time, func()) {
+	cancel := context.CancelFunc(func() {})
+	if duration > 0 {
+		ctx, cancel = context.WithTimeout(ctx, duration)
+	}
+	if interval <= 0 {
+		return ctx, nil, cancel
+	}
+	t := time.NewTicker(interval)
+	return ctx, t.C, func() { t.Stop(); cancel() }
 }
 
 // drain waits until the frames still in flight reach the sink: all sent

@@ -165,18 +165,8 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 		log.Info("vhost-user port", zap.String("socket", vp.spec.Socket), zap.String("mode", mode))
 	}
 
-	runCtx := ctx
-	if o.duration > 0 {
-		var cancel context.CancelFunc
-		runCtx, cancel = context.WithTimeout(ctx, o.duration)
-		defer cancel()
-	}
-	var tick <-chan time.Time
-	if o.interval > 0 {
-		t := time.NewTicker(o.interval)
-		defer t.Stop()
-		tick = t.C
-	}
+	runCtx, tick, endWindow := runWindow(ctx, o.duration, o.interval)
+	defer endWindow()
 	prev, prevAt := app.snapshot("run"), time.Now()
 	for done := false; !done; {
 		select {
