@@ -148,16 +148,20 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if err := r.app.run(ctx); err != nil {
 		return err
 	}
-	tel, err := startTelemetry(log, o.telemetry, o.metricsAddr, r.snapshot)
-	if err != nil {
-		return err
-	}
-	defer tel.close()
+	// Every field snapshot reads is set before the telemetry socket,
+	// which calls it from its own goroutine, starts serving.
 	if o.vhost == "" {
 		if r.guest, err = startEchoGuest(socket); err != nil {
 			return err
 		}
 		defer r.guest.close()
+	}
+	tel, err := startTelemetry(log, o.telemetry, o.metricsAddr, r.snapshot)
+	if err != nil {
+		return err
+	}
+	defer tel.close()
+	if r.guest != nil {
 		r.waitGuestReady()
 	} else {
 		log.Info("waiting for a vhost-user front end", zap.String("socket", socket))
