@@ -3,6 +3,7 @@ package driver
 import (
 	"encoding/binary"
 
+	"github.com/zcnet/zcnet/internal/checksum"
 	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/vhost"
 )
@@ -289,21 +290,21 @@ func (p *Port) txOffload(c *vhost.Chain, pk *ring.TxPkt) counter {
 	pk.L4Len = (probe[l4+12] >> 4) * 4
 	pk.MSS = h.GSOSize
 	pk.Offload |= ring.OffloadTSO
-	var sum uint32
+	var sum uint64
 	if pk.IPv6 {
 		if len(probe) < l2+40 {
 			return cDropTxBadHeader
 		}
-		sum = onesSum(0, probe[l2+8:l2+40])
+		sum = checksum.Add(0, probe[l2+8:l2+40])
 		p.patchFrame(c, l2+4, 0) // payload length
 	} else {
 		pk.Offload |= ring.OffloadIPv4Csum
-		sum = onesSum(0, probe[l2+12:l2+20])
+		sum = checksum.Add(0, probe[l2+12:l2+20])
 		p.patchFrame(c, l2+2, 0)  // total length
 		p.patchFrame(c, l2+10, 0) // header checksum
 	}
-	sum += uint32(ring.L4TCP)
-	p.patchFrame(c, l4+16, foldSum(sum))
+	sum += uint64(ring.L4TCP)
+	p.patchFrame(c, l4+16, checksum.Fold(sum))
 	return 0
 }
 
@@ -312,25 +313,6 @@ func (p *Port) txOffload(c *vhost.Chain, pk *ring.TxPkt) counter {
 func (p *Port) patchFrame(c *vhost.Chain, off int, v uint16) {
 	binary.BigEndian.PutUint16(p.tx.patch[:2], v)
 	vhost.Scatter(c.Segs, p.hdrLen+off, p.tx.patch[:2])
-}
-
-// onesSum adds b to a ones'-complement sum of 16-bit big-endian words.
-func onesSum(sum uint32, b []byte) uint32 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	return sum
-}
-
-func foldSum(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }
 
 // quiesceTx stops the NIC TX queue and returns every packet's buffers:

@@ -1,8 +1,12 @@
 package sim
 
-import "encoding/binary"
+import (
+	"encoding/binary"
 
-// Packet parsing and Internet checksums shared by the receive checks and
+	"github.com/zcnet/zcnet/internal/checksum"
+)
+
+// Packet parsing and pseudo-header sums shared by the receive checks and
 // the transmit offloads.
 
 const (
@@ -89,39 +93,15 @@ func parsePacket(f []byte, vet uint16) pktInfo {
 	return pi
 }
 
-// sum16 adds b to a one's-complement running sum (RFC 1071), big-endian
-// 16-bit words, an odd trailing byte padded with zero.
-func sum16(sum uint64, b []byte) uint64 {
-	for len(b) >= 8 {
-		sum += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
-		b = b[8:]
-	}
-	for len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
-	}
-	return sum
-}
-
-func fold(sum uint64) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xFFFF + sum>>16
-	}
-	return uint16(sum)
-}
-
 // pseudoSum is the one's-complement sum of the IPv4 or IPv6 pseudo-header
 // of an L4 segment of length n.
 func pseudoSum(f []byte, pi *pktInfo, n int) uint64 {
 	ip := f[pi.l3:]
 	var s uint64
 	if pi.ipv4 {
-		s = sum16(0, ip[12:20])
+		s = checksum.Add(0, ip[12:20])
 	} else {
-		s = sum16(0, ip[8:40])
+		s = checksum.Add(0, ip[8:40])
 	}
 	return s + uint64(pi.proto) + uint64(n)
 }
@@ -132,7 +112,7 @@ func rxChecksums(f []byte, pi *pktInfo) (ipcs, ipe, l4cs, udpcs, l4e bool) {
 	if pi.ipv4 && pi.ipOK {
 		ipcs = true
 		ihl := int(f[pi.l3]&0xF) * 4
-		ipe = fold(sum16(0, f[pi.l3:pi.l3+ihl])) != 0xFFFF
+		ipe = checksum.Fold(checksum.Add(0, f[pi.l3:pi.l3+ihl])) != 0xFFFF
 	}
 	if pi.l4 == 0 || (pi.proto != protoTCP && pi.proto != protoUDP) {
 		return
@@ -145,6 +125,6 @@ func rxChecksums(f []byte, pi *pktInfo) (ipcs, ipe, l4cs, udpcs, l4e bool) {
 		}
 	}
 	l4cs = true
-	l4e = fold(sum16(pseudoSum(f, pi, pi.l4Len), seg)) != 0xFFFF
+	l4e = checksum.Fold(checksum.Add(pseudoSum(f, pi, pi.l4Len), seg)) != 0xFFFF
 	return
 }

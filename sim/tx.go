@@ -5,6 +5,7 @@ import (
 	"hash/crc32"
 	"math/bits"
 
+	"github.com/zcnet/zcnet/internal/checksum"
 	"github.com/zcnet/zcnet/sim/wire"
 )
 
@@ -280,7 +281,7 @@ func (p *PF) transmitLegacy(q int, first txDesc, pkt []byte) int {
 			p.mc.txMalformed.Add(1)
 			return 0
 		}
-		binary.BigEndian.PutUint16(pkt[cso:], ^fold(sum16(0, pkt[css:])))
+		binary.BigEndian.PutUint16(pkt[cso:], checksum.Finish(checksum.Add(0, pkt[css:])))
 	}
 	p.sendFrame(q, pkt, nil, first.cmd&txCmdVLE != 0, uint16(first.olinfo>>16))
 	return 1
@@ -288,7 +289,7 @@ func (p *PF) transmitLegacy(q int, first txDesc, pkt []byte) int {
 
 func insertIPv4Checksum(ip []byte) {
 	ip[10], ip[11] = 0, 0
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum16(0, ip)))
+	binary.BigEndian.PutUint16(ip[10:], checksum.Finish(checksum.Add(0, ip)))
 }
 
 // insertL4Checksum completes the L4 checksum of seg. As on silicon, the
@@ -301,7 +302,7 @@ func insertL4Checksum(seg []byte, l4t uint32) bool {
 		if len(seg) < 8 {
 			return false
 		}
-		c := ^fold(sum16(0, seg))
+		c := checksum.Finish(checksum.Add(0, seg))
 		if c == 0 {
 			c = 0xFFFF
 		}
@@ -310,7 +311,7 @@ func insertL4Checksum(seg []byte, l4t uint32) bool {
 		if len(seg) < 20 {
 			return false
 		}
-		binary.BigEndian.PutUint16(seg[16:], ^fold(sum16(0, seg)))
+		binary.BigEndian.PutUint16(seg[16:], checksum.Finish(checksum.Add(0, seg)))
 	case l4tSCTP:
 		if len(seg) < 12 {
 			return false
@@ -372,8 +373,8 @@ func (p *PF) transmitTSO(q int, ctx *txContext, pkt []byte, paylen int, ixsm, vl
 		}
 		fl := be.Uint16(tcp[12:])
 		be.PutUint16(tcp[12:], fl&0xF000|fl&uint16(mask))
-		sum := sum16(sum16(0, tcp), seg) + uint64(ctx.l4len+len(seg))
-		be.PutUint16(tcp[16:], ^fold(sum))
+		sum := checksum.Add(checksum.Add(0, tcp), seg) + uint64(ctx.l4len+len(seg))
+		be.PutUint16(tcp[16:], checksum.Finish(sum))
 		p.sendFrame(q, h, seg, vle, tag)
 		frames++
 		off += len(seg)

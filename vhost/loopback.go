@@ -3,6 +3,8 @@ package vhost
 import (
 	"encoding/binary"
 	"sync/atomic"
+
+	"github.com/zcnet/zcnet/internal/checksum"
 )
 
 // Loopback is a test device mode: every frame the guest transmits on TX
@@ -191,7 +193,7 @@ func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
 		if start >= frameLen || at+2 > frameLen {
 			return false
 		}
-		binary.BigEndian.PutUint16(csum[:], ^checksum(l.tx.Segs, hdrLen+start, frameLen-start))
+		binary.BigEndian.PutUint16(csum[:], ^sumSegments(l.tx.Segs, hdrLen+start, frameLen-start))
 		patchAt = at
 		h.Flags &^= NetHdrFNeedsCsum
 		h.CsumStart, h.CsumOffset = 0, 0
@@ -344,9 +346,12 @@ func (w *chainWriter) write(p []byte) {
 	}
 }
 
-// checksum is the Internet checksum (RFC 1071) of n bytes of segs starting
-// skip bytes in, not complemented.
-func checksum(segs []Segment, skip, n int) uint16 {
+// sumSegments is the Internet checksum (RFC 1071) of n bytes of segs
+// starting skip bytes in, folded but not complemented. A segment may end
+// at an odd offset of the region; the next one's first byte is then the
+// low half of a 16-bit word and is added on its own, so checksum.Add
+// always starts at an even offset.
+func sumSegments(segs []Segment, skip, n int) uint16 {
 	r := segReader{segs: segs}
 	r.skip(skip)
 	var sum uint64
@@ -357,17 +362,12 @@ func checksum(segs []Segment, skip, n int) uint16 {
 			break
 		}
 		n -= len(b)
-		for _, c := range b {
-			if odd {
-				sum += uint64(c)
-			} else {
-				sum += uint64(c) << 8
-			}
-			odd = !odd
+		if odd {
+			sum += uint64(b[0])
+			b = b[1:]
 		}
+		sum = checksum.Add(sum, b)
+		odd = len(b)%2 == 1
 	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
+	return checksum.Fold(sum)
 }

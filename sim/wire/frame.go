@@ -4,8 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
+
+	"github.com/zcnet/zcnet/internal/checksum"
 )
 
 // Header sizes and protocol numbers of the frames this package builds and
@@ -33,66 +34,6 @@ func (m MAC) String() string {
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
-// ChecksumAdd adds b to a running ones-complement sum as RFC 1071 defines
-// it: b is read as big-endian 16-bit words, an odd last byte padded with
-// zero. b must start at an even offset of the checksummed region. The
-// result is below 2^32: sums of separate regions, and 32-bit values, can be
-// added with + as long as fewer than 2^32 of them are.
-//
-// The bytes are added as 32-bit words into 64-bit accumulators, which
-// cannot overflow for any slice shorter than 16 GiB, so the loop needs no
-// carry handling; that is equivalent because 2^16 ≡ 1 modulo 2^16-1, so
-// where a 16-bit word sits in the wide accumulator does not change the
-// folded result. Two accumulators let the additions overlap.
-func ChecksumAdd(sum uint64, b []byte) uint64 {
-	var s0, s1 uint64
-	for len(b) >= 16 {
-		s0 += uint64(binary.BigEndian.Uint32(b[0:])) + uint64(binary.BigEndian.Uint32(b[8:]))
-		s1 += uint64(binary.BigEndian.Uint32(b[4:])) + uint64(binary.BigEndian.Uint32(b[12:]))
-		b = b[16:]
-	}
-	for len(b) >= 4 {
-		s0 += uint64(binary.BigEndian.Uint32(b))
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		s1 += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		s1 += uint64(b[0]) << 8
-	}
-	// Fold everything (sum may be any 64-bit value) to below 2^32 so that
-	// callers may add a handful of sums and 32-bit values with plain +.
-	var carry uint64
-	s0, carry = bits.Add64(s0, s1, 0)
-	s0, carry = bits.Add64(s0, sum, carry)
-	s0 += carry // 2^64 ≡ 1; cannot carry again, s0 just wrapped
-	s0 = s0>>32 + s0&0xffffffff
-	return s0>>32 + s0&0xffffffff
-}
-
-// ChecksumFold folds a running sum to 16 bits without complementing it.
-func ChecksumFold(sum uint64) uint16 {
-	for sum > 0xffff {
-		sum = (sum >> 16) + (sum & 0xffff)
-	}
-	return uint16(sum)
-}
-
-// ChecksumFinish folds a running sum and complements it: the value written
-// into an IPv4, ICMP or UDP checksum field. A region whose checksum field
-// already holds the right value finishes to 0.
-func ChecksumFinish(sum uint64) uint16 { return ^ChecksumFold(sum) }
-
-// PseudoHeaderSum is the running sum of the IPv4 pseudo-header that the UDP
-// and TCP checksums cover (RFC 768): addresses, protocol and the L4 length.
-func PseudoHeaderSum(src, dst [4]byte, proto uint8, l4Len int) uint64 {
-	return uint64(binary.BigEndian.Uint32(src[:])) +
-		uint64(binary.BigEndian.Uint32(dst[:])) +
-		uint64(proto) + uint64(l4Len)
-}
-
 // UDP4Header describes the addressing of an Ethernet/IPv4/UDP frame.
 type UDP4Header struct {
 	DstMAC, SrcMAC   MAC
@@ -115,10 +56,10 @@ func UDP4FrameLen(payloadLen int) int {
 func PutUDP4(frame []byte, h UDP4Header) {
 	putUDP4Headers(frame, h)
 	ip := frame[EthernetHeaderLen:]
-	binary.BigEndian.PutUint16(ip[10:], ChecksumFinish(ChecksumAdd(0, ip[:IPv4HeaderLen])))
+	binary.BigEndian.PutUint16(ip[10:], checksum.Finish(checksum.Add(0, ip[:IPv4HeaderLen])))
 	udp := ip[IPv4HeaderLen:]
-	sum := PseudoHeaderSum(h.SrcIP, h.DstIP, IPProtoUDP, len(udp))
-	binary.BigEndian.PutUint16(udp[6:], udpChecksumField(ChecksumAdd(sum, udp)))
+	sum := checksum.PseudoIPv4(h.SrcIP, h.DstIP, IPProtoUDP, len(udp))
+	binary.BigEndian.PutUint16(udp[6:], udpChecksumField(checksum.Add(sum, udp)))
 }
 
 // putUDP4Headers writes the Ethernet, IPv4 and UDP headers with both
@@ -153,7 +94,7 @@ func putUDP4Headers(frame []byte, h UDP4Header) {
 // the value to store: a computed 0 is sent as 0xffff, because 0 in the field
 // means "no checksum" (RFC 768).
 func udpChecksumField(sum uint64) uint16 {
-	c := ChecksumFinish(sum)
+	c := checksum.Finish(sum)
 	if c == 0 {
 		return 0xffff
 	}
@@ -227,7 +168,7 @@ func ParseUDP4(frame []byte) (UDP4, error) {
 		return p, ErrTruncated
 	}
 	ip = ip[:total] // drop Ethernet padding
-	p.IPChecksumOK = ChecksumFold(ChecksumAdd(0, ip[:ihl])) == 0xffff
+	p.IPChecksumOK = checksum.Fold(checksum.Add(0, ip[:ihl])) == 0xffff
 	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 { // MF or a fragment offset
 		return p, ErrFragment
 	}
@@ -251,8 +192,8 @@ func ParseUDP4(frame []byte) (UDP4, error) {
 		return p, nil
 	}
 	p.UDPChecksumPresent = true
-	sum := PseudoHeaderSum(p.SrcIP, p.DstIP, IPProtoUDP, len(udp))
-	p.UDPChecksumOK = ChecksumFold(ChecksumAdd(sum, udp)) == 0xffff
+	sum := checksum.PseudoIPv4(p.SrcIP, p.DstIP, IPProtoUDP, len(udp))
+	p.UDPChecksumOK = checksum.Fold(checksum.Add(sum, udp)) == 0xffff
 	return p, nil
 }
 

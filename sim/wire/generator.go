@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/zcnet/zcnet/internal/checksum"
 )
 
 // Frame sizes are counted as Ethernet standards and the 82599's size
@@ -170,9 +172,9 @@ func NewGenerator(cfg GeneratorConfig, peer Endpoint) (*Generator, error) {
 	}
 	ip := g.buf[EthernetHeaderLen:g.probeOff]
 	udp := g.buf[EthernetHeaderLen+IPv4HeaderLen:]
-	g.ipSum = ChecksumAdd(0, ip[:IPv4HeaderLen])
-	g.udpSum = PseudoHeaderSum(hdr.SrcIP, dst, IPProtoUDP, len(udp)) +
-		ChecksumAdd(0, udp[:UDPHeaderLen]) + ChecksumAdd(0, udp[UDPHeaderLen+ProbeLen:])
+	g.ipSum = checksum.Add(0, ip[:IPv4HeaderLen])
+	g.udpSum = checksum.PseudoIPv4(hdr.SrcIP, dst, IPProtoUDP, len(udp)) +
+		checksum.Add(0, udp[:UDPHeaderLen]) + checksum.Add(0, udp[UDPHeaderLen+ProbeLen:])
 	return g, nil
 }
 
@@ -209,9 +211,9 @@ func (g *Generator) emitLocked(n int) {
 			binary.BigEndian.PutUint16(udp[0:], port)
 			udpSum += uint64(port)
 		}
-		binary.BigEndian.PutUint16(ip[10:], ChecksumFinish(ipSum))
+		binary.BigEndian.PutUint16(ip[10:], checksum.Finish(ipSum))
 		putProbe(probe, g.seq, g.cfg.Now())
-		binary.BigEndian.PutUint16(udp[6:], udpChecksumField(ChecksumAdd(udpSum, probe)))
+		binary.BigEndian.PutUint16(udp[6:], udpChecksumField(checksum.Add(udpSum, probe)))
 
 		g.seq = (g.seq + 1) & probeSeqMask
 		if g.flow++; g.flow == g.cfg.Flows {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/zcnet/zcnet/internal/checksum"
 )
 
 // The addresses of the test's private network, which exists only inside a
@@ -139,12 +141,12 @@ func (r *responder) echo(f []byte) {
 	binary.BigEndian.PutUint16(oip[10:], 0)
 	copy(oip[12:16], r.ip[:])
 	copy(oip[16:20], ip[12:16])
-	binary.BigEndian.PutUint16(oip[10:], ChecksumFinish(ChecksumAdd(0, oip[:IPv4HeaderLen])))
+	binary.BigEndian.PutUint16(oip[10:], checksum.Finish(checksum.Add(0, oip[:IPv4HeaderLen])))
 	oicmp := oip[IPv4HeaderLen:]
 	copy(oicmp, icmp)
 	oicmp[0] = 0 // echo reply
 	binary.BigEndian.PutUint16(oicmp[2:], 0)
-	binary.BigEndian.PutUint16(oicmp[2:], ChecksumFinish(ChecksumAdd(0, oicmp)))
+	binary.BigEndian.PutUint16(oicmp[2:], checksum.Finish(checksum.Add(0, oicmp)))
 	// Counted first for the same reason as in arp.
 	r.echoReplies.Add(1)
 	r.reply.Deliver(out)
