@@ -82,7 +82,6 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--frame-size", "40"}, "--frame-size"},
 		{[]string{"--frame-size", "9000"}, "--frame-size"},
 		{[]string{"--flows", "0"}, "--flows"},
-		{[]string{"--tap", "zc0", "--vhost", "/tmp/x.sock"}, "--tap and --vhost"},
 		{[]string{"--rxd", "100"}, "--rxd"},
 		{[]string{"-l", "1000"}, "CPU"},
 		{[]string{"-l", "0-1"}, "at most 1"},
