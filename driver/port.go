@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -53,6 +54,35 @@ func (q ixgbeQueues) DrainTx(dst []ring.Cookie) ([]ring.Cookie, error) { return 
 func (q ixgbeQueues) StartRx(bufSize int) error                        { return q.p.StartRxQueue(q.i, bufSize) }
 func (q ixgbeQueues) StartTx() error                                   { return q.p.StartTxQueue(q.i) }
 
+// MACFilter is the NIC's unicast address filter as it concerns one port's
+// guest. With zero copy the NIC picks the buffer a frame lands in, so it
+// must accept the guest's own address itself: a frame the filter rejects
+// never reaches the engine.
+type MACFilter interface {
+	// AcceptGuestMAC makes the NIC deliver frames addressed to mac to the
+	// port's queues; prev (all zero if none) is the address accepted
+	// before for this guest, which it stops accepting.
+	AcceptGuestMAC(prev, mac [6]byte) error
+}
+
+// IxgbeMACFilter is the address filter of an 82599 port as one guest's
+// MACFilter (one guest per port until the NIC's pools steer per guest).
+func IxgbeMACFilter(p *ixgbe.Port) MACFilter { return ixgbeMACs{p} }
+
+type ixgbeMACs struct{ p *ixgbe.Port }
+
+func (f ixgbeMACs) AcceptGuestMAC(prev, mac [6]byte) error {
+	if err := f.p.AddMAC(mac[:]); err != nil {
+		return err
+	}
+	// The port's own address is never removed (RemoveMAC refuses it), and
+	// prev is only dropped once mac is in: no moment accepts neither.
+	if prev != ([6]byte{}) && prev != mac && !bytes.Equal(prev[:], f.p.MAC()) {
+		return f.p.RemoveMAC(prev[:])
+	}
+	return nil
+}
+
 // PortConfig describes a Port.
 type PortConfig struct {
 	// Name labels the port (task name, logs).
@@ -66,6 +96,14 @@ type PortConfig struct {
 	NIC NIC
 	// DMA is the guest's memory hook (the Device's Config.Hook).
 	DMA *GuestDMA
+	// MACFilter, if set, is told the guest's MAC: GuestMAC at once, or
+	// else the one the port learns from the guest's frames.
+	MACFilter MACFilter
+	// GuestMAC is the guest's MAC from the configuration. Zero: the port
+	// learns it from the source address of the guest's transmitted frames
+	// (every guest sends ARP, neighbour discovery or DHCP before it
+	// expects unicast) and follows a change, as a learning switch does.
+	GuestMAC [6]byte
 	// CopyPool supplies host buffers for the copy path. It must be DMA
 	// mapped in the NIC's IOMMU domain, its buffers at least 2048 bytes,
 	// and used by this port only (one pool per lcore, shared by the ports
@@ -136,6 +174,8 @@ type Port struct {
 
 	drain []ring.Cookie
 	st    stats
+
+	mac macState
 }
 
 // iova translates a guest buffer for the NIC and records, in *holds, the
@@ -186,6 +226,9 @@ func NewPort(cfg PortConfig) (*Port, error) {
 	p.rx.init(cfg.Burst, rxCap)
 	p.tx.init(cfg.Burst, cfg.NIC.TxFree()+1)
 	p.drain = make([]ring.Cookie, 0, rxCap+cfg.NIC.TxFree()+1)
+	if err := p.mac.init(cfg.MACFilter, cfg.GuestMAC); err != nil {
+		return nil, fmt.Errorf("driver: port %s: %w", cfg.Name, err)
+	}
 	p.dev.LockDataPath()
 	p.dma.attach(p)
 	p.dev.UnlockDataPath()

@@ -38,6 +38,8 @@ type rigOptions struct {
 	frame int // generator frame size on the wire (FCS included)
 	// features the device offers (0: vhost.DefaultFeatures).
 	features uint64
+	// filterMACs: the port programs the guest's MAC into the NIC's filter.
+	filterMACs bool
 }
 
 // recorder keeps copies of frames.
@@ -96,6 +98,9 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	}()
 	pc := o.port
 	pc.Device, pc.NIC, pc.DMA, pc.CopyPool = r.dev, IxgbeQueuePair(r.nic, 0), r.dma, pool
+	if o.filterMACs {
+		pc.MACFilter = IxgbeMACFilter(r.nic)
+	}
 	r.port, err = NewPort(pc)
 	if err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@ const (
 	cDropTxNoCopyBuffer
 	cDropTxQuiesce
 	cGuestErrors
+	cMACFilterErrors
 	cBusyPolls
 	cIdlePolls
 	cRestarts
@@ -59,6 +60,9 @@ type Stats struct {
 	// GuestErrors counts broken guest chains (the virtqueue is marked
 	// NEEDS_RESET by vhost).
 	GuestErrors uint64
+	// MACFilterErrors counts guest MACs learned from its frames that the
+	// NIC's filter refused (e.g. its address table is full).
+	MACFilterErrors uint64
 	// BusyPolls and IdlePolls count Poll calls that did / did not move
 	// anything.
 	BusyPolls, IdlePolls uint64
@@ -123,7 +127,7 @@ func (s *stats) snapshot() Stats {
 		Drops: Drops{RxError: g(cDropRxError), RxNoGuestBuffer: g(cDropRxNoGuestBuffer), RxTooBig: g(cDropRxTooBig),
 			RxChainUnusable: g(cDropRxChainUnusable), RxQuiesce: g(cDropRxQuiesce), TxBadHeader: g(cDropTxBadHeader),
 			TxOffload: g(cDropTxOffload), TxNoCopyBuffer: g(cDropTxNoCopyBuffer), TxQuiesce: g(cDropTxQuiesce)},
-		GuestErrors: g(cGuestErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
+		GuestErrors: g(cGuestErrors), MACFilterErrors: g(cMACFilterErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
 		Restarts: g(cRestarts), TxSignals: g(cTxSignals),
 	}
 }

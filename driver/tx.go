@@ -94,6 +94,7 @@ func (p *Port) pollTx() int {
 			p.dropTx(c.Head, drop)
 			continue
 		}
+		p.learnMAC(c)
 		segs := pk.Segs[:maxCopyBufs]
 		n, reason := 0, t.copyReason
 		if t.zeroCopy {
