@@ -30,8 +30,8 @@ type TAP struct {
 	mu         sync.Mutex
 	readerDone chan struct{} // nil until the first Attach
 
-	rxFrames, rxBytes, rxErrors, rxDropped atomic.Uint64
-	txFrames, txBytes, txErrors            atomic.Uint64
+	rxFrames, rxBytes, rxErrors, rxDropped, rxPadded atomic.Uint64
+	txFrames, txBytes, txErrors                      atomic.Uint64
 }
 
 // TAPStats counts a TAP's traffic. Rx is from the kernel towards the
@@ -39,12 +39,24 @@ type TAP struct {
 type TAPStats struct {
 	RxFrames, RxBytes, RxErrors uint64
 	RxDropped                   uint64 // read while no peer was attached
+	// RxPadded counts frames the kernel wrote shorter than the Ethernet
+	// minimum, which the reader padded (also in RxFrames; RxBytes counts
+	// the padded length, as the wire carries it).
+	RxPadded                    uint64
 	TxFrames, TxBytes, TxErrors uint64
 }
 
 // tapReadBuf is the read buffer size: the largest frame a TAP hands out is
 // its MTU plus the Ethernet header, at most 64 KiB.
 const tapReadBuf = 65536
+
+// minTAPFrame is the Ethernet minimum without FCS. The kernel writes short
+// frames (a 42-byte ARP request, a 54-byte TCP RST) into a TAP as they are:
+// a NIC driver or the MAC pads them on transmit, and a TAP has neither. A
+// real port never receives a frame this short from a working link partner
+// (the 82599 discards one as a runt, counted in RUC), so the TAP pads, as the
+// partner's MAC would.
+const minTAPFrame = MinFrameSize - FCSLen
 
 // maxTAPReadFailures consecutive failed reads end the reader goroutine.
 const maxTAPReadFailures = 100
@@ -125,10 +137,23 @@ func (t *TAP) read(done chan<- struct{}) {
 			t.rxDropped.Add(1)
 			continue
 		}
+		if n < minTAPFrame {
+			n = padFrame(buf, n)
+			t.rxPadded.Add(1)
+		}
 		t.rxFrames.Add(1)
 		t.rxBytes.Add(uint64(n))
 		peer.ep.Deliver(buf[:n])
 	}
+}
+
+// padFrame zeroes buf[n:minTAPFrame] (the buffer still holds the previous
+// frame's bytes there) and returns the padded length. 802.3 pads with zero
+// octets; a frame's own length fields (IP total length, ARP's fixed size)
+// tell the receiver where its data ends.
+func padFrame(buf []byte, n int) int {
+	clear(buf[n:minTAPFrame])
+	return minTAPFrame
 }
 
 // Deliver implements Endpoint: the frame is received by the kernel on the
@@ -147,6 +172,7 @@ func (t *TAP) Deliver(frame []byte) {
 func (t *TAP) Stats() TAPStats {
 	return TAPStats{
 		RxFrames: t.rxFrames.Load(), RxBytes: t.rxBytes.Load(), RxErrors: t.rxErrors.Load(), RxDropped: t.rxDropped.Load(),
+		RxPadded: t.rxPadded.Load(),
 		TxFrames: t.txFrames.Load(), TxBytes: t.txBytes.Load(), TxErrors: t.txErrors.Load(),
 	}
 }

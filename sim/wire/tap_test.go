@@ -41,6 +41,8 @@ type responder struct {
 	reply Endpoint
 
 	arpReplies, echoReplies atomic.Int64
+	shortest                atomic.Int64        // length of the shortest frame delivered
+	dirtyPad                atomic.Int64        // ARP frames with non-zero bytes after the message
 	peerMAC                 atomic.Pointer[MAC] // learnt from ARP requests
 	udp                     chan UDP4           // copies, payload included
 
@@ -49,6 +51,9 @@ type responder struct {
 }
 
 func (r *responder) Deliver(f []byte) {
+	if n := int64(len(f)); r.shortest.Load() == 0 || n < r.shortest.Load() {
+		r.shortest.Store(n)
+	}
 	if len(f) < EthernetHeaderLen {
 		return
 	}
@@ -66,6 +71,12 @@ func (r *responder) arp(f []byte) {
 	if len(a) < 28 || binary.BigEndian.Uint16(a[0:]) != 1 || binary.BigEndian.Uint16(a[2:]) != EtherTypeIPv4 ||
 		a[4] != 6 || a[5] != 4 || binary.BigEndian.Uint16(a[6:]) != 1 || !bytes.Equal(a[24:28], r.ip[:]) {
 		return
+	}
+	for _, b := range a[28:] {
+		if b != 0 {
+			r.dirtyPad.Add(1)
+			break
+		}
 	}
 	var sha MAC
 	copy(sha[:], a[8:14])
@@ -268,6 +279,12 @@ func TestTAPPingAndUDP(t *testing.T) {
 	if r.arpReplies.Load() < 1 || r.echoReplies.Load() < 3 {
 		t.Errorf("responder sent %d ARP and %d echo replies, want at least 1 and 3", r.arpReplies.Load(), r.echoReplies.Load())
 	}
+	// The kernel wrote its ARP request as 42 bytes; the endpoint must see
+	// it padded with zeros to the Ethernet minimum, as a NIC would.
+	if n := r.shortest.Load(); n != 60 || r.dirtyPad.Load() != 0 || tap.Stats().RxPadded < 1 {
+		t.Errorf("shortest frame delivered %d bytes (want 60), %d ARP frames padded with non-zero bytes, RxPadded %d",
+			n, r.dirtyPad.Load(), tap.Stats().RxPadded)
+	}
 
 	// A datagram from a kernel socket arrives at the Endpoint, with a UDP
 	// checksum the kernel computed.
@@ -350,6 +367,18 @@ func TestTAPPingAndUDP(t *testing.T) {
 	after := replies()
 	if st.TxFrames+1 < 6+before || st.TxFrames > 6+after || st.TxErrors != 0 || st.RxFrames < 5 {
 		t.Errorf("TAP stats %+v: want 6 + %d..%d frames written without error, at least 5 read", st, before-1, after)
+	}
+}
+
+// TestPadFrame: the read buffer still holds the previous, longer frame;
+// padding must not leak its bytes into the short one.
+func TestPadFrame(t *testing.T) {
+	buf := bytes.Repeat([]byte{0xAA}, 128)
+	if n := padFrame(buf, 42); n != 60 {
+		t.Fatalf("padded to %d bytes, want 60", n)
+	}
+	if !bytes.Equal(buf[:42], bytes.Repeat([]byte{0xAA}, 42)) || !bytes.Equal(buf[42:60], make([]byte, 18)) || buf[60] != 0xAA {
+		t.Errorf("padded frame % x", buf[:61])
 	}
 }
 
