@@ -25,7 +25,9 @@ func (p *Port) collectHostBufs(k, n int) int {
 	return k
 }
 
-// deliverCopy copies a frame held in host buffers into guest chains popped
+// deliverCopy copies a frame held in host buffers into guest chains: those
+// the port took back from dropped frames first (they are the guest's
+// buffers in hand, and the refill leaves them for this), then chains popped
 // now. It reports false (leaving the frame pending) when the guest has not
 // posted enough buffers yet.
 func (p *Port) deliverCopy(f []ring.RxDone) bool {
@@ -37,9 +39,16 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 		total += int(f[i].Len)
 	}
 	need := uint32(hl + total)
-	n, room := 0, uint32(0)
+	n, room, recycled := 0, uint32(0), 0
+	for room < need && n < len(r.chains) && (mrg || n == 0) && len(r.recycle) > 0 {
+		p.recycledChain(&r.chains[n], r.recycle[len(r.recycle)-1])
+		r.recycle = r.recycle[:len(r.recycle)-1]
+		room += r.chains[n].WriteLen
+		n++
+		recycled++
+	}
 	for room < need && n < len(r.chains) && (mrg || n == 0) {
-		ok, err := p.rxv.Pop(&r.chains[n])
+		ok, err := p.popRx(&r.chains[n])
 		if !ok {
 			if err != nil {
 				p.st.add(cGuestErrors, 1)
@@ -64,7 +73,10 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 			p.st.add(cDropRxTooBig, 1)
 			return true
 		}
-		p.rxv.Unpop(n)
+		p.unpopRx(n - recycled)
+		for i := recycled - 1; i >= 0; i-- {
+			r.recycle = append(r.recycle, r.chains[i].Head)
+		}
 		return false
 	}
 	w := chainWriter{chains: r.chains[:n]}

@@ -130,3 +130,48 @@ func TestZeroCopyBufSize(t *testing.T) {
 		}
 	}
 }
+
+// TestRxBurstBeyondGuestRing: a burst longer than the buffers the guest
+// has posted arrives while the guest takes nothing. The port keeps the NIC
+// supplied with host buffers, so the NIC takes the whole burst out of its
+// packet buffer (which would overflow, dropping frames, under a longer
+// burst) and the frames wait in host memory; when the guest reposts they
+// reach it in order, by copy, none lost, and no buffer comes back to the
+// guest empty.
+func TestRxBurstBeyondGuestRing(t *testing.T) {
+	const posted, burst = 32, 240
+	r := newRig(t, rigOptions{guest: guest.Options{RxBufSize: 2048}, frame: 512})
+	r.postRx(t, posted)
+	for range burst / 16 {
+		r.gen.Emit(16)
+		r.step()
+		r.step()
+	}
+	r.dev.LockDataPath()
+	waiting := len(r.port.rx.pending)
+	r.dev.UnlockDataPath()
+	if waiting != burst-posted {
+		t.Fatalf("%d frames wait in host buffers, want %d: the whole burst of %d taken off the NIC, %d of it into the guest's buffers", waiting, burst-posted, burst, posted)
+	}
+	got := r.receive(t, burst)
+	checkIntact(t, got, r.input.take())
+	st := r.port.Stats()
+	if st.RxZeroCopy != posted || st.Copy.NoGuestBuffer != burst-posted || st.Drops != (Drops{}) {
+		t.Fatalf("want %d frames zero-copy and %d copied from host buffers, no drop: %+v", posted, burst-posted, st)
+	}
+	if r.g.EmptyRx != 0 {
+		t.Fatalf("guest got %d buffers back empty", r.g.EmptyRx)
+	}
+	if c := r.pf.Counters(); c.RxFIFOFull != 0 {
+		t.Fatalf("NIC missed %d frames", c.RxFIFOFull)
+	}
+	// Zero copy resumes once the host buffers still on the NIC (at most
+	// rxLowWater) have been used.
+	for range 4 {
+		r.gen.Emit(16)
+		r.receive(t, 16)
+	}
+	if st2 := r.port.Stats(); st2.RxZeroCopy == st.RxZeroCopy {
+		t.Fatalf("no frame zero-copy after the burst: %+v", st2)
+	}
+}

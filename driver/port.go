@@ -27,8 +27,13 @@ type NIC interface {
 	DrainRx(dst []ring.Cookie) ([]ring.Cookie, error)
 	StopTx() error
 	DrainTx(dst []ring.Cookie) ([]ring.Cookie, error)
+	// RxMaxWrite is the most bytes the NIC writes for one received frame:
+	// a buffer at least that long is never written past, whatever the
+	// queue's buffer size.
+	RxMaxWrite() int
 	// StartRx starts the stopped, drained RX queue empty with buffers of
-	// bufSize bytes (a multiple of 1024); StartTx likewise.
+	// bufSize bytes (a multiple of 1024); StartTx likewise. The queue then
+	// takes buffers of min(bufSize, RxMaxWrite()) bytes or more.
 	StartRx(bufSize int) error
 	StartTx() error
 }
@@ -46,6 +51,7 @@ type ixgbeQueues struct {
 func (q ixgbeQueues) Rx() ring.RxQueue                                 { return q.rx }
 func (q ixgbeQueues) Tx() ring.TxQueue                                 { return q.tx }
 func (q ixgbeQueues) RxCapacity() int                                  { return q.rx.Size() - 1 }
+func (q ixgbeQueues) RxMaxWrite() int                                  { return q.p.MaxRxWrite() }
 func (q ixgbeQueues) TxFree() int                                      { return q.tx.Size() - 1 - q.tx.InFlight() }
 func (q ixgbeQueues) StopRx() error                                    { return q.p.StopRxQueue(q.i) }
 func (q ixgbeQueues) DrainRx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.rx.Drain(dst) }
@@ -107,17 +113,14 @@ type PortConfig struct {
 	// CopyPool supplies host buffers for the copy path. It must be DMA
 	// mapped in the NIC's IOMMU domain, its buffers at least 2048 bytes,
 	// and used by this port only (one pool per lcore, shared by the ports
-	// of that lcore, is fine). Required. Buffers of MaxFrame rounded up to
-	// 1 KiB keep the host-buffer fallback of zero-copy guests without
-	// MRG_RXBUF (see zeroCopyBufSize); 2048 covers the standard MTU.
+	// of that lcore, is fine). Required. Buffers of the NIC's RxMaxWrite
+	// rounded up to 1 KiB keep the host-buffer fallback of zero-copy
+	// guests without MRG_RXBUF (see zeroCopyBufSize); 2048 covers the
+	// standard MTU.
 	CopyPool *hugepage.Pool
 	// ForceCopy copies every frame through host buffers (for benchmarks
 	// and to compare with the zero-copy path).
 	ForceCopy bool
-	// MaxFrame is the longest frame the NIC accepts (default 1518): a
-	// guest without MRG_RXBUF gets zero-copy only if one of its buffers
-	// holds that much.
-	MaxFrame int
 	// Burst bounds the work of one Poll per direction (default 32).
 	Burst int
 	// TxCompleteBatch is how many TX completions are gathered before they
@@ -196,9 +199,6 @@ func NewPort(cfg PortConfig) (*Port, error) {
 		return nil, errors.New("driver: port needs a DMA-mapped copy pool of buffers of at least 2048 bytes")
 	case cfg.Pair < 0 || cfg.Pair >= cfg.Device.QueuePairs():
 		return nil, fmt.Errorf("driver: queue pair %d out of range (device has %d)", cfg.Pair, cfg.Device.QueuePairs())
-	}
-	if cfg.MaxFrame == 0 {
-		cfg.MaxFrame = 1518
 	}
 	if cfg.Burst <= 0 {
 		cfg.Burst = 32

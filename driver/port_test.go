@@ -232,9 +232,20 @@ func TestRxZeroCopy(t *testing.T) {
 	}{
 		{name: "small", frame: 128, dvalid: true},
 		{name: "full-size", frame: 1518, dvalid: true},
-		// 2 KiB guest buffers give 1 KiB NIC buffers: a full-size frame
-		// spans two guest buffers (num_buffers 2).
-		{name: "spanning", frame: 1518, guest: guest.Options{RxBufSize: 2048}, spans: true, dvalid: true},
+		// 1200-byte guest buffers give 1 KiB NIC buffers: a full-size
+		// frame spans two guest buffers (num_buffers 2).
+		{name: "spanning", frame: 1518, guest: guest.Options{RxBufSize: 1200}, spans: true, dvalid: true},
+		// The same with the header in a descriptor of its own: the data
+		// of the second buffer moves down over its header piece.
+		{name: "spanning-header-apart", frame: 1518, guest: guest.Options{RxBufSize: 1200 + rxGapForTest, RxHeaderApart: true}, spans: true, dvalid: true},
+		// What Linux posts without mergeable buffers: one buffer of the
+		// header and 1518 bytes (its GOOD_PACKET_LEN), which holds every
+		// frame the NIC accepts (1514 bytes, 1518 with a VLAN tag).
+		{name: "linux-small-no-mrg", frame: 1518, guest: guest.Options{Features: guest.DefaultWanted &^ vhost.NetFMrgRxbuf, RxBufSize: 12 + 1518}, dvalid: true},
+		// Linux's big-packet layout without mergeable buffers: the header
+		// alone, then the data in a page.
+		{name: "linux-big-no-mrg", frame: 1518, guest: guest.Options{Features: guest.DefaultWanted &^ vhost.NetFMrgRxbuf, RxBufSize: 4096, RxHeaderApart: true}, dvalid: true},
+		{name: "header-apart-mrg", frame: 700, guest: guest.Options{RxBufSize: 4096, RxHeaderApart: true}, dvalid: true},
 		{name: "no-guest-csum", frame: 200, guest: guest.Options{Features: guest.DefaultWanted &^ vhost.NetFGuestCsum, RxBufSize: 4096}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -274,6 +285,10 @@ func TestRxZeroCopy(t *testing.T) {
 		})
 	}
 }
+
+// rxGapForTest is sim/guest's distance from an RxHeaderApart buffer's
+// header to its data.
+const rxGapForTest = 64
 
 func waitBriefly() { time.Sleep(time.Millisecond) }
 

@@ -9,22 +9,27 @@ import (
 
 // rxState is the receive half of a Port.
 //
-// Zero-copy: each guest RX chain whose first writable piece holds the
-// virtio-net header plus one NIC buffer is posted to the NIC as that piece
-// minus the header; the NIC writes the frame right after where the header
-// goes. At completion the header is written in front (num_buffers for a
-// frame spanning several buffers, DATA_VALID from the NIC's checksum
-// verdicts) and the chains go to the used ring, in the NIC's order.
+// Zero-copy: each guest RX chain is posted to the NIC as its data piece,
+// the part after the virtio-net header; the NIC writes the frame there.
+// Two layouts have one: the header and data in one writable piece (Linux
+// with mergeable buffers or small buffers, DPDK), and the header alone in
+// the first piece with the data in the second (Linux's big-packet layout,
+// Windows). At completion the engine writes the header itself
+// (num_buffers for a frame spanning several buffers, DATA_VALID from the
+// NIC's checksum verdicts) and the chains go to the used ring, in the
+// NIC's order.
 //
 // Copy: host buffers from the pool are posted instead, and a completed
 // frame is copied into guest chains popped at that moment. A zero-copy port
-// also falls back to host buffers while the guest has posted none, so that
-// frames arriving then are held instead of dropped by the NIC.
+// also tops the NIC ring up with host buffers whenever the guest has none
+// left to give and the NIC is about to run dry, so that a burst arriving
+// while the guest is slow to return buffers waits in host memory (and is
+// copied once the guest's buffers come back) instead of being dropped.
 type rxState struct {
 	zeroCopy   bool
 	copyReason counter
 	holds      uint64 // slot bits of the guest regions of buffers on the NIC
-	bufLen     uint32 // length posted for each guest buffer (its piece minus the header)
+	need       int    // shortest data piece the NIC queue takes (min of its buffer size and RxMaxWrite)
 	capacity   int
 	posted     int
 	// hostOut counts host buffers taken from the pool for receiving and
@@ -38,10 +43,17 @@ type rxState struct {
 	idx     []uint32
 	pending []ring.RxDone // harvested, not yet delivered, in ring order
 	recycle []uint16      // guest chains taken back from dropped frames, to post again
-	// Per guest chain head: its first writable piece and the IOVA of the
-	// byte after the header.
-	zcBuf  [][]byte
+	// Per guest chain head: its header piece (hdrLen bytes), its data
+	// piece (what the NIC writes into) and the data piece's IOVA.
+	zcHdr  [][]byte
+	zcData [][]byte
 	zcIOVA []uint64
+	// Per guest chain head: the ring position it was popped at and the
+	// pop count before it, so that chains never written can be given back
+	// by rewinding the ring (see giveBackRx).
+	popPos []uint16
+	popSeq []uint64
+	pops   uint64
 
 	chain  vhost.Chain
 	chains []vhost.Chain
@@ -52,7 +64,10 @@ func (r *rxState) init(burst, capacity int) {
 	r.capacity = capacity
 	r.bufs = make([]ring.Buf, burst)
 	r.idx = make([]uint32, burst)
-	r.pending = make([]ring.RxDone, 0, burst+2*maxRxMerge)
+	// Room for every buffer the NIC holds: harvesting all its completions
+	// each poll, even while frames wait for guest buffers, keeps posted
+	// equal to what the NIC can still fill, which refill tops up.
+	r.pending = make([]ring.RxDone, 0, capacity+burst+2*maxRxMerge)
 	r.recycle = make([]uint16, 0, capacity+burst)
 	r.chain.Segs = make([]vhost.Segment, 0, maxSegs)
 	r.chains = make([]vhost.Chain, maxRxMerge)
@@ -68,6 +83,7 @@ func (p *Port) startRx() {
 	p.negotiated()
 	r := &p.rx
 	mrg := p.features&vhost.NetFMrgRxbuf != 0
+	maxWrite := p.nic.RxMaxWrite()
 	r.zeroCopy, r.copyReason = false, 0
 	nicBuf := 0
 	switch {
@@ -84,21 +100,27 @@ func (p *Port) startRx() {
 		}
 		p.rxv.Unpop(1)
 		c := &r.chain
-		if c.ReadLen > 0 || len(c.Segs) == 0 || !c.Segs[0].Writable {
-			r.copyReason = cCopyLayout
-			break
-		}
-		nicBuf = min(16384, (len(c.Segs[0].Buf)-p.hdrLen)/1024*1024)
+		_, data, ok := rxPieces(c, p.hdrLen, 1)
+		room := len(data)
 		switch {
-		case nicBuf < 1024 && len(c.Segs) > 1 && int(c.WriteLen) >= p.hdrLen+1024:
-			// Room enough, but in pieces the NIC cannot fill as one.
+		case !ok:
 			r.copyReason = cCopyLayout
-		case nicBuf < 1024:
-			r.copyReason = cCopySmallBuffer
-		case !mrg && nicBuf < p.cfg.MaxFrame:
+		case room >= maxWrite:
+			// Any frame fits one buffer; the NIC is programmed for the
+			// longest frame rounded up to its 1 KiB granularity and never
+			// writes past the frame's end.
+			nicBuf = min(16384, (maxWrite+1023)/1024*1024)
+			r.zeroCopy = true
+		case !mrg:
 			// Without MRG_RXBUF a frame must fit one guest buffer.
 			r.copyReason = cCopyFeatures
+		case room < 1024 && int(c.WriteLen) >= p.hdrLen+1024:
+			// Room enough, but in pieces the NIC cannot fill as one.
+			r.copyReason = cCopyLayout
+		case room < 1024:
+			r.copyReason = cCopySmallBuffer
 		default:
+			nicBuf = min(16384, room/1024*1024)
 			r.zeroCopy = true
 		}
 	}
@@ -107,13 +129,16 @@ func (p *Port) startRx() {
 	if !r.zeroCopy {
 		nicBuf = poolBuf
 	} else {
-		nicBuf, r.hostFallback = zeroCopyBufSize(nicBuf, p.cfg.MaxFrame, poolBuf, mrg)
-		if n := p.rxv.Size(); len(r.zcBuf) < n {
-			r.zcBuf = make([][]byte, n)
+		nicBuf, r.hostFallback = zeroCopyBufSize(nicBuf, maxWrite, poolBuf, mrg)
+		if n := p.rxv.Size(); len(r.zcData) < n {
+			r.zcHdr = make([][]byte, n)
+			r.zcData = make([][]byte, n)
 			r.zcIOVA = make([]uint64, n)
+			r.popPos = make([]uint16, n)
+			r.popSeq = make([]uint64, n)
 		}
 	}
-	r.bufLen = uint32(nicBuf)
+	r.need = min(nicBuf, maxWrite)
 	if err := p.nic.StartRx(nicBuf); err != nil {
 		p.failed = err
 		return
@@ -121,12 +146,30 @@ func (p *Port) startRx() {
 	p.rxRunning = true
 }
 
+// rxPieces finds where in guest RX chain c the virtio-net header (hl bytes)
+// and the frame go for zero copy: header and data in the first piece, or
+// the header alone in the first piece and the data in the second. The data
+// piece must hold at least need bytes.
+func rxPieces(c *vhost.Chain, hl, need int) (hdr, data []byte, ok bool) {
+	if c.ReadLen > 0 || len(c.Segs) == 0 {
+		return nil, nil, false
+	}
+	b := c.Segs[0].Buf
+	switch {
+	case len(b) >= hl+need:
+		return b[:hl:hl], b[hl:], true
+	case len(b) == hl && len(c.Segs) > 1 && len(c.Segs[1].Buf) >= need:
+		return b, c.Segs[1].Buf, true
+	}
+	return nil, nil, false
+}
+
 // zeroCopyBufSize sizes the NIC's receive buffers for a zero-copy guest
 // whose buffers take guestBuf bytes of frame (a multiple of 1024), and says
 // whether the port's host buffers (poolBuf bytes, a multiple of 1024) can
 // stand in for guest buffers while the guest has none posted: the NIC
-// writes up to its buffer size into every buffer, so it refuses shorter
-// ones.
+// takes buffers of its buffer size or of the longest frame, whichever is
+// less.
 //
 // The size is capped at the longest frame rounded up to 1 KiB: the NIC
 // never writes more into one buffer, so a larger size gains nothing (a
@@ -136,15 +179,16 @@ func (p *Port) startRx() {
 // size: its frames span a few buffers, which costs a move of the later
 // buffers' data per frame, but the fallback keeps frames that arrive while
 // it is dry. Without MRG_RXBUF a frame must fit one guest buffer; then the
-// guest's size stays and there is no fallback (the NIC holds arriving
-// frames in its FIFO, and drops them when that fills, while the guest has
-// nothing posted).
+// guest's size stays and there is no fallback when host buffers are
+// shorter than the longest frame (the NIC holds arriving frames in its
+// FIFO, and drops them when that fills, while the guest has nothing
+// posted).
 func zeroCopyBufSize(guestBuf, maxFrame, poolBuf int, mrg bool) (nicBuf int, hostFallback bool) {
 	nicBuf = min(guestBuf, (maxFrame+1023)/1024*1024)
 	if nicBuf > poolBuf && mrg {
 		nicBuf = poolBuf
 	}
-	return nicBuf, nicBuf <= poolBuf
+	return nicBuf, min(nicBuf, maxFrame) <= poolBuf
 }
 
 // pollRx harvests, delivers and refills; it returns frames delivered.
@@ -157,14 +201,22 @@ func (p *Port) pollRx() int {
 	return delivered
 }
 
-// harvestRx takes one burst of completions from the NIC.
+// harvestRx takes the NIC's completions, a burst at a time, until it has
+// none left (or pending is full, which only a frame longer than everything
+// the guest could take does; deliverPending drops it).
 func (p *Port) harvestRx() {
 	r := &p.rx
-	room := cap(r.pending) - len(r.pending)
-	if room > 0 {
-		n := p.rxq.Harvest(r.pending[len(r.pending) : len(r.pending)+min(room, len(r.bufs))])
+	for {
+		room := min(cap(r.pending)-len(r.pending), len(r.bufs))
+		if room <= 0 {
+			return
+		}
+		n := p.rxq.Harvest(r.pending[len(r.pending) : len(r.pending)+room])
 		r.pending = r.pending[:len(r.pending)+n]
 		r.posted -= n
+		if n < room {
+			return
+		}
 	}
 }
 
@@ -262,13 +314,19 @@ func (p *Port) deliverZeroCopy(f []ring.RxDone) bool {
 		total += uint64(f[i].Len)
 		if i > 0 {
 			// Only the first buffer of a merged frame carries a header;
-			// the others must hold data from their first byte.
-			b := r.zcBuf[uint16(f[i].Cookie)]
-			copy(b[:f[i].Len], b[hl:hl+int(f[i].Len)])
+			// the others must hold data from their first byte, which is
+			// where the header piece begins: move the data down over it.
+			// (The pieces are adjacent in the one-piece layout, so the
+			// same two copies serve both layouts.)
+			h := uint16(f[i].Cookie)
+			hdr, data := r.zcHdr[h], r.zcData[h]
+			n := int(f[i].Len)
+			k := copy(hdr[:min(hl, n)], data[:n])
+			copy(data[:n-k], data[k:n])
 		}
 	}
 	head := uint16(f[0].Cookie)
-	p.putRxHeader(r.zcBuf[head], &f[len(f)-1], len(f))
+	p.putRxHeader(r.zcHdr[head], &f[len(f)-1], len(f))
 	p.rxv.Push(head, uint32(hl)+f[0].Len)
 	for i := 1; i < len(f); i++ {
 		p.rxv.Push(uint16(f[i].Cookie), f[i].Len)
@@ -303,15 +361,13 @@ func (p *Port) putHostBuf(i uint32) {
 	p.rx.hostOut--
 }
 
-// returnRecycled hands the guest chains taken back from dropped frames to
-// the guest empty (see refill).
-func (p *Port) returnRecycled() {
-	r := &p.rx
-	for _, h := range r.recycle {
-		p.rxv.Push(h, 0)
-	}
-	r.recycle = r.recycle[:0]
-}
+// rxLowWater is how few empty buffers the NIC may hold before a zero-copy
+// port whose guest has none to give tops the ring up with host buffers.
+// Host buffers posted ahead of the guest's later buffers take frames that
+// could have gone zero-copy, so the port adds them only as the NIC nears
+// running dry, a burst at a time; harvesting every completion each poll
+// keeps posted exact, so the NIC never waits on a full pending queue.
+const rxLowWater = 32
 
 // refill posts one burst of guest chains (zero-copy) or host buffers
 // (copy) towards the NIC ring's capacity. It reports whether it posted a
@@ -322,45 +378,41 @@ func (p *Port) refill() bool {
 	if room <= 0 {
 		return false
 	}
+	low := min(rxLowWater, r.capacity)
 	k := 0
 	switch {
 	case !r.zeroCopy:
 		k = p.collectHostBufs(0, room)
 	case r.hostOut == 0:
 		k = p.collectGuestBufs(room)
-		if k == 0 && r.posted < len(r.bufs) && r.hostFallback {
-			// The guest has nothing posted: keep a burst of host buffers
-			// on the NIC so arriving frames wait in them.
-			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
+		if k < room && r.posted+k < low && r.hostFallback {
+			// The guest has no more buffers posted: keep the NIC from
+			// running dry with host buffers, where arriving frames wait.
+			k = p.collectHostBufs(k, min(room-k, low-r.posted-k))
 		}
 	default:
 		// Host buffers are out (on the NIC, or holding frames that wait
 		// for a guest buffer). Frames in guest chains posted behind them
 		// are delivered only after the frames in host buffers, which
-		// wait for guest chains from the avail ring: if every guest chain
-		// went to the NIC, nothing would move again and the NIC would
-		// drop everything from then on. So as many chains as host buffers
-		// are out stay in the avail ring, where deliverCopy takes them
-		// (one chain holds what one host buffer does: chains posted for
-		// zero-copy take a whole NIC buffer), and only the chains beyond
-		// that go to the NIC. Frames stay in order, none is dropped, and
-		// the NIC keeps the guest's other buffers, so a burst arriving
-		// while the host buffers are used up is not lost. A packed ring
-		// only says whether a chain is available, not how many: it gets
-		// none on the NIC until the host buffers are back, at worst the
-		// fallback's burst of buffers for a moment. Chains taken back
-		// from dropped frames may not be needed by the NIC then; they go
-		// back to the guest empty, as they could be the very buffers a
-		// frame in host buffers waits for.
-		avail := p.rxv.Avail()
+		// wait for guest chains: if every guest chain went to the NIC,
+		// nothing would move again and the NIC would drop everything from
+		// then on. So as many chains as host buffers are out stay with
+		// the port, in the avail ring or among those taken back from
+		// dropped frames, where deliverCopy takes them (one chain holds
+		// what one host buffer does: chains posted for zero-copy take a
+		// whole NIC buffer), and only the chains beyond that go to the
+		// NIC. Frames stay in order, none is dropped, and the NIC keeps
+		// the guest's other buffers, so a burst arriving while the host
+		// buffers are used up is not lost. A packed ring only says
+		// whether a chain is available, not how many: it gets none on the
+		// NIC until the host buffers are back, at worst host buffers for
+		// a moment.
+		have := len(r.recycle) + p.rxv.Avail()
 		switch {
-		case avail > r.hostOut:
-			k = p.collectGuestBufs(min(room, avail-r.hostOut))
-		case avail == 0 && r.posted < len(r.bufs):
-			p.returnRecycled()
-			k = p.collectHostBufs(0, min(room, len(r.bufs)-r.posted))
-		default:
-			p.returnRecycled()
+		case have > r.hostOut:
+			k = p.collectGuestBufs(min(room, have-r.hostOut))
+		case have == 0 && r.posted < low:
+			k = p.collectHostBufs(0, min(room, low-r.posted))
 		}
 	}
 	if k == 0 {
@@ -374,20 +426,40 @@ func (p *Port) refill() bool {
 	return m == len(r.bufs) && r.posted < r.capacity
 }
 
+// popRx pops the next guest RX chain into c, noting where it was popped
+// (see giveBackRx).
+func (p *Port) popRx(c *vhost.Chain) (bool, error) {
+	r := &p.rx
+	pos := p.rxv.AvailPos()
+	ok, err := p.rxv.Pop(c)
+	if ok && r.zeroCopy {
+		r.popPos[c.Head], r.popSeq[c.Head] = pos, r.pops
+		r.pops++
+	}
+	return ok, err
+}
+
+// unpopRx gives back the last n chains popRx returned.
+func (p *Port) unpopRx(n int) {
+	p.rxv.Unpop(n)
+	if p.rx.zeroCopy {
+		p.rx.pops -= uint64(n)
+	}
+}
+
 // collectGuestBufs fills r.bufs with up to room guest chains: first those
 // taken back from dropped frames, then newly popped ones.
 func (p *Port) collectGuestBufs(room int) int {
 	r := &p.rx
-	hl := p.hdrLen
 	k := 0
 	for k < room && len(r.recycle) > 0 {
 		head := r.recycle[len(r.recycle)-1]
 		r.recycle = r.recycle[:len(r.recycle)-1]
-		r.bufs[k] = ring.Buf{IOVA: r.zcIOVA[head], Len: uint32(len(r.zcBuf[head]) - hl), Cookie: ring.Cookie(head)}
+		r.bufs[k] = ring.Buf{IOVA: r.zcIOVA[head], Len: uint32(len(r.zcData[head])), Cookie: ring.Cookie(head)}
 		k++
 	}
 	for k < room {
-		ok, err := p.rxv.Pop(&r.chain)
+		ok, err := p.popRx(&r.chain)
 		if !ok {
 			if err != nil {
 				p.st.add(cGuestErrors, 1)
@@ -395,32 +467,41 @@ func (p *Port) collectGuestBufs(room int) int {
 			break
 		}
 		c := &r.chain
-		if err != nil || c.ReadLen > 0 || len(c.Segs) == 0 || len(c.Segs[0].Buf) < hl+int(r.bufLen) {
-			// Not the layout zero-copy needs (too many pieces, or a first
-			// piece too short): hand it back empty, counted.
+		hdr, data, usable := rxPieces(c, p.hdrLen, r.need)
+		var iova uint64
+		if usable && err == nil {
+			iova, usable = p.iova(data, &r.holds)
+		}
+		if !usable || err != nil {
+			// Not a layout zero copy can post (a piece too short, the
+			// header split over pieces, memory not mapped): it has to go
+			// back used, with length 0, as the chains popped after it may
+			// be written before it could be rewound. Counted.
 			p.rxv.Push(c.Head, 0)
 			p.st.add(cDropRxChainUnusable, 1)
 			continue
 		}
-		b := c.Segs[0].Buf
-		iova, ok := p.iova(b, &r.holds)
-		if !ok {
-			p.rxv.Push(c.Head, 0)
-			p.st.add(cDropRxChainUnusable, 1)
-			continue
-		}
-		r.zcBuf[c.Head] = b
-		r.zcIOVA[c.Head] = iova + uint64(hl)
-		r.bufs[k] = ring.Buf{IOVA: iova + uint64(hl), Len: uint32(len(b) - hl), Cookie: ring.Cookie(c.Head)}
+		r.zcHdr[c.Head], r.zcData[c.Head], r.zcIOVA[c.Head] = hdr, data, iova
+		r.bufs[k] = ring.Buf{IOVA: iova, Len: uint32(len(data)), Cookie: ring.Cookie(c.Head)}
 		k++
 	}
 	return k
 }
 
-// quiesceRx stops the NIC RX queue and takes every buffer back: guest
-// chains go to v's used ring with length 0 (if v is nil the front end
-// dropped the ring and resumes from its used index), host buffers to the
-// pool.
+// recycledChain makes c describe guest chain head, taken back from a
+// dropped frame, for deliverCopy: its header piece, then its data piece.
+func (p *Port) recycledChain(c *vhost.Chain, head uint16) {
+	r := &p.rx
+	c.Head = head
+	c.Segs = append(c.Segs[:0],
+		vhost.Segment{Buf: r.zcHdr[head], Writable: true},
+		vhost.Segment{Buf: r.zcData[head], Writable: true})
+	c.ReadLen, c.WriteLen = 0, uint32(len(r.zcHdr[head])+len(r.zcData[head]))
+}
+
+// quiesceRx stops the NIC RX queue and takes every buffer back: host
+// buffers to the pool, guest chains to v (see giveBackRx; if v is nil the
+// front end dropped the ring and resumes from its own index).
 func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	r := &p.rx
 	p.st.add(cRestarts, 1)
@@ -431,29 +512,62 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	if err != nil {
 		return err
 	}
-	give := func(c ring.Cookie) {
+	// Every guest chain the port holds joins recycle: empty ones from the
+	// NIC, and those of frames harvested but never delivered.
+	take := func(c ring.Cookie) {
 		if c&copyCookie != 0 {
 			p.putHostBuf(uint32(c))
 			return
 		}
-		if v != nil {
-			v.Push(uint16(c), 0)
-		}
-		p.st.add(cDropRxQuiesce, 1)
+		r.recycle = append(r.recycle, uint16(c))
 	}
 	for _, c := range cookies {
-		give(c)
+		take(c)
 	}
 	for i := range r.pending {
-		give(r.pending[i].Cookie)
+		if r.pending[i].EOP && r.pending[i].Cookie&copyCookie != 0 {
+			p.st.add(cDropRxQuiesce, 1) // a frame in host buffers, lost
+		}
+		take(r.pending[i].Cookie)
 	}
-	for _, h := range r.recycle {
-		give(ring.Cookie(h))
-	}
+	p.st.add(cDropRxQuiesce, uint64(len(r.recycle)))
 	if v != nil {
+		p.giveBackRx(v)
 		v.Flush()
 	}
 	r.pending, r.recycle, r.posted, r.holds = r.pending[:0], r.recycle[:0], 0, 0
 	p.rxRunning = false
 	return nil
+}
+
+// giveBackRx returns the guest chains in recycle, none of them written, to
+// v. When they are exactly the chains popped last, v is rewound to where
+// the first of them was popped: the guest gets them back as still
+// available, with no used entry (a driver takes a used entry of length 0
+// for a received packet; Linux counts a length error for each). Otherwise
+// (a chain popped after them was used: deliverCopy pops chains later than
+// those on the NIC) the ring cannot be rewound past that chain, and they go
+// back as used entries of length 0.
+func (p *Port) giveBackRx(v *vhost.Virtqueue) {
+	r := &p.rx
+	if len(r.recycle) == 0 {
+		return
+	}
+	if r.zeroCopy {
+		first := r.recycle[0]
+		for _, h := range r.recycle {
+			if r.popSeq[h] < r.popSeq[first] {
+				first = h
+			}
+		}
+		if r.pops-r.popSeq[first] == uint64(len(r.recycle)) {
+			v.RewindTo(r.popPos[first])
+			r.pops = r.popSeq[first]
+			p.st.add(cRxRewound, uint64(len(r.recycle)))
+			return
+		}
+	}
+	for _, h := range r.recycle {
+		v.Push(h, 0)
+	}
 }

@@ -34,6 +34,7 @@ const (
 	cBusyPolls
 	cIdlePolls
 	cRestarts
+	cRxRewound
 	cTxSignals
 	numCounters
 )
@@ -69,6 +70,9 @@ type Stats struct {
 	// Restarts counts how often the port stopped its NIC queues and took
 	// guest buffers back (reconnect, ring stop, new memory table).
 	Restarts uint64
+	// RxRewound counts guest RX chains given back unwritten by rewinding
+	// the ring (no used entry), when the port stopped.
+	RxRewound uint64
 	// TxSignals counts TX completion flushes (used-ring publications that
 	// may signal the guest), coalesced every TxCompleteBatch completions.
 	TxSignals uint64
@@ -128,6 +132,6 @@ func (s *stats) snapshot() Stats {
 			RxChainUnusable: g(cDropRxChainUnusable), RxQuiesce: g(cDropRxQuiesce), TxBadHeader: g(cDropTxBadHeader),
 			TxOffload: g(cDropTxOffload), TxNoCopyBuffer: g(cDropTxNoCopyBuffer), TxQuiesce: g(cDropTxQuiesce)},
 		GuestErrors: g(cGuestErrors), MACFilterErrors: g(cMACFilterErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
-		Restarts: g(cRestarts), TxSignals: g(cTxSignals),
+		Restarts: g(cRestarts), RxRewound: g(cRxRewound), TxSignals: g(cTxSignals),
 	}
 }

@@ -41,7 +41,7 @@ type rxRig struct {
 }
 
 func newRxRig(tb testing.TB, batch int) *rxRig {
-	q, err := newRxQueue(&memBAR{}, 0, benchRingMem(tb), 1<<32, benchRing, 2048)
+	q, err := newRxQueue(&memBAR{}, 0, benchRingMem(tb), 1<<32, benchRing, 2048, 1518)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func (p *Port) startRxQueue(q *RxQueue) error {
 	p.write(reg(rxqRDBAL), uint32(q.ringIOVA))
 	p.write(reg(rxqRDBAH), uint32(q.ringIOVA>>32))
 	p.write(reg(rxqRDLEN), uint32(q.size*descSize))
-	srrctl := (q.minBuf>>srrctlBSizePktShift)&srrctlBSizePktMask | srrctlDescAdvOneBuf
+	srrctl := (q.bufSize>>srrctlBSizePktShift)&srrctlBSizePktMask | srrctlDescAdvOneBuf
 	if !p.cfg.HoldWhenFull {
 		srrctl |= srrctlDropEn
 	}

@@ -296,7 +296,7 @@ func (p *Port) allocRings() error {
 	off := uint64(0)
 	for i := range p.cfg.RxQueues {
 		n := ringBytes(p.cfg.RxRingSize)
-		q, err := newRxQueue(p.bar, i, mem[off:off+n], iova+off, p.cfg.RxRingSize, p.cfg.RxBufSize)
+		q, err := newRxQueue(p.bar, i, mem[off:off+n], iova+off, p.cfg.RxRingSize, p.cfg.RxBufSize, p.MaxRxWrite())
 		if err != nil {
 			return err
 		}

@@ -50,7 +50,8 @@ func (p *Port) StartRxQueue(i, bufSize int) error {
 		if bufSize%1024 != 0 || bufSize < 1024 || bufSize > 16384 {
 			return fmt.Errorf("ixgbe: RX buffer size %d must be a multiple of 1024 from 1024 to 16384", bufSize)
 		}
-		q.minBuf = uint32(bufSize)
+		q.bufSize = uint32(bufSize)
+		q.minBuf = uint32(min(bufSize, p.MaxRxWrite()))
 	}
 	q.next, q.tail = 0, 0
 	if err := p.startRxQueue(q); err != nil {
@@ -60,9 +61,21 @@ func (p *Port) StartRxQueue(i, bufSize int) error {
 	return nil
 }
 
-// RxBufSize is the buffer size the queue's descriptors are programmed for:
-// every buffer posted must be at least this long.
-func (q *RxQueue) RxBufSize() int { return int(q.minBuf) }
+// RxBufSize is the buffer size the queue's descriptors are programmed for.
+func (q *RxQueue) RxBufSize() int { return int(q.bufSize) }
+
+// MinBufLen is the shortest buffer Post accepts: RxBufSize, or less when
+// no frame the port accepts is that long (the device never writes past a
+// frame's end), so a guest's 1518-byte buffer can take a 2 KiB-programmed
+// queue's frames.
+func (q *RxQueue) MinBufLen() int { return int(q.minBuf) }
+
+// MaxRxWrite is the most bytes the port writes into memory for one
+// received frame. The MAC accepts frames of up to MAXFRS bytes with
+// jumbo frames on and 1518 otherwise, FCS included, and 4 more with a
+// VLAN tag; the FCS is stripped and the tag may stay in the frame. So the
+// longest written frame is that limit itself.
+func (p *Port) MaxRxWrite() int { return max(p.cfg.MTU, defaultMTU) + ethOverhead }
 
 // StopTxQueue disables TX queue i and waits until the device confirms it
 // is off; packets not yet sent are abandoned. Take their cookies back with

@@ -26,6 +26,10 @@ type RxQueue struct {
 	mask    uint32
 	next    uint32 // free-running index of the oldest posted descriptor
 	tail    uint32 // free-running index of the next descriptor to post
+	// bufSize is what SRRCTL.BSIZEPACKET says each buffer holds; minBuf
+	// is the shortest buffer Post accepts: bufSize, or the longest frame
+	// the port writes if that is less (see Port.MaxRxWrite).
+	bufSize uint32
 	minBuf  uint32
 	cookies []ring.Cookie // cookie of the buffer posted at each slot
 
@@ -37,7 +41,7 @@ type RxQueue struct {
 
 var _ ring.RxQueue = (*RxQueue)(nil)
 
-func newRxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size, bufSize int) (*RxQueue, error) {
+func newRxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size, bufSize, maxWrite int) (*RxQueue, error) {
 	r, err := newDescRing(mem, size)
 	if err != nil {
 		return nil, fmt.Errorf("RX queue %d: %w", index, err)
@@ -47,7 +51,8 @@ func newRxQueue(bar vfio.BAR, index int, mem []byte, iova uint64, size, bufSize 
 		bar:      bar,
 		tailReg:  rxQueueReg(index, rxqRDT),
 		mask:     uint32(size - 1),
-		minBuf:   uint32(bufSize),
+		bufSize:  uint32(bufSize),
+		minBuf:   uint32(min(bufSize, maxWrite)),
 		cookies:  make([]ring.Cookie, size),
 		index:    index,
 		size:     size,
@@ -67,10 +72,9 @@ func (q *RxQueue) Size() int { return q.size }
 func (q *RxQueue) Posted() int { return int(q.tail - q.next) }
 
 // Post hands bufs to the device in order and returns how many it took:
-// fewer when the ring is full. Every buffer must be at least the port's
-// RxBufSize long (the device writes up to that many bytes into it,
-// whatever Len says); a shorter one stops the batch there. One tail write
-// per call.
+// fewer when the ring is full. Every buffer must be at least MinBufLen
+// long (the device writes up to that many bytes into it, whatever Len
+// says); a shorter one stops the batch there. One tail write per call.
 func (q *RxQueue) Post(bufs []ring.Buf) int {
 	free := q.mask - (q.tail - q.next)
 	n := uint32(len(bufs))

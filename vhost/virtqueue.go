@@ -350,6 +350,36 @@ func (q *Virtqueue) Unpop(n int) {
 	q.lastAvail -= uint16(n)
 }
 
+// AvailPos is the ring position of the chain the next Pop returns: the
+// avail index on a split ring; on a packed ring the descriptor index with
+// the avail wrap counter in bit 15 (as GET_VRING_BASE reports it).
+func (q *Virtqueue) AvailPos() uint16 {
+	if q.pk.on {
+		p := q.lastAvail
+		if q.pk.availWrap {
+			p |= wrapBit
+		}
+		return p
+	}
+	return q.lastAvail
+}
+
+// RewindTo moves the ring back to pos, a position AvailPos returned, so
+// that every chain popped since is offered again: by the next Pop, or, once
+// the ring is stopped, by the front end, since GET_VRING_BASE reports the
+// position. It is how a device gives back buffers it popped and never
+// wrote without a used entry, which a driver would take as a received
+// packet of length 0 (Linux counts each as a length error). The caller
+// must not have pushed any chain popped since pos.
+func (q *Virtqueue) RewindTo(pos uint16) {
+	if q.pk.on {
+		q.lastAvail, q.pk.availWrap = pos&^wrapBit, pos&wrapBit != 0
+		q.pk.nhist = 0 // the Unpop history no longer describes the ring
+		return
+	}
+	q.lastAvail = pos
+}
+
 // walk follows the chain starting at head, direct or through one indirect
 // table, checking every index, flag combination, length and address.
 func (q *Virtqueue) walk(c *Chain, head uint16) error {

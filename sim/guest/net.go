@@ -28,6 +28,11 @@ type Options struct {
 	// RxChainDescs splits each receive buffer over that many descriptors
 	// (default 1).
 	RxChainDescs int
+	// RxHeaderApart posts each receive buffer as two descriptors: the
+	// virtio-net header alone, then the data rxDataOffset bytes into the
+	// buffer, not adjacent to it (Linux's big-packet layout, used without
+	// MRG_RXBUF when the guest takes TSO; Windows' layout).
+	RxHeaderApart bool
 	// TxIndirect sends frames through indirect descriptor tables.
 	TxIndirect bool
 	// TxSplit puts the virtio-net header and the frame (split in two) into
@@ -531,6 +536,11 @@ func (g *Guest) PostRx(pair, n int) error {
 		for k := range bufs {
 			bufs[k] = Buf{GPA: q.slotGPA(s) + uint64(k*per), Len: uint32(per), Write: true}
 		}
+		if g.opt.RxHeaderApart {
+			gpa := q.slotGPA(s)
+			bufs = []Buf{{GPA: gpa, Len: uint32(g.HdrLen()), Write: true},
+				{GPA: gpa + rxDataOffset, Len: uint32(q.bufSize - rxDataOffset), Write: true}}
+		}
 		head, err := q.ring.Add(bufs, false)
 		if err != nil {
 			q.freeSlots = append(q.freeSlots, s)
@@ -645,11 +655,27 @@ func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
 	}
 	delete(q.slotOf, head)
 	q.freeSlots = append(q.freeSlots, s)
+	if g.opt.RxHeaderApart { // rxData serves receive queues only
+		hl := uint32(g.HdrLen())
+		if length > hl+uint32(q.bufSize-rxDataOffset) {
+			return nil, fmt.Errorf("guest: device wrote %d bytes into a chain of %d", length, hl+uint32(q.bufSize-rxDataOffset))
+		}
+		gpa := q.slotGPA(s)
+		b := append([]byte(nil), g.Mem.Bytes(gpa, uint64(min(length, hl)))...)
+		if length > hl {
+			b = append(b, g.Mem.Bytes(gpa+rxDataOffset, uint64(length-hl))...)
+		}
+		return b, nil
+	}
 	if int(length) > q.bufSize {
 		return nil, fmt.Errorf("guest: device wrote %d bytes into a %d-byte buffer", length, q.bufSize)
 	}
 	return g.Mem.Bytes(q.slotGPA(s), uint64(length)), nil
 }
+
+// rxDataOffset is where the data descriptor of an RxHeaderApart buffer
+// starts: past the header with a gap, as Linux leaves one.
+const rxDataOffset = 64
 
 // Control sends one control-queue command and returns the ack byte once
 // the device used it; poll drives the device meanwhile.
