@@ -3,6 +3,15 @@ package ixgbe
 // Stats are the port's counters since Open, accumulated in software from
 // the device's clear-on-read registers (datasheet 8.2.3.23), so they never
 // wrap.
+//
+// Frames the NIC drops before a queue are in RxMissed, RxCRCErrors,
+// RxUndersize, RxFragments, RxOversize and RxJabbers (and RxLengthErrs,
+// which counts undersize and oversize frames again, so it must not be
+// added to them). The length counters see only frames that passed the
+// address filters. A unicast frame the address filters reject is counted
+// nowhere: the 82599 has no register for it (TPR counts rejected
+// broadcasts only), so a guest whose MAC is missing from the filters loses
+// frames no counter shows; only the simulator can count them.
 type Stats struct {
 	RxPackets     uint64 // GPRC: good packets received (also counts missed ones, an 82599 erratum)
 	RxBytes       uint64 // GORC: good octets received
@@ -14,7 +23,7 @@ type Stats struct {
 	RxCRCErrors   uint64 // CRCERRS
 	RxIllegal     uint64 // ILLERRC: illegal bytes
 	RxErrorBytes  uint64 // ERRBC
-	RxLengthErrs  uint64 // RLEC
+	RxLengthErrs  uint64 // RLEC: undersize and oversize frames, overlapping RUC and ROC
 	RxUndersize   uint64 // RUC
 	RxFragments   uint64 // RFC
 	RxOversize    uint64 // ROC

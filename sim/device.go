@@ -118,13 +118,13 @@ type Counters struct {
 	LastFaultIOVA  uint64
 	Unknown        uint64 // accesses to offsets the model does not define
 	Interrupts     uint64 // eventfd signals sent
-	RxFiltered     uint64 // frames rejected by the L2/VLAN filters
+	RxFiltered     uint64 // frames of legal size rejected by the L2/VLAN filters (no 82599 register counts them)
 	RxNotReady     uint64 // frames dropped: link down, RXCTRL.RXEN=0 or SECRXCTRL.RX_DIS
 	RxFIFOFull     uint64 // frames missed because the packet buffer was full (also MPC)
 	RxQueueOff     uint64 // frames steered to a queue that is not enabled
 	RxDMAFault     uint64 // frames dropped on an IOMMU fault
-	RxRunt         uint64 // frames under 60 bytes (RUC)
-	RxOversize     uint64 // frames over the maximum size (ROC)
+	RxRunt         uint64 // frames under 60 bytes (RUC counts those the address filters pass)
+	RxOversize     uint64 // frames over the maximum size (ROC counts those the address filters pass)
 	TxNoLink       uint64 // frames transmitted with the link down or no cable attached
 	TxDMAFault     uint64 // packets dropped on an IOMMU fault
 	TxMalformed    uint64 // packets with descriptors the model cannot execute

@@ -69,10 +69,28 @@ func (p *PF) Deliver(frame []byte) {
 	}
 	st := &p.stats
 	wireLen := uint64(len(frame)) + 4 // statistics count the CRC the wire carried
-	st.add(stTPR, 1)
-	st.add(stTOR, wireLen)
+	// The address filters run on every frame with a whole destination
+	// address: the datasheet counts runts (RUC) and oversize frames (ROC),
+	// and both again as length errors (RLEC), only when they pass address
+	// filtering, and TPR/TOR count rejected
+	// frames only if they are broadcasts. The model's own counters
+	// (rxRunt, rxOversize, rxFiltered) see every frame, so each dropped
+	// frame is in exactly one of them.
+	vet := uint16(p.reg(regVLNCTRL))
+	tagged := len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == vet
+	var ok, inexact bool
+	if len(frame) >= 6 {
+		ok, inexact = p.l2Filter(frame, tagged)
+	}
+	if ok || len(frame) >= 6 && isBroadcast(frame) {
+		st.add(stTPR, 1)
+		st.add(stTOR, wireLen)
+	}
 	if len(frame) < 60 {
-		st.add(stRUC, 1)
+		if ok {
+			st.add(stRUC, 1)
+			st.add(stRLEC, 1)
+		}
 		p.mc.rxRunt.Add(1)
 		return
 	}
@@ -80,17 +98,17 @@ func (p *PF) Deliver(frame []byte) {
 	if p.reg(regHLREG0)&hlreg0JUMBOEN != 0 {
 		limit = int(p.reg(regMAXFRS) >> 16)
 	}
-	vet := uint16(p.reg(regVLNCTRL))
-	tagged := binary.BigEndian.Uint16(frame[12:]) == vet
 	if tagged {
 		limit += 4
 	}
 	if int(wireLen) > limit || len(frame) > maxRxFrame {
-		st.add(stROC, 1)
+		if ok {
+			st.add(stROC, 1)
+			st.add(stRLEC, 1)
+		}
 		p.mc.rxOversize.Add(1)
 		return
 	}
-	ok, inexact := p.l2Filter(frame, tagged)
 	if !ok {
 		p.mc.rxFiltered.Add(1)
 		return

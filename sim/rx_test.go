@@ -385,3 +385,42 @@ func TestRxNeedsBusMaster(t *testing.T) {
 		t.Error("frame lost while bus mastering was off")
 	}
 }
+
+// TestRxLengthAndFilterCounters: runts and oversize frames count in RUC and
+// ROC, and both in RLEC, only when they pass address filtering, as the
+// datasheet says; the
+// model's counters see every dropped frame exactly once; the registers
+// clear on read.
+func TestRxLengthAndFilterCounters(t *testing.T) {
+	p, bar := rxSetup(t, nil)
+	r := setupRx(t, p, bar, 0, 64, 2, 0)
+	r.give(63)
+	other := [6]byte{0x02, 0x99, 0x99, 0x99, 0x99, 0x99}
+	runt := func(dst [6]byte) []byte { f := udpFrame(dst, 10); return f[:42] }
+	big := func(dst [6]byte) []byte { return udpFrame(dst, 1600) }
+	p.Deliver(runt(testMAC))
+	p.Deliver(runt(other))
+	p.Deliver(big(testMAC))
+	p.Deliver(big(other))
+	p.Deliver(udpFrame(other, 10))
+	p.Deliver(udpFrame(testMAC, 10))
+	p.Deliver([]byte{1, 2, 3}) // not even a destination address
+	if n := p.Step(); n != 1 {
+		t.Errorf("%d frames received, want 1", n)
+	}
+	const rlec, ruc, roc, tpr = 0x04040, 0x040A4, 0x040AC, 0x040D0
+	for _, c := range []struct {
+		name      string
+		reg, want uint32
+	}{{"RUC", ruc, 1}, {"ROC", roc, 1}, {"RLEC", rlec, 2}, {"TPR", tpr, 3}} {
+		if got := bar.Read32(c.reg); got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, got, c.want)
+		}
+		if got := bar.Read32(c.reg); got != 0 {
+			t.Errorf("%s = %d on the second read: not cleared on read", c.name, got)
+		}
+	}
+	if c := p.Counters(); c.RxRunt != 3 || c.RxOversize != 2 || c.RxFiltered != 1 {
+		t.Errorf("model counters runt %d oversize %d filtered %d, want 3, 2, 1", c.RxRunt, c.RxOversize, c.RxFiltered)
+	}
+}

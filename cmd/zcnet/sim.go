@@ -286,8 +286,10 @@ func (r *simRun) snapshot() Snapshot {
 	if r.tap != nil {
 		ts := r.tap.Stats()
 		t.TAPFromKernel, t.TAPToKernel = ts.RxFrames, ts.TxFrames
+		t.TAPPadded, t.TAPReadErrors, t.TAPWriteErrors = ts.RxPadded, ts.RxErrors, ts.TxErrors
 	}
 	if r.guest != nil {
+		t.BuiltinGuest = true
 		t.GuestRx, t.GuestTx, t.GuestDropped = r.guest.rx.Load(), r.guest.tx.Load(), r.guest.dropped.Load()
 	}
 	c := r.pf.Counters()
@@ -312,11 +314,11 @@ func rateLine(prev, cur *Snapshot, secs float64) string {
 	if d := (c.busy - p.busy) + (c.idle - p.idle); d > 0 {
 		busy = 100 * (c.busy - p.busy) / d
 	}
-	return fmt.Sprintf("%5.0fs gen %s pps | NIC rx %s tx %s | guest rx %s tx %s | zero-copy %s copied %s | drops/s nic-full %s no-desc %s engine %s | lcore busy %3.0f%%",
+	return fmt.Sprintf("%5.0fs gen %s pps | NIC rx %s tx %s | guest rx %s tx %s | zero-copy %s copied %s | drops/s nic-full %s no-desc %s nic-discard %s engine %s | lcore busy %3.0f%%",
 		cur.UptimeSeconds, gen, rate(p.nicRx, c.nicRx), rate(p.nicTx, c.nicTx),
 		rate(p.guestRx, c.guestRx), rate(p.guestTx, c.guestTx),
 		rate(p.zeroCopy, c.zeroCopy), rate(p.copied, c.copied),
-		rate(p.nicMissed, c.nicMissed), rate(p.nicNoDesc, c.nicNoDesc), rate(p.drops, c.drops), busy)
+		rate(p.nicMissed, c.nicMissed), rate(p.nicNoDesc, c.nicNoDesc), rate(p.nicDiscarded, c.nicDiscarded), rate(p.drops, c.drops), busy)
 }
 
 // siRate formats v with a k/M suffix in 6 columns.
@@ -336,18 +338,39 @@ func printSummary(out io.Writer, s *Snapshot) {
 	secs := s.UptimeSeconds
 	fmt.Fprintf(out, "summary after %.1fs: NIC rx %d tx %d, guest rx %d tx %d, zero-copy %d, copied %d (%.2f Mpps through the guest)\n",
 		secs, t.nicRx, t.nicTx, t.guestRx, t.guestTx, t.zeroCopy, t.copied, float64(t.guestTx)/max(secs, 1e-9)/1e6)
-	fmt.Fprintf(out, "drops: NIC packet buffer full %d, no RX descriptor %d, engine %d%s\n",
-		t.nicMissed, t.nicNoDesc, t.drops, nonZeroCauses(s))
+	fmt.Fprintf(out, "drops: NIC packet buffer full %d, no RX descriptor %d, discarded by the NIC %d%s, engine %d%s\n",
+		t.nicMissed, t.nicNoDesc, t.nicDiscarded, nicDiscardCauses(s), t.drops, nonZeroCauses(s))
 	if tr := s.Traffic; tr != nil {
 		if tr.GeneratorSent > 0 {
 			fmt.Fprintf(out, "wire: generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
 				tr.GeneratorSent, tr.SinkReceived, tr.GeneratorSent-min(tr.SinkReceived, tr.GeneratorSent), tr.SinkBad, tr.LatencyP50Us, tr.LatencyP99Us)
 		}
 		if tr.TAPFromKernel+tr.TAPToKernel > 0 {
-			fmt.Fprintf(out, "tap: from the kernel %d, to the kernel %d\n", tr.TAPFromKernel, tr.TAPToKernel)
+			fmt.Fprintln(out, tapLine(tr))
 		}
-		fmt.Fprintf(out, "guest: echoed %d of %d, dropped %d; IOMMU faults %d\n", tr.GuestTx, tr.GuestRx, tr.GuestDropped, tr.IOMMUFaults)
+		if tr.BuiltinGuest {
+			fmt.Fprintf(out, "guest: echoed %d of %d, dropped %d\n", tr.GuestTx, tr.GuestRx, tr.GuestDropped)
+		}
+		fmt.Fprintf(out, "IOMMU faults %d\n", tr.IOMMUFaults)
 	}
+}
+
+// tapLine is the TAP's counters in one line.
+func tapLine(tr *TrafficCounters) string {
+	return fmt.Sprintf("tap: from the kernel %d (padded to 60 bytes %d), to the kernel %d; read errors %d, frames the kernel refused %d",
+		tr.TAPFromKernel, tr.TAPPadded, tr.TAPToKernel, tr.TAPReadErrors, tr.TAPWriteErrors)
+}
+
+// nicDiscardCauses lists the NICs' discard causes that counted, as
+// " (cause n, ...)".
+func nicDiscardCauses(s *Snapshot) string {
+	sum := map[string]uint64{}
+	for i := range s.NICs {
+		for k, v := range s.NICs[i].discards() {
+			sum[k] += v
+		}
+	}
+	return causeList(sum)
 }
 
 // nonZeroCauses lists engine drop causes that counted, as " (cause n, ...)".
@@ -358,6 +381,12 @@ func nonZeroCauses(s *Snapshot) string {
 			sum[k] += v
 		}
 	}
+	return causeList(sum)
+}
+
+// causeList formats the non-zero counts of sum as " (cause n, ...)", or ""
+// if there are none.
+func causeList(sum map[string]uint64) string {
 	keys := make([]string, 0, len(sum))
 	for k, v := range sum {
 		if v > 0 {

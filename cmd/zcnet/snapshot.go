@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/sim"
 )
 
 // Snapshot is every counter of a running instance at one moment: what the
@@ -31,6 +32,41 @@ type NICCounters struct {
 	// had no free descriptor (QPRDC, summed over queues).
 	RxMissed       uint64 `json:"rx_missed"`
 	RxNoDescriptor uint64 `json:"rx_no_descriptor"`
+	// Frames the MAC discarded (CRCERRS, RUC, RFC, ROC, RJC); the length
+	// counters count only frames the address filters passed.
+	// RxLengthErrors (RLEC) counts undersize and oversize frames again
+	// and is left out of every sum.
+	RxCRCErrors    uint64 `json:"rx_crc_errors"`
+	RxUndersize    uint64 `json:"rx_undersize"`
+	RxFragments    uint64 `json:"rx_fragments"`
+	RxOversize     uint64 `json:"rx_oversize"`
+	RxJabbers      uint64 `json:"rx_jabbers"`
+	RxLengthErrors uint64 `json:"rx_length_errors"`
+	// RxFiltered is frames of legal size the address filters rejected.
+	// The 82599 has no counter for them; the simulated one does, so the
+	// field is there (nil otherwise) only on a simulated NIC.
+	RxFiltered *uint64 `json:"rx_filtered,omitempty"`
+}
+
+// discards are the frames the NIC itself discarded before its packet
+// buffer, by cause as the telemetry keys them. "filtered" is there only
+// for a simulated NIC.
+func (n *NICCounters) discards() map[string]uint64 {
+	d := map[string]uint64{"crc_error": n.RxCRCErrors, "undersize": n.RxUndersize, "fragment": n.RxFragments,
+		"oversize": n.RxOversize, "jabber": n.RxJabbers}
+	if n.RxFiltered != nil {
+		d["filtered"] = *n.RxFiltered
+	}
+	return d
+}
+
+// rxDiscarded sums discards.
+func (n *NICCounters) rxDiscarded() uint64 {
+	var sum uint64
+	for _, v := range n.discards() {
+		sum += v
+	}
+	return sum
 }
 
 // PortCounters are one engine port's counters (a NIC queue pair joined to
@@ -70,23 +106,32 @@ type LcoreCounters struct {
 // TrafficCounters are the simulated wire's: the generator, the verifying
 // sink and the built-in guest (zcnet sim only).
 type TrafficCounters struct {
-	GeneratorSent  uint64  `json:"generator_sent"`
-	SinkReceived   uint64  `json:"sink_received"`
-	SinkLost       uint64  `json:"sink_lost"`
-	SinkBad        uint64  `json:"sink_bad_checksums"`
-	LatencyP50Us   float64 `json:"latency_p50_us"`
-	LatencyP99Us   float64 `json:"latency_p99_us"`
-	GuestRx        uint64  `json:"guest_rx"`
-	GuestTx        uint64  `json:"guest_tx"`
-	GuestDropped   uint64  `json:"guest_dropped"`
-	TAPFromKernel  uint64  `json:"tap_from_kernel,omitempty"`
-	TAPToKernel    uint64  `json:"tap_to_kernel,omitempty"`
-	IOMMUFaults    uint64  `json:"iommu_faults"`
-	SimRxFIFOFull  uint64  `json:"sim_rx_fifo_full"`
-	SimRxQueueOff  uint64  `json:"sim_rx_queue_off"`
-	SimRxNotReady  uint64  `json:"sim_rx_not_ready"`
-	SimTxNoLink    uint64  `json:"sim_tx_no_link"`
-	SimTxDMAFaults uint64  `json:"sim_tx_dma_faults"`
+	GeneratorSent uint64  `json:"generator_sent"`
+	SinkReceived  uint64  `json:"sink_received"`
+	SinkLost      uint64  `json:"sink_lost"`
+	SinkBad       uint64  `json:"sink_bad_checksums"`
+	LatencyP50Us  float64 `json:"latency_p50_us"`
+	LatencyP99Us  float64 `json:"latency_p99_us"`
+	GuestRx       uint64  `json:"guest_rx"`
+	GuestTx       uint64  `json:"guest_tx"`
+	GuestDropped  uint64  `json:"guest_dropped"`
+	TAPFromKernel uint64  `json:"tap_from_kernel,omitempty"`
+	TAPToKernel   uint64  `json:"tap_to_kernel,omitempty"`
+	// TAPPadded: frames from the kernel padded to 60 bytes (also in
+	// TAPFromKernel); errors are failed reads and frames the kernel
+	// refused.
+	TAPPadded      uint64 `json:"tap_padded,omitempty"`
+	TAPReadErrors  uint64 `json:"tap_read_errors,omitempty"`
+	TAPWriteErrors uint64 `json:"tap_write_errors,omitempty"`
+	// BuiltinGuest: the guest counters are the built-in echo guest's;
+	// with an external front end (--vhost) they stay zero.
+	BuiltinGuest   bool   `json:"builtin_guest"`
+	IOMMUFaults    uint64 `json:"iommu_faults"`
+	SimRxFIFOFull  uint64 `json:"sim_rx_fifo_full"`
+	SimRxQueueOff  uint64 `json:"sim_rx_queue_off"`
+	SimRxNotReady  uint64 `json:"sim_rx_not_ready"`
+	SimTxNoLink    uint64 `json:"sim_tx_no_link"`
+	SimTxDMAFaults uint64 `json:"sim_tx_dma_faults"`
 }
 
 // dropCauses names driver.Drops' fields as the telemetry keys them.
@@ -119,8 +164,15 @@ func (a *appliance) snapshot(command string) Snapshot {
 		for _, q := range st.Queues {
 			noDesc += q.RxDropped
 		}
-		s.NICs = append(s.NICs, NICCounters{Name: np.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
-			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc})
+		n := NICCounters{Name: np.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc,
+			RxCRCErrors: st.RxCRCErrors, RxUndersize: st.RxUndersize, RxFragments: st.RxFragments,
+			RxOversize: st.RxOversize, RxJabbers: st.RxJabbers, RxLengthErrors: st.RxLengthErrs}
+		if m, ok := np.dev.(simulatedNIC); ok {
+			f := m.Counters().RxFiltered
+			n.RxFiltered = &f
+		}
+		s.NICs = append(s.NICs, n)
 	}
 	for _, p := range a.ports {
 		st := p.Stats()
@@ -137,9 +189,14 @@ func (a *appliance) snapshot(command string) Snapshot {
 	return s
 }
 
+// simulatedNIC is a NIC model that counts what the silicon cannot (the
+// simulated 82599 in zcnet sim and in tests).
+type simulatedNIC interface{ Counters() sim.Counters }
+
 // totals sums a snapshot's ports for the one-line summaries.
 type totals struct {
 	nicRx, nicTx, nicMissed, nicNoDesc uint64
+	nicDiscarded                       uint64 // rxDiscarded summed
 	guestRx, guestTx                   uint64
 	zeroCopy, copied, drops            uint64
 	busy, idle                         float64
@@ -152,6 +209,7 @@ func (s *Snapshot) totals() totals {
 		t.nicTx += n.TxPackets
 		t.nicMissed += n.RxMissed
 		t.nicNoDesc += n.RxNoDescriptor
+		t.nicDiscarded += n.rxDiscarded()
 	}
 	for _, p := range s.Ports {
 		t.guestRx += p.RxPackets

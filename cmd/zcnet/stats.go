@@ -49,6 +49,20 @@ func printStatsTables(out io.Writer, s *Snapshot) {
 	}
 	w.Flush()
 	fmt.Fprintln(out)
+	// What the MAC discarded; "-" where the NIC cannot count it (the
+	// 82599 has no counter for frames its address filters reject).
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "NIC discarded\tcrc errors\tundersize\tfragments\toversize\tjabbers\tlength errors\tfiltered\t")
+	for _, n := range s.NICs {
+		filtered := "-"
+		if n.RxFiltered != nil {
+			filtered = fmt.Sprint(*n.RxFiltered)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", n.Name, n.RxCRCErrors, n.RxUndersize, n.RxFragments,
+			n.RxOversize, n.RxJabbers, n.RxLengthErrors, filtered)
+	}
+	w.Flush()
+	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "port\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
 	for _, p := range s.Ports {
@@ -84,7 +98,13 @@ func printStatsTables(out io.Writer, s *Snapshot) {
 	}
 	w.Flush()
 	if t := s.Traffic; t != nil {
-		fmt.Fprintf(out, "\nsimulated wire: generator sent %d, sink received %d, lost %d, bad checksums %d; guest echoed %d of %d; IOMMU faults %d\n",
-			t.GeneratorSent, t.SinkReceived, t.SinkLost, t.SinkBad, t.GuestTx, t.GuestRx, t.IOMMUFaults)
+		fmt.Fprintf(out, "\nsimulated wire: generator sent %d, sink received %d, lost %d, bad checksums %d; IOMMU faults %d\n",
+			t.GeneratorSent, t.SinkReceived, t.SinkLost, t.SinkBad, t.IOMMUFaults)
+		if t.TAPFromKernel+t.TAPToKernel+t.TAPReadErrors+t.TAPWriteErrors > 0 {
+			fmt.Fprintln(out, tapLine(t))
+		}
+		if t.BuiltinGuest {
+			fmt.Fprintf(out, "built-in guest: echoed %d of %d, dropped %d\n", t.GuestTx, t.GuestRx, t.GuestDropped)
+		}
 	}
 }

@@ -170,6 +170,14 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 	nic("zcnet_nic_tx_bytes_total", "Good octets the NIC transmitted.", func(n NICCounters) uint64 { return n.TxBytes })
 	nic("zcnet_nic_rx_missed_total", "Frames dropped because the NIC packet buffer was full.", func(n NICCounters) uint64 { return n.RxMissed })
 	nic("zcnet_nic_rx_no_descriptor_total", "Frames dropped because an RX queue had no free descriptor.", func(n NICCounters) uint64 { return n.RxNoDescriptor })
+	nic("zcnet_nic_rx_length_errors_total", "Undersize and oversize frames (RLEC; the same frames as the undersize and oversize discards).", func(n NICCounters) uint64 { return n.RxLengthErrors })
+	m.family("zcnet_nic_rx_discarded_total", "counter", "Frames the NIC discarded before its packet buffer, by cause (filtered: simulated NIC only).")
+	for _, n := range s.NICs {
+		d := n.discards()
+		for _, k := range sortedKeys(d) {
+			m.sample("zcnet_nic_rx_discarded_total", []string{"nic", n.Name, "cause", k}, float64(d[k]))
+		}
+	}
 
 	port := func(name, help string, get func(PortCounters) uint64) {
 		m.family(name, "counter", help)
@@ -219,6 +227,14 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 		m.sample("zcnet_sim_sink_received_total", nil, float64(t.SinkReceived))
 		m.family("zcnet_sim_sink_lost", "gauge", "Probe sequence numbers the sink has not seen.")
 		m.sample("zcnet_sim_sink_lost", nil, float64(t.SinkLost))
+		m.family("zcnet_sim_tap_frames_total", "counter", "Frames through the TAP, by direction (from or to the kernel) and what became of them.")
+		for _, v := range []struct {
+			dir, what string
+			n         uint64
+		}{{"from_kernel", "delivered", t.TAPFromKernel}, {"from_kernel", "padded", t.TAPPadded}, {"from_kernel", "read_error", t.TAPReadErrors},
+			{"to_kernel", "delivered", t.TAPToKernel}, {"to_kernel", "refused", t.TAPWriteErrors}} {
+			m.sample("zcnet_sim_tap_frames_total", []string{"dir", v.dir, "result", v.what}, float64(v.n))
+		}
 		m.family("zcnet_sim_iommu_faults_total", "counter", "Device accesses outside every IOMMU mapping.")
 		m.sample("zcnet_sim_iommu_faults_total", nil, float64(t.IOMMUFaults))
 	}
