@@ -42,8 +42,11 @@ type nicSpec struct {
 	MTU        int `json:"mtu" yaml:"mtu"`
 	// Copy sends every frame through host buffers (--copy, or a
 	// --copy-break covering every frame size).
-	Copy  bool        `json:"copy" yaml:"copy"`
-	Vhost []vhostSpec `json:"vhost" yaml:"vhost"`
+	Copy bool `json:"copy" yaml:"copy"`
+	// NoPacked leaves VIRTIO_F_RING_PACKED out of what the guest ports
+	// are offered (--no-packed): guests then use split rings.
+	NoPacked bool        `json:"no_packed" yaml:"no_packed"`
+	Vhost    []vhostSpec `json:"vhost" yaml:"vhost"`
 }
 
 // vhostSpec is one vhost-user socket.
@@ -53,6 +56,14 @@ type vhostSpec struct {
 	// server=on) and reconnects when it goes away; otherwise zcnet
 	// listens and the front end connects.
 	Client bool `json:"client" yaml:"client"`
+	// MAC is the guest's MAC (QEMU's -device virtio-net-pci,mac=...),
+	// which the NIC's filter accepts from the start and the guest reads
+	// from its virtio-net config space. Empty: the port learns the
+	// guest's MAC from the source address of its first unicast-sourced
+	// frame (ARP, neighbour discovery, DHCP) and follows a change.
+	MAC string `json:"mac,omitempty" yaml:"mac,omitempty"`
+
+	mac [6]byte // MAC parsed by validate
 }
 
 // Defaults for ring sizes and MTU, as testpmd's.
@@ -103,9 +114,17 @@ func (s *applianceSpec) validate() error {
 		case p.MTU < 68 || p.MTU > 9710:
 			return fmt.Errorf("%s: --mtu %d: use 68 to 9710", where, p.MTU)
 		}
-		for _, v := range p.Vhost {
+		for j := range p.Vhost {
+			v := &p.Vhost[j]
 			if v.Socket == "" {
 				return fmt.Errorf("%s: empty vhost-user socket path", where)
+			}
+			if v.MAC != "" {
+				m, err := parseGuestMAC(v.MAC)
+				if err != nil {
+					return fmt.Errorf("%s: vhost-user socket %s: %w", where, v.Socket, err)
+				}
+				v.mac = m
 			}
 			if sockets[v.Socket] {
 				return fmt.Errorf("vhost-user socket %s is given twice: each guest needs a socket of its own", v.Socket)
@@ -117,6 +136,37 @@ func (s *applianceSpec) validate() error {
 }
 
 func ringSizeOK(n int) bool { return n >= 64 && n <= 4096 && n&(n-1) == 0 }
+
+// parseGuestMAC accepts a guest's MAC as a station address: 6 bytes,
+// unicast, not zero (the engine takes zero for "learn it").
+func parseGuestMAC(s string) ([6]byte, error) {
+	var m [6]byte
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return m, fmt.Errorf("guest MAC %q: give 6 bytes as 52:54:00:12:34:56", s)
+	}
+	copy(m[:], hw)
+	switch {
+	case m == [6]byte{}:
+		return m, fmt.Errorf("guest MAC %s is all zero: give the guest's own address, or none to learn it from the guest's frames", hw)
+	case m[0]&1 != 0:
+		return m, fmt.Errorf("guest MAC %s is a multicast address (the first byte is odd): a guest's own address is unicast, e.g. 52:54:00:12:34:56", hw)
+	}
+	return m, nil
+}
+
+// guestOffer is the virtio feature set the appliance's guest ports
+// offer: vhost's defaults and packed rings, which the zero-copy engine
+// serves as it does split ones. IN_ORDER is never offered: the engine
+// completes RX buffers out of avail order (a frame held in a host buffer
+// is delivered into a chain popped after chains already on the NIC, and
+// the chains of dropped frames are posted again), which IN_ORDER forbids.
+func guestOffer(ps nicSpec) uint64 {
+	if ps.NoPacked {
+		return vhost.DefaultFeatures
+	}
+	return vhost.DefaultFeatures | vhost.FRingPacked
+}
 
 // appliance is the assembled data path: NIC ports, vhost-user devices,
 // engine ports and the lcores polling them.
@@ -142,6 +192,54 @@ type nicPort struct {
 	nic   *ixgbe.Port
 	alloc *hugepage.IOVAAllocator
 	pools []*hugepage.Region
+	macs  *guestMACs
+}
+
+// guestMACs is a NIC's unicast address filter shared by the engine ports
+// on it: every queue pair of a guest is an engine port that tells the
+// filter the guest's MAC, and with one --pci several guests share the NIC.
+// An address stays accepted while any port needs it, and the NIC's own
+// permanent address is never added or removed.
+type guestMACs struct {
+	nic  *ixgbe.Port
+	own  [6]byte
+	mu   sync.Mutex
+	refs map[[6]byte]int
+}
+
+func newGuestMACs(nic *ixgbe.Port) *guestMACs {
+	g := &guestMACs{nic: nic, refs: map[[6]byte]int{}}
+	copy(g.own[:], nic.MAC())
+	return g
+}
+
+// AcceptGuestMAC implements driver.MACFilter. The new address is accepted
+// before the old one is dropped, so no moment accepts neither.
+func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
+	if prev == mac {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if mac != g.own {
+		if g.refs[mac] == 0 {
+			if err := g.nic.AddMAC(mac[:]); err != nil {
+				return fmt.Errorf("NIC filter: accept %s: %w", net.HardwareAddr(mac[:]), err)
+			}
+		}
+		g.refs[mac]++
+	}
+	if prev == ([6]byte{}) || prev == g.own {
+		return nil
+	}
+	if g.refs[prev]--; g.refs[prev] > 0 {
+		return nil
+	}
+	delete(g.refs, prev)
+	if err := g.nic.RemoveMAC(prev[:]); err != nil {
+		return fmt.Errorf("NIC filter: stop accepting %s: %w", net.HardwareAddr(prev[:]), err)
+	}
+	return nil
 }
 
 // vhostPort is one vhost-user device and how it meets its front end.
@@ -247,15 +345,19 @@ func openNICPort(ps nicSpec, dev vfio.Device, spec applianceSpec) (*nicPort, err
 	if err != nil {
 		return nil, fmt.Errorf("NIC port %s: %w", name, err)
 	}
-	return &nicPort{name: name, dev: dev, nic: nic, alloc: alloc}, nil
+	return &nicPort{name: name, dev: dev, nic: nic, alloc: alloc, macs: newGuestMACs(nic)}, nil
 }
 
 func newVhostPort(log *zap.Logger, vs vhostSpec, ps nicSpec, np *nicPort) (*vhostPort, error) {
 	vp := &vhostPort{spec: vs, dma: driver.NewGuestDMA(np.dev.DMA(), np.alloc)}
 	var err error
+	var mac net.HardwareAddr
+	if vs.mac != ([6]byte{}) {
+		mac = vs.mac[:] // the guest reads it from its config space
+	}
 	vp.dev, err = vhost.NewDevice(vhost.Config{
-		Name: vs.Socket, QueuePairs: ps.QueuePairs, MTU: uint16(ps.MTU),
-		Hook: vp.dma, Logger: log,
+		Name: vs.Socket, Features: guestOffer(ps), QueuePairs: ps.QueuePairs, MTU: uint16(ps.MTU),
+		MAC: mac, Hook: vp.dma, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -296,6 +398,7 @@ func (np *nicPort) newEnginePort(vp *vhostPort, pair, q int, ps nicSpec, spec ap
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", np.name, q, vp.spec.Socket, pair),
 		Device: vp.dev, Pair: pair, NIC: driver.IxgbeQueuePair(np.nic, q), DMA: vp.dma,
 		CopyPool: pool, ForceCopy: ps.Copy, Burst: spec.Burst,
+		MACFilter: np.macs, GuestMAC: vp.spec.mac,
 	})
 }
 

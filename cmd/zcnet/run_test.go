@@ -96,6 +96,13 @@ func echoThrough(t *testing.T, pf *sim.PF, sink *wire.Sink, n int) {
 		}
 	}
 	time.Sleep(10 * time.Millisecond)
+	echoWith(t, gen, pf, sink, n)
+}
+
+// echoWith sends n of gen's probes into pf and waits until the sink has
+// them all back from the echoing guest.
+func echoWith(t *testing.T, gen *wire.Generator, pf *sim.PF, sink *wire.Sink, n int) {
+	t.Helper()
 	before := sink.Stats().Received
 	for sent := 0; sent < n; sent += 10 {
 		gen.Emit(10)
@@ -276,6 +283,10 @@ func TestRunVhostFlagErrors(t *testing.T) {
 		{[]string{"--config", filepath.Join(dir, "zcnet.yaml")}, "JSON"},
 		{[]string{"--config", filepath.Join(dir, "none.json")}, "no such file"},
 		{[]string{"--config", badJSON, "--pci", "a"}, "--pci and --config"},
+		{[]string{"--config", badJSON, "--no-packed"}, "--no-packed and --config"},
+		{[]string{"--pci", "a", "--vhost", sock + ",mac=01:00:5e:00:00:01"}, "multicast"},
+		{[]string{"--pci", "a", "--vhost", sock + ",mac=00:00:00:00:00:00"}, "all zero"},
+		{[]string{"--pci", "a", "--vhost", sock + ",mac=52:54:00"}, "6 bytes"},
 	} {
 		args := append([]string{"run", "--duration", "10ms", "--telemetry", ""}, c.args...)
 		if _, err := execute(args...); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -25,6 +25,7 @@ var openVFIO = func(addr string) (vfio.Device, error) { return vfio.Open(addr) }
 type vhostOptions struct {
 	vhost       []string
 	client      bool
+	noPacked    bool
 	rxq, txq    int
 	copyBreak   int
 	copyAll     bool
@@ -69,9 +70,10 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 	}
 	spec.Lcores, spec.Burst = o.lcores, o.burst
 	port := func(pci string, sockets []string) nicSpec {
-		p := nicSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll}
+		p := nicSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll, NoPacked: v.noPacked}
 		for _, s := range sockets {
-			p.Vhost = append(p.Vhost, vhostSpec{Socket: s, Client: v.client})
+			path, mac := splitVhostFlag(s)
+			p.Vhost = append(p.Vhost, vhostSpec{Socket: path, Client: v.client, MAC: mac})
 		}
 		return p
 	}
@@ -85,13 +87,24 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 	return spec, nil
 }
 
+// splitVhostFlag splits a --vhost value PATH[,mac=MAC] (QEMU's option
+// syntax) into the socket path and the guest's MAC ("" if not given). Only
+// a trailing ",mac=" is taken, so other commas stay in the path.
+func splitVhostFlag(v string) (path, mac string) {
+	if i := strings.LastIndex(v, ",mac="); i >= 0 {
+		return v[:i], v[i+len(",mac="):]
+	}
+	return v, ""
+}
+
 // loadConfig reads a --config file: JSON with the applianceSpec's fields,
 // for example
 //
 //	{"lcores": "2-3", "ports": [
 //	  {"pci": "0000:03:10.0", "rxd": 1024, "txd": 1024,
 //	   "vhost": [{"socket": "/run/vm1.sock"}]},
-//	  {"pci": "0000:03:10.2", "vhost": [{"socket": "/run/vm2.sock", "client": true}]}]}
+//	  {"pci": "0000:03:10.2", "no_packed": true,
+//	   "vhost": [{"socket": "/run/vm2.sock", "client": true, "mac": "52:54:00:12:34:56"}]}]}
 func loadConfig(path string) (applianceSpec, error) {
 	var spec applianceSpec
 	if ext := strings.ToLower(filepath.Ext(path)); ext != ".json" {
@@ -118,7 +131,7 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 	var spec applianceSpec
 	var err error
 	if o.vhostOpts.config != "" {
-		for _, f := range []string{"pci", "vhost", "vhost-client", "rxq", "txq", "rxd", "txd", "mtu", "copy-break", "copy", "lcores", "burst"} {
+		for _, f := range []string{"pci", "vhost", "vhost-client", "rxq", "txq", "rxd", "txd", "mtu", "copy-break", "copy", "lcores", "burst", "no-packed"} {
 			if flagsSet(f) {
 				return fmt.Errorf("--%s and --config: give the ports either with flags or in the file, not both", f)
 			}
@@ -133,6 +146,11 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 	if err := spec.validate(); err != nil {
 		return err
 	}
+	tel, err := openTelemetry(log, o.vhostOpts.telemetry, o.vhostOpts.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer tel.close()
 	devs := make([]vfio.Device, 0, len(spec.Ports))
 	for _, p := range spec.Ports {
 		d, err := openVFIO(p.PCI)
@@ -149,14 +167,11 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 		return err
 	}
 	defer app.shutdown()
+	defer tel.close() // first: no snapshot runs while the data path shuts down
 	if err := app.run(ctx); err != nil {
 		return err
 	}
-	tel, err := startTelemetry(log, o.vhostOpts.telemetry, o.vhostOpts.metricsAddr, func() Snapshot { return app.snapshot("run") })
-	if err != nil {
-		return err
-	}
-	defer tel.close()
+	tel.serve(func() Snapshot { return app.snapshot("run") })
 	for _, vp := range app.vhosts {
 		mode := "server (front end connects)"
 		if vp.spec.Client {
@@ -182,6 +197,7 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 	}
 	log.Info("shutting down: stopping lcores, NIC queues, guest sessions")
 	final := app.snapshot("run")
+	tel.close()
 	if err := app.shutdown(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}

@@ -34,6 +34,8 @@ type simOptions struct {
 	json        bool
 	tap         string
 	vhost       string
+	guestMAC    string
+	noPacked    bool
 	rxd, txd    int
 	telemetry   string
 	metricsAddr string
@@ -76,6 +78,8 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	f.BoolVar(&o.json, "json", false, "print the final summary as JSON on stdout (statistics lines go to stderr)")
 	f.StringVar(&o.tap, "tap", "", "connect the simulated port's wire to a TAP interface of this name instead of the generator and sink")
 	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest")
+	f.StringVar(&o.guestMAC, "guest-mac", "", "the guest's MAC, accepted by the NIC's filter from the start and reported in the guest's config space (the generator then sends to it); default: learned from the guest's frames")
+	f.BoolVar(&o.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guest; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
 	f.IntVar(&o.txd, "txd", 2048, "NIC TX descriptors")
 	f.StringVar(&o.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
@@ -113,6 +117,11 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if err := o.check(); err != nil {
 		return err
 	}
+	tel, err := openTelemetry(log, o.telemetry, o.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer tel.close()
 	socket := o.vhost
 	if socket == "" {
 		dir, err := os.MkdirTemp("", "zcnet-sim-")
@@ -124,16 +133,17 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	}
 	r := &simRun{o: o, pf: sim.NewPF(sim.DefaultOptions())}
 	spec := applianceSpec{
-		Lcores:   o.lcores,
-		Ports:    []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, Vhost: []vhostSpec{{Socket: socket}}}},
+		Lcores: o.lcores,
+		Ports: []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
+			Vhost: []vhostSpec{{Socket: socket, MAC: o.guestMAC}}}},
 		pageSize: o.pageSize,
 	}
-	var err error
 	r.app, err = assemble(log, spec, []vfio.Device{r.pf})
 	if err != nil {
 		return err
 	}
 	defer r.app.shutdown()
+	defer tel.close() // first: no snapshot runs while the data path shuts down
 	if err := r.attachWire(); err != nil {
 		return err
 	}
@@ -152,11 +162,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		}
 		defer r.guest.close()
 	}
-	tel, err := startTelemetry(log, o.telemetry, o.metricsAddr, r.snapshot)
-	if err != nil {
-		return err
-	}
-	defer tel.close()
+	tel.serve(r.snapshot)
 	if r.guest != nil {
 		r.waitGuestReady()
 	} else {
@@ -182,6 +188,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		drain(r.sink, r.gen.Sent())
 	}
 	final := r.snapshot()
+	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.
 	if err := r.app.shutdown(); err != nil {
@@ -218,9 +225,15 @@ func (r *simRun) attachWire() error {
 	}
 	r.sink = wire.NewSink(nil)
 	r.pf.Attach(r.sink)
+	// The generator is the guest's peer on the wire: it sends to the
+	// guest's MAC if one is configured, else to the port's own.
+	dst := wire.MAC(r.app.nics[0].nic.MAC())
+	if m := r.app.vhosts[0].spec.mac; m != ([6]byte{}) {
+		dst = wire.MAC(m)
+	}
 	var err error
 	r.gen, err = wire.NewGenerator(wire.GeneratorConfig{
-		DstMAC: wire.MAC(r.app.nics[0].nic.MAC()), FrameSize: r.o.frameSize,
+		DstMAC: dst, FrameSize: r.o.frameSize,
 		Flows: r.o.flows, Rate: r.o.rate,
 	}, r.pf)
 	return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -85,10 +86,30 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--rxd", "100"}, "--rxd"},
 		{[]string{"-l", "1000"}, "CPU"},
 		{[]string{"-l", "0-1"}, "at most 1"},
+		{[]string{"--guest-mac", "33:33:00:00:00:01"}, "multicast"},
+		{[]string{"--guest-mac", "00:00:00:00:00:00"}, "all zero"},
+		{[]string{"--guest-mac", "52:54:00:12:34:56:78:9a"}, "6 bytes"},
 	} {
 		args := append([]string{"sim", "--duration", "10ms", "--telemetry", ""}, c.args...)
 		if _, err := execute(args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("zcnet %s: err = %v, want it to mention %q", strings.Join(args, " "), err, c.want)
 		}
+	}
+}
+
+// TestSimExternalGuestSummary: with --vhost the guest is someone else's;
+// the summary must not report the built-in guest's (zero) echo counts.
+func TestSimExternalGuestSummary(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vm.sock")
+	out, err := execute("sim", "--vhost", sock, "--duration", "300ms", "--rate", "1000", "--stats-period", "0", "--telemetry", "")
+	if err != nil {
+		t.Fatalf("sim --vhost: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "guest: echoed") || !strings.Contains(out, "IOMMU faults 0") {
+		t.Errorf("summary with an external guest:\n%s", out)
+	}
+	out, err = execute("sim", "--duration", "300ms", "--rate", "1000", "--stats-period", "0", "--telemetry", "")
+	if err != nil || !strings.Contains(out, "guest: echoed") {
+		t.Errorf("summary with the built-in guest lacks its line (err %v):\n%s", err, out)
 	}
 }

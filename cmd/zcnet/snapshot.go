@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"time"
 
@@ -85,6 +86,15 @@ type PortCounters struct {
 	Drops       map[string]uint64 `json:"drops"`
 	GuestErrors uint64            `json:"guest_errors"`
 	Restarts    uint64            `json:"restarts"`
+	// GuestMAC is the guest's address the NIC's filter accepts for this
+	// port ("" until one is known); GuestMACSource says where it came
+	// from: "configured" (--vhost PATH,mac=, --guest-mac, the config
+	// file) or "learned" (the source address of the guest's frames).
+	GuestMAC       string `json:"guest_mac"`
+	GuestMACSource string `json:"guest_mac_source"`
+	// MACFilterErrors counts learned guest MACs the NIC's filter refused
+	// (its address table full): frames to them are dropped unseen.
+	MACFilterErrors uint64 `json:"mac_filter_errors"`
 }
 
 // Dirs is a count per direction.
@@ -176,11 +186,18 @@ func (a *appliance) snapshot(command string) Snapshot {
 	}
 	for _, p := range a.ports {
 		st := p.Stats()
-		s.Ports = append(s.Ports, PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+		pc := PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
 			TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 			ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
 			CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
-			GuestErrors: st.GuestErrors, Restarts: st.Restarts})
+			GuestErrors: st.GuestErrors, Restarts: st.Restarts, MACFilterErrors: st.MACFilterErrors}
+		if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
+			pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
+			if static {
+				pc.GuestMACSource = "configured"
+			}
+		}
+		s.Ports = append(s.Ports, pc)
 	}
 	for _, l := range a.runner.Stats() {
 		s.Lcores = append(s.Lcores, LcoreCounters{Lcore: l.Lcore, CPU: l.CPU, BusyRounds: l.BusyRounds,

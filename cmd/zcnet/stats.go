@@ -64,17 +64,24 @@ func printStatsTables(out io.Writer, s *Snapshot) {
 	w.Flush()
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "port\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
+	fmt.Fprintln(w, "port\tguest MAC\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
 	for _, p := range s.Ports {
 		var drops uint64
 		for _, n := range p.Drops {
 			drops += n
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Name, p.RxPackets, p.TxPackets,
+		mac := "(not seen yet)"
+		if p.GuestMAC != "" {
+			mac = p.GuestMAC + " " + p.GuestMACSource
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Name, mac, p.RxPackets, p.TxPackets,
 			p.ZeroCopy.Rx, p.ZeroCopy.Tx, p.Copied.Rx, p.Copied.Tx, drops, p.GuestErrors, p.Restarts)
 	}
 	w.Flush()
 	for _, p := range s.Ports {
+		if p.MACFilterErrors > 0 {
+			fmt.Fprintf(out, "  %s: the NIC's filter refused %d guest MACs (frames to them are dropped by the NIC)\n", p.Name, p.MACFilterErrors)
+		}
 		for _, k := range sortedKeys(p.Drops) {
 			if n := p.Drops[k]; n > 0 {
 				fmt.Fprintf(out, "  %s: dropped %s %d\n", p.Name, k, n)

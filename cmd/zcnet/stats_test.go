@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -156,6 +157,57 @@ func TestTelemetrySocketInUse(t *testing.T) {
 	_, err := execute("sim", "--duration", "10ms", "--telemetry", sock)
 	if err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("second instance on one socket: err = %v", err)
+	}
+}
+
+// TestTelemetryCheckedBeforeStart: a second zcnet run given a telemetry
+// socket or metrics address in use fails before it opens a NIC or a
+// vhost-user socket; a stale socket file left by a killed instance is
+// replaced.
+func TestTelemetryCheckedBeforeStart(t *testing.T) {
+	f := useSimDevices(t)
+	dir := t.TempDir()
+	tel, addr := filepath.Join(dir, "tel.sock"), freeAddr(t)
+	stop := startRun("--pci", "0000:03:00.0", "--vhost", filepath.Join(dir, "vm1.sock"), "--telemetry", tel, "--metrics-addr", addr)
+	waitTelemetry(t, tel)
+	second := filepath.Join(dir, "vm2.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--telemetry", tel}, "in use"},
+		{[]string{"--telemetry", filepath.Join(dir, "other.sock"), "--metrics-addr", addr}, "--metrics-addr"},
+	} {
+		args := append([]string{"run", "--duration", "10ms", "--pci", "0000:04:00.0", "--vhost", second}, c.args...)
+		if _, err := execute(args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("zcnet %s: err = %v, want it to mention %q", strings.Join(args, " "), err, c.want)
+		}
+		if pf, _ := f.pf("0000:04:00.0"); pf != nil {
+			t.Errorf("zcnet %s opened its NIC before it checked the telemetry", strings.Join(args, " "))
+		}
+		if _, err := os.Stat(second); err == nil {
+			t.Errorf("zcnet %s created its vhost-user socket before it checked the telemetry", strings.Join(args, " "))
+		}
+	}
+	if _, err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A killed instance leaves its socket file behind, with nobody
+	// listening: the next one takes the path over.
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(stale); err != nil {
+		t.Fatalf("the stale socket file is gone already: %v", err)
+	}
+	startSim(t, "--telemetry", stale)
+	if s := waitTelemetry(t, stale); s.Command != "sim" {
+		t.Errorf("the instance on the stale path answers as %q", s.Command)
 	}
 }
 

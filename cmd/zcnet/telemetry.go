@@ -46,20 +46,22 @@ type telemetry struct {
 	http     *http.Server
 	metrics  net.Listener
 	wg       sync.WaitGroup
+
+	closeOnce sync.Once
 }
 
-// startTelemetry listens on path ("" for none) and metricsAddr ("" for
-// none); snap is called once per request.
-func startTelemetry(log *zap.Logger, path, metricsAddr string, snap func() Snapshot) (*telemetry, error) {
-	t := &telemetry{log: log, snap: snap}
+// openTelemetry binds the telemetry socket at path ("" for none) and the
+// metrics address ("" for none) without serving yet. The commands call it
+// before they start anything, so that a second instance given the same
+// path or address fails at once instead of after its data path started.
+func openTelemetry(log *zap.Logger, path, metricsAddr string) (*telemetry, error) {
+	t := &telemetry{log: log}
 	if path != "" {
 		l, err := listenTelemetry(path)
 		if err != nil {
 			return nil, err
 		}
 		t.listener = l
-		t.wg.Add(1)
-		go t.serveSocket()
 	}
 	if metricsAddr != "" {
 		l, err := net.Listen("tcp", metricsAddr)
@@ -67,23 +69,35 @@ func startTelemetry(log *zap.Logger, path, metricsAddr string, snap func() Snaps
 			t.close()
 			return nil, fmt.Errorf("--metrics-addr %s: %w", metricsAddr, err)
 		}
+		t.metrics = l
+	}
+	return t, nil
+}
+
+// serve answers requests with snap, called once per request, from now
+// until close.
+func (t *telemetry) serve(snap func() Snapshot) {
+	t.snap = snap
+	if t.listener != nil {
+		t.wg.Add(1)
+		go t.serveSocket()
+	}
+	if t.metrics != nil {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			s := t.snap()
 			writeMetrics(w, &s)
 		})
-		t.metrics = l
 		t.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			if err := t.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Warn("metrics endpoint stopped", zap.Error(err))
+			if err := t.http.Serve(t.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.log.Warn("metrics endpoint stopped", zap.Error(err))
 			}
 		}()
 	}
-	return t, nil
 }
 
 // listenTelemetry creates the socket (and its directory, private to the
@@ -122,17 +136,20 @@ func (t *telemetry) serveSocket() {
 	}
 }
 
-// close stops serving and removes the socket file.
+// close stops serving and removes the socket file. Calls after the first
+// do nothing.
 func (t *telemetry) close() {
-	if t.listener != nil {
-		t.listener.Close() // unlinks the socket file too
-	}
-	if t.http != nil {
-		_ = t.http.Close()
-	} else if t.metrics != nil {
-		t.metrics.Close()
-	}
-	t.wg.Wait()
+	t.closeOnce.Do(func() {
+		if t.listener != nil {
+			t.listener.Close() // unlinks the socket file too
+		}
+		if t.http != nil {
+			_ = t.http.Close()
+		} else if t.metrics != nil {
+			t.metrics.Close()
+		}
+		t.wg.Wait()
+	})
 }
 
 // readTelemetry fetches one snapshot from the instance at path.
@@ -191,6 +208,13 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 	port("zcnet_port_tx_bytes_total", "Bytes sent from the guest to the wire.", func(p PortCounters) uint64 { return p.TxBytes })
 	port("zcnet_port_guest_errors_total", "Broken guest descriptor chains.", func(p PortCounters) uint64 { return p.GuestErrors })
 	port("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", func(p PortCounters) uint64 { return p.Restarts })
+	port("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", func(p PortCounters) uint64 { return p.MACFilterErrors })
+	m.family("zcnet_port_guest_mac_info", "gauge", "The guest MAC the NIC accepts for the port, and whether it was configured or learned.")
+	for _, p := range s.Ports {
+		if p.GuestMAC != "" {
+			m.sample("zcnet_port_guest_mac_info", []string{"port", p.Name, "mac", p.GuestMAC, "source", p.GuestMACSource}, 1)
+		}
+	}
 
 	m.family("zcnet_port_frames_total", "counter", "Frames moved, by direction and by whether they were copied.")
 	for _, p := range s.Ports {

@@ -262,6 +262,9 @@ func (g *Guest) setup() error {
 		return err
 	}
 	g.Features = offered & g.opt.Features
+	if err := g.checkLayout(); err != nil {
+		return err
+	}
 	if offered&vhost.FProtocolFeatures != 0 {
 		proto, err := fe.U64(vhost.ReqGetProtocolFeatures)
 		if err != nil {
@@ -327,6 +330,17 @@ func (g *Guest) setup() error {
 	return g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK | vhost.StatusDriverOK)
 }
 
+// checkLayout refuses a back end that does not offer the ring layout the
+// guest laid its rings out in (New, before any negotiation): sending a
+// packed ring's state to a device that uses split rings would only make it
+// refuse SET_VRING_BASE with a less helpful message.
+func (g *Guest) checkLayout() error {
+	if g.opt.Features&vhost.FRingPacked != 0 && g.Features&vhost.FRingPacked == 0 {
+		return errors.New("guest: rings are laid out packed, but the back end does not offer VIRTIO_F_RING_PACKED")
+	}
+	return nil
+}
+
 // setupDPDK is DPDK 22.11 net_virtio_user's sequence.
 func (g *Guest) setupDPDK() error {
 	fe := g.FE
@@ -338,6 +352,9 @@ func (g *Guest) setupDPDK() error {
 		return err
 	}
 	g.Features = offered & g.opt.Features
+	if err := g.checkLayout(); err != nil {
+		return err
+	}
 	proto, err := fe.U64(vhost.ReqGetProtocolFeatures)
 	if err != nil {
 		return err
