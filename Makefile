@@ -8,7 +8,7 @@ STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # 2 MiB pages to keep reserved for tests and the demo (2 GiB).
 HUGEPAGES    ?= 1024
 
-.PHONY: all build test test-unit test-vfio test-qemu-vhost test-dpdk bench bench-sim bench-vhost fuzz demo lint hugepages clean
+.PHONY: all build test test-unit test-vfio test-qemu-vhost test-qemu-zerocopy test-dpdk bench bench-sim bench-vhost fuzz demo lint hugepages clean
 
 all: build
 
@@ -17,8 +17,9 @@ build:
 
 ## test: the whole suite: lint, unit and simulator tests under the race
 ## detector, the VFIO layer against a real kernel in a QEMU guest, and
-## QEMU with a Linux guest and DPDK's testpmd as vhost-user front ends.
-test: lint test-unit test-vfio test-qemu-vhost test-dpdk
+## QEMU with a Linux guest and DPDK's testpmd as vhost-user front ends, and
+## a Linux guest in QEMU served zero-copy by zcnet sim over a TAP.
+test: lint test-unit test-vfio test-qemu-vhost test-qemu-zerocopy test-dpdk
 
 test-unit: hugepages
 	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v /test/dpdk)
@@ -28,6 +29,14 @@ test-unit: hugepages
 ## driver sends must come back intact, with and without guest offloads.
 test-qemu-vhost:
 	bash test/qemu-vhost/run.sh
+
+## test-qemu-zerocopy: a QEMU/TCG Linux guest with its own MAC, served
+## zero-copy by `zcnet sim --tap --vhost` in a network namespace: ping and
+## TCP both ways (checksummed) with offloads on/off, mergeable buffers on/off,
+## split/packed rings, memfd/hugetlbfs RAM and QEMU killed mid-transfer;
+## every received frame accounted for, no copy a layout could avoid.
+test-qemu-zerocopy: hugepages
+	bash test/qemu-zerocopy/run.sh
 
 ## test-dpdk: DPDK 22.11 testpmd (net_virtio_user) against zcnet's vhost back
 ## end, and against DPDK's net_vhost as a baseline; run on its own so that
@@ -71,6 +80,7 @@ lint:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags qemuvhost ./test/qemu-vhost/
+	$(GO) vet -tags qemuzerocopy ./test/qemu-zerocopy/
 	$(GO) run $(STATICCHECK) ./...
 
 ## hugepages: reserve $(HUGEPAGES) 2 MiB pages and mount hugetlbfs (root, idempotent).
@@ -78,4 +88,4 @@ hugepages:
 	@bash scripts/hugepages.sh $(HUGEPAGES)
 
 clean:
-	rm -rf $(BIN) test/vfio-qemu/work test/qemu-vhost/work
+	rm -rf $(BIN) test/vfio-qemu/work test/qemu-vhost/work test/qemu-zerocopy/work

@@ -172,3 +172,23 @@ qemu_guest_check_static() {
 	! LC_ALL=C grep -qa '/lib64/ld-linux-x86-64' "$1" ||
 		die "$1 is dynamically linked; the guest has no C library (build with CGO_ENABLED=0)"
 }
+
+# qemu_guest_initramfs WORK MARKER INIT_SH [FILE...] builds a guest's
+# initramfs in WORK/initramfs.gz (and sets initrd to it): the tree of
+# qemu_guest_rootfs in WORK/rootfs, FILE... copied to its root, and /init:
+# busybox sh with MARKER and SETUP_FAILED (MARKER-SETUP-FAILED) set, the
+# common start (test/lib/guest-init.sh), then the harness's own INIT_SH.
+qemu_guest_initramfs() {
+	local work=$1 marker=$2 init_sh=$3 rootfs=$1/rootfs lib
+	shift 3
+	lib=$(dirname "${BASH_SOURCE[0]}")
+	qemu_guest_rootfs "$rootfs"
+	(($# == 0)) || cp "$@" "$rootfs/"
+	{
+		printf '#!/bin/busybox sh\nMARKER=%s\nSETUP_FAILED=%s-SETUP-FAILED\n' "$marker" "$marker"
+		cat "$lib/guest-init.sh" "$init_sh"
+	} >"$rootfs/init"
+	chmod 755 "$rootfs/init"
+	initrd=$work/initramfs.gz
+	qemu_guest_pack_initramfs "$rootfs" "$initrd"
+}

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/test/lib"
 	"github.com/zcnet/zcnet/vhost"
 )
 
@@ -81,11 +82,7 @@ var variants = []variant{
 // env returns a variable run.sh sets, failing the test if it is missing.
 func env(t *testing.T, name string) string {
 	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		t.Fatalf("%s is not set: run this test through test/qemu-vhost/run.sh, which builds the guest kernel and initramfs", name)
-	}
-	return v
+	return lib.Env(t, name, "test/qemu-vhost/run.sh", "the guest kernel and initramfs")
 }
 
 func TestQEMUVhostUser(t *testing.T) {
@@ -314,7 +311,7 @@ func runVariant(t *testing.T, v variant, qemu, kernel, initrd, out string, timeo
 	}
 	t.Logf("timing: link up %.1fs, result %.1fs, QEMU exited %.1fs", linkUpAt.Seconds(), resultAt.Seconds(), total.Seconds())
 	failed := func() {
-		t.Logf("guest console (%s):\n%s", filepath.Join(out, "console.log"), tail(console.String(), 60))
+		t.Logf("guest console (%s):\n%s", filepath.Join(out, "console.log"), lib.Tail(console.String(), 60))
 		t.Logf("QEMU stderr:\n%s", stderr.String())
 		t.Logf("back-end log: %s", filepath.Join(out, "backend.log"))
 	}
@@ -491,12 +488,4 @@ func statsField(line, key string) string {
 		}
 	}
 	return ""
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -64,16 +64,7 @@ log "building the guest program"
 	die "building test/qemu-vhost/guest failed"
 qemu_guest_check_static "$guest_bin"
 
-rootfs=$work/rootfs
-qemu_guest_rootfs "$rootfs"
-cp "$guest_bin" "$rootfs/guest"
-{
-	printf '#!/bin/busybox sh\nMARKER=ZCNET-QEMU-VHOST\nSETUP_FAILED=ZCNET-QEMU-VHOST-SETUP-FAILED\n'
-	cat "$here/../lib/guest-init.sh" "$here/init.sh"
-} >"$rootfs/init"
-chmod 755 "$rootfs/init"
-initrd=$work/initramfs.gz
-qemu_guest_pack_initramfs "$rootfs" "$initrd"
+qemu_guest_initramfs "$work" ZCNET-QEMU-VHOST "$here/init.sh" "$guest_bin"
 
 # --- host test ---------------------------------------------------------------
 
