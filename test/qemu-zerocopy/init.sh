@@ -25,7 +25,7 @@ mkfifo /tmp/hold || fail "mkfifo"
 exec 3<>/tmp/hold
 
 if [ "${ZCQ_MODE:-full}" = full ]; then
-	head -c $((${ZCQ_MIB:-4} * 1048576)) /dev/urandom >/tmp/out || fail "making the data to send"
+	head -c $((${ZCQ_MIB:-8} * 1048576)) /dev/urandom >/tmp/out || fail "making the data to send"
 	set -- $(sha256sum </tmp/out)
 	echo "ZCQ-SENT-SHA256 $1"
 fi

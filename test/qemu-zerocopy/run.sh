@@ -19,7 +19,7 @@
 #   ZCNET_QZ_KERNEL_CACHE where extracted kernels live (test/vfio-qemu/work/kernel)
 #   ZCNET_QZ_WORK         output folder: initramfs, consoles, zcnet logs (test/qemu-zerocopy/work)
 #   ZCNET_QZ_RUN          -run pattern for the host test (all cases), e.g. 'TestQEMUZeroCopy/packed'
-#   ZCNET_QZ_MIB          MiB moved each way per case (4)
+#   ZCNET_QZ_MIB          MiB moved each way per case (8)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,7 +29,7 @@ kernel_pkg=${ZCNET_QZ_KERNEL_PKG:-}
 kcache=${ZCNET_QZ_KERNEL_CACHE:-$repo/test/vfio-qemu/work/kernel}
 work=${ZCNET_QZ_WORK:-$here/work}
 run_pattern=${ZCNET_QZ_RUN:-.}
-mib=${ZCNET_QZ_MIB:-4}
+mib=${ZCNET_QZ_MIB:-8}
 
 # shellcheck source=SCRIPTDIR/../lib/qemu-guest.sh
 . "$here/../lib/qemu-guest.sh"
