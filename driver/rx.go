@@ -508,6 +508,16 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	if err := p.nic.StopRx(); err != nil {
 		return err
 	}
+	// What the NIC wrote before it stopped is a frame lost; the rest of
+	// its buffers are empty. Tell them apart before draining.
+	p.harvestRx()
+	lost := 0
+	for i := range r.pending {
+		if r.pending[i].EOP || i == len(r.pending)-1 {
+			lost++ // a frame, or the start of one the stop cut short
+		}
+	}
+	p.st.add(cDropRxQuiesce, uint64(lost))
 	cookies, err := p.nic.DrainRx(p.drain[:0])
 	if err != nil {
 		return err
@@ -525,12 +535,8 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 		take(c)
 	}
 	for i := range r.pending {
-		if r.pending[i].EOP && r.pending[i].Cookie&copyCookie != 0 {
-			p.st.add(cDropRxQuiesce, 1) // a frame in host buffers, lost
-		}
 		take(r.pending[i].Cookie)
 	}
-	p.st.add(cDropRxQuiesce, uint64(len(r.recycle)))
 	if v != nil {
 		p.giveBackRx(v)
 		v.Flush()

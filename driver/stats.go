@@ -93,7 +93,7 @@ type Drops struct {
 	RxNoGuestBuffer uint64 // copy path: no host buffer was left to hold a frame for the guest
 	RxTooBig        uint64 // frame larger than what the guest's buffers can take
 	RxChainUnusable uint64 // guest RX chain that could not be used, returned empty
-	RxQuiesce       uint64 // guest buffers or frames in flight when the port stopped
+	RxQuiesce       uint64 // frames the NIC had written, not yet delivered, when the port stopped
 	TxBadHeader     uint64 // virtio-net header or frame headers malformed
 	TxOffload       uint64 // offload request the NIC cannot do (UDP fragmentation offload, unknown checksum position)
 	TxNoCopyBuffer  uint64 // copy path: host buffers exhausted

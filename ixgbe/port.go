@@ -397,6 +397,9 @@ func (p *Port) release() error {
 		p.linkIRQ = nil
 	}
 	p.clear(regCTRLEXT, ctrlExtDrvLoad)
+	for _, q := range p.rx {
+		q.released = true
+	}
 	if p.rings != nil {
 		if _, mapped := p.rings.IOVA(); mapped {
 			if err := p.rings.Unmap(); err != nil {

@@ -37,6 +37,7 @@ type RxQueue struct {
 	size     int
 	ringIOVA uint64
 	stopped  bool
+	released bool // the port is closed: the ring memory is gone
 }
 
 var _ ring.RxQueue = (*RxQueue)(nil)
@@ -106,10 +107,13 @@ func (q *RxQueue) Post(bufs []ring.Buf) int {
 
 // Harvest fills done with completed buffers in ring order and returns how
 // many. A frame that spans several buffers completes as several entries,
-// EOP set on the last; the frame-level fields are valid on that one.
+// EOP set on the last; the frame-level fields are valid on that one. On a
+// stopped queue it returns what the device completed before it stopped,
+// so the owner can tell frames from empty buffers before it Drains the
+// rest; after the port's Close it returns nothing.
 func (q *RxQueue) Harvest(done []ring.RxDone) int {
-	if q.stopped {
-		return 0 // the ring memory may already be gone; Drain returns the rest
+	if q.released {
+		return 0 // the ring memory is gone; Drain returns the rest
 	}
 	next := q.next
 	avail := q.tail - next

@@ -86,6 +86,9 @@ type PortCounters struct {
 	Drops       map[string]uint64 `json:"drops"`
 	GuestErrors uint64            `json:"guest_errors"`
 	Restarts    uint64            `json:"restarts"`
+	// RxRewound: empty guest receive buffers given back, when the port
+	// stopped, by rewinding the ring instead of as used entries.
+	RxRewound uint64 `json:"rx_rewound"`
 	// GuestMAC is the guest's address the NIC's filter accepts for this
 	// port ("" until one is known); GuestMACSource says where it came
 	// from: "configured" (--vhost PATH,mac=, --guest-mac, the config
@@ -190,7 +193,7 @@ func (a *appliance) snapshot(command string) Snapshot {
 			TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 			ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
 			CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
-			GuestErrors: st.GuestErrors, Restarts: st.Restarts, MACFilterErrors: st.MACFilterErrors}
+			GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors}
 		if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
 			pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
 			if static {
