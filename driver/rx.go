@@ -32,6 +32,9 @@ type rxState struct {
 	need       int    // shortest data piece the NIC queue takes (min of its buffer size and RxMaxWrite)
 	capacity   int
 	posted     int
+	// flowing: the last harvest took completions, i.e. frames are
+	// arriving (see refill).
+	flowing bool
 	// hostOut counts host buffers taken from the pool for receiving and
 	// not yet back: on the NIC or holding a frame in pending.
 	hostOut int
@@ -206,6 +209,7 @@ func (p *Port) pollRx() int {
 // the guest could take does; deliverPending drops it).
 func (p *Port) harvestRx() {
 	r := &p.rx
+	r.flowing = false
 	for {
 		room := min(cap(r.pending)-len(r.pending), len(r.bufs))
 		if room <= 0 {
@@ -214,6 +218,7 @@ func (p *Port) harvestRx() {
 		n := p.rxq.Harvest(r.pending[len(r.pending) : len(r.pending)+room])
 		r.pending = r.pending[:len(r.pending)+n]
 		r.posted -= n
+		r.flowing = r.flowing || n > 0
 		if n < room {
 			return
 		}
@@ -361,13 +366,25 @@ func (p *Port) putHostBuf(i uint32) {
 	p.rx.hostOut--
 }
 
-// rxLowWater is how few empty buffers the NIC may hold before a zero-copy
-// port whose guest has none to give tops the ring up with host buffers.
-// Host buffers posted ahead of the guest's later buffers take frames that
-// could have gone zero-copy, so the port adds them only as the NIC nears
-// running dry, a burst at a time; harvesting every completion each poll
-// keeps posted exact, so the NIC never waits on a full pending queue.
+// rxLowWater is how few empty buffers the NIC may hold, while frames are
+// arriving, before a zero-copy port whose guest has none to give tops the
+// ring up with host buffers. Host buffers posted ahead of the guest's later
+// buffers take frames that could have gone zero-copy, so the port adds
+// them only as the NIC nears running dry under traffic (or has nothing at
+// all), a burst at a time: not while a guest is still filling its ring and
+// nothing arrives. Harvesting every completion each poll keeps posted
+// exact, so the NIC never waits on a full pending queue.
 const rxLowWater = 32
+
+// hostTopUp is how many host buffers a zero-copy port adds to the NIC,
+// which holds posted empty buffers, by rxLowWater's rule.
+func (r *rxState) hostTopUp(posted int) int {
+	low := min(rxLowWater, r.capacity)
+	if !r.hostFallback || posted >= low || (posted > 0 && !r.flowing) {
+		return 0
+	}
+	return low - posted
+}
 
 // refill posts one burst of guest chains (zero-copy) or host buffers
 // (copy) towards the NIC ring's capacity. It reports whether it posted a
@@ -378,17 +395,16 @@ func (p *Port) refill() bool {
 	if room <= 0 {
 		return false
 	}
-	low := min(rxLowWater, r.capacity)
 	k := 0
 	switch {
 	case !r.zeroCopy:
 		k = p.collectHostBufs(0, room)
 	case r.hostOut == 0:
 		k = p.collectGuestBufs(room)
-		if k < room && r.posted+k < low && r.hostFallback {
+		if n := r.hostTopUp(r.posted + k); k < room && n > 0 {
 			// The guest has no more buffers posted: keep the NIC from
 			// running dry with host buffers, where arriving frames wait.
-			k = p.collectHostBufs(k, min(room-k, low-r.posted-k))
+			k = p.collectHostBufs(k, min(room-k, n))
 		}
 	default:
 		// Host buffers are out (on the NIC, or holding frames that wait
@@ -403,16 +419,16 @@ func (p *Port) refill() bool {
 		// whole NIC buffer), and only the chains beyond that go to the
 		// NIC. Frames stay in order, none is dropped, and the NIC keeps
 		// the guest's other buffers, so a burst arriving while the host
-		// buffers are used up is not lost. A packed ring only says
-		// whether a chain is available, not how many: it gets none on the
-		// NIC until the host buffers are back, at worst host buffers for
-		// a moment.
+		// buffers are used up is not lost; while the guest has no chain
+		// beyond those, the NIC gets more host buffers. A packed ring
+		// only says whether a chain is available, not how many: it gets
+		// none on the NIC until the host buffers are back, host buffers
+		// meanwhile.
 		have := len(r.recycle) + p.rxv.Avail()
-		switch {
-		case have > r.hostOut:
+		if have > r.hostOut {
 			k = p.collectGuestBufs(min(room, have-r.hostOut))
-		case have == 0 && r.posted < low:
-			k = p.collectHostBufs(0, min(room, low-r.posted))
+		} else if n := r.hostTopUp(r.posted); n > 0 {
+			k = p.collectHostBufs(0, min(room, n))
 		}
 	}
 	if k == 0 {
