@@ -1,8 +1,10 @@
 package driver
 
 import (
+	"bytes"
 	"testing"
 
+	"github.com/zcnet/zcnet/ixgbe"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
@@ -117,4 +119,23 @@ func TestGuestMACConfigured(t *testing.T) {
 	if err := m.init(nil, [6]byte{0x01, 0, 0x5e, 0, 0, 1}); err == nil {
 		t.Fatal("a multicast guest MAC was accepted")
 	}
+}
+
+// ixgbeMACFilter is the address filter of an 82599 port as one guest's
+// MACFilter, for the rig (the appliance's filter also counts guests
+// sharing an address).
+func ixgbeMACFilter(p *ixgbe.Port) MACFilter { return ixgbeMACs{p} }
+
+type ixgbeMACs struct{ p *ixgbe.Port }
+
+func (f ixgbeMACs) AcceptGuestMAC(prev, mac [6]byte) error {
+	if err := f.p.AddMAC(mac[:]); err != nil {
+		return err
+	}
+	// The port's own address is never removed (RemoveMAC refuses it), and
+	// prev is only dropped once mac is in: no moment accepts neither.
+	if prev != ([6]byte{}) && prev != mac && !bytes.Equal(prev[:], f.p.MAC()) {
+		return f.p.RemoveMAC(prev[:])
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 
@@ -69,24 +68,6 @@ type MACFilter interface {
 	// port's queues; prev (all zero if none) is the address accepted
 	// before for this guest, which it stops accepting.
 	AcceptGuestMAC(prev, mac [6]byte) error
-}
-
-// IxgbeMACFilter is the address filter of an 82599 port as one guest's
-// MACFilter (one guest per port until the NIC's pools steer per guest).
-func IxgbeMACFilter(p *ixgbe.Port) MACFilter { return ixgbeMACs{p} }
-
-type ixgbeMACs struct{ p *ixgbe.Port }
-
-func (f ixgbeMACs) AcceptGuestMAC(prev, mac [6]byte) error {
-	if err := f.p.AddMAC(mac[:]); err != nil {
-		return err
-	}
-	// The port's own address is never removed (RemoveMAC refuses it), and
-	// prev is only dropped once mac is in: no moment accepts neither.
-	if prev != ([6]byte{}) && prev != mac && !bytes.Equal(prev[:], f.p.MAC()) {
-		return f.p.RemoveMAC(prev[:])
-	}
-	return nil
 }
 
 // PortConfig describes a Port.

@@ -99,7 +99,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	pc := o.port
 	pc.Device, pc.NIC, pc.DMA, pc.CopyPool = r.dev, IxgbeQueuePair(r.nic, 0), r.dma, pool
 	if o.filterMACs {
-		pc.MACFilter = IxgbeMACFilter(r.nic)
+		pc.MACFilter = ixgbeMACFilter(r.nic)
 	}
 	r.port, err = NewPort(pc)
 	if err != nil {
