@@ -46,9 +46,9 @@ type vring struct {
 	addrSet bool
 	base    uint32 // split: next avail index; packed: avail|wrap<<15 | (used|wrap<<15)<<16
 	kickFD  int
-	kicked  bool // SET_VRING_KICK arrived: start as soon as the ring is complete
-	callFD  int
-	errFD   int
+	kicked  bool      // SET_VRING_KICK arrived: start as soon as the ring is complete
+	call    *notifier // nil: no call eventfd, the front end polls
+	errN    *notifier
 	enabled bool
 	q       *Virtqueue // non-nil while started
 }
@@ -118,7 +118,7 @@ func NewDevice(cfg Config) (*Device, error) {
 	d.vrings = make([]vring, n)
 	for i := range d.vrings {
 		// resetSession closes the descriptors it finds; fd 0 is not ours.
-		d.vrings[i] = vring{kickFD: -1, callFD: -1, errFD: -1}
+		d.vrings[i] = vring{kickFD: -1}
 	}
 	d.resetSession()
 	return d, nil
@@ -212,8 +212,10 @@ func (d *Device) resetSession() {
 	for i := range d.vrings {
 		v := &d.vrings[i]
 		d.releaseRing(v)
-		closeFDs([]int{v.kickFD, v.callFD, v.errFD})
-		*v = vring{kickFD: -1, callFD: -1, errFD: -1}
+		closeFDs([]int{v.kickFD})
+		v.call.release()
+		v.errN.release()
+		*v = vring{kickFD: -1}
 	}
 	if d.mem != nil {
 		d.retired = append(d.retired, d.mem.regions...)
@@ -507,7 +509,7 @@ func (d *Device) startVring(i int, v *vring) error {
 	if err != nil {
 		return err
 	}
-	q.callFD, q.errFD, q.onBroken = v.callFD, v.errFD, d.queueBroken
+	q.call, q.errN, q.onBroken = v.call, v.errN, d.queueBroken
 	v.q = q
 	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint32("base", v.base))
 	return nil
@@ -584,6 +586,16 @@ func (d *Device) setVringFile(m *Message) error {
 	fd := -1
 	if !noFD {
 		fd = takeFD(m, 0)
+		// Only an eventfd: a pipe or socket could block our writes (and
+		// reads) for as long as the front end likes.
+		if err := checkEventfd(fd); err != nil {
+			closeFDs([]int{fd})
+			return fmt.Errorf("%v for vring %d: %w", m.Request, i, err)
+		}
+	}
+	var n *notifier
+	if fd >= 0 && m.Request != ReqSetVringKick {
+		n = newNotifier(fd)
 	}
 	switch m.Request {
 	case ReqSetVringKick:
@@ -591,16 +603,16 @@ func (d *Device) setVringFile(m *Message) error {
 		v.kickFD, v.kicked = fd, true
 		return d.startVring(i, v)
 	case ReqSetVringCall:
-		closeFDs([]int{v.callFD})
-		v.callFD = fd
+		v.call.release()
+		v.call = n
 		if v.q != nil {
-			v.q.callFD = fd
+			v.q.call = n
 		}
 	case ReqSetVringErr:
-		closeFDs([]int{v.errFD})
-		v.errFD = fd
+		v.errN.release()
+		v.errN = n
 		if v.q != nil {
-			v.q.errFD = fd
+			v.q.errN = n
 		}
 	}
 	return nil

@@ -35,6 +35,7 @@ func BenchmarkLoopbackEcho(b *testing.B) {
 // echoGuest is a poll-mode guest (sim/guest's burst API, which allocates
 // nothing) with a burst of 64-byte frames in flight through a Loopback.
 type echoGuest struct {
+	dev    *vhost.Device
 	g      *guest.Guest
 	loop   *vhost.Loopback
 	frames []guest.RxFrame
@@ -62,7 +63,7 @@ func newEcho(tb testing.TB) *echoGuest {
 	if err := g.FlushTx(0); err != nil {
 		tb.Fatal(err)
 	}
-	return &echoGuest{g: g, loop: vhost.NewLoopback(s.dev), frames: make([]guest.RxFrame, 0, echoBurst)}
+	return &echoGuest{dev: s.dev, g: g, loop: vhost.NewLoopback(s.dev), frames: make([]guest.RxFrame, 0, echoBurst)}
 }
 
 // echo receives what the loopback delivered, transmits it again, reposts

@@ -257,7 +257,7 @@ func (q *Virtqueue) flushPacked() {
 	old, oldW := q.pk.published, q.pk.publishedW
 	q.pk.published, q.pk.publishedW = q.pk.usedIdx, q.pk.usedWrap
 	q.counts.Flushes++
-	if q.callFD < 0 {
+	if q.call == nil {
 		return
 	}
 	fullFence(&q.fence)

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-
-	"golang.org/x/sys/unix"
 )
 
 // Split virtqueue layout (virtio 1.x, 2.7).
@@ -95,8 +93,8 @@ type Virtqueue struct {
 	published uint16 // last value stored into used->idx
 	usedFlags uint16
 
-	callFD int // -1: the front end polls
-	errFD  int
+	call *notifier // nil: the front end polls
+	errN *notifier
 
 	broken   bool
 	onBroken func(q *Virtqueue, err error)
@@ -109,7 +107,6 @@ type Virtqueue struct {
 	nstaged int
 
 	fence  uint32
-	one    [8]byte
 	counts QueueCounters
 }
 
@@ -128,8 +125,7 @@ func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
 		return nil, fmt.Errorf("vhost: queue %d: %w", cfg.Index, errRingMisaligned)
 	}
 	q := &Virtqueue{index: cfg.Index, size: cfg.Size, mask: cfg.Size - 1, mem: mem,
-		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, availSeen: cfg.LastAvail, callFD: -1, errFD: -1}
-	binary.LittleEndian.PutUint64(q.one[:], 1)
+		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, availSeen: cfg.LastAvail}
 	if cfg.Packed {
 		return q, q.initPacked(cfg)
 	}
@@ -464,8 +460,8 @@ func (q *Virtqueue) addBuffer(c *Chain, addr uint64, length uint32, flags uint16
 func (q *Virtqueue) fail(reason error) error {
 	if !q.broken {
 		q.broken = true
-		if q.errFD >= 0 {
-			_, _ = unix.Write(q.errFD, q.one[:])
+		if q.errN != nil {
+			q.errN.signal()
 		}
 		if q.onBroken != nil {
 			q.onBroken(q, reason)
@@ -529,7 +525,7 @@ func (q *Virtqueue) Flush() {
 	q.published = q.usedIdx
 	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedIdx)<<16)
 	q.counts.Flushes++
-	if q.callFD < 0 {
+	if q.call == nil {
 		return
 	}
 	// Make the used->idx store visible before reading the driver's
@@ -545,9 +541,11 @@ func (q *Virtqueue) Flush() {
 	q.signal()
 }
 
+// signal notifies the front end through its call eventfd, from the
+// notifier's goroutine (see notify.go): never a write on the poll core.
 func (q *Virtqueue) signal() {
 	q.counts.Signals++
-	_, _ = unix.Write(q.callFD, q.one[:])
+	q.call.signal()
 }
 
 // NeedEvent is the virtio event-index test (vring_need_event): should the

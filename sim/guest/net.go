@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -509,22 +510,38 @@ func (g *Guest) Kick(i int) error {
 	return err
 }
 
+// CallFD is ring i's call eventfd, for tests that play a hostile front end
+// with it (the device shares its file description).
+func (g *Guest) CallFD(i int) int { return g.queues[i].call }
+
 // Calls reads and resets ring i's call eventfd counter: how many times the
 // device signalled since the last read.
 func (g *Guest) Calls(i int) uint64 {
-	var b [8]byte
-	n, err := unix.Read(g.queues[i].call, b[:])
-	if err != nil || n != 8 {
-		return 0
-	}
-	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24
+	return readNotification(g.queues[i].call)
 }
 
 // ErrSignalled reports whether the device wrote ring i's error eventfd.
 func (g *Guest) ErrSignalled(i int) bool {
+	return readNotification(g.queues[i].err) > 0
+}
+
+// notifyWait is how long the guest waits for a notification to arrive: the
+// back end writes its eventfds from a goroutine of its own, not in the
+// poll that decided to signal, so a signal lands shortly after.
+const notifyWait = 100 * time.Millisecond
+
+// readNotification returns eventfd fd's counter (resetting it), waiting up
+// to notifyWait for it to become non-zero.
+func readNotification(fd int) uint64 {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, int(notifyWait/time.Millisecond)); n != 1 {
+		return 0
+	}
 	var b [8]byte
-	n, _ := unix.Read(g.queues[i].err, b[:])
-	return n == 8
+	if n, err := unix.Read(fd, b[:]); err != nil || n != 8 {
+		return 0
+	}
+	return binary.LittleEndian.Uint64(b[:])
 }
 
 func (q *queue) takeSlot() (int, bool) {
