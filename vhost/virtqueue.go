@@ -456,7 +456,8 @@ func (q *Virtqueue) addBuffer(c *Chain, addr uint64, length uint32, flags uint16
 	return nil
 }
 
-// fail marks the queue broken, once, and tells the device.
+// fail marks the queue broken, once, and tells the device. The error
+// wraps ErrQueueBroken and the reason.
 func (q *Virtqueue) fail(reason error) error {
 	if !q.broken {
 		q.broken = true
@@ -467,7 +468,7 @@ func (q *Virtqueue) fail(reason error) error {
 			q.onBroken(q, reason)
 		}
 	}
-	return ErrQueueBroken
+	return fmt.Errorf("%w: %w", ErrQueueBroken, reason)
 }
 
 // Push stages a used entry: chain head id and the number of bytes the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/zcnet/zcnet/sim/guest"
@@ -141,8 +142,10 @@ func TestBrokenChains(t *testing.T) {
 			binary.LittleEndian.PutUint64(qp.drv.Desc(head), math.MaxUint64-10)
 		},
 		"length-overflow": func(qp *queuePair, head uint16) {
-			// Two descriptors of 3 GiB each (addresses are checked after
-			// the total, so the overflow is what trips).
+			// Two descriptors of 3 GiB each. Each descriptor's address
+			// range is checked as it is added, so in a guest smaller than
+			// 3 GiB the first one is already outside memory; the total's
+			// overflow check guards bigger guests.
 			a, b := qp.drv.Desc(head), qp.drv.Desc(head+1)
 			binary.LittleEndian.PutUint32(a[8:], 3<<30)
 			binary.LittleEndian.PutUint16(a[12:], guest.DescNext)
@@ -179,9 +182,29 @@ func TestBrokenChains(t *testing.T) {
 			qp.drv.Repost(500)
 			qp.drv.PublishRaw(qp.drv.AvailIdx())
 		},
+		// The first index past the table: an off-by-one in the check
+		// would read past it (the table is 16 descriptors).
+		"head-equals-size": func(qp *queuePair, head uint16) {
+			qp.drv.Repost(16)
+			qp.drv.PublishRaw(qp.drv.AvailIdx())
+		},
+		"next-equals-size": func(qp *queuePair, head uint16) {
+			d := qp.drv.Desc(head)
+			binary.LittleEndian.PutUint16(d[12:], guest.DescNext)
+			binary.LittleEndian.PutUint16(d[14:], 16)
+		},
 		"avail-index-jump": func(qp *queuePair, head uint16) {
 			qp.drv.PublishRaw(qp.drv.AvailIdx() + 100)
 		},
+	}
+	// Why each must break the queue (the error says).
+	reasons := map[string]string{
+		"loop": "loop", "next-out-of-range": "next index out of range", "next-equals-size": "next index out of range",
+		"outside-memory": "outside guest memory", "address-wraps": "outside guest memory", "length-overflow": "outside guest memory",
+		"indirect-with-next": "INDIRECT and NEXT", "indirect-bad-length": "indirect table length",
+		"nested-indirect": "indirect descriptor inside", "read-after-write": "readable descriptor after a writable",
+		"head-out-of-range": "head index out of range", "head-equals-size": "head index out of range",
+		"avail-index-jump": "avail index moved",
 	}
 	for name, corrupt := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -191,7 +214,7 @@ func TestBrokenChains(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if name == "head-out-of-range" {
+			if name == "head-out-of-range" || name == "head-equals-size" {
 				qp.drv.Publish()
 				ok, err := qp.dev.Pop(&vhost.Chain{Segs: make([]vhost.Segment, 0, 4)})
 				if !ok || err != nil {
@@ -204,6 +227,9 @@ func TestBrokenChains(t *testing.T) {
 			ok, err := qp.dev.Pop(&c)
 			if ok || !errors.Is(err, vhost.ErrQueueBroken) || !qp.dev.Broken() {
 				t.Fatalf("Pop = %v, %v; broken %v", ok, err, qp.dev.Broken())
+			}
+			if want := reasons[name]; want == "" || !strings.Contains(err.Error(), want) {
+				t.Fatalf("queue broke with %q, want the reason %q", err, want)
 			}
 			if _, err := qp.dev.Pop(&c); !errors.Is(err, vhost.ErrQueueBroken) {
 				t.Fatalf("second Pop on a broken queue: %v", err)
