@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
 )
 
@@ -176,5 +177,27 @@ func TestTxTSOv4(t *testing.T) {
 	}
 	if st := r.port.Stats(); st.TxZeroCopy != 1 || st.TxCopied != 0 {
 		t.Fatalf("want the GSO frame sent zero-copy: %+v", st)
+	}
+}
+
+// TestRxDataValidNeedsAGoodIPHeader: DATA_VALID tells the guest not to
+// check the frame's checksums, so a frame whose UDP checksum is good but
+// whose IPv4 header checksum is bad must arrive without it (the guest's
+// stack then drops it), while the intact frame has it.
+func TestRxDataValidNeedsAGoodIPHeader(t *testing.T) {
+	r := newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}, frame: 200})
+	r.postRx(t, 8)
+	r.gen.Emit(1)
+	good := r.receive(t, 1)[0]
+	sent := r.input.take()[0]
+	if good.Hdr.Flags&vhost.NetHdrFDataValid == 0 {
+		t.Fatal("intact UDP frame arrived without DATA_VALID")
+	}
+	bad := append([]byte(nil), sent...)
+	bad[14+10] ^= 0xff // the IPv4 header checksum; the UDP checksum stays right
+	r.pf.Deliver(bad)
+	got := r.receive(t, 1)[0]
+	if got.Hdr.Flags&vhost.NetHdrFDataValid != 0 {
+		t.Fatal("frame with a bad IPv4 header checksum arrived with DATA_VALID")
 	}
 }
