@@ -5,9 +5,18 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// DefaultMessageTimeout is how long the rest of a message may take to
+// arrive once its first bytes have, and how long a reply may take to be
+// taken by the peer. QEMU sends each message with one sendmsg, so a
+// message that takes seconds to complete comes from a stalled or hostile
+// peer.
+const DefaultMessageTimeout = 5 * time.Second
 
 // Conn is one vhost-user connection: message framing over a unix stream
 // socket with descriptors passed as SCM_RIGHTS. The front end (sim/guest)
@@ -20,6 +29,8 @@ type Conn struct {
 	}
 	hdr [HeaderSize]byte
 	oob []byte
+
+	timeout time.Duration // see SetMessageTimeout
 }
 
 // NewConn wraps a connected unix stream socket.
@@ -28,7 +39,21 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vhost-user: raw access to socket: %w", err)
 	}
-	return &Conn{uc: uc, raw: raw, oob: make([]byte, unix.CmsgSpace(MaxFDs*4))}, nil
+	return &Conn{uc: uc, raw: raw, oob: make([]byte, unix.CmsgSpace(MaxFDs*4)), timeout: DefaultMessageTimeout}, nil
+}
+
+// SetMessageTimeout bounds how long ReadMessage waits for the rest of a
+// message once its first bytes arrived, and how long WriteMessage waits
+// for the peer to make room; d <= 0 means DefaultMessageTimeout. Waiting
+// for the first byte of a message is never bounded: a front end may stay
+// silent between messages for as long as it likes (QEMU does, for the
+// whole life of a VM), but it cannot hold a connection, and the device's
+// only serve slot, by stopping in the middle of one.
+func (c *Conn) SetMessageTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultMessageTimeout
+	}
+	c.timeout = d
 }
 
 // Close closes the socket.
@@ -70,9 +95,14 @@ func (c *Conn) ReadMessage() (m Message, err error) {
 	if n == 0 {
 		return m, io.EOF
 	}
+	// A message has begun: the rest of it must follow within the timeout.
+	if err := c.uc.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return m, fmt.Errorf("vhost-user: set read deadline: %w", err)
+	}
+	defer c.uc.SetReadDeadline(time.Time{}) // idle between messages for as long as the peer likes
 	if n < HeaderSize {
-		if _, err := io.ReadFull(c.uc, c.hdr[n:]); err != nil {
-			return m, fmt.Errorf("vhost-user: short header: %w", err)
+		if got, err := io.ReadFull(c.uc, c.hdr[n:]); err != nil {
+			return m, c.partial(fmt.Sprintf("header: %d of %d bytes", n+got, HeaderSize), err)
 		}
 	}
 	m.Header, err = DecodeHeader(c.hdr[:])
@@ -81,11 +111,20 @@ func (c *Conn) ReadMessage() (m Message, err error) {
 	}
 	if m.Size > 0 {
 		m.Payload = make([]byte, m.Size)
-		if _, err := io.ReadFull(c.uc, m.Payload); err != nil {
-			return m, fmt.Errorf("vhost-user: %v payload: %w", m.Request, err)
+		if got, err := io.ReadFull(c.uc, m.Payload); err != nil {
+			return m, c.partial(fmt.Sprintf("%v payload: %d of %d bytes", m.Request, got, m.Size), err)
 		}
 	}
 	return m, nil
+}
+
+// partial describes a message cut short: the peer closed the connection
+// or stopped sending for longer than the message timeout.
+func (c *Conn) partial(what string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("vhost-user: partial message, %s, then nothing for %v: %w", what, c.timeout, err)
+	}
+	return fmt.Errorf("vhost-user: partial message, %s: %w", what, err)
 }
 
 func parseRights(oob []byte) ([]int, error) {
@@ -131,6 +170,11 @@ func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
+	// A peer that stops reading must not hold the writer forever either.
+	if err := c.uc.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return fmt.Errorf("vhost-user: set write deadline: %w", err)
+	}
+	defer c.uc.SetWriteDeadline(time.Time{})
 	for len(b) > 0 {
 		var n int
 		var werr error
@@ -140,6 +184,9 @@ func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
 		})
 		if err == nil {
 			err = werr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("vhost-user: send %v: the peer took nothing for %v: %w", h.Request, c.timeout, err)
 		}
 		if err != nil {
 			return fmt.Errorf("vhost-user: send %v: %w", h.Request, err)

@@ -62,8 +62,15 @@ type vhostSpec struct {
 	// guest's MAC from the source address of its first unicast-sourced
 	// frame (ARP, neighbour discovery, DHCP) and follows a change.
 	MAC string `json:"mac,omitempty" yaml:"mac,omitempty"`
+	// Mode (octal, default 0600) and Group of the socket zcnet creates:
+	// whoever can connect is the guest's front end. "0660" with the
+	// group QEMU runs in (libvirt: kvm) lets a QEMU running as another
+	// user connect. Not for Client, where the front end creates it.
+	Mode  string `json:"mode,omitempty" yaml:"mode,omitempty"`
+	Group string `json:"group,omitempty" yaml:"group,omitempty"`
 
-	mac [6]byte // MAC parsed by validate
+	mac  [6]byte             // MAC parsed by validate
+	sock vhost.SocketOptions // Mode and Group parsed by validate
 }
 
 // Defaults for ring sizes and MTU, as testpmd's.
@@ -125,6 +132,9 @@ func (s *applianceSpec) validate() error {
 					return fmt.Errorf("%s: vhost-user socket %s: %w", where, v.Socket, err)
 				}
 				v.mac = m
+			}
+			if err := v.parseSocketOptions(); err != nil {
+				return fmt.Errorf("%s: vhost-user socket %s: %w", where, v.Socket, err)
 			}
 			if sockets[v.Socket] {
 				return fmt.Errorf("vhost-user socket %s is given twice: each guest needs a socket of its own", v.Socket)
@@ -363,7 +373,7 @@ func newVhostPort(log *zap.Logger, vs vhostSpec, ps nicSpec, np *nicPort) (*vhos
 		return nil, err
 	}
 	if !vs.Client {
-		if vp.listener, err = vhost.Listen(vs.Socket); err != nil {
+		if vp.listener, err = vhost.ListenWith(vs.Socket, vs.sock); err != nil {
 			return nil, err
 		}
 	}

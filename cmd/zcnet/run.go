@@ -89,7 +89,7 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 	f.IntVar(&o.frameSize, "frame-size", 64, "--sim: frame size on the wire, FCS included")
 	f.IntVar(&o.flows, "flows", 1, "--sim: number of UDP flows")
 	v := &o.vhostOpts
-	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port, optionally with the guest's MAC as PATH,mac=52:54:00:12:34:56 (without it the port learns the MAC from the guest's frames); repeat for each guest")
+	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port, optionally with the guest's MAC as PATH,mac=52:54:00:12:34:56 (without it the port learns the MAC from the guest's frames) and the socket's mode and group as PATH,mode=0660,group=kvm (default 0600, zcnet's own group); repeat for each guest")
 	f.BoolVar(&v.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guests; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.BoolVar(&v.client, "vhost-client", false, "connect to the --vhost sockets (QEMU server=on) and reconnect when the front end goes away")
 	f.IntVar(&v.rxq, "rxq", 1, "RX queues (queue pairs) per vhost port")

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zcnet/zcnet/vfio"
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // openVFIO opens a PCI function bound to vfio-pci. Tests replace it with
@@ -69,32 +70,85 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 		copyAll = true
 	}
 	spec.Lcores, spec.Burst = o.lcores, o.burst
-	port := func(pci string, sockets []string) nicSpec {
+	port := func(pci string, sockets []string) (nicSpec, error) {
 		p := nicSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll, NoPacked: v.noPacked}
 		for _, s := range sockets {
-			path, mac := splitVhostFlag(s)
-			p.Vhost = append(p.Vhost, vhostSpec{Socket: path, Client: v.client, MAC: mac})
+			vs, err := parseVhostFlag(s)
+			if err != nil {
+				return p, err
+			}
+			vs.Client = v.client
+			p.Vhost = append(p.Vhost, vs)
 		}
-		return p
+		return p, nil
 	}
 	if len(o.pci) == 1 {
-		spec.Ports = []nicSpec{port(o.pci[0], v.vhost)}
+		p, err := port(o.pci[0], v.vhost)
+		if err != nil {
+			return spec, err
+		}
+		spec.Ports = []nicSpec{p}
 	} else {
 		for i, pci := range o.pci {
-			spec.Ports = append(spec.Ports, port(pci, v.vhost[i:i+1]))
+			p, err := port(pci, v.vhost[i:i+1])
+			if err != nil {
+				return spec, err
+			}
+			spec.Ports = append(spec.Ports, p)
 		}
 	}
 	return spec, nil
 }
 
-// splitVhostFlag splits a --vhost value PATH[,mac=MAC] (QEMU's option
-// syntax) into the socket path and the guest's MAC ("" if not given). Only
-// a trailing ",mac=" is taken, so other commas stay in the path.
-func splitVhostFlag(v string) (path, mac string) {
-	if i := strings.LastIndex(v, ",mac="); i >= 0 {
-		return v[:i], v[i+len(",mac="):]
+// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,mode=MODE][,group=GROUP]
+// (QEMU's option syntax) into the socket path and its options. Only
+// trailing options are taken, so other commas stay in the path; a
+// trailing ",word=value" that is no option is refused as a likely typo.
+func parseVhostFlag(v string) (vhostSpec, error) {
+	var s vhostSpec
+	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group}
+	seen := map[string]bool{}
+	for {
+		i := strings.LastIndexByte(v, ',')
+		key, val, ok := strings.Cut(v[i+1:], "=")
+		if i < 0 || !ok || strings.ContainsRune(val, '/') || !isOptionKey(key) {
+			break
+		}
+		dst := opts[key]
+		switch {
+		case dst == nil:
+			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, mode= or group=)", v, key)
+		case seen[key]:
+			return s, fmt.Errorf("--vhost %s: %s given twice", v, key)
+		}
+		*dst, seen[key] = val, true
+		v = v[:i]
 	}
-	return v, ""
+	s.Socket = v
+	return s, nil
+}
+
+func isOptionKey(k string) bool {
+	return k != "" && strings.Trim(k, "abcdefghijklmnopqrstuvwxyz") == ""
+}
+
+// parseSocketOptions checks Mode and Group into v.sock.
+func (v *vhostSpec) parseSocketOptions() error {
+	if v.Mode == "" && v.Group == "" {
+		return nil
+	}
+	if v.Client {
+		return errors.New("mode and group are for a socket zcnet creates; in client mode the front end creates it")
+	}
+	v.sock.Group = v.Group
+	if v.Mode != "" {
+		m, err := vhost.ParseSocketMode(v.Mode)
+		if err != nil {
+			return err
+		}
+		v.sock.Mode = m
+	}
+	return nil
 }
 
 // loadConfig reads a --config file: JSON with the applianceSpec's fields,

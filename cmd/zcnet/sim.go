@@ -77,7 +77,7 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	f.BoolVar(&o.copy, "copy", false, "force the copy path (to compare with zero-copy)")
 	f.BoolVar(&o.json, "json", false, "print the final summary as JSON on stdout (statistics lines go to stderr)")
 	f.StringVar(&o.tap, "tap", "", "connect the simulated port's wire to a TAP interface of this name instead of the generator and sink")
-	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest")
+	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest; PATH,mode=0660,group=kvm gives the socket (default mode 0600) to a front end running as another user")
 	f.StringVar(&o.guestMAC, "guest-mac", "", "the guest's MAC, accepted by the NIC's filter from the start and reported in the guest's config space (the generator then sends to it); default: learned from the guest's frames")
 	f.BoolVar(&o.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guest; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
@@ -117,12 +117,21 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if err := o.check(); err != nil {
 		return err
 	}
+	vs, err := parseVhostFlag(o.vhost) // PATH[,mode=0660][,group=kvm]
+	if err != nil {
+		return err
+	}
+	if vs.MAC != "" && o.guestMAC != "" {
+		return errors.New("--guest-mac and --vhost PATH,mac=: give the guest's MAC once")
+	} else if vs.MAC == "" {
+		vs.MAC = o.guestMAC
+	}
 	tel, err := openTelemetry(log, o.telemetry, o.metricsAddr)
 	if err != nil {
 		return err
 	}
 	defer tel.close()
-	socket := o.vhost
+	socket := vs.Socket
 	if socket == "" {
 		dir, err := os.MkdirTemp("", "zcnet-sim-")
 		if err != nil {
@@ -135,7 +144,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	spec := applianceSpec{
 		Lcores: o.lcores,
 		Ports: []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
-			Vhost: []vhostSpec{{Socket: socket, MAC: o.guestMAC}}}},
+			Vhost: []vhostSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
 		pageSize: o.pageSize,
 	}
 	r.app, err = assemble(log, spec, []vfio.Device{r.pf})

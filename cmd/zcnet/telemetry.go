@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // The telemetry socket: a client connects, the instance writes one JSON
@@ -100,8 +102,8 @@ func (t *telemetry) serve(snap func() Snapshot) {
 	}
 }
 
-// listenTelemetry creates the socket (and its directory, private to the
-// user), replacing a stale socket file but refusing one still in use.
+// listenTelemetry creates the socket, mode 0600 (and its directory,
+// private to the user), replacing a stale socket file but refusing one still in use.
 func listenTelemetry(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("telemetry socket directory: %w (choose another with --telemetry)", err)
@@ -113,7 +115,8 @@ func listenTelemetry(path string) (*net.UnixListener, error) {
 		}
 		_ = os.Remove(path)
 	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// Mode 0600 whatever the umask: the counters are the operator's.
+	l, err := vhost.ListenSocket(path, vhost.SocketOptions{Mode: 0o600})
 	if err != nil {
 		return nil, fmt.Errorf("telemetry socket: %w", err)
 	}
