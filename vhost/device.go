@@ -31,6 +31,11 @@ type Config struct {
 	// unmapped (for DMA mapping). If it also implements RingHook it is
 	// told, synchronously, before any running ring stops.
 	Hook MemoryHook
+	// MemLimit caps the guest memory, in bytes, the front end may have
+	// this device map (the sum of its memory table's region sizes); 0
+	// means DefaultMemLimit. A table over it is refused before anything
+	// is mapped.
+	MemLimit uint64
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
 }
@@ -88,6 +93,9 @@ func NewDevice(cfg Config) (*Device, error) {
 	}
 	if cfg.QueuePairs == 0 {
 		cfg.QueuePairs = 1
+	}
+	if cfg.MemLimit == 0 {
+		cfg.MemLimit = DefaultMemLimit
 	}
 	if extra := cfg.Features &^ supportedFeatures; extra != 0 {
 		return nil, fmt.Errorf("vhost: device %q: features %#x are not implemented; offer only bits of %#x", cfg.Name, extra, uint64(supportedFeatures))
@@ -643,7 +651,8 @@ func (d *Device) prepareMemory(m *Message) (p preparedMemory) {
 		for i := range fds {
 			fds[i] = takeFD(m, i)
 		}
-		p.table, p.err = mapRegions(descs, fds, d.cfg.Hook)
+		// A new table replaces the old one: it is checked on its own.
+		p.table, p.err = mapRegions(descs, fds, d.cfg.Hook, 0, d.cfg.MemLimit)
 		if p.err != nil {
 			p.err = fmt.Errorf("SET_MEM_TABLE: %w", p.err)
 		}
@@ -654,7 +663,7 @@ func (d *Device) prepareMemory(m *Message) (p preparedMemory) {
 		if err := wantFDs(m, 1); err != nil {
 			return preparedMemory{err: err}
 		}
-		p.table, p.err = mapRegions([]RegionDesc{decodeRegion(m.Payload[8:])}, []int{takeFD(m, 0)}, d.cfg.Hook)
+		p.table, p.err = mapRegions([]RegionDesc{decodeRegion(m.Payload[8:])}, []int{takeFD(m, 0)}, d.cfg.Hook, d.mem.size(), d.cfg.MemLimit)
 		if p.err != nil {
 			p.err = fmt.Errorf("ADD_MEM_REG: %w", p.err)
 		}

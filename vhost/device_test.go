@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -225,9 +224,10 @@ func TestBadHeaderDropsConnectionOnly(t *testing.T) {
 	}
 }
 
-// openFDs counts this process's eventfd and memfd descriptors: the kinds a
-// front end passes. (Sockets and runtime descriptors come and go on their
-// own schedule and would make the count racy.)
+// openFDs counts this process's descriptors of the kinds a front end
+// passes: eventfds and memory files (isMemoryFile). (Sockets and runtime
+// descriptors come and go on their own schedule and would make the count
+// racy.)
 func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -237,7 +237,7 @@ func openFDs(t *testing.T) int {
 	n := 0
 	for _, e := range ents {
 		link, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err == nil && (strings.Contains(link, "eventfd") || strings.HasPrefix(link, "/memfd:")) {
+		if err == nil && isMemoryFile(link) {
 			n++
 		}
 	}
@@ -433,12 +433,14 @@ func FuzzMessage(f *testing.F) {
 		}
 		m.Size = uint32(len(m.Payload))
 		for range nfds % 3 {
-			// memfds, so SET_MEM_TABLE can really map something.
-			fd, err := unix.MemfdCreate("fuzz", unix.MFD_CLOEXEC)
+			// Sealed memfds, as QEMU sends, so SET_MEM_TABLE can really
+			// map something.
+			fd, err := unix.MemfdCreate("fuzz", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 			if err != nil {
 				t.Fatal(err)
 			}
 			_ = unix.Ftruncate(fd, 1<<16)
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK)
 			m.FDs = append(m.FDs, fd)
 		}
 		dev.Dispatch(&m)

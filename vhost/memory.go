@@ -3,6 +3,10 @@ package vhost
 import (
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,6 +78,28 @@ var (
 	ErrTooManySegs  = errors.New("vhost: buffer needs more segments than the caller provided")
 	ErrRegionLayout = errors.New("vhost: memory regions overlap or are empty")
 )
+
+// Errors refusing a memory table for what backs it, not for its layout.
+var (
+	// ErrNotSharedMemory: a region's descriptor is not a memfd, hugetlbfs
+	// or tmpfs file. Anything else (/dev/zero, a regular file on disk, a
+	// device) would either not be the guest's memory at all or make this
+	// process allocate (or pin) memory on the front end's word.
+	ErrNotSharedMemory = errors.New("vhost: guest memory is not a shared-memory file (memfd, hugetlbfs or tmpfs)")
+	// ErrUnsealed: a memfd without F_SEAL_SHRINK could be truncated under
+	// our mapping, and the next access would SIGBUS the whole process.
+	ErrUnsealed = errors.New("vhost: guest memfd is not sealed against shrinking (F_SEAL_SHRINK)")
+	// ErrMemLimit: the table describes more memory than the device may map
+	// (Config.MemLimit).
+	ErrMemLimit = errors.New("vhost: guest memory over the device's limit")
+)
+
+// DefaultMemLimit is the memory one device may map when Config.MemLimit is
+// 0: 64 GiB holds any VM zcnet is meant to serve (network function guests
+// have a few GiB, large ones 32 GiB) plus hot-plugged memory, while a front
+// end still cannot describe terabytes and have every byte of it mapped and,
+// with zero copy, pinned by VFIO in this process.
+const DefaultMemLimit = 64 << 30
 
 // MemoryTable is an immutable set of guest memory regions. A new table
 // replaces the old one as a whole (SET_MEM_TABLE, ADD/REM_MEM_REG).
@@ -252,10 +278,16 @@ func setSegment(s *Segment, gpa uint64, buf []byte, writable bool) {
 }
 
 // mapRegions mmaps the regions the front end described, one descriptor
-// each, and reports them to hook. Descriptors are always closed: a mapping
-// keeps the memory alive on its own. On failure nothing stays mapped.
-func mapRegions(descs []RegionDesc, fds []int, hook MemoryHook) (t *MemoryTable, err error) {
+// each, and reports them to hook. The regions plus the used bytes the
+// device keeps mapped may add up to limit bytes; that is checked before
+// anything is mapped.
+// Descriptors are always closed: a mapping keeps the memory alive on its
+// own. On failure nothing stays mapped.
+func mapRegions(descs []RegionDesc, fds []int, hook MemoryHook, used, limit uint64) (t *MemoryTable, err error) {
 	defer closeFDs(fds)
+	if err := checkLimit(descs, used, limit); err != nil {
+		return nil, err
+	}
 	t = &MemoryTable{regions: make([]Region, 0, len(descs))}
 	defer func() {
 		if err != nil {
@@ -287,6 +319,35 @@ func mapRegions(descs []RegionDesc, fds []int, hook MemoryHook) (t *MemoryTable,
 	return t, nil
 }
 
+// checkLimit refuses regions that, on top of the used bytes the device
+// already has mapped, add up to more than limit, without letting a front
+// end's sizes wrap the sum.
+func checkLimit(descs []RegionDesc, used, limit uint64) error {
+	total := used
+	for _, d := range descs {
+		if total+d.Size < total {
+			total = math.MaxUint64
+			break
+		}
+		total += d.Size
+	}
+	if total > limit {
+		return fmt.Errorf("%w: %d bytes of guest memory with the %d already mapped, %d allowed (raise the device's memory limit if the guest really has that much)", ErrMemLimit, total-used, used, limit)
+	}
+	return nil
+}
+
+// size is the guest memory the table holds, in bytes.
+func (t *MemoryTable) size() uint64 {
+	var n uint64
+	if t != nil {
+		for _, r := range t.regions {
+			n += r.Size
+		}
+	}
+	return n
+}
+
 func mapRegion(d RegionDesc, fd int) (Region, error) {
 	if d.Size == 0 {
 		return Region{}, fmt.Errorf("%w: zero-sized region", ErrRegionLayout)
@@ -295,17 +356,21 @@ func mapRegion(d RegionDesc, fd int) (Region, error) {
 	if length < d.MmapOffset || length > 1<<47 {
 		return Region{}, fmt.Errorf("%w: mmap offset %#x + size %#x", ErrLengthWraps, d.MmapOffset, d.Size)
 	}
-	// hugetlbfs files must be mapped in whole huge pages; st_blksize is the
-	// page size for them (4 KiB for memfd and tmpfs).
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return Region{}, fmt.Errorf("fstat region fd: %w", err)
 	}
+	if err := checkBacking(fd, &st); err != nil {
+		return Region{}, err
+	}
+	// Touching a mapping past the end of the file raises SIGBUS.
+	if uint64(st.Size) < d.MmapOffset+d.Size {
+		return Region{}, fmt.Errorf("%w: file of %d bytes is shorter than offset+size %#x", ErrBadAddress, st.Size, d.MmapOffset+d.Size)
+	}
+	// hugetlbfs files must be mapped in whole huge pages; st_blksize is the
+	// page size for them (4 KiB for memfd and tmpfs).
 	if align := uint64(st.Blksize); align > 0 && align&(align-1) == 0 {
 		length = (length + align - 1) &^ (align - 1)
-	}
-	if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < d.MmapOffset+d.Size {
-		return Region{}, fmt.Errorf("%w: file of %d bytes is shorter than offset+size %#x", ErrBadAddress, st.Size, d.MmapOffset+d.Size)
 	}
 	m, err := unix.Mmap(fd, 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
@@ -317,6 +382,68 @@ func mapRegion(d RegionDesc, fd int) (Region, error) {
 		GuestPhysAddr: d.GuestPhysAddr, Size: d.Size, UserAddr: d.UserAddr, MmapOffset: d.MmapOffset,
 		Host: m[d.MmapOffset:end:end], mapping: m,
 	}, nil
+}
+
+// checkBacking accepts only files that are memory shared with the front
+// end: a memfd (which lives on the kernel's internal tmpfs, or on its
+// internal hugetlbfs with MFD_HUGETLB), a hugetlbfs file, or a tmpfs file
+// (/dev/shm, memory-backend-file on tmpfs). Mapping anything else is either
+// not the guest's memory at all or, like /dev/zero, memory this process
+// allocates when it (or the NIC) touches it. A memfd on tmpfs must also be
+// sealed against shrinking: its creator could have sealed it (QEMU's
+// memory-backend-memfd does by default), and without the seal a truncate
+// turns our next access into a SIGBUS that kills every guest. hugetlbfs
+// files and plain tmpfs files are accepted unsealed: those made with
+// open(2) cannot be sealed at all, and DPDK's hugepage memfds are not;
+// faults on them are contained elsewhere.
+func checkBacking(fd int, st *unix.Stat_t) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: %s", ErrNotSharedMemory, describeFD(fd, st))
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return fmt.Errorf("statfs region fd: %w", err)
+	}
+	switch uint32(fs.Type) {
+	case unix.HUGETLBFS_MAGIC:
+		return nil
+	case unix.TMPFS_MAGIC:
+	default:
+		return fmt.Errorf("%w: %s on a file system of type %#x", ErrNotSharedMemory, describeFD(fd, st), uint32(fs.Type))
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err == nil && seals&unix.F_SEAL_SHRINK != 0 {
+		return nil
+	}
+	// Seals alone cannot tell a memfd from a tmpfs file: both report
+	// F_SEAL_SEAL when they were made unsealable. The name can: memfds
+	// are "/memfd:NAME (deleted)" in /proc.
+	if link, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); strings.HasPrefix(link, "/memfd:") {
+		return fmt.Errorf("%w: %s has seals %#x; create it with MFD_ALLOW_SEALING and add F_SEAL_SHRINK (QEMU: memory-backend-memfd with seal=on, the default)", ErrUnsealed, link, seals)
+	}
+	return nil
+}
+
+// describeFD names what a refused region descriptor is, for the error the
+// front end and the log get.
+func describeFD(fd int, st *unix.Stat_t) string {
+	kind := "file"
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFCHR:
+		kind = "character device"
+	case unix.S_IFBLK:
+		kind = "block device"
+	case unix.S_IFIFO:
+		kind = "pipe"
+	case unix.S_IFSOCK:
+		kind = "socket"
+	case unix.S_IFDIR:
+		kind = "directory"
+	}
+	if link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil {
+		return fmt.Sprintf("%s %s", kind, link)
+	}
+	return kind
 }
 
 // release reports the table's regions to hook as going away, then unmaps

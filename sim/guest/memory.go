@@ -23,6 +23,10 @@ type MemoryOptions struct {
 	// IdentityMap makes guest physical addresses equal to this process's
 	// virtual addresses, as DPDK virtio-user does (IOVA as VA).
 	IdentityMap bool
+	// Unsealed leaves the memfd without seals, as a front end that could
+	// truncate its memory under the back end would: back ends refuse it
+	// unless it is hugetlb-backed.
+	Unsealed bool
 }
 
 // Guest physical layout: region 0 starts above zero so that a back end
@@ -46,7 +50,13 @@ func NewMemory(o MemoryOptions) (*Memory, error) {
 	if o.Size == 0 {
 		o.Size = 8 << 20
 	}
-	flags := unix.MFD_CLOEXEC
+	// Sealable, so it can be sealed against resizing once sized, as
+	// QEMU's memory-backend-memfd does: vhost-user back ends refuse a
+	// memfd that could shrink under their mapping.
+	flags := unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING
+	if o.Unsealed {
+		flags &^= unix.MFD_ALLOW_SEALING
+	}
 	if o.Hugetlb {
 		flags |= unix.MFD_HUGETLB | unix.MFD_HUGE_2MB
 		o.Size = (o.Size + (4<<20 - 1)) &^ (4<<20 - 1) // two whole pages at least
@@ -58,6 +68,12 @@ func NewMemory(o MemoryOptions) (*Memory, error) {
 	if err := unix.Ftruncate(fd, int64(o.Size)); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("guest: size memfd to %d bytes: %w (huge pages reserved?)", o.Size, err)
+	}
+	if !o.Unsealed {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("guest: seal memfd against resizing: %w", err)
+		}
 	}
 	buf, err := unix.Mmap(fd, 0, int(o.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
