@@ -4,8 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/vfio"
@@ -45,6 +50,10 @@ import (
 type GuestDMA struct {
 	mapper vfio.DMAMapper
 	iova   *hugepage.IOVAAllocator
+	// memlock reports the process's locked memory and RLIMIT_MEMLOCK when
+	// mapper pins what it maps (VFIO does; the simulator's IOMMU does
+	// not); nil when nothing is pinned.
+	memlock func() (memlockState, error)
 
 	regions atomic.Pointer[[]dmaRegion] // immutable snapshots
 
@@ -68,6 +77,9 @@ type dmaRegion struct {
 // IOMMU domain (shared with the NIC driver's rings, so they cannot collide).
 func NewGuestDMA(mapper vfio.DMAMapper, alloc *hugepage.IOVAAllocator) *GuestDMA {
 	g := &GuestDMA{mapper: mapper, iova: alloc}
+	if _, ok := mapper.(*vfio.Container); ok {
+		g.memlock = readMemlock
+	}
 	g.regions.Store(&[]dmaRegion{})
 	return g
 }
@@ -92,9 +104,9 @@ func (g *GuestDMA) MapRegion(r vhost.Region) error {
 	if err != nil {
 		return fmt.Errorf("IOVA space for guest region gpa %#x size %#x: %w", r.GuestPhysAddr, r.Size, err)
 	}
-	if err := g.mapper.MapDMA(iova, r.Host); err != nil {
+	if err := g.pin(iova, r); err != nil {
 		_ = g.iova.Free(iova)
-		return fmt.Errorf("DMA-map guest region gpa %#x at IOVA %#x: %w", r.GuestPhysAddr, iova, err)
+		return err
 	}
 	g.slots |= slot
 	old := *g.regions.Load()
@@ -102,6 +114,88 @@ func (g *GuestDMA) MapRegion(r vhost.Region) error {
 		dmaRegion{host: uint64(addrOf(r.Host)), size: r.Size, iova: iova, gpa: r.GuestPhysAddr, slot: slot})
 	g.regions.Store(&next)
 	return nil
+}
+
+// pinMu makes the RLIMIT_MEMLOCK check and the pinning it allows one step
+// for every guest of the process: the limit is the process's, so two
+// guests mapping at once must not both fit in the same headroom.
+var pinMu sync.Mutex
+
+// pin DMA-maps region r at iova. When the mapper pins (VFIO), the region
+// must first fit under RLIMIT_MEMLOCK together with everything the process
+// has locked already (every guest's memory and the NIC rings): the kernel
+// would refuse too, but only after pinning page by page up to the limit,
+// and with an ENOMEM that does not say which guest asked for how much.
+func (g *GuestDMA) pin(iova uint64, r vhost.Region) error {
+	if g.memlock != nil {
+		pinMu.Lock()
+		defer pinMu.Unlock()
+		st, err := g.memlock()
+		if err != nil {
+			return fmt.Errorf("guest region gpa %#x: checking the locked-memory limit before pinning it: %w", r.GuestPhysAddr, err)
+		}
+		if st.enforced && (r.Size > st.limit || st.locked > st.limit-r.Size) {
+			return fmt.Errorf("guest region gpa %#x of %d bytes refused: pinning it for DMA would lock %d bytes in this process, over RLIMIT_MEMLOCK of %d (%d already locked for the NICs and other guests); raise the limit (ulimit -l, LimitMEMLOCK=), run with CAP_IPC_LOCK or cap guest memory lower (--vhost-mem-limit)",
+				r.GuestPhysAddr, r.Size, st.locked+r.Size, st.limit, st.locked)
+		}
+	}
+	if err := g.mapper.MapDMA(iova, r.Host); err != nil {
+		return fmt.Errorf("DMA-map guest region gpa %#x at IOVA %#x: %w", r.GuestPhysAddr, iova, err)
+	}
+	return nil
+}
+
+// memlockState is what VFIO checks a pin against: the bytes the process
+// has locked (VFIO counts its pins in locked_vm, /proc's VmLck), the
+// RLIMIT_MEMLOCK soft limit, and whether it applies (not with
+// CAP_IPC_LOCK, nor when unlimited).
+type memlockState struct {
+	locked, limit uint64
+	enforced      bool
+}
+
+// capIPCLock is CAP_IPC_LOCK's bit in the capability sets.
+const capIPCLock = 14
+
+func readMemlock() (memlockState, error) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &rl); err != nil {
+		return memlockState{}, fmt.Errorf("getrlimit RLIMIT_MEMLOCK: %w", err)
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return memlockState{}, fmt.Errorf("reading locked memory: %w", err)
+	}
+	st := memlockState{limit: rl.Cur, enforced: rl.Cur != unix.RLIM_INFINITY}
+	var haveLck, haveCap bool
+	for _, line := range strings.Split(string(b), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		val = strings.TrimSpace(val)
+		switch key {
+		case "VmLck": // "123 kB"
+			kb, err := strconv.ParseUint(strings.TrimSuffix(val, " kB"), 10, 64)
+			if err != nil {
+				return memlockState{}, fmt.Errorf("parsing VmLck %q in /proc/self/status: %w", val, err)
+			}
+			st.locked, haveLck = kb<<10, true
+		case "CapEff":
+			caps, err := strconv.ParseUint(val, 16, 64)
+			if err != nil {
+				return memlockState{}, fmt.Errorf("parsing CapEff %q in /proc/self/status: %w", val, err)
+			}
+			if caps&(1<<capIPCLock) != 0 {
+				st.enforced = false
+			}
+			haveCap = true
+		}
+	}
+	if !haveLck || !haveCap {
+		return memlockState{}, errors.New("/proc/self/status has no VmLck or CapEff line")
+	}
+	return st, nil
 }
 
 // UnmapRegion stops every port that holds a buffer in the region (their
