@@ -56,6 +56,10 @@ type vhostSpec struct {
 	// server=on) and reconnects when it goes away; otherwise zcnet
 	// listens and the front end connects.
 	Client bool `json:"client" yaml:"client"`
+	// MemLimit caps the guest memory the front end may have zcnet map
+	// and DMA-pin ("16G"; --vhost-mem-limit); empty: vhost's default.
+	MemLimit string `json:"mem_limit,omitempty" yaml:"mem_limit,omitempty"`
+	memLimit uint64 // MemLimit parsed by validate
 	// MAC is the guest's MAC (QEMU's -device virtio-net-pci,mac=...),
 	// which the NIC's filter accepts from the start and the guest reads
 	// from its virtio-net config space. Empty: the port learns the
@@ -125,6 +129,9 @@ func (s *applianceSpec) validate() error {
 			v := &p.Vhost[j]
 			if v.Socket == "" {
 				return fmt.Errorf("%s: empty vhost-user socket path", where)
+			}
+			if err := v.parseMemLimit(); err != nil {
+				return fmt.Errorf("%s: vhost-user socket %s: %w", where, v.Socket, err)
 			}
 			if v.MAC != "" {
 				m, err := parseGuestMAC(v.MAC)
@@ -367,7 +374,7 @@ func newVhostPort(log *zap.Logger, vs vhostSpec, ps nicSpec, np *nicPort) (*vhos
 	}
 	vp.dev, err = vhost.NewDevice(vhost.Config{
 		Name: vs.Socket, Features: guestOffer(ps), QueuePairs: ps.QueuePairs, MTU: uint16(ps.MTU),
-		MAC: mac, Hook: vp.dma, Logger: log,
+		MAC: mac, Hook: vp.dma, MemLimit: vs.memLimit, Logger: log,
 	})
 	if err != nil {
 		return nil, err

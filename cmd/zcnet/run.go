@@ -94,6 +94,7 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 	f.BoolVar(&v.client, "vhost-client", false, "connect to the --vhost sockets (QEMU server=on) and reconnect when the front end goes away")
 	f.IntVar(&v.rxq, "rxq", 1, "RX queues (queue pairs) per vhost port")
 	f.IntVar(&v.txq, "txq", 1, "TX queues per vhost port (equal to --rxq)")
+	f.StringVar(&v.memLimit, "vhost-mem-limit", "", memLimitHelp)
 	f.IntVar(&v.copyBreak, "copy-break", 0, "copy frames up to this size instead of zero-copy (0: never; the engine copies all frames or none)")
 	f.BoolVar(&v.copyAll, "copy", false, "copy every frame through host buffers")
 	f.StringVar(&v.config, "config", "", "JSON file describing the ports (instead of --pci/--vhost/... flags)")

@@ -33,6 +33,7 @@ type vhostOptions struct {
 	config      string
 	telemetry   string
 	metricsAddr string
+	memLimit    string // --vhost-mem-limit
 }
 
 // specFromFlags turns the testpmd-style flags into an applianceSpec.
@@ -197,6 +198,7 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 	if err != nil {
 		return err
 	}
+	applyMemLimitFlag(&spec, o.vhostOpts.memLimit)
 	if err := spec.validate(); err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type simOptions struct {
 	rxd, txd    int
 	telemetry   string
 	metricsAddr string
+	memLimit    string // --vhost-mem-limit
 
 	pageSize hugepage.PageSize // tests: 4 KiB pages instead of hugepages
 }
@@ -84,6 +85,7 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	f.IntVar(&o.txd, "txd", 2048, "NIC TX descriptors")
 	f.StringVar(&o.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
+	f.StringVar(&o.memLimit, "vhost-mem-limit", "", memLimitHelp)
 	return cmd
 }
 
@@ -147,6 +149,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 			Vhost: []vhostSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
 		pageSize: o.pageSize,
 	}
+	applyMemLimitFlag(&spec, o.memLimit)
 	r.app, err = assemble(log, spec, []vfio.Device{r.pf})
 	if err != nil {
 		return err
