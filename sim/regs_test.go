@@ -319,3 +319,36 @@ func TestIOMMUMapRules(t *testing.T) {
 		t.Errorf("second unmap: %v, want ENOENT", err)
 	}
 }
+
+// TestIOMMUMappingEndsAtItsLength: a mapping made from part of a larger
+// buffer (its capacity runs on) ends at its length. DMA one byte past it
+// faults and touches nothing, reads and descriptor accesses alike.
+func TestIOMMUMappingEndsAtItsLength(t *testing.T) {
+	p := NewPF(DefaultOptions())
+	mem := dmaMem(t, 2*4096)
+	if err := p.DMA().MapDMA(0x30000, mem[:4096]); err != nil {
+		t.Fatal(err)
+	}
+	u := p.IOMMU()
+	u.mu.RLock()
+	if u.dmaWrite(0x30FFE, []byte{1, 2, 3, 4}) {
+		t.Error("write past the mapping's length succeeded")
+	}
+	var dst [4]byte
+	if u.dmaRead(0x30FFE, dst[:]) {
+		t.Error("read past the mapping's length succeeded")
+	}
+	if _, ok := u.slice(0x30FF8, 16); ok {
+		t.Error("descriptor access past the mapping's length succeeded")
+	}
+	if !u.dmaWrite(0x30FFC, []byte{5, 6, 7, 8}) {
+		t.Error("write ending exactly at the mapping's end faulted")
+	}
+	u.mu.RUnlock()
+	if mem[4096] != 0 || mem[4094] != 7 {
+		t.Errorf("memory after the writes: %v (want the last in-mapping bytes written, nothing beyond)", mem[4092:4100])
+	}
+	if n, _ := u.Faults(); n != 3 {
+		t.Errorf("%d faults, want 3", n)
+	}
+}
