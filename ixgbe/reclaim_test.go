@@ -38,3 +38,33 @@ func TestTxHeadWriteBackReclaimsOnlyFinished(t *testing.T) {
 		}
 	}
 }
+
+// TestTxRingNeverFillsToTheHead: the tail may never catch up with the head
+// (tail == head means an empty ring to the device), so a ring of size
+// descriptors takes size-1 single-descriptor packets and no more until one
+// is reclaimed.
+func TestTxRingNeverFillsToTheHead(t *testing.T) {
+	q, err := newTxQueue(&memBAR{}, 0, benchRingMem(t), 1<<32, benchRing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.useHeadWriteBack(make([]byte, 64), 1<<34)
+	pkts := make([]ring.TxPkt, benchRing)
+	for i := range pkts {
+		pkts[i] = ring.TxPkt{Segs: []ring.Segment{{IOVA: 1 << 33, Len: 64}}, Cookie: ring.Cookie(i)}
+	}
+	if n := q.Submit(pkts); n != benchRing-1 {
+		t.Fatalf("a %d-descriptor ring took %d packets, want %d", benchRing, n, benchRing-1)
+	}
+	if n := q.Submit(pkts[:1]); n != 0 {
+		t.Fatalf("a full ring took %d more", n)
+	}
+	q.head.store(1)
+	done := make([]ring.Cookie, 2)
+	if n := q.Reclaim(done); n != 1 {
+		t.Fatalf("reclaimed %d, want 1", n)
+	}
+	if n := q.Submit(pkts[:2]); n != 1 {
+		t.Fatalf("after one reclaim the ring took %d packets, want 1", n)
+	}
+}
