@@ -63,11 +63,13 @@ bench-sim: build hugepages
 bench-vhost: hugepages
 	$(GO) test -run '^$$' -bench BenchmarkVirtioUser -benchtime 1x -count=1 ./test/dpdk/
 
-## fuzz: 60 s for each vhost fuzzer (message parsing, split and packed chains).
+## fuzz: 60 s for each vhost fuzzer (message parsing, split and packed chains,
+## whole front-end sessions against a served Device).
 fuzz:
 	$(GO) test -run '^$$' -fuzz=FuzzMessage     -fuzztime=60s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzSplitChain  -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzPackedChain -fuzztime=60s -fuzzminimizetime=5s ./vhost/
+	$(GO) test -run '^$$' -fuzz=FuzzDeviceSession -fuzztime=60s -fuzzminimizetime=10s ./vhost/
 
 ## demo: ten seconds of the whole data path on the simulator: an 82599 model,
 ## the zero-copy engine on a pinned lcore and a vhost-user guest (over a real
