@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/zcnet/zcnet/hugepage"
-	"github.com/zcnet/zcnet/ixgbe"
 	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/vhost"
 )
@@ -36,28 +35,6 @@ type NIC interface {
 	StartRx(bufSize int) error
 	StartTx() error
 }
-
-// IxgbeQueuePair is queue pair i of an 82599 port as a Port's NIC.
-func IxgbeQueuePair(p *ixgbe.Port, i int) NIC { return ixgbeQueues{p, p.RxQueue(i), p.TxQueue(i), i} }
-
-type ixgbeQueues struct {
-	p  *ixgbe.Port
-	rx *ixgbe.RxQueue
-	tx *ixgbe.TxQueue
-	i  int
-}
-
-func (q ixgbeQueues) Rx() ring.RxQueue                                 { return q.rx }
-func (q ixgbeQueues) Tx() ring.TxQueue                                 { return q.tx }
-func (q ixgbeQueues) RxCapacity() int                                  { return q.rx.Size() - 1 }
-func (q ixgbeQueues) RxMaxWrite() int                                  { return q.p.MaxRxWrite() }
-func (q ixgbeQueues) TxFree() int                                      { return q.tx.Size() - 1 - q.tx.InFlight() }
-func (q ixgbeQueues) StopRx() error                                    { return q.p.StopRxQueue(q.i) }
-func (q ixgbeQueues) DrainRx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.rx.Drain(dst) }
-func (q ixgbeQueues) StopTx() error                                    { return q.p.StopTxQueue(q.i) }
-func (q ixgbeQueues) DrainTx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.tx.Drain(dst) }
-func (q ixgbeQueues) StartRx(bufSize int) error                        { return q.p.StartRxQueue(q.i, bufSize) }
-func (q ixgbeQueues) StartTx() error                                   { return q.p.StartTxQueue(q.i) }
 
 // MACFilter is the NIC's unicast address filter as it concerns one port's
 // guest. With zero copy the NIC picks the buffer a frame lands in, so it

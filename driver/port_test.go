@@ -17,6 +17,9 @@ import (
 	"github.com/zcnet/zcnet/vhost"
 )
 
+// The 82599's queue pairs are what the engine drives on hardware.
+var _ NIC = ixgbe.QueuePair{}
+
 // rig is one simulated 82599, one vhost device served on a socket, a port
 // joining them and a test guest.
 type rig struct {
@@ -97,7 +100,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		}
 	}()
 	pc := o.port
-	pc.Device, pc.NIC, pc.DMA, pc.CopyPool = r.dev, IxgbeQueuePair(r.nic, 0), r.dma, pool
+	pc.Device, pc.NIC, pc.DMA, pc.CopyPool = r.dev, r.nic.QueuePair(0), r.dma, pool
 	if o.filterMACs {
 		pc.MACFilter = ixgbeMACFilter(r.nic)
 	}

@@ -413,7 +413,7 @@ func (np *nicPort) newEnginePort(vp *vhostPort, pair, q int, ps nicSpec, spec ap
 	}
 	return driver.NewPort(driver.PortConfig{
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", np.name, q, vp.spec.Socket, pair),
-		Device: vp.dev, Pair: pair, NIC: driver.IxgbeQueuePair(np.nic, q), DMA: vp.dma,
+		Device: vp.dev, Pair: pair, NIC: np.nic.QueuePair(q), DMA: vp.dma,
 		CopyPool: pool, ForceCopy: ps.Copy, Burst: spec.Burst,
 		MACFilter: np.macs, GuestMAC: vp.spec.mac,
 	})

@@ -94,7 +94,7 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.port, err = driver.NewPort(driver.PortConfig{Name: o.name, Device: r.dev, NIC: driver.IxgbeQueuePair(r.nic, 0),
+	r.port, err = driver.NewPort(driver.PortConfig{Name: o.name, Device: r.dev, NIC: r.nic.QueuePair(0),
 		DMA: r.dma, CopyPool: pool})
 	if err != nil {
 		t.Fatal(err)
