@@ -67,7 +67,7 @@ type server struct {
 	path string
 }
 
-func serve(t testing.TB, cfg vhost.Config) *server {
+func serve(t testing.TB, cfg vhost.Config, opts ...vhost.ServeOption) *server {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
@@ -84,7 +84,7 @@ func serve(t testing.TB, cfg vhost.Config) *server {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); _ = vhost.ServeListener(ctx, l, dev) }()
+	go func() { defer wg.Done(); _ = vhost.ServeListener(ctx, l, dev, opts...) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return &server{dev: dev, path: path}
 }

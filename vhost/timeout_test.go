@@ -1,43 +1,16 @@
 package vhost_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
-	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
-
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
 )
-
-// serveWith serves a fresh device on a new socket with opts and returns
-// the socket's path.
-func serveWith(t *testing.T, opts ...vhost.ServeOption) string {
-	t.Helper()
-	dev, err := vhost.NewDevice(vhost.Config{Name: "hostile", Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "dev.sock")
-	l, err := vhost.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = vhost.ServeListener(ctx, l, dev, opts...) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return path
-}
 
 func dialRaw(t *testing.T, path string) *net.UnixConn {
 	t.Helper()
@@ -109,7 +82,7 @@ func TestPartialMessageTimesOut(t *testing.T) {
 		{"10 of 100 payload bytes", append(hdr(100), make([]byte, 10)...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := serveWith(t, vhost.WithMessageTimeout(timeout))
+			path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
 			c := dialRaw(t, path)
 			if _, err := c.Write(tc.send); err != nil {
 				t.Fatal(err)
@@ -128,7 +101,7 @@ func TestPartialMessageTimesOut(t *testing.T) {
 // is not dropped.
 func TestIdleBetweenMessagesIsNotDropped(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	path := serveWith(t, vhost.WithMessageTimeout(timeout))
+	path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
 	fe, err := guest.NewFrontend(dialRaw(t, path))
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +118,7 @@ func TestIdleBetweenMessagesIsNotDropped(t *testing.T) {
 // once a reply cannot be delivered within the timeout.
 func TestFrontEndNotReadingRepliesIsDropped(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	path := serveWith(t, vhost.WithMessageTimeout(timeout))
+	path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
 	c := dialRaw(t, path)
 	req := make([]byte, vhost.HeaderSize)
 	vhost.EncodeHeader(req, vhost.Header{Request: vhost.ReqGetFeatures, Flags: vhost.FlagVersion})
