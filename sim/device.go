@@ -116,6 +116,7 @@ type modelCounters struct {
 type Counters struct {
 	IOMMUFaults    uint64 // device accesses outside every IOMMU mapping
 	LastFaultIOVA  uint64
+	OrphanAccesses uint64 // accesses to mapped memory whose host pages went away (see IOMMU.OrphanAccesses)
 	Unknown        uint64 // accesses to offsets the model does not define
 	Interrupts     uint64 // eventfd signals sent
 	RxFiltered     uint64 // frames of legal size rejected by the L2/VLAN filters (no 82599 register counts them)
@@ -360,10 +361,12 @@ func (p *PF) run(stop <-chan struct{}, step func() int) {
 // Counters returns a snapshot of the model's own counters.
 func (p *PF) Counters() Counters {
 	f, last := p.iommu.Faults()
+	orphans, _ := p.iommu.OrphanAccesses()
 	m := &p.mc
 	return Counters{
 		IOMMUFaults:    f,
 		LastFaultIOVA:  last,
+		OrphanAccesses: orphans,
 		Unknown:        m.unknown.Load(),
 		Interrupts:     m.interrupts.Load(),
 		RxFiltered:     m.rxFiltered.Load(),

@@ -3,6 +3,8 @@ package sim
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,14 @@ import (
 // reaches memory only through mappings made here; anything else is a fault,
 // counted with the faulting IOVA, exactly where silicon behind a real IOMMU
 // would raise a DMAR fault. A faulting access never touches memory.
+//
+// Memory behind a mapping can also vanish from under the model in a way
+// it cannot on silicon: a vhost-user front end that ftruncates the memfd
+// of its guest memory after it was mapped makes the next touch of those
+// pages raise SIGBUS. VFIO pins the pages at map time, so a real NIC goes
+// on DMAing to the orphaned pinned pages and nothing faults. The model
+// does the same: such a write is lost, such a read yields zeros, and the
+// access is counted apart (OrphanAccesses), not as an IOMMU fault.
 type IOMMU struct {
 	// mu is held for reading by an engine for the whole of a batch of DMA
 	// and for writing by MapDMA/UnmapDMA, so memory is never unmapped under
@@ -23,6 +33,9 @@ type IOMMU struct {
 
 	faults    atomic.Uint64
 	lastFault atomic.Uint64
+
+	orphans    atomic.Uint64
+	lastOrphan atomic.Uint64
 }
 
 type mapping struct {
@@ -87,6 +100,60 @@ func (u *IOMMU) fault(iova uint64) {
 	u.faults.Add(1)
 }
 
+// OrphanAccesses reports how many device accesses found the host memory
+// behind a mapping gone (the file behind it truncated after MapDMA), and
+// the IOVA where the last one started. Real VFIO would have pinned that
+// memory, so on silicon these accesses succeed; they are not IOMMU faults.
+func (u *IOMMU) OrphanAccesses() (count uint64, lastIOVA uint64) {
+	return u.orphans.Load(), u.lastOrphan.Load()
+}
+
+func (u *IOMMU) orphan(iova uint64) {
+	u.lastOrphan.Store(iova)
+	u.orphans.Add(1)
+}
+
+// store copies src into dst, mapped memory at iova, as DMA into pinned
+// pages: if the host memory went away the write is lost and counted.
+func (u *IOMMU) store(iova uint64, dst, src []byte) {
+	if !copyPinned(dst, src) {
+		u.orphan(iova)
+	}
+}
+
+// load copies src, mapped memory at iova, into dst. If the host memory
+// went away dst reads as zeros, what the model knows of orphaned pages.
+func (u *IOMMU) load(iova uint64, dst, src []byte) {
+	if !copyPinned(dst, src) {
+		clear(dst)
+		u.orphan(iova)
+	}
+}
+
+// copyPinned copies src to dst and reports false if the copy touched
+// memory that is no longer there (SIGBUS on a truncated shared file).
+// Without SetPanicOnFault such a fault kills the whole process; with it
+// the runtime panics with an error carrying the faulting address, which
+// is recovered here. Any other panic is not ours to swallow.
+func copyPinned(dst, src []byte) (ok bool) {
+	prev := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(prev)
+		if ok {
+			return
+		}
+		v := recover()
+		if _, fault := v.(interface {
+			runtime.Error
+			Addr() uintptr
+		}); !fault {
+			panic(v)
+		}
+	}()
+	copy(dst, src)
+	return true
+}
+
 // find returns the index of the mapping containing iova, or -1. Callers
 // hold mu for reading.
 func (u *IOMMU) find(iova uint64) int {
@@ -133,35 +200,40 @@ func (u *IOMMU) slice(iova uint64, n int) ([]byte, bool) {
 
 // dmaWrite copies src to iova, across adjacent mappings if needed. It
 // checks the whole range before writing anything, so a fault writes nothing.
+// Mapped memory whose host pages went away takes the write as orphaned
+// pinned pages would: it succeeds and the data is lost.
 func (u *IOMMU) dmaWrite(iova uint64, src []byte) bool {
 	if b, ok := u.lookup(iova, len(src)); ok {
-		copy(b, src)
+		u.store(iova, b, src)
 		return true
 	}
 	if !u.covered(iova, len(src)) {
 		return false
 	}
 	for len(src) > 0 {
-		n := copy(u.prefix(iova, len(src)), src)
-		src = src[n:]
-		iova += uint64(n)
+		b := u.prefix(iova, len(src))
+		u.store(iova, b, src)
+		src = src[len(b):]
+		iova += uint64(len(b))
 	}
 	return true
 }
 
 // dmaRead copies from iova into dst, across adjacent mappings if needed.
+// Mapped memory whose host pages went away reads as zeros.
 func (u *IOMMU) dmaRead(iova uint64, dst []byte) bool {
 	if b, ok := u.lookup(iova, len(dst)); ok {
-		copy(dst, b)
+		u.load(iova, dst, b)
 		return true
 	}
 	if !u.covered(iova, len(dst)) {
 		return false
 	}
 	for len(dst) > 0 {
-		n := copy(dst, u.prefix(iova, len(dst)))
-		dst = dst[n:]
-		iova += uint64(n)
+		b := u.prefix(iova, len(dst))
+		u.load(iova, dst[:len(b)], b)
+		dst = dst[len(b):]
+		iova += uint64(len(b))
 	}
 	return true
 }
