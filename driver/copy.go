@@ -83,12 +83,16 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 	p.putRxHeader(r.hdr[:], &f[len(f)-1], n)
 	w.write(r.hdr[:hl])
 	for i := range f {
-		idx := uint32(f[i].Cookie)
-		w.write(p.pool.Bytes(idx)[:f[i].Len])
-		p.putHostBuf(idx)
+		w.write(p.pool.Bytes(uint32(f[i].Cookie))[:f[i].Len])
 	}
 	for i := range n {
 		p.rxv.Push(r.chains[i].Head, w.written[i])
+	}
+	// The host buffers go back only now, after the last access to guest
+	// memory: if one faults (see Port.contain), the frame is still pending
+	// and its buffers are returned once, by the quiesce.
+	for i := range f {
+		p.putHostBuf(uint32(f[i].Cookie))
 	}
 	reason := r.copyReason
 	if r.zeroCopy {
@@ -164,6 +168,23 @@ func (p *Port) copyTx(c *vhost.Chain, pk *ring.TxPkt, segs []ring.Segment) int {
 	}
 	pk.Cookie = copyCookie | ring.Cookie(ri)
 	return nb
+}
+
+// resetTxRecords returns the host buffers of every copy record still
+// taken once the NIC TX queue is stopped and drained: records of packets
+// prepared but never submitted because an access to guest memory faulted
+// in between (see Port.contain).
+func (p *Port) resetTxRecords() {
+	t := &p.tx
+	t.recFree = t.recFree[:0]
+	for i := len(t.rec) - 1; i >= 0; i-- {
+		rec := &t.rec[i]
+		if rec.n > 0 {
+			p.pool.Put(rec.bufs[:rec.n])
+			rec.n = 0
+		}
+		t.recFree = append(t.recFree, uint32(i))
+	}
 }
 
 // freeTxRecord returns a copied packet's host buffers.

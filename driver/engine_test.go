@@ -79,10 +79,16 @@ func TestNewMemoryTableWhileRunning(t *testing.T) {
 
 // TestTwoGuestsOnOneLcore runs two guests' ports, each on its own NIC
 // queue pair (of two simulated 82599s running free), on one pinned lcore.
-func TestTwoGuestsOnOneLcore(t *testing.T) {
-	rigs := []*rig{newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}}), newRig(t, rigOptions{guest: guest.Options{RxBufSize: 2048}})}
-	cpus := allowedCPUs(t)
-	run, err := NewRunner(RunnerOptions{Idle: IdleYield}, []LcoreConfig{{ID: 0, CPU: cpus[0], Tasks: []Task{rigs[0].port, rigs[1].port}}})
+// startOnOneLcore starts the rigs' simulators free-running and their ports
+// on one lcore, with 128 receive buffers posted by each guest, and stops
+// them all when the test ends.
+func startOnOneLcore(t *testing.T, rigs []*rig) *Runner {
+	t.Helper()
+	tasks := make([]Task, len(rigs))
+	for i, r := range rigs {
+		tasks[i] = r.port
+	}
+	run, err := NewRunner(RunnerOptions{Idle: IdleYield}, []LcoreConfig{{ID: 0, CPU: allowedCPUs(t)[0], Tasks: tasks}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +101,20 @@ func TestTwoGuestsOnOneLcore(t *testing.T) {
 	if err := run.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if err := run.Stop(); err != nil {
-			t.Error(err)
+	t.Cleanup(func() {
+		if err := stopWithin(t, run); err != nil {
+			t.Errorf("lcore: %v", err)
 		}
 		for _, r := range rigs {
 			r.pf.Stop()
 		}
-	}()
+	})
+	return run
+}
+
+func TestTwoGuestsOnOneLcore(t *testing.T) {
+	rigs := []*rig{newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}}), newRig(t, rigOptions{guest: guest.Options{RxBufSize: 2048}})}
+	run := startOnOneLcore(t, rigs)
 	// Frames arriving before the port posted guest buffers would be
 	// dropped by the NIC: start the traffic once both have.
 	for i, r := range rigs {

@@ -283,6 +283,19 @@ func (g *GuestDMA) iovaOf(b []byte) (iova, slot uint64, ok bool) {
 	return 0, 0, false
 }
 
+// owns reports whether host address addr lies in one of the guest's
+// mapped regions (a fault there is the guest's memory going away, not a
+// bug of ours).
+func (g *GuestDMA) owns(addr uintptr) bool {
+	a := uint64(addr)
+	for _, m := range *g.regions.Load() {
+		if a >= m.host && a-m.host < m.size {
+			return true
+		}
+	}
+	return false
+}
+
 func (g *GuestDMA) attach(p *Port) {
 	g.mu.Lock()
 	g.ports = append(g.ports, p)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/internal/memfault"
 	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/vhost"
 )
@@ -126,6 +127,11 @@ type Port struct {
 	rxRunning bool
 	txRunning bool
 	failed    error
+	// faulted says the guest's memory went away under the port (see
+	// contain); the port stays stopped until the device's session,
+	// faultSession then, has ended.
+	faulted      error
+	faultSession uint64
 
 	hdrLen   int
 	features uint64
@@ -210,27 +216,94 @@ func (p *Port) Err() error {
 // Poll does one burst of work in each direction and returns the number of
 // frames moved. It allocates nothing.
 //
-// If the round panics (a bug), the lcore records the panic and stops; the
-// data-path lock is released and the port marked failed on the way out, so
-// that the guest's protocol goroutine and Close can still stop the NIC
+// A fault on guest memory that the front end took away is contained (see
+// contain): that port stops, the guest's session is dropped, and Poll
+// returns normally, so the other ports of the lcore keep running. Any
+// other panic (a bug) propagates: the lcore records it and stops; the
+// data-path lock is released and the port marked failed on the way out,
+// so that the guest's protocol goroutine and Close can still stop the NIC
 // queues instead of waiting for the lock forever.
 func (p *Port) Poll() int {
 	p.dev.LockDataPath()
+	defer p.dev.UnlockDataPath()
+	return p.guarded((*Port).pollLocked)
+}
+
+// guarded runs fn, which touches guest memory, with the data-path lock
+// held by the caller, and contains a fault on the guest's memory (see
+// contain). Any other panic marks the port failed and propagates. fn is
+// a function of the port rather than a closure so that Poll allocates
+// nothing.
+func (p *Port) guarded(fn func(*Port) int) int {
+	prev := memfault.Enable()
 	completed := false
 	defer func() {
+		memfault.Restore(prev)
 		if !completed {
-			p.failed = fmt.Errorf("driver: port %s: a poll round panicked; the port is stopped (restart zcnet and report the panic)", p.cfg.Name)
+			if v := recover(); !p.contain(v) {
+				p.failed = fmt.Errorf("driver: port %s: a poll round panicked; the port is stopped (restart zcnet and report the panic)", p.cfg.Name)
+				panic(v)
+			}
 		}
-		p.dev.UnlockDataPath()
 	}()
-	n := p.pollLocked()
+	n := fn(p)
 	completed = true
 	return n
+}
+
+// contain handles v, a value recovered from a panic of the port's code
+// (nil after runtime.Goexit), if it is a fault on this guest's memory, and
+// reports whether it was. A front end can truncate the file behind its
+// memory at any moment (a hugetlbfs file cannot be sealed, and a region
+// may be reachable through another path); the next access faults. The
+// port then stops its NIC queues and takes their buffers back without
+// touching guest memory (chains are forgotten, not returned: the ring is
+// gone with the memory), has the device drop the session, and stays
+// stopped until that session has ended. Every other port, and the guest's
+// next session, carries on. The NIC's DMA is unaffected: VFIO pinned the
+// pages when they were mapped, so writes in flight land in pages the file
+// no longer has, and the IOMMU mappings go when the memory table does.
+//
+// contain must leave the port's accounting of host buffers exact whatever
+// guest memory access faulted: the paths return a host buffer to the pool
+// only after their last guest memory access (see deliverCopy), and TX
+// copy records are swept (resetTxRecords).
+func (p *Port) contain(v any) bool {
+	f, ok := memfault.FromPanic(v)
+	if !ok || !p.dma.owns(f.Addr) {
+		return false
+	}
+	p.st.add(cGuestMemoryFaults, 1)
+	p.faulted = fmt.Errorf("driver: port %s: %w", p.cfg.Name, f)
+	p.faultSession = p.dev.Session()
+	var errs []error
+	if p.rxRunning {
+		errs = append(errs, p.quiesceRx(nil))
+	}
+	if p.txRunning {
+		errs = append(errs, p.quiesceTx(nil))
+	}
+	if !p.txRunning {
+		p.resetTxRecords()
+	}
+	if err := errors.Join(errs...); err != nil {
+		p.failed = fmt.Errorf("driver: port %s: stopping the NIC queues after a guest memory fault: %w", p.cfg.Name, err)
+	}
+	p.st.publish()
+	p.dev.Drop(fmt.Errorf("%w (port %s, %w)", vhost.ErrGuestMemoryFault, p.cfg.Name, f))
+	return true
 }
 
 func (p *Port) pollLocked() int {
 	if p.failed != nil {
 		return 0
+	}
+	if p.faulted != nil {
+		if p.dev.Session() == p.faultSession {
+			return 0
+		}
+		// The session whose memory went away has ended: serve the next.
+		p.faulted = nil
 	}
 	rxv, txv := p.dev.RxQueue(p.cfg.Pair), p.dev.TxQueue(p.cfg.Pair)
 	// A ring that changed without the ring hook telling us (it always
@@ -308,6 +381,10 @@ func (p *Port) quiesce() error {
 // finishes what it completed, stops, and every chain of q goes back to q's
 // used ring before this returns.
 func (p *Port) stopRing(q *vhost.Virtqueue) {
+	p.guarded(func(*Port) int { p.stopRingLocked(q); return 0 })
+}
+
+func (p *Port) stopRingLocked(q *vhost.Virtqueue) {
 	var err error
 	switch {
 	case q == nil:
@@ -342,12 +419,15 @@ func (p *Port) letGo(slot uint64) error {
 	p.dev.LockDataPath()
 	defer p.dev.UnlockDataPath()
 	var errs []error
-	if p.rxRunning && p.rx.holds&slot != 0 {
-		errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
-	}
-	if p.txRunning && p.tx.holds&slot != 0 {
-		errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
-	}
+	p.guarded(func(*Port) int {
+		if p.rxRunning && p.rx.holds&slot != 0 {
+			errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
+		}
+		if p.txRunning && p.tx.holds&slot != 0 {
+			errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
+		}
+		return 0
+	})
 	p.st.publish()
 	return errors.Join(errs...)
 }
@@ -369,7 +449,8 @@ func (p *Port) alive(v *vhost.Virtqueue, rx bool) *vhost.Virtqueue {
 func (p *Port) Close() error {
 	p.dev.LockDataPath()
 	defer p.dev.UnlockDataPath()
-	err := p.quiesce()
+	var err error
+	p.guarded(func(*Port) int { err = p.quiesce(); return 0 })
 	p.dma.detach(p)
 	p.failed = errors.New("driver: port closed")
 	return err

@@ -45,7 +45,12 @@ type rxState struct {
 	bufs    []ring.Buf
 	idx     []uint32
 	pending []ring.RxDone // harvested, not yet delivered, in ring order
-	recycle []uint16      // guest chains taken back from dropped frames, to post again
+	// delivered counts the completions at the start of pending whose
+	// frames deliverPending has handed over (or dropped) in the current
+	// pass and not yet removed: a quiesce in the middle of the pass (a
+	// contained guest memory fault) must not give their buffers back twice.
+	delivered int
+	recycle   []uint16 // guest chains taken back from dropped frames, to post again
 	// Per guest chain head: its header piece (hdrLen bytes), its data
 	// piece (what the NIC writes into) and the data piece's IOVA.
 	zcHdr  [][]byte
@@ -240,6 +245,7 @@ func (p *Port) deliverPending() int {
 			break
 		}
 		start = i + 1
+		r.delivered = start
 		n++
 	}
 	if start == 0 && !waiting && len(r.pending) == cap(r.pending) {
@@ -254,7 +260,7 @@ func (p *Port) deliverPending() int {
 		start = len(r.pending)
 	}
 	k := copy(r.pending, r.pending[start:])
-	r.pending = r.pending[:k]
+	r.pending, r.delivered = r.pending[:k], 0
 	return n
 }
 
@@ -527,9 +533,10 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	// What the NIC wrote before it stopped is a frame lost; the rest of
 	// its buffers are empty. Tell them apart before draining.
 	p.harvestRx()
+	pending := r.pending[r.delivered:]
 	lost := 0
-	for i := range r.pending {
-		if r.pending[i].EOP || i == len(r.pending)-1 {
+	for i := range pending {
+		if pending[i].EOP || i == len(pending)-1 {
 			lost++ // a frame, or the start of one the stop cut short
 		}
 	}
@@ -550,14 +557,14 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	for _, c := range cookies {
 		take(c)
 	}
-	for i := range r.pending {
-		take(r.pending[i].Cookie)
+	for i := range pending {
+		take(pending[i].Cookie)
 	}
 	if v != nil {
 		p.giveBackRx(v)
 		v.Flush()
 	}
-	r.pending, r.recycle, r.posted, r.holds = r.pending[:0], r.recycle[:0], 0, 0
+	r.pending, r.delivered, r.recycle, r.posted, r.holds = r.pending[:0], 0, r.recycle[:0], 0, 0
 	p.rxRunning = false
 	return nil
 }

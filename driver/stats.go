@@ -36,6 +36,7 @@ const (
 	cRestarts
 	cRxRewound
 	cTxSignals
+	cGuestMemoryFaults
 	numCounters
 )
 
@@ -76,6 +77,10 @@ type Stats struct {
 	// TxSignals counts TX completion flushes (used-ring publications that
 	// may signal the guest), coalesced every TxCompleteBatch completions.
 	TxSignals uint64
+	// GuestMemoryFaults counts accesses to guest memory that faulted
+	// because the front end took the memory away (truncated its file):
+	// each stopped the port's NIC queues and dropped the guest's session.
+	GuestMemoryFaults uint64
 }
 
 // CopyReasons says why frames were copied instead of moved zero-copy.
@@ -132,6 +137,6 @@ func (s *stats) snapshot() Stats {
 			RxChainUnusable: g(cDropRxChainUnusable), RxQuiesce: g(cDropRxQuiesce), TxBadHeader: g(cDropTxBadHeader),
 			TxOffload: g(cDropTxOffload), TxNoCopyBuffer: g(cDropTxNoCopyBuffer), TxQuiesce: g(cDropTxQuiesce)},
 		GuestErrors: g(cGuestErrors), MACFilterErrors: g(cMACFilterErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
-		Restarts: g(cRestarts), RxRewound: g(cRxRewound), TxSignals: g(cTxSignals),
+		Restarts: g(cRestarts), RxRewound: g(cRxRewound), TxSignals: g(cTxSignals), GuestMemoryFaults: g(cGuestMemoryFaults),
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/internal/memfault"
 )
 
 // Config describes one virtio-net device a port exposes over vhost-user.
@@ -71,8 +73,18 @@ type Device struct {
 	busy   atomic.Bool // a front end is connected
 	broken atomic.Bool // a queue is broken: status reports NEEDS_RESET
 
+	// conn is the connection being served, for Drop; dropped is why a
+	// poller asked for it to be dropped. Guarded by connMu, which is
+	// never held while waiting for anything.
+	connMu  sync.Mutex
+	conn    *Conn
+	dropped error
+
 	dp sync.Mutex // the data-path lock; guards everything below
 
+	// session counts front-end sessions (and resets within one): it
+	// changes whenever the memory and rings of the last session are gone.
+	session       uint64
 	features      uint64
 	protoFeatures uint64
 	owner         bool
@@ -209,6 +221,39 @@ func (d *Device) endSession() {
 	d.releaseRetired(retired)
 }
 
+// Session identifies the front end's current session; it changes when
+// the session ends or the front end resets the device, i.e. once none of
+// the session's rings and memory is in use any more. Call it with the
+// data-path lock held.
+func (d *Device) Session() uint64 { return d.session }
+
+// Drop ends the current front end's session on behalf of the data path,
+// which found its guest memory gone (see memfault): the connection is
+// closed, Serve returns reason, and the session is torn down as on a
+// disconnect. It never blocks, so a poller may call it with the data-path
+// lock held.
+func (d *Device) Drop(reason error) {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if d.conn == nil || d.dropped != nil {
+		return
+	}
+	d.dropped = reason
+	// Closing wakes the protocol goroutine's read; it is done off the
+	// caller's goroutine so that not even the close can hold a poller.
+	go d.conn.Close()
+}
+
+// serving records the connection Serve reads from (nil when it ends) and
+// returns why the data path dropped the one that ended, if it did.
+func (d *Device) serving(c *Conn) (dropped error) {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	dropped, d.dropped = d.dropped, nil
+	d.conn = c
+	return dropped
+}
+
 // Connected reports whether a front end is attached.
 func (d *Device) Connected() bool { return d.busy.Load() }
 
@@ -217,6 +262,7 @@ func (d *Device) Connected() bool { return d.busy.Load() }
 // retired (to be released through the hook once the lock is dropped),
 // features and status cleared.
 func (d *Device) resetSession() {
+	d.session++
 	for i := range d.vrings {
 		v := &d.vrings[i]
 		d.releaseRing(v)
@@ -271,7 +317,7 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 	// REPLY_ACK counts if it was negotiated before the request (RESET_OWNER
 	// clears it) or by it (SET_PROTOCOL_FEATURES).
 	ack := d.protoFeatures&ProtoFReplyAck != 0
-	resp, err := d.handle(m, prep)
+	resp, err := d.handleContained(m, prep)
 	ack = ack || d.protoFeatures&ProtoFReplyAck != 0
 	retired := d.retired
 	d.retired = nil
@@ -281,6 +327,10 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 		d.log.Warn("vhost-user request refused", zap.Stringer("request", m.Request), zap.Error(err))
 	} else {
 		d.log.Debug("vhost-user request", zap.Stringer("request", m.Request))
+	}
+	var fe errFatal
+	if errors.As(err, &fe) {
+		return nil, false, fe
 	}
 	switch {
 	case needsReply(m.Request):
@@ -312,6 +362,36 @@ func wantFDs(m *Message, n int) error {
 		return fmt.Errorf("%w: %v carries %d, want %d", ErrBadFDCount, m.Request, len(m.FDs), n)
 	}
 	return nil
+}
+
+// ErrGuestMemoryFault means guest memory went away under an access: the
+// front end truncated the file behind a region (or unmapped it some other
+// way) while the region was in use. The session is dropped.
+var ErrGuestMemoryFault = errors.New("guest memory went away under an access (the front end truncated or unmapped it)")
+
+// handleContained is handle with guest memory faults contained: some
+// requests read the rings (starting a ring reads its used index), and a
+// front end that truncated its memory makes that fault. The fault ends
+// the session instead of the process.
+func (d *Device) handleContained(m *Message, prep preparedMemory) (resp []byte, err error) {
+	prev := memfault.Enable()
+	defer func() {
+		memfault.Restore(prev)
+		if v := recover(); v != nil {
+			f, ok := memfault.FromPanic(v)
+			if !ok || !d.guestMemory(f.Addr) {
+				panic(v)
+			}
+			resp, err = nil, errFatal{fmt.Errorf("%v: %w: %w", m.Request, ErrGuestMemoryFault, f)}
+		}
+	}()
+	return d.handle(m, prep)
+}
+
+// guestMemory reports whether host address addr lies in guest memory the
+// device has mapped (data-path lock held).
+func (d *Device) guestMemory(addr uintptr) bool {
+	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr)
 }
 
 // handle applies one request with the data-path lock held.

@@ -2,9 +2,11 @@ package vhost
 
 import (
 	"encoding/binary"
+	"fmt"
 	"sync/atomic"
 
 	"github.com/zcnet/zcnet/internal/checksum"
+	"github.com/zcnet/zcnet/internal/memfault"
 )
 
 // Loopback is a test device mode: every frame the guest transmits on TX
@@ -21,10 +23,15 @@ type Loopback struct {
 	written []uint32
 
 	counts loopbackCounters
+
+	// faulted: guest memory went away in session faultSession, which
+	// must end before the loopback touches the rings again.
+	faulted      bool
+	faultSession uint64
 }
 
 type loopbackCounters struct {
-	frames, dropped, noRxBuffer atomic.Uint64
+	frames, dropped, noRxBuffer, faults atomic.Uint64
 }
 
 // LoopbackCounters are a loopback's totals.
@@ -32,6 +39,9 @@ type LoopbackCounters struct {
 	Frames     uint64 // frames returned to the guest
 	Dropped    uint64 // frames dropped (RX disabled, malformed, too big, GSO)
 	NoRxBuffer uint64 // polls that stopped because the guest posted too few RX buffers
+	// GuestMemoryFaults counts polls cut short by guest memory going
+	// away (each dropped the session).
+	GuestMemoryFaults uint64
 }
 
 const (
@@ -59,15 +69,40 @@ func (l *Loopback) Name() string { return "vhost-loopback:" + l.d.cfg.Name }
 
 // Counters returns the loopback's totals.
 func (l *Loopback) Counters() LoopbackCounters {
-	return LoopbackCounters{Frames: l.counts.frames.Load(), Dropped: l.counts.dropped.Load(), NoRxBuffer: l.counts.noRxBuffer.Load()}
+	return LoopbackCounters{Frames: l.counts.frames.Load(), Dropped: l.counts.dropped.Load(), NoRxBuffer: l.counts.noRxBuffer.Load(),
+		GuestMemoryFaults: l.counts.faults.Load()}
 }
 
 // Poll moves up to one burst of frames per queue pair and serves the
 // control queue. It returns the number of frames and commands handled.
-func (l *Loopback) Poll() int {
+//
+// A fault on guest memory the front end took away drops the session (see
+// Port.contain in package driver for the zero-copy engine's version); the
+// loopback idles until the next session.
+func (l *Loopback) Poll() (n int) {
 	l.d.LockDataPath()
 	defer l.d.UnlockDataPath()
-	n := l.d.pollControl()
+	if l.faulted {
+		if l.d.session == l.faultSession {
+			return 0
+		}
+		l.faulted = false
+	}
+	prev := memfault.Enable()
+	defer func() {
+		memfault.Restore(prev)
+		if v := recover(); v != nil {
+			f, ok := memfault.FromPanic(v)
+			if !ok || !l.d.guestMemory(f.Addr) {
+				panic(v)
+			}
+			l.faulted, l.faultSession = true, l.d.session
+			l.counts.faults.Add(1)
+			l.d.Drop(fmt.Errorf("%w (loopback: %w)", ErrGuestMemoryFault, f))
+			n = 0
+		}
+	}()
+	n = l.d.pollControl()
 	for p := range l.d.cfg.QueuePairs {
 		n += l.pollPair(p)
 	}

@@ -337,6 +337,19 @@ func checkLimit(descs []RegionDesc, used, limit uint64) error {
 	return nil
 }
 
+// holds reports whether host address addr lies in one of t's regions.
+func (t *MemoryTable) holds(addr uintptr) bool {
+	if t == nil {
+		return false
+	}
+	for _, r := range t.regions {
+		if len(r.Host) > 0 && addr >= hostAddr(r.Host) && addr-hostAddr(r.Host) < uintptr(len(r.Host)) {
+			return true
+		}
+	}
+	return false
+}
+
 // size is the guest memory the table holds, in bytes.
 func (t *MemoryTable) size() uint64 {
 	var n uint64

@@ -68,3 +68,7 @@ func store16(b []byte, off int, v uint16) {
 // w is a word private to the caller, so the fence costs no cache-line
 // bouncing.
 func fullFence(w *uint32) { atomic.AddUint32(w, 0) }
+
+// hostAddr is the virtual address of b's first byte (b not empty), used as
+// a number only: to tell whether a faulting address lies in guest memory.
+func hostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/zcnet/zcnet/internal/memfault"
 )
 
 // ErrBusy is returned when a second front end tries to use a device that
@@ -56,14 +58,23 @@ func (d *Device) Serve(ctx context.Context, uc *net.UnixConn, opts ...ServeOptio
 		return err
 	}
 	c.SetMessageTimeout(cfg.messageTimeout)
+	// Requests touch guest memory (and the ring hook drains the NIC into
+	// it): a fault there must end this session, not the process.
+	defer memfault.Restore(memfault.Enable())
 	defer d.endSession()
 	defer c.Close()
+	d.serving(c)
+	defer d.serving(nil)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	d.log.Info("front end connected")
 	for {
 		m, err := c.ReadMessage()
 		if err != nil {
+			if dropped := d.serving(c); dropped != nil {
+				d.log.Warn("dropped the front end: its guest memory faulted on the data path", zap.Error(dropped))
+				return fmt.Errorf("vhost: device %q: front end dropped: %w", d.cfg.Name, dropped)
+			}
 			if isClosed(err) || ctx.Err() != nil {
 				d.log.Info("front end disconnected")
 				return nil

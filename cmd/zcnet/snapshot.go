@@ -89,6 +89,10 @@ type PortCounters struct {
 	// RxRewound: empty guest receive buffers given back, when the port
 	// stopped, by rewinding the ring instead of as used entries.
 	RxRewound uint64 `json:"rx_rewound"`
+	// GuestMemoryFaults: accesses to guest memory that faulted because
+	// the front end truncated it; each stopped the port and dropped the
+	// guest's session (the process and the other guests carry on).
+	GuestMemoryFaults uint64 `json:"guest_memory_faults"`
 	// GuestMAC is the guest's address the NIC's filter accepts for this
 	// port ("" until one is known); GuestMACSource says where it came
 	// from: "configured" (--vhost PATH,mac=, --guest-mac, the config
@@ -193,7 +197,8 @@ func (a *appliance) snapshot(command string) Snapshot {
 			TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 			ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
 			CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
-			GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors}
+			GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors,
+			GuestMemoryFaults: st.GuestMemoryFaults}
 		if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
 			pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
 			if static {

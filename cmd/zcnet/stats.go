@@ -79,6 +79,9 @@ func printStatsTables(out io.Writer, s *Snapshot) {
 	}
 	w.Flush()
 	for _, p := range s.Ports {
+		if p.GuestMemoryFaults > 0 {
+			fmt.Fprintf(out, "  %s: guest memory went away under the data path %d times (the front end truncated it); each dropped the guest's session\n", p.Name, p.GuestMemoryFaults)
+		}
 		if p.MACFilterErrors > 0 {
 			fmt.Fprintf(out, "  %s: the NIC's filter refused %d guest MACs (frames to them are dropped by the NIC)\n", p.Name, p.MACFilterErrors)
 		}

@@ -211,6 +211,7 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 	port("zcnet_port_tx_bytes_total", "Bytes sent from the guest to the wire.", func(p PortCounters) uint64 { return p.TxBytes })
 	port("zcnet_port_guest_errors_total", "Broken guest descriptor chains.", func(p PortCounters) uint64 { return p.GuestErrors })
 	port("zcnet_port_rx_rewound_total", "Empty guest receive buffers given back by rewinding the ring when the port stopped.", func(p PortCounters) uint64 { return p.RxRewound })
+	port("zcnet_port_guest_memory_faults_total", "Accesses to guest memory that faulted because the front end truncated it; each dropped the guest's session.", func(p PortCounters) uint64 { return p.GuestMemoryFaults })
 	port("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", func(p PortCounters) uint64 { return p.Restarts })
 	port("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", func(p PortCounters) uint64 { return p.MACFilterErrors })
 	m.family("zcnet_port_guest_mac_info", "gauge", "The guest MAC the NIC accepts for the port, and whether it was configured or learned.")
