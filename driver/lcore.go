@@ -333,13 +333,16 @@ type Lcore struct {
 	idleNanos  int64
 	last       int64 // clock reading that ended the previous round
 	current    int   // index of the task being polled, for panic reports
-	slots      []taskSlot
+	slots      []*taskSlot
 	clock      func() int64
 
 	_ cpu.CacheLinePad
 
 	// Read every round by the polling goroutine, written once by Stop.
 	stop atomic.Bool
+	// A change of the task list for the polling goroutine to make between
+	// two rounds (see AddTask); read every round.
+	mail atomic.Pointer[taskChange]
 
 	_ cpu.CacheLinePad
 
@@ -356,6 +359,22 @@ type Lcore struct {
 	done    chan struct{}
 	err     error        // set before done is closed
 	failed  chan<- error // the Runner's Failed; room for this lcore's error
+
+	// pubSlots is the task list as Stats sees it, replaced (never
+	// modified) when the list changes.
+	pubSlots atomic.Pointer[[]*taskSlot]
+	// changes serialises AddTask and RemoveTask. ctl guards polling and,
+	// while the polling goroutine is not in its loop, slots: a change is
+	// made directly then, and handed over through mail otherwise.
+	changes sync.Mutex
+	ctl     sync.Mutex
+	polling bool
+}
+
+// taskChange asks the polling goroutine to add or remove a task.
+type taskChange struct {
+	add, remove Task
+	done        chan error
 }
 
 // taskSlot holds a task and its counters, padded so that no other lcore's
@@ -383,24 +402,95 @@ var clockEpoch = time.Now()
 func monotonicNanos() int64 { return int64(time.Since(clockEpoch)) }
 
 func newLcore(cfg LcoreConfig) (*Lcore, error) {
-	if len(cfg.Tasks) == 0 {
-		return nil, fmt.Errorf("lcore %d has no tasks", cfg.ID)
-	}
 	l := &Lcore{
 		id:    cfg.ID,
 		cpu:   cfg.CPU,
 		done:  make(chan struct{}),
-		slots: make([]taskSlot, len(cfg.Tasks)),
 		clock: monotonicNanos,
 	}
 	for i, t := range cfg.Tasks {
 		if t == nil {
 			return nil, fmt.Errorf("lcore %d: task %d is nil", cfg.ID, i)
 		}
-		l.slots[i].task = t
-		l.slots[i].name = t.Name()
+		if err := l.change(&taskChange{add: t}); err != nil {
+			return nil, err
+		}
 	}
+	l.pubSlots.Store(&l.slots)
 	return l, nil
+}
+
+// AddTask makes the lcore poll t too, from its next round on, after the
+// tasks it has. It returns once t is in the list (the lcore may already
+// have polled it). Adding a task twice is an error.
+func (l *Lcore) AddTask(t Task) error {
+	if t == nil {
+		return fmt.Errorf("lcore %d: adding a nil task", l.id)
+	}
+	return l.post(&taskChange{add: t})
+}
+
+// RemoveTask takes t off the lcore and returns once the lcore will never
+// poll it again, not even a round in progress: from then on t's resources
+// may be released. The other tasks are polled throughout. Removing a task
+// the lcore does not have is an error.
+func (l *Lcore) RemoveTask(t Task) error {
+	return l.post(&taskChange{remove: t})
+}
+
+// post makes change c: directly while the polling goroutine is outside
+// its loop (not started, or exited), else through the mailbox it reads
+// between rounds, waiting for it to be made. Tasks never block, so the
+// wait is at most one round.
+func (l *Lcore) post(c *taskChange) error {
+	l.changes.Lock()
+	defer l.changes.Unlock()
+	l.ctl.Lock()
+	if !l.polling {
+		err := l.change(c)
+		l.ctl.Unlock()
+		return err
+	}
+	c.done = make(chan error, 1)
+	l.mail.Store(c)
+	l.ctl.Unlock()
+	return <-c.done
+}
+
+// takeMail makes the change waiting in the mailbox, if any (ctl held).
+func (l *Lcore) takeMail() {
+	if c := l.mail.Swap(nil); c != nil {
+		c.done <- l.change(c)
+	}
+}
+
+// change adds or removes one task (ctl held, or the lcore not yet shared).
+// The slot list is replaced, not modified, because Stats reads the old one
+// concurrently.
+func (l *Lcore) change(c *taskChange) error {
+	next := make([]*taskSlot, 0, len(l.slots)+1)
+	switch {
+	case c.add != nil:
+		for _, s := range l.slots {
+			if s.task == c.add {
+				return fmt.Errorf("lcore %d already polls task %q", l.id, s.name)
+			}
+		}
+		next = append(append(next, l.slots...), &taskSlot{task: c.add, name: c.add.Name()})
+	default:
+		for _, s := range l.slots {
+			if s.task != c.remove {
+				next = append(next, s)
+			}
+		}
+		if len(next) == len(l.slots) {
+			return fmt.Errorf("lcore %d does not poll that task", l.id)
+		}
+	}
+	l.slots = next
+	l.current = 0
+	l.pubSlots.Store(&next)
+	return nil
 }
 
 // ID is the lcore id from its configuration.
@@ -485,8 +575,15 @@ func pinThread(cpuID int) error {
 // published. The outcome is stored from the deferred function because after
 // runtime.Goexit nothing after the call would run.
 func (l *Lcore) loop(idle IdlePolicy) {
+	l.ctl.Lock()
+	l.polling = true
+	l.ctl.Unlock()
 	finished := false
 	defer func() {
+		l.ctl.Lock()
+		l.polling = false
+		l.takeMail() // posted while the loop was ending
+		l.ctl.Unlock()
 		if !finished {
 			v := recover()
 			l.err = &TaskPanicError{Lcore: l.id, CPU: l.cpu, Task: l.slots[l.current].name, Value: v, Stack: debug.Stack()}
@@ -499,6 +596,11 @@ func (l *Lcore) loop(idle IdlePolicy) {
 	l.last = l.clock()
 	yield := idle == IdleYield
 	for !l.stop.Load() {
+		if l.mail.Load() != nil {
+			l.ctl.Lock()
+			l.takeMail()
+			l.ctl.Unlock()
+		}
 		if !l.round() && yield {
 			runtime.Gosched()
 			// The time spent away is idle: left to the next round it
@@ -517,8 +619,7 @@ func (l *Lcore) round() bool {
 	start := l.last
 	mark := start
 	busy, fresh := false, false
-	for i := range l.slots {
-		s := &l.slots[i]
+	for i, s := range l.slots {
 		l.current = i
 		n := s.task.Poll()
 		if n <= 0 {
@@ -558,8 +659,7 @@ func (l *Lcore) publish() {
 	l.pubIdleRounds.Store(l.rounds - l.busyRounds)
 	l.pubBusyNanos.Store(l.busyNanos)
 	l.pubIdleNanos.Store(l.idleNanos)
-	for i := range l.slots {
-		s := &l.slots[i]
+	for _, s := range l.slots {
 		s.pubBusyPolls.Store(s.busyPolls)
 		s.pubIdlePolls.Store(s.idlePolls)
 		s.pubWork.Store(s.work)
@@ -571,8 +671,9 @@ func (l *Lcore) publish() {
 // Stats returns a consistent snapshot of the lcore's published counters. It
 // is safe to call from any goroutine at any time.
 func (l *Lcore) Stats() LcoreStats {
-	st := LcoreStats{Lcore: l.id, CPU: l.cpu, Tasks: make([]TaskStats, len(l.slots))}
 	for {
+		slots := *l.pubSlots.Load()
+		st := LcoreStats{Lcore: l.id, CPU: l.cpu, Tasks: make([]TaskStats, len(slots))}
 		before := l.seq.Load()
 		if before%2 == 1 { // the lcore is mid-publish: a few hundred ns
 			runtime.Gosched()
@@ -582,8 +683,7 @@ func (l *Lcore) Stats() LcoreStats {
 		st.IdleRounds = l.pubIdleRounds.Load()
 		st.BusyTime = time.Duration(l.pubBusyNanos.Load())
 		st.IdleTime = time.Duration(l.pubIdleNanos.Load())
-		for i := range l.slots {
-			s := &l.slots[i]
+		for i, s := range slots {
 			st.Tasks[i] = TaskStats{
 				Name:      s.name,
 				BusyPolls: s.pubBusyPolls.Load(),

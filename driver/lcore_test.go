@@ -202,6 +202,7 @@ func TestNewRunnerRefuses(t *testing.T) {
 	}
 	cpu := allowed[0]
 	task := func() []Task { return []Task{&idleTask{name: "idle"}} }
+	dup := &idleTask{name: "idle"}
 	tests := []struct {
 		name    string
 		opts    RunnerOptions
@@ -217,7 +218,7 @@ func TestNewRunnerRefuses(t *testing.T) {
 			fmt.Sprintf("lcores 0 and 1 are both on CPU %d", cpu)},
 		{"duplicate id", RunnerOptions{AllowSharedCPU: true}, []LcoreConfig{{ID: 3, CPU: cpu, Tasks: task()}, {ID: 3, CPU: cpu, Tasks: task()}},
 			"lcore 3 is configured twice"},
-		{"no tasks", RunnerOptions{}, []LcoreConfig{{ID: 0, CPU: cpu}}, "lcore 0 has no tasks"},
+		{"twice the same task", RunnerOptions{}, []LcoreConfig{{ID: 0, CPU: cpu, Tasks: []Task{dup, dup}}}, "already polls task \"idle\""},
 		{"nil task", RunnerOptions{}, []LcoreConfig{{ID: 0, CPU: cpu, Tasks: []Task{nil}}}, "task 0 is nil"},
 	}
 	for _, tt := range tests {
@@ -662,4 +663,114 @@ func BenchmarkLcoreRound(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/4, "ns/task")
 		_ = sink
 	})
+}
+
+// releasedTask records a poll after its owner released it: the bug
+// RemoveTask exists to rule out (tearing a port down while its lcore may
+// still poll it).
+type releasedTask struct {
+	idleTask
+	released  atomic.Bool
+	latePolls atomic.Uint64
+}
+
+func (t *releasedTask) Poll() int {
+	if t.released.Load() {
+		t.latePolls.Add(1)
+	}
+	return t.idleTask.Poll()
+}
+
+// TestTasksComeAndGoWhilePolling: tasks are added to and removed from a
+// running lcore many times. Each added task gets polled; once RemoveTask
+// returns, the task is never polled again; the steady task is polled
+// throughout and the lcore never stops.
+func TestTasksComeAndGoWhilePolling(t *testing.T) {
+	steady := &idleTask{name: "steady"}
+	run, err := NewRunner(RunnerOptions{Idle: IdleYield}, []LcoreConfig{{ID: 0, CPU: allowedCPUs(t)[0], Tasks: []Task{steady}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer stopWithin(t, run)
+	l := run.Lcores()[0]
+	var gone []*releasedTask
+	for i := range 100 {
+		task := &releasedTask{idleTask: idleTask{name: fmt.Sprintf("guest-%d", i)}}
+		if err := l.AddTask(task); err != nil {
+			t.Fatal(err)
+		}
+		before := steady.polls.Load()
+		waitFor(t, "the added task to be polled", func() bool { return task.polls.Load() > 0 })
+		if err := l.RemoveTask(task); err != nil {
+			t.Fatal(err)
+		}
+		task.released.Store(true)
+		gone = append(gone, task)
+		if steady.polls.Load() == before {
+			waitFor(t, "the steady task to be polled", func() bool { return steady.polls.Load() > before })
+		}
+	}
+	// A few more rounds: any late poll would show now.
+	mark := steady.polls.Load()
+	waitFor(t, "more rounds", func() bool { return steady.polls.Load() > mark+100 })
+	for _, task := range gone {
+		if n := task.latePolls.Load(); n != 0 {
+			t.Fatalf("task %s polled %d times after RemoveTask returned", task.name, n)
+		}
+	}
+	if st := l.Stats(); len(st.Tasks) != 1 || st.Tasks[0].Name != "steady" {
+		t.Fatalf("tasks after the churn: %+v", st.Tasks)
+	}
+	select {
+	case err := <-run.Failed():
+		t.Fatalf("lcore failed: %v", err)
+	default:
+	}
+}
+
+// TestTaskChangesRefused: a task added twice, a task removed that the
+// lcore does not have and a nil task are errors naming the problem; the
+// same holds before the lcore starts and after it stopped, when the change
+// is made without the polling goroutine.
+func TestTaskChangesRefused(t *testing.T) {
+	run, err := NewRunner(RunnerOptions{Idle: IdleYield}, []LcoreConfig{{ID: 7, CPU: allowedCPUs(t)[0]}})
+	if err != nil {
+		t.Fatalf("an lcore without tasks (they come at runtime): %v", err)
+	}
+	l := run.Lcores()[0]
+	task := &idleTask{name: "vm1"}
+	check := func(when string) {
+		t.Helper()
+		if err := l.AddTask(task); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		for _, c := range []struct {
+			what    string
+			err     error
+			mention string
+		}{
+			{"add twice", l.AddTask(task), `lcore 7 already polls task "vm1"`},
+			{"remove unknown", l.RemoveTask(&idleTask{name: "other"}), "lcore 7 does not poll that task"},
+			{"add nil", l.AddTask(nil), "lcore 7: adding a nil task"},
+		} {
+			if c.err == nil || !strings.Contains(c.err.Error(), c.mention) {
+				t.Errorf("%s, %s: error %v, want it to mention %q", when, c.what, c.err, c.mention)
+			}
+		}
+		if err := l.RemoveTask(task); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+	}
+	check("before start")
+	if err := run.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	check("while polling")
+	if err := stopWithin(t, run); err != nil {
+		t.Fatal(err)
+	}
+	check("after stop")
 }
