@@ -79,3 +79,53 @@ func TestRingStartOnTruncatedMemoryDropsTheSession(t *testing.T) {
 	closeMem()
 	s.stillServes(t, openFDs(t))
 }
+
+// TestLoopbackContainsTruncatedMemory: the loopback data path polls a
+// guest whose memory is then truncated. Its next poll faults; the fault
+// must drop that session (counted), not kill the process, and the next
+// front end must be served by the same loopback.
+func TestLoopbackContainsTruncatedMemory(t *testing.T) {
+	s := serve(t, vhost.Config{})
+	loop := vhost.NewLoopback(s.dev)
+	g, err := guest.Dial(s.path, guest.Options{Memory: guest.MemoryOptions{Hugetlb: true, Unsealed: true}})
+	if err != nil {
+		t.Fatalf("guest with hugetlb memory (make hugepages reserves it): %v", err)
+	}
+	if err := g.PostRx(0, 8); err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, 60)
+	copy(frame, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5})
+	if err := g.Transmit(0, vhost.NetHeader{}, frame); err != nil {
+		t.Fatal(err)
+	}
+	loop.Poll()
+	if pk, err := g.Receive(0); err != nil || len(pk) != 1 {
+		t.Fatalf("loopback before the truncation: %d frames, %v", len(pk), err)
+	}
+	if err := unix.Ftruncate(g.Mem.FD(), 0); err != nil {
+		t.Fatal(err)
+	}
+	loop.Poll() // reads the TX ring's avail index: faults
+	waitDisconnected(t, s.dev)
+	if c := loop.Counters(); c.GuestMemoryFaults != 1 {
+		t.Fatalf("loopback counters %+v, want one guest memory fault", c)
+	}
+	g.Close()
+
+	g2, err := guest.Dial(s.path, guest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close()
+	if err := g2.PostRx(0, 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := g2.Transmit(0, vhost.NetHeader{}, frame); err != nil {
+		t.Fatal(err)
+	}
+	loop.Poll()
+	if pk, err := g2.Receive(0); err != nil || len(pk) != 1 {
+		t.Fatalf("loopback after the faulting session: %d frames, %v", len(pk), err)
+	}
+}
