@@ -208,7 +208,7 @@ type nicPort struct {
 	dev   vfio.Device
 	nic   *ixgbe.Port
 	alloc *hugepage.IOVAAllocator
-	pools []*hugepage.Region
+	pools []*hugepage.DMAPool
 	macs  *guestMACs
 }
 
@@ -395,26 +395,19 @@ func (np *nicPort) newEnginePort(vp *vhostPort, pair, q int, ps nicSpec, spec ap
 	if page == 0 {
 		page = hugepage.Page2M
 	}
-	region, err := hugepage.Alloc(uint64(count*copyBufSize), hugepage.Options{PageSize: page, Name: "zcnet-copy"})
+	pool, err := hugepage.NewDMAPool(hugepage.DMAPoolConfig{
+		Pool:    hugepage.PoolConfig{BufSize: copyBufSize, Count: count},
+		Memory:  hugepage.Options{PageSize: page, Name: "zcnet-copy"},
+		Domains: []hugepage.DMADomain{{Mapper: np.dev.DMA(), IOVA: np.alloc}},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("copy buffers for %s queue %d: %w", np.name, q, err)
 	}
-	np.pools = append(np.pools, region)
-	iova, err := np.alloc.Alloc(uint64(region.Len()), uint64(page))
-	if err != nil {
-		return nil, fmt.Errorf("IOVA for the copy buffers of %s queue %d: %w", np.name, q, err)
-	}
-	if err := region.MapInto(np.dev.DMA(), iova); err != nil {
-		return nil, err
-	}
-	pool, err := hugepage.NewPool(region, hugepage.PoolConfig{BufSize: copyBufSize})
-	if err != nil {
-		return nil, err
-	}
+	np.pools = append(np.pools, pool)
 	return driver.NewPort(driver.PortConfig{
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", np.name, q, vp.spec.Socket, pair),
 		Device: vp.dev, Pair: pair, NIC: np.nic.QueuePair(q), DMA: vp.dma,
-		CopyPool: pool, ForceCopy: ps.Copy, Burst: spec.Burst,
+		CopyPool: pool.Pool, ForceCopy: ps.Copy, Burst: spec.Burst,
 		MACFilter: np.macs, GuestMAC: vp.spec.mac,
 	})
 }
@@ -514,8 +507,8 @@ func (a *appliance) release() error {
 			errs = append(errs, fmt.Errorf("close NIC port %s: %w", np.name, err))
 			continue // its rings may still be live: keep the buffers too
 		}
-		for _, r := range np.pools {
-			errs = append(errs, r.Close())
+		for _, p := range np.pools {
+			errs = append(errs, p.Close())
 		}
 		np.dev.Close()
 	}

@@ -170,20 +170,22 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	}
 
 	fwds := make([]*driver.Forward, 2)
-	var release []func()
+	var pools []*hugepage.DMAPool
 	defer func() {
-		for _, r := range release {
-			r()
+		for _, p := range pools {
+			if err := p.Close(); err != nil {
+				log.Warn("free buffer pool", zap.Error(err))
+			}
 		}
 	}()
 	for i := range fwds {
 		from, to := ports[i], ports[1-i]
-		pool, free, err := sharedPool(from, to, o.poolBufs)
+		pool, err := sharedPool(from, to, o.poolBufs)
 		if err != nil {
 			return err
 		}
-		release = append(release, free)
-		fwds[i], err = driver.NewForward(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool, o.burst)
+		pools = append(pools, pool)
+		fwds[i], err = driver.NewForward(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool.Pool, o.burst)
 		if err != nil {
 			return err
 		}
@@ -333,40 +335,16 @@ func (p *fwdPort) close(log *zap.Logger) {
 
 // sharedPool allocates a buffer pool in hugepages and maps it at one IOVA
 // into both ports' IOMMU domains: from's NIC writes a frame and to's NIC
-// reads the same buffer. The returned func unmaps and frees it.
-func sharedPool(from, to *fwdPort, count int) (*hugepage.Pool, func(), error) {
-	const bufSize = 2048
-	region, err := hugepage.Alloc(uint64(count*bufSize), hugepage.Options{PageSize: hugepage.Page2M, Name: "zcnet-fwd"})
-	if err != nil {
-		return nil, nil, err
-	}
-	size := uint64(region.Len())
-	iova, err := from.alloc.Alloc(size, hugepage.IOMMUPage)
-	if err == nil {
-		err = to.alloc.Reserve(iova, size)
-	}
-	if err != nil {
-		region.Close()
-		return nil, nil, fmt.Errorf("IOVA for the buffer pool: %w", err)
-	}
-	if err := region.MapInto(from.dev.DMA(), iova); err != nil {
-		region.Close()
-		return nil, nil, err
-	}
-	if err := to.dev.DMA().MapDMA(iova, region.Bytes()); err != nil {
-		region.Close()
-		return nil, nil, fmt.Errorf("map the buffer pool for %s: %w", to.name, err)
-	}
-	pool, err := hugepage.NewPool(region, hugepage.PoolConfig{BufSize: bufSize, Count: count})
-	if err != nil {
-		_ = to.dev.DMA().UnmapDMA(iova, size)
-		region.Close()
-		return nil, nil, err
-	}
-	return pool, func() {
-		_ = to.dev.DMA().UnmapDMA(iova, size)
-		region.Close()
-	}, nil
+// reads the same buffer.
+func sharedPool(from, to *fwdPort, count int) (*hugepage.DMAPool, error) {
+	return hugepage.NewDMAPool(hugepage.DMAPoolConfig{
+		Pool:   hugepage.PoolConfig{BufSize: 2048, Count: count},
+		Memory: hugepage.Options{PageSize: hugepage.Page2M, Name: "zcnet-fwd"},
+		Domains: []hugepage.DMADomain{
+			{Mapper: from.dev.DMA(), IOVA: from.alloc},
+			{Mapper: to.dev.DMA(), IOVA: to.alloc},
+		},
+	})
 }
 
 // pollCPUs turns the -l list into CPUs, defaulting to the last allowed one

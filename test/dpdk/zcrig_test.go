@@ -87,7 +87,7 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	if err != nil {
 		t.Fatalf("ixgbe.Open on the simulated 82599: %v", err)
 	}
-	pool, poolMem := newHostPool(t, r.pf, alloc)
+	pool := newHostPool(t, r.pf, alloc)
 
 	r.dma = driver.NewGuestDMA(r.pf.DMA(), alloc)
 	r.dev, err = vhost.NewDevice(vhost.Config{Name: o.name, Hook: r.dma, Features: o.features, Logger: logger})
@@ -95,7 +95,7 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 		t.Fatal(err)
 	}
 	r.port, err = driver.NewPort(driver.PortConfig{Name: o.name, Device: r.dev, NIC: r.nic.QueuePair(0),
-		DMA: r.dma, CopyPool: pool})
+		DMA: r.dma, CopyPool: pool.Pool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 			t.Errorf("%d guest memory regions still DMA-mapped after the session ended", n)
 		}
 		r.pf.Close()
-		if err := poolMem.Close(); err != nil {
+		if err := pool.Close(); err != nil {
 			t.Errorf("copy pool: %v", err)
 		}
 		for _, e := range r.warnings.All() {
@@ -173,24 +173,17 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 // newHostPool maps the port's copy-path buffers (2 KiB, as zcnet's) into
 // the NIC's IOMMU domain. The zero-copy path must not use them; they are
 // there because the engine falls back to them when it has to.
-func newHostPool(t *testing.T, pf *sim.PF, alloc *hugepage.IOVAAllocator) (*hugepage.Pool, *hugepage.Region) {
+func newHostPool(t *testing.T, pf *sim.PF, alloc *hugepage.IOVAAllocator) *hugepage.DMAPool {
 	t.Helper()
-	reg, err := hugepage.Alloc(2<<20, hugepage.Options{PageSize: hugepage.Page4K, Name: "dpdk-test-copy"})
+	pool, err := hugepage.NewDMAPool(hugepage.DMAPoolConfig{
+		Pool:    hugepage.PoolConfig{BufSize: 2048, Count: 1024},
+		Memory:  hugepage.Options{PageSize: hugepage.Page4K, Name: "dpdk-test-copy"},
+		Domains: []hugepage.DMADomain{{Mapper: pf.DMA(), IOVA: alloc}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	iova, err := alloc.Alloc(uint64(reg.Len()), hugepage.IOMMUPage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.MapInto(pf.DMA(), iova); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := hugepage.NewPool(reg, hugepage.PoolConfig{BufSize: 2048})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pool, reg
+	return pool
 }
 
 func mustMAC(s string) net.HardwareAddr {
