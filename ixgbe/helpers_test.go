@@ -108,6 +108,18 @@ func stepUntil(t testing.TB, pf *sim.PF, what string, cond func() bool) {
 	t.Fatalf("simulator never reached: %s", what)
 }
 
+// eachTxCompletion runs f as a subtest for each way the device reports
+// TX completions: DD in descriptors and head write-back.
+func eachTxCompletion(t *testing.T, f func(t *testing.T, headWB bool)) {
+	for _, headWB := range []bool{false, true} {
+		name := "descriptor-DD"
+		if headWB {
+			name = "head-write-back"
+		}
+		t.Run(name, func(t *testing.T) { f(t, headWB) })
+	}
+}
+
 // harvestN steps the simulator and harvests until n completions arrived.
 func harvestN(t testing.TB, pf *sim.PF, q *RxQueue, n int) []ring.RxDone {
 	t.Helper()

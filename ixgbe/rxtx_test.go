@@ -160,67 +160,61 @@ func TestRxDropsCountedWhenNotPosting(t *testing.T) {
 }
 
 func TestTxFramesByteForByte(t *testing.T) {
-	for _, headWB := range []bool{false, true} {
-		name := "descriptor-DD"
-		if headWB {
-			name = "head-write-back"
+	eachTxCompletion(t, func(t *testing.T, headWB bool) {
+		pf, p, alloc := simPort(t, Config{TxRingSize: 32, TxHeadWriteBack: headWB})
+		rec := &recorder{}
+		pf.Attach(rec)
+		bufs := newTestBufs(t, pf, p, alloc, 256, 2048)
+		q := p.TxQueue(0)
+		var want [][]byte
+		var pkts []ring.TxPkt
+		for i := range 40 {
+			f := udpFrame([6]byte{2, 0, 0, 0, 0, 9}, uint16(i), 9, payloadBytes(30+i*31, byte(i)))
+			fillChecksums(f)
+			want = append(want, f)
+			pk := ring.TxPkt{Cookie: ring.Cookie(1000 + i)}
+			// Every third packet in three segments.
+			if i%3 == 0 {
+				a, b := len(f)/3, 2*len(f)/3
+				for _, part := range [][]byte{f[:a], f[a:b], f[b:]} {
+					s, _ := bufs.txSeg(t, part)
+					pk.Segs = append(pk.Segs, s)
+				}
+			} else {
+				s, _ := bufs.txSeg(t, f)
+				pk.Segs = []ring.Segment{s}
+			}
+			pkts = append(pkts, pk)
 		}
-		t.Run(name, func(t *testing.T) {
-			pf, p, alloc := simPort(t, Config{TxRingSize: 32, TxHeadWriteBack: headWB})
-			rec := &recorder{}
-			pf.Attach(rec)
-			bufs := newTestBufs(t, pf, p, alloc, 256, 2048)
-			q := p.TxQueue(0)
-			var want [][]byte
-			var pkts []ring.TxPkt
-			for i := range 40 {
-				f := udpFrame([6]byte{2, 0, 0, 0, 0, 9}, uint16(i), 9, payloadBytes(30+i*31, byte(i)))
-				fillChecksums(f)
-				want = append(want, f)
-				pk := ring.TxPkt{Cookie: ring.Cookie(1000 + i)}
-				// Every third packet in three segments.
-				if i%3 == 0 {
-					a, b := len(f)/3, 2*len(f)/3
-					for _, part := range [][]byte{f[:a], f[a:b], f[b:]} {
-						s, _ := bufs.txSeg(t, part)
-						pk.Segs = append(pk.Segs, s)
-					}
-				} else {
-					s, _ := bufs.txSeg(t, f)
-					pk.Segs = []ring.Segment{s}
-				}
-				pkts = append(pkts, pk)
+		var cookies []ring.Cookie
+		for sent := 0; sent < len(pkts); {
+			n := q.Submit(pkts[sent:])
+			if n == 0 && q.InFlight() == 0 {
+				t.Fatal("Submit takes nothing from an empty ring")
 			}
-			var cookies []ring.Cookie
-			for sent := 0; sent < len(pkts); {
-				n := q.Submit(pkts[sent:])
-				if n == 0 && q.InFlight() == 0 {
-					t.Fatal("Submit takes nothing from an empty ring")
-				}
-				sent += n
-				cookies = append(cookies, reclaimN(t, pf, q, 1)...)
+			sent += n
+			cookies = append(cookies, reclaimN(t, pf, q, 1)...)
+		}
+		cookies = append(cookies, reclaimN(t, pf, q, len(pkts)-len(cookies))...)
+		for i, c := range cookies {
+			if c != ring.Cookie(1000+i) {
+				t.Fatalf("reclaimed cookie %d is %d, want %d (submission order)", i, c, 1000+i)
 			}
-			cookies = append(cookies, reclaimN(t, pf, q, len(pkts)-len(cookies))...)
-			for i, c := range cookies {
-				if c != ring.Cookie(1000+i) {
-					t.Fatalf("reclaimed cookie %d is %d, want %d (submission order)", i, c, 1000+i)
-				}
+		}
+		got := rec.take()
+		if len(got) != len(want) {
+			t.Fatalf("wire carried %d frames, want %d", len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("frame %d on the wire differs from the one submitted (%d vs %d bytes)", i, len(got[i]), len(want[i]))
 			}
-			got := rec.take()
-			if len(got) != len(want) {
-				t.Fatalf("wire carried %d frames, want %d", len(got), len(want))
-			}
-			for i := range want {
-				if !bytes.Equal(got[i], want[i]) {
-					t.Errorf("frame %d on the wire differs from the one submitted (%d vs %d bytes)", i, len(got[i]), len(want[i]))
-				}
-			}
-			st := p.Stats()
-			if st.TxPackets != uint64(len(want)) || st.Queues[0].TxPackets != uint64(len(want)) {
-				t.Errorf("stats count %d port / %d queue TX packets, want %d", st.TxPackets, st.Queues[0].TxPackets, len(want))
-			}
-		})
-	}
+		}
+		st := p.Stats()
+		if st.TxPackets != uint64(len(want)) || st.Queues[0].TxPackets != uint64(len(want)) {
+			t.Errorf("stats count %d port / %d queue TX packets, want %d", st.TxPackets, st.Queues[0].TxPackets, len(want))
+		}
+	})
 }
 
 func TestShutdownReturnsEveryCookie(t *testing.T) {

@@ -101,7 +101,8 @@ func (p *PF) txQueueEnabled(q int, now uint64) bool {
 
 // writeRXDCTL latches the queue enable. Enabling takes QueueEnableDelay
 // ticks to show; disabling waits for the RX engine to finish its current
-// pass, so when the write returns the queue's memory is no longer touched.
+// pass and writes back what it holds, so when the write returns the
+// queue's memory is no longer touched.
 func (p *PF) writeRXDCTL(q int, v uint32) {
 	p.rxMu.Lock()
 	defer p.rxMu.Unlock()
@@ -110,6 +111,7 @@ func (p *PF) writeRXDCTL(q int, v uint32) {
 	switch {
 	case v&dctlEnable == 0:
 		at.Store(0)
+		p.flushWriteBacks(&p.rx.wb)
 	case at.Load() == 0:
 		at.Store(p.clock.Load() + p.opts.QueueEnableDelay + 1)
 	}
@@ -126,10 +128,24 @@ func (p *PF) writeTXDCTL(q int, v uint32) {
 		at.Store(0)
 		word.Store(word.Load() &^ bit)
 		p.tx.queues[q].ctx = [2]txContext{}
+		p.flushWriteBacks(&p.tx.wb)
 	case at.Load() == 0:
 		at.Store(p.clock.Load() + p.opts.QueueEnableDelay + 1)
 		word.Store(word.Load() | bit)
 	}
+}
+
+// flushWriteBacks writes back everything an engine holds, for a queue
+// being disabled (the others' write-backs go too, keeping their order).
+// The caller holds the engine's lock.
+func (p *PF) flushWriteBacks(wb *writeBacks) {
+	if len(wb.held) == 0 || !p.cfg.busMaster() {
+		return
+	}
+	p.iommu.mu.RLock()
+	causes := wb.flush(&p.iommu, true)
+	p.iommu.mu.RUnlock()
+	p.raise(causes)
 }
 
 func (p *PF) readSpecial(off uint32, now uint64) uint32 {

@@ -66,6 +66,7 @@ type PF struct {
 	ctl          sync.Mutex
 	irqFDs       map[vfio.IRQKind][]int
 	cable        bool        // the far end has light
+	cableBackAt  uint64      // tick when a flapped link's cable is back (FlapLink), 0: none
 	linkUpAt     uint64      // tick when autonegotiation completes
 	linkReported bool        // link state last reported through LSC
 	linkState    atomic.Bool // linkReported, for the lock-free data path
@@ -81,6 +82,7 @@ type PF struct {
 	tx       txEngine
 	fifo     rxFIFO
 	peer     atomic.Pointer[wire.Endpoint]
+	wbDelay  atomic.Uint32 // engine passes write-backs are held (DelayWriteBack)
 	mc       modelCounters
 	rssOK    atomic.Bool // the Toeplitz table matches RSSRK
 	rarStale atomic.Bool // the exact-match address list needs a rebuild
@@ -116,6 +118,7 @@ type modelCounters struct {
 type Counters struct {
 	IOMMUFaults    uint64 // device accesses outside every IOMMU mapping
 	LastFaultIOVA  uint64
+	InjectedFaults uint64 // the IOMMU faults that FailDMA and FailDMARange injected
 	OrphanAccesses uint64 // accesses to mapped memory whose host pages went away (see IOMMU.OrphanAccesses)
 	Unknown        uint64 // accesses to offsets the model does not define
 	Interrupts     uint64 // eventfd signals sent
@@ -127,7 +130,7 @@ type Counters struct {
 	RxRunt         uint64 // frames under 60 bytes (RUC counts those the address filters pass)
 	RxOversize     uint64 // frames over the maximum size (ROC counts those the address filters pass)
 	TxNoLink       uint64 // frames transmitted with the link down or no cable attached
-	TxDMAFault     uint64 // packets dropped on an IOMMU fault
+	TxDMAFault     uint64 // packets dropped on an IOMMU fault reading them (a ring the engine cannot read stalls instead)
 	TxMalformed    uint64 // packets with descriptors the model cannot execute
 	DMANoBusMaster uint64 // engine passes that had work but bus mastering was off
 }
@@ -213,6 +216,7 @@ func (p *PF) SetLink(up bool) {
 		p.linkUpAt = p.clock.Load() + p.opts.LinkDelay
 	}
 	p.cable = up
+	p.cableBackAt = 0 // ends a flap
 	p.checkLinkLocked()
 }
 
@@ -227,7 +231,9 @@ func (p *PF) linkUpLocked(now uint64) bool { return p.cable && now >= p.linkUpAt
 
 // checkLinkLocked raises LSC when the link state changed since last seen.
 func (p *PF) checkLinkLocked() {
-	up := p.linkUpLocked(p.clock.Load())
+	now := p.clock.Load()
+	p.plugBackLocked(now)
+	up := p.linkUpLocked(now)
 	p.linkState.Store(up)
 	if up != p.linkReported {
 		p.linkReported = up
@@ -266,6 +272,7 @@ func (p *PF) resetLocked() {
 		p.txActive[i].Store(0)
 	}
 	p.tx.reset()
+	p.rx.wb.drop()
 	p.fifo.clear()
 	p.rssOK.Store(false)
 	p.rarStale.Store(true)
@@ -366,6 +373,7 @@ func (p *PF) Counters() Counters {
 	return Counters{
 		IOMMUFaults:    f,
 		LastFaultIOVA:  last,
+		InjectedFaults: p.iommu.InjectedFaults(),
 		OrphanAccesses: orphans,
 		Unknown:        m.unknown.Load(),
 		Interrupts:     m.interrupts.Load(),

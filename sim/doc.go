@@ -16,4 +16,9 @@
 // RXDCTL/TXDCTL.ENABLE are counted in model ticks, not in wall time. Every
 // BAR read and every engine pass is one tick, which is how a polling driver
 // experiences time on silicon too: it keeps reading until the bit appears.
+//
+// Fault injection (FlapLink, DelayWriteBack, FailDMA, FailDMARange) makes
+// the model produce the events a driver must survive: a link that drops
+// and returns, completions written back late, DMA the IOMMU refuses. Each
+// is counted where the hardware, or else the model (Counters), counts it.
 package sim

@@ -36,6 +36,15 @@ type IOMMU struct {
 
 	orphans    atomic.Uint64
 	lastOrphan atomic.Uint64
+
+	// Injected faults (PF.FailDMA, PF.FailDMARange). failing is the one
+	// check an access makes when none are injected.
+	failing  atomic.Bool
+	failMu   sync.Mutex
+	failLeft uint64 // accesses still to fail
+	failLo   uint64 // [failLo, failHi): a range that fails
+	failHi   uint64
+	injected atomic.Uint64
 }
 
 type mapping struct {
@@ -98,6 +107,55 @@ func (u *IOMMU) Faults() (count uint64, lastIOVA uint64) {
 func (u *IOMMU) fault(iova uint64) {
 	u.lastFault.Store(iova)
 	u.faults.Add(1)
+}
+
+// InjectedFaults reports how many of the faults Faults counts were
+// injected (PF.FailDMA, PF.FailDMARange) rather than real.
+func (u *IOMMU) InjectedFaults() uint64 { return u.injected.Load() }
+
+func (u *IOMMU) failNext(n uint64) {
+	u.failMu.Lock()
+	u.failLeft = n
+	u.armLocked()
+	u.failMu.Unlock()
+}
+
+func (u *IOMMU) failRange(iova, size uint64) {
+	u.failMu.Lock()
+	u.failLo, u.failHi = iova, iova+size
+	if u.failHi < u.failLo {
+		u.failHi = ^uint64(0) // the range runs to the top of the IOVA space
+	}
+	u.armLocked()
+	u.failMu.Unlock()
+}
+
+func (u *IOMMU) armLocked() { u.failing.Store(u.failLeft != 0 || u.failHi > u.failLo) }
+
+// injectedFault reports whether an injected fault fails the access to
+// [iova, iova+n); it counts the fault, at the first failing byte, as an
+// access outside every mapping would be counted.
+func (u *IOMMU) injectedFault(iova uint64, n int) bool {
+	return u.failing.Load() && u.inject(iova, n)
+}
+
+func (u *IOMMU) inject(iova uint64, n int) bool {
+	u.failMu.Lock()
+	at, hit := iova, false
+	switch {
+	case u.failLeft != 0:
+		u.failLeft--
+		hit = true
+	case iova < u.failHi && iova+uint64(n) > u.failLo:
+		at, hit = max(iova, u.failLo), true
+	}
+	u.armLocked()
+	u.failMu.Unlock()
+	if hit {
+		u.injected.Add(1)
+		u.fault(at)
+	}
+	return hit
 }
 
 // OrphanAccesses reports how many device accesses found the host memory
@@ -191,6 +249,9 @@ func (u *IOMMU) lookup(iova uint64, n int) ([]byte, bool) {
 // serves descriptor accesses, which never span two mappings on silicon
 // either (rings are contiguous and 128-byte aligned).
 func (u *IOMMU) slice(iova uint64, n int) ([]byte, bool) {
+	if u.injectedFault(iova, n) {
+		return nil, false
+	}
 	b, ok := u.lookup(iova, n)
 	if !ok {
 		u.fault(iova)
@@ -203,6 +264,9 @@ func (u *IOMMU) slice(iova uint64, n int) ([]byte, bool) {
 // Mapped memory whose host pages went away takes the write as orphaned
 // pinned pages would: it succeeds and the data is lost.
 func (u *IOMMU) dmaWrite(iova uint64, src []byte) bool {
+	if u.injectedFault(iova, len(src)) {
+		return false
+	}
 	if b, ok := u.lookup(iova, len(src)); ok {
 		u.store(iova, b, src)
 		return true
@@ -222,6 +286,9 @@ func (u *IOMMU) dmaWrite(iova uint64, src []byte) bool {
 // dmaRead copies from iova into dst, across adjacent mappings if needed.
 // Mapped memory whose host pages went away reads as zeros.
 func (u *IOMMU) dmaRead(iova uint64, dst []byte) bool {
+	if u.injectedFault(iova, len(dst)) {
+		return false
+	}
 	if b, ok := u.lookup(iova, len(dst)); ok {
 		u.load(iova, dst, b)
 		return true

@@ -48,6 +48,7 @@ const (
 type rxEngine struct {
 	scratch []byte     // the frame as DMA'd: tag stripped, CRC appended
 	descs   [64][]byte // descriptors of the frame being written
+	wb      writeBacks
 	rss     toeplitz
 	rssIn   [maxRSSInput]byte
 	rar     atomic.Pointer[[]uint64] // valid RAR entries (48-bit, DA byte 0 in bits 7:0)
@@ -229,17 +230,19 @@ func (p *PF) statSet(base uint32, q int) statID {
 func (p *PF) stepRX() int {
 	p.rxMu.Lock()
 	defer p.rxMu.Unlock()
+	wb := &p.rx.wb
+	wb.begin(p.wbDelay.Load())
 	head, n := p.fifo.pending()
-	if n == 0 {
+	if n == 0 && len(wb.held) == 0 {
 		return 0
 	}
 	if !p.cfg.busMaster() {
 		p.mc.dmaNoBusMaster.Add(1)
 		return 0
 	}
-	var causes uint32
 	done := 0
 	p.iommu.mu.RLock()
+	causes := wb.flush(&p.iommu, false)
 	for done < n && p.receive(p.fifo.at(head+done), &causes) {
 		done++
 	}
@@ -354,11 +357,18 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 	if strip {
 		tci = uint32(pi.tci)
 	}
-	le := binary.LittleEndian
+	// The write-backs: the whole descriptor in the advanced format (the
+	// status dword last), dwords 2-3 in the legacy one, whose buffer
+	// address stays.
+	cause := p.queueCause(q, false)
+	wb := &p.rx.wb
+	hold := wb.holding()
 	for i, d := range descs {
 		n := uint32(min(bufSize, len(out)-i*bufSize))
 		last := i == need-1
-		if legacy {
+		w := writeBack{iova: base + 16*uint64((rdh+uint32(i))%count), size: 16, set: 0xF, pub: 2}
+		switch {
+		case legacy:
 			st := uint32(rdStatDD)
 			if last {
 				st = status & 0xFF
@@ -369,35 +379,35 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 					st |= rdLegacyErrTCPE << 8
 				}
 			}
-			le.PutUint32(d[8:], n)
-			atomicStoreLE32(d[12:], st|tci<<16)
-			continue
-		}
-		if !last {
-			le.PutUint64(d[0:], 0)
-			le.PutUint32(d[12:], n)
-			atomicStoreLE32(d[8:], rdStatDD)
-			continue
-		}
-		errs = 0
-		if ipe {
-			errs |= rdErrIPE
-		}
-		if l4e {
-			errs |= rdErrL4E
-		}
-		le.PutUint32(d[0:], rssType|packetType(&pi)<<4)
-		if p.reg(regRXCSUM)&rxcsumPCSD != 0 {
-			le.PutUint32(d[4:], hash)
-		} else {
-			var id uint32
-			if pi.ipv4 {
-				id = uint32(binary.BigEndian.Uint16(f[pi.l3+4:]))
+			w.set, w.pub = 0xC, 3
+			w.words[2], w.words[3] = n, st|tci<<16
+		case !last:
+			w.words[2], w.words[3] = rdStatDD, n
+		default:
+			errs = 0
+			if ipe {
+				errs |= rdErrIPE
 			}
-			le.PutUint32(d[4:], id) // IP identification; fragment checksum not modelled
+			if l4e {
+				errs |= rdErrL4E
+			}
+			w.words[0] = rssType | packetType(&pi)<<4
+			if p.reg(regRXCSUM)&rxcsumPCSD != 0 {
+				w.words[1] = hash
+			} else if pi.ipv4 {
+				// IP identification; fragment checksum not modelled.
+				w.words[1] = uint32(binary.BigEndian.Uint16(f[pi.l3+4:]))
+			}
+			w.words[2], w.words[3] = status|errs, n|tci<<16
 		}
-		le.PutUint32(d[12:], n|tci<<16)
-		atomicStoreLE32(d[8:], status|errs)
+		if hold {
+			if last {
+				w.cause = cause
+			}
+			wb.hold(&w)
+			continue
+		}
+		w.apply(d)
 	}
 	p.setReg(qb+rqRDH, (rdh+uint32(need))%count)
 
@@ -405,7 +415,9 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 	p.stats.add(stQBRC0+set, uint64(len(out)))
 	p.stats.add(stRXDGPC, 1)
 	p.stats.add(stRXDGBC, uint64(len(out)))
-	*causes |= p.queueCause(q, false)
+	if !hold {
+		*causes |= cause
+	}
 	return true
 }
 

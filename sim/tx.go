@@ -66,6 +66,7 @@ type txQueueState struct{ ctx [2]txContext }
 
 type txDesc struct {
 	d      []byte // the descriptor in ring memory
+	iova   uint64 // where d is
 	addr   uint64
 	cmd    uint32 // dword 2
 	olinfo uint32 // dword 3
@@ -77,6 +78,7 @@ type txEngine struct {
 	hdr    []byte // per-segment header copy for TSO
 	out    []byte // the frame handed to the wire
 	descs  [maxTxDescs]txDesc
+	wb     writeBacks
 }
 
 func (e *txEngine) init() {
@@ -89,12 +91,15 @@ func (e *txEngine) reset() {
 	for i := range e.queues {
 		e.queues[i] = txQueueState{}
 	}
+	e.wb.drop()
 }
 
 // stepTX runs one pass over the enabled TX queues.
 func (p *PF) stepTX() int {
 	p.txMu.Lock()
 	defer p.txMu.Unlock()
+	wb := &p.tx.wb
+	wb.begin(p.wbDelay.Load())
 	if p.reg(regDMATXCTL)&dmatxctlTE == 0 {
 		return 0
 	}
@@ -102,6 +107,11 @@ func (p *PF) stepTX() int {
 	var causes uint32
 	frames := 0
 	locked := false
+	if len(wb.held) != 0 && p.cfg.busMaster() {
+		p.iommu.mu.RLock()
+		locked = true
+		causes = wb.flush(&p.iommu, false)
+	}
 	for w := range p.txActive {
 		for active := p.txActive[w].Load(); active != 0; active &= active - 1 {
 			q := w*64 + bits.TrailingZeros64(active)
@@ -143,12 +153,13 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 	st := &p.tx.queues[q]
 	frames, used := 0, 0
 	report := false
+	wb := &p.tx.wb
+	hold := wb.holding()
 
 	for head != tail && used < txBudget {
 		d, ok := p.iommu.slice(base+16*uint64(head), 16)
 		if !ok {
-			p.mc.txDMAFault.Add(1)
-			break // the ring itself is unreachable: no progress
+			break // the ring itself is unreachable: no progress, no packet lost
 		}
 		cmd := le.Uint32(d[8:])
 		if cmd&txCmdDEXT != 0 && cmd>>20&0xF == txDTypContext {
@@ -169,13 +180,13 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 		// A data packet: its descriptors up to EOP must all be posted.
 		n, i, eop := 0, head, false
 		for i != tail && n < maxTxDescs {
-			dd, ok := p.iommu.slice(base+16*uint64(i), 16)
+			iova := base + 16*uint64(i)
+			dd, ok := p.iommu.slice(iova, 16)
 			if !ok {
-				p.mc.txDMAFault.Add(1)
 				break
 			}
 			c := le.Uint32(dd[8:])
-			p.tx.descs[n] = txDesc{d: dd, addr: le.Uint64(dd), cmd: c, olinfo: le.Uint32(dd[12:])}
+			p.tx.descs[n] = txDesc{d: dd, iova: iova, addr: le.Uint64(dd), cmd: c, olinfo: le.Uint32(dd[12:])}
 			n++
 			i = (i + 1) % count
 			if c&txCmdEOP != 0 {
@@ -200,25 +211,39 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 			if headWB {
 				continue // head write-back replaces descriptor write-back
 			}
-			if x.cmd&txCmdDEXT != 0 {
-				atomicStoreLE32(x.d[12:], txStaDD)
-			} else {
-				atomicStoreLE32(x.d[12:], atomicLoadLE32(x.d[12:])|txStaDD)
+			// DD in dword 3: over the whole dword in the advanced format,
+			// beside CSS and VLAN in the legacy one.
+			w := writeBack{iova: x.iova, size: 16, set: 1 << 3, pub: 3, or: x.cmd&txCmdDEXT == 0}
+			w.words[3] = txStaDD
+			if hold {
+				wb.hold(&w)
+				continue
 			}
+			w.apply(x.d)
 		}
 		head = i
 		used += n
 	}
 	p.setReg(tb+tqTDH, head)
-	if report {
-		if headWB {
-			addr := uint64(p.reg(tb+tqTDWBAH))<<32 | uint64(wbal&^3)
-			if b, ok := p.iommu.slice(addr, 4); ok {
-				atomicStoreLE32(b, head)
-			}
-		}
-		*causes |= p.queueCause(q, true)
+	if !report {
+		return frames
 	}
+	cause := p.queueCause(q, true)
+	if headWB {
+		w := writeBack{iova: uint64(p.reg(tb+tqTDWBAH))<<32 | uint64(wbal&^3), size: 4, set: 1, words: [4]uint32{head}}
+		if hold {
+			w.cause = cause
+			wb.hold(&w)
+			return frames
+		}
+		if b, ok := p.iommu.slice(w.iova, 4); ok {
+			w.apply(b)
+		}
+	} else if hold {
+		wb.held[len(wb.held)-1].cause = cause
+		return frames
+	}
+	*causes |= cause
 	return frames
 }
 
