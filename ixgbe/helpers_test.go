@@ -210,6 +210,42 @@ func ipv4Frame(dst [6]byte, proto uint8, sport, dport uint16, l4hdr int, payload
 	return f
 }
 
+var (
+	testIP6Src = [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 1}
+	testIP6Dst = [16]byte{0x20, 0x01, 0x0d, 0xb8, 14: 0x02, 15: 0x07}
+)
+
+// ipv6Frame is ipv4Frame for IPv6 (no extension headers).
+func ipv6Frame(dst [6]byte, proto uint8, sport, dport uint16, l4hdr int, payload []byte) []byte {
+	v4 := ipv4Frame(dst, proto, sport, dport, l4hdr, payload)
+	l4 := v4[14+20:]
+	f := make([]byte, 14+40, 14+40+len(l4))
+	copy(f, v4[:12])
+	binary.BigEndian.PutUint16(f[12:], 0x86DD)
+	ip := f[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+	ip[6] = proto
+	ip[7] = 64
+	copy(ip[8:24], testIP6Src[:])
+	copy(ip[24:40], testIP6Dst[:])
+	return append(f, l4...)
+}
+
+// pseudoSum6 is the IPv6 pseudo-header sum of an L4 segment.
+func pseudoSum6(proto uint8, length int) uint32 {
+	s := onesSum(0, testIP6Src[:])
+	s = onesSum(s, testIP6Dst[:])
+	return s + uint32(proto) + uint32(length)
+}
+
+// l4ChecksumOK6 verifies the L4 checksum of an untagged IPv6 frame.
+func l4ChecksumOK6(f []byte) bool {
+	ip := f[14:]
+	l4 := ip[40 : 40+int(binary.BigEndian.Uint16(ip[4:]))]
+	return fold(onesSum(pseudoSum6(ip[6], len(l4)), l4)) == 0xFFFF
+}
+
 func udpFrame(dst [6]byte, sport, dport uint16, payload []byte) []byte {
 	return ipv4Frame(dst, 17, sport, dport, 8, payload)
 }

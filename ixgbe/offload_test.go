@@ -155,3 +155,89 @@ func TestVLANInsertAndStrip(t *testing.T) {
 		t.Errorf("RX: stripped frame differs from the frame without its tag")
 	}
 }
+
+// TestTxIPv6Offloads: IPv6 packets get their L4 checksum, and TSO its
+// segments, even when the caller also asks for the IPv4 header checksum:
+// an IPv6 packet has none, and the device refuses a packet whose
+// descriptor asks for one (IXSM with an IPv6 context).
+func TestTxIPv6Offloads(t *testing.T) {
+	env := newTxEnv(t, Config{})
+	dst := [6]byte{2, 0, 0, 0, 0, 9}
+	for _, proto := range []uint8{ring.L4UDP, ring.L4TCP} {
+		hdr, off := 8, 6
+		if proto == ring.L4TCP {
+			hdr, off = 20, 16
+		}
+		f := ipv6Frame(dst, proto, 4000, 80, hdr, payloadBytes(201, proto))
+		binary.BigEndian.PutUint16(f[14+40+off:], fold(pseudoSum6(proto, len(f)-54)))
+		seg, _ := env.bufs.txSeg(t, f)
+		got := submitAndCollect(t, env, ring.TxPkt{
+			Segs: []ring.Segment{seg}, Cookie: ring.Cookie(proto), IPv6: true,
+			Offload: ring.OffloadIPv4Csum | ring.OffloadL4Csum,
+			L4Proto: proto, L2Len: 14, L3Len: 40,
+		}, 1)[0]
+		if !l4ChecksumOK6(got) {
+			t.Errorf("proto %d: L4 checksum wrong on the wire", proto)
+		}
+	}
+
+	const mss = 500
+	payload := payloadBytes(1200, 5)
+	f := ipv6Frame(dst, ring.L4TCP, 5555, 80, 20, payload)
+	binary.BigEndian.PutUint16(f[14+40+16:], fold(pseudoSum6(ring.L4TCP, 0)))
+	seg, _ := env.bufs.txSeg(t, f)
+	frames := submitAndCollect(t, env, ring.TxPkt{
+		Segs: []ring.Segment{seg}, Cookie: 9, IPv6: true,
+		Offload: ring.OffloadTSO | ring.OffloadIPv4Csum | ring.OffloadL4Csum,
+		L4Proto: ring.L4TCP, L2Len: 14, L3Len: 40, L4Len: 20, MSS: mss,
+	}, 3)
+	var joined []byte
+	for i, g := range frames {
+		if !l4ChecksumOK6(g) {
+			t.Errorf("TSO segment %d: TCP checksum wrong", i)
+		}
+		joined = append(joined, g[14+40+20:]...)
+	}
+	if !bytes.Equal(joined, payload) {
+		t.Errorf("TSO segments carry %d payload bytes differing from the %d sent", len(joined), len(payload))
+	}
+	if m := env.pf.Counters().TxMalformed; m != 0 {
+		t.Errorf("the device refused %d packets as malformed", m)
+	}
+}
+
+// TestTxTSOPayloadLength: with TSO, PAYLEN is the TCP payload alone,
+// whatever the headers' lengths (IPv4 options, TCP options); the device
+// segments by it and refuses a packet whose PAYLEN disagrees with its
+// buffers.
+func TestTxTSOPayloadLength(t *testing.T) {
+	env := newTxEnv(t, Config{})
+	const mss = 600
+	payload := payloadBytes(1500, 3)
+	for _, tcpHdr := range []int{20, 32, 60} {
+		f := ipv4Frame([6]byte{2, 0, 0, 0, 0, 9}, ring.L4TCP, 5555, 80, tcpHdr, payload)
+		binary.BigEndian.PutUint16(f[14+20+16:], fold(pseudoSum(testIPSrc, testIPDst, 6, 0)))
+		// Headers and payload in separate buffers, as a stack hands them.
+		h := 14 + 20 + tcpHdr
+		s1, _ := env.bufs.txSeg(t, f[:h])
+		s2, _ := env.bufs.txSeg(t, f[h:])
+		frames := submitAndCollect(t, env, ring.TxPkt{
+			Segs: []ring.Segment{s1, s2}, Cookie: ring.Cookie(tcpHdr),
+			Offload: ring.OffloadTSO | ring.OffloadIPv4Csum | ring.OffloadL4Csum,
+			L4Proto: ring.L4TCP, L2Len: 14, L3Len: 20, L4Len: uint8(tcpHdr), MSS: mss,
+		}, 3)
+		var joined []byte
+		for i, g := range frames {
+			if ipOK, l4OK := checksumsOK(g); !ipOK || !l4OK {
+				t.Errorf("TCP header %d bytes, segment %d: checksums ok IPv4 %v, TCP %v", tcpHdr, i, ipOK, l4OK)
+			}
+			joined = append(joined, g[h:]...)
+		}
+		if !bytes.Equal(joined, payload) {
+			t.Errorf("TCP header %d bytes: segments carry %d payload bytes differing from the %d sent", tcpHdr, len(joined), len(payload))
+		}
+	}
+	if m := env.pf.Counters().TxMalformed; m != 0 {
+		t.Errorf("the device refused %d TSO packets as malformed (PAYLEN must count the payload only)", m)
+	}
+}

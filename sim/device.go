@@ -131,7 +131,7 @@ type Counters struct {
 	RxOversize     uint64 // frames over the maximum size (ROC counts those the address filters pass)
 	TxNoLink       uint64 // frames transmitted with the link down or no cable attached
 	TxDMAFault     uint64 // packets dropped on an IOMMU fault reading them (a ring the engine cannot read stalls instead)
-	TxMalformed    uint64 // packets with descriptors the model cannot execute
+	TxMalformed    uint64 // packets with descriptors the model cannot execute or that contradict the packet (PAYLEN, IXSM for IPv6)
 	DMANoBusMaster uint64 // engine passes that had work but bus mastering was off
 }
 

@@ -274,10 +274,26 @@ func (p *PF) transmitPacket(q int, descs []txDesc) int {
 	if vle {
 		tag = ctx.vlan
 	}
-	ixsm := first.olinfo&txPoptsIXSM != 0 && ctx.tucmd&tucmdIPv4 != 0
+	ixsm := first.olinfo&txPoptsIXSM != 0
 	txsm := first.olinfo&txPoptsTXSM != 0
+	// An IPv4 header checksum for a packet the context calls IPv6 has no
+	// field to go to. The reference does not say what silicon makes of
+	// it; the model refuses the packet rather than guess.
+	if ixsm && ctx.tucmd&tucmdIPv4 == 0 {
+		p.mc.txMalformed.Add(1)
+		return 0
+	}
+	// PAYLEN (first descriptor) is the whole packet fetched, or with TSO
+	// the L4 payload alone; the device segments by it. What silicon does
+	// when it disagrees with the buffers is not documented: the model
+	// refuses the packet.
+	paylen := int(first.olinfo >> 14)
 	if first.cmd&txCmdTSE != 0 {
-		return p.transmitTSO(q, &ctx, pkt, int(first.olinfo>>14), ixsm, vle, tag)
+		return p.transmitTSO(q, &ctx, pkt, paylen, ixsm, vle, tag)
+	}
+	if paylen != len(pkt) {
+		p.mc.txMalformed.Add(1)
+		return 0
 	}
 	if ixsm || txsm {
 		if ctx.maclen+ctx.iplen > len(pkt) || ctx.maclen < 14 {
@@ -364,8 +380,9 @@ func (p *PF) transmitTSO(q int, ctx *txContext, pkt []byte, paylen int, ixsm, vl
 		return 0
 	}
 	payload := pkt[hlen:]
-	if paylen < len(payload) {
-		payload = payload[:paylen]
+	if paylen != len(payload) {
+		p.mc.txMalformed.Add(1) // PAYLEN must count the payload only
+		return 0
 	}
 	ipv4 := ctx.tucmd&tucmdIPv4 != 0
 	ipOff, l4Off := ctx.maclen, ctx.maclen+ctx.iplen

@@ -339,3 +339,56 @@ func TestBackToBackFreeRunning(t *testing.T) {
 		}
 	}
 }
+
+// TestTxRefusesContradictoryDescriptors: a PAYLEN that is not the packet's
+// length (without TSO) or its TCP payload (with TSO, headers excluded),
+// and an IPv4 checksum asked for a packet the context calls IPv6, are
+// refused and counted, and still completed; a correct packet goes next.
+func TestTxRefusesContradictoryDescriptors(t *testing.T) {
+	p, _, r, c := txSetup(t)
+	const ixsm, txsm, tse = 1 << 8, 1 << 9, 1 << 31
+	v4 := buildFrame(frameSpec{dst: peerMAC, src: testMAC, vlan: -1, proto: 6, srcIP: ip4a, dstIP: ip4b,
+		sport: 1, dport: 2, payload: 1500, tsoPartial: true})
+	v6 := buildFrame(frameSpec{dst: peerMAC, src: testMAC, vlan: -1, proto: 6, srcIP: ip6a, dstIP: ip6b,
+		sport: 1, dport: 2, payload: 100, l4Partial: true})
+	hlen := 14 + 20 + 20
+	cases := []struct {
+		name string
+		send func()
+	}{
+		{"PAYLEN one byte long", func() { r.data(v4, 2048, 0, 0, len(v4)+1) }},
+		{"PAYLEN short", func() { r.data(v4, 2048, 0, 0, len(v4)-1) }},
+		{"TSO PAYLEN with the headers", func() {
+			r.context(14, 20, 20, 1000, 0, 1<<10|1<<11)
+			r.data(v4, 2048, tse, ixsm|txsm, len(v4))
+		}},
+		{"TSO PAYLEN short", func() {
+			r.context(14, 20, 20, 1000, 0, 1<<10|1<<11)
+			r.data(v4, 2048, tse, ixsm|txsm, len(v4)-hlen-1)
+		}},
+		{"IXSM for IPv6", func() {
+			r.context(14, 40, 0, 0, 0, 1<<11)
+			r.data(v6, 2048, 0, ixsm|txsm, len(v6))
+		}},
+	}
+	for i, tc := range cases {
+		tc.send()
+		last := (r.tail + r.n - 1) % r.n
+		r.kick()
+		p.Step()
+		if len(c.frames) != 0 || !r.dd(last) {
+			t.Errorf("%s: %d frames sent (want 0), completed %v (want true)", tc.name, len(c.frames), r.dd(last))
+		}
+		if m := p.Counters().TxMalformed; m != uint64(i+1) {
+			t.Errorf("%s: TxMalformed %d, want %d", tc.name, m, i+1)
+		}
+		c.frames = nil
+	}
+	r.context(14, 20, 20, 1000, 0, 1<<10|1<<11)
+	r.data(v4, 2048, tse, ixsm|txsm, len(v4)-hlen)
+	r.kick()
+	p.Step()
+	if len(c.frames) != 2 {
+		t.Errorf("a correct TSO packet after the refused ones made %d segments, want 2", len(c.frames))
+	}
+}
