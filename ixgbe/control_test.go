@@ -43,54 +43,75 @@ func TestToeplitzVector(t *testing.T) {
 	}
 }
 
+// rssRig is a port spreading received flows over its RX queues by RSS,
+// buffers posted on every queue.
+type rssRig struct {
+	pf   *sim.PF
+	p    *Port
+	bufs testBufs
+}
+
+func newRSSRig(t *testing.T, queues int) *rssRig {
+	pf, p, alloc := simPort(t, Config{RxQueues: queues, TxQueues: 1, RSS: true, RxRingSize: 128})
+	r := &rssRig{pf: pf, p: p, bufs: newTestBufs(t, pf, p, alloc, 64*queues, 2048)}
+	for i := range queues {
+		p.RxQueue(i).Post(r.bufs.rxBufs(t, 63))
+	}
+	return r
+}
+
+// check sends flows UDP flows (source ports 10000 on) and checks that each
+// arrives on the queue reta names for its hash, computed here from the
+// Toeplitz definition. It returns how many arrived on each queue.
+func (r *rssRig) check(t *testing.T, reta [128]uint8, flows int) []int {
+	t.Helper()
+	key := DefaultRSSKey()
+	want := map[uint16]int{} // source port -> queue
+	for i := range flows {
+		sport := uint16(10000 + i)
+		f := udpFrame([6]byte(r.p.MAC()), sport, 53, payloadBytes(20, byte(i)))
+		fillChecksums(f)
+		r.pf.Deliver(f)
+		in := make([]byte, 12)
+		copy(in[0:4], testIPSrc[:])
+		copy(in[4:8], testIPDst[:])
+		binary.BigEndian.PutUint16(in[8:], sport)
+		binary.BigEndian.PutUint16(in[10:], 53)
+		want[sport] = int(reta[toeplitz(key[:], in)&127])
+	}
+	per := make([]int, r.p.NumRxQueues())
+	buf := make([]ring.RxDone, 64)
+	got := 0
+	stepUntil(t, r.pf, "all flows received", func() bool {
+		for qi := range per {
+			q := r.p.RxQueue(qi)
+			n := q.Harvest(buf)
+			for _, d := range buf[:n] {
+				sport := binary.BigEndian.Uint16(r.bufs.Bytes(uint32(d.Cookie))[34:])
+				if want[sport] != qi {
+					t.Errorf("flow from port %d arrived on queue %d, RETA says %d", sport, qi, want[sport])
+				}
+				if d.RSSType != 7 { // IPv4/UDP
+					t.Errorf("flow %d: RSS type %d, want 7 (IPv4/UDP)", sport, d.RSSType)
+				}
+				per[qi]++
+			}
+			// The same buffers go back to the queue they came from.
+			r.bufs.Put(cookiesOf(buf[:n]))
+			if k := q.Post(r.bufs.rxBufs(t, n)); k != n {
+				t.Fatalf("queue %d took back %d of %d buffers", qi, k, n)
+			}
+			got += n
+		}
+		return got >= flows
+	})
+	return per
+}
+
 func TestRSSSpreadsFlows(t *testing.T) {
 	const queues = 4
-	pf, p, alloc := simPort(t, Config{RxQueues: queues, TxQueues: queues, RSS: true, RxRingSize: 128})
-	bufs := newTestBufs(t, pf, p, alloc, 512, 2048)
-	for i := range queues {
-		p.RxQueue(i).Post(bufs.rxBufs(t, 100))
-	}
-	key := DefaultRSSKey()
-	check := func(reta [128]uint8, flows int) [queues]int {
-		t.Helper()
-		want := map[uint16]int{} // source port -> queue
-		for i := range flows {
-			sport := uint16(10000 + i)
-			f := udpFrame([6]byte(p.MAC()), sport, 53, payloadBytes(20, byte(i)))
-			fillChecksums(f)
-			pf.Deliver(f)
-			in := make([]byte, 12)
-			copy(in[0:4], testIPSrc[:])
-			copy(in[4:8], testIPDst[:])
-			binary.BigEndian.PutUint16(in[8:], sport)
-			binary.BigEndian.PutUint16(in[10:], 53)
-			want[sport] = int(reta[toeplitz(key[:], in)&127])
-		}
-		var per [queues]int
-		buf := make([]ring.RxDone, 64)
-		got := 0
-		stepUntil(t, pf, "all flows received", func() bool {
-			for qi := range queues {
-				q := p.RxQueue(qi)
-				n := q.Harvest(buf)
-				for _, d := range buf[:n] {
-					sport := binary.BigEndian.Uint16(bufs.Bytes(uint32(d.Cookie))[34:])
-					if want[sport] != qi {
-						t.Errorf("flow from port %d arrived on queue %d, RETA says %d", sport, qi, want[sport])
-					}
-					if d.RSSType != 7 { // IPv4/UDP
-						t.Errorf("flow %d: RSS type %d, want 7 (IPv4/UDP)", sport, d.RSSType)
-					}
-					per[qi]++
-				}
-				bufs.Put(cookiesOf(buf[:n]))
-				got += n
-			}
-			return got >= flows
-		})
-		return per
-	}
-	per := check(roundRobinRETA(queues), 64)
+	r := newRSSRig(t, queues)
+	per := r.check(t, roundRobinRETA(queues), 64)
 	for qi, n := range per {
 		if n == 0 {
 			t.Errorf("queue %d received none of 64 flows: %v", qi, per)
@@ -101,15 +122,45 @@ func TestRSSSpreadsFlows(t *testing.T) {
 	for i := range reta {
 		reta[i] = 2
 	}
-	if err := p.SetRETA(reta); err != nil {
+	if err := r.p.SetRETA(reta); err != nil {
 		t.Fatal(err)
 	}
-	if per := check(reta, 16); per[2] != 16 {
+	if per := r.check(t, reta, 16); per[2] != 16 {
 		t.Errorf("after SetRETA(all 2): per-queue counts %v", per)
 	}
 	reta[0] = queues
-	if err := p.SetRETA(reta); err == nil {
+	if err := r.p.SetRETA(reta); err == nil {
 		t.Error("SetRETA accepted a queue the port does not have")
+	}
+}
+
+// TestRSSHighQueues: with the 16 queues RSS can spread over, flows reach
+// queues 4 to 15 as the redirection table says, both the round-robin table
+// Open loads and one SetRETA loads with every register's four entries in
+// descending order, so that a table packed wrong (entries in the wrong
+// byte, queue numbers cut to fewer bits) sends flows elsewhere.
+func TestRSSHighQueues(t *testing.T) {
+	const queues = maxRSSQueues
+	r := newRSSRig(t, queues)
+	reversed := [128]uint8{}
+	for i := range reversed {
+		reversed[i] = uint8(queues - 1 - i%queues)
+	}
+	for _, tc := range []struct {
+		name string
+		reta [128]uint8
+	}{{"round-robin", roundRobinRETA(queues)}, {"reversed", reversed}} {
+		if tc.name != "round-robin" { // that one Open loaded
+			if err := r.p.SetRETA(tc.reta); err != nil {
+				t.Fatal(err)
+			}
+		}
+		per := r.check(t, tc.reta, 256)
+		for qi := 4; qi < queues; qi++ {
+			if per[qi] == 0 {
+				t.Errorf("%s: queue %d received none of 256 flows: %v", tc.name, qi, per)
+			}
+		}
 	}
 }
 
