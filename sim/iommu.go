@@ -311,7 +311,7 @@ func (u *IOMMU) covered(iova uint64, n int) bool {
 	end := iova + uint64(n)
 	for iova < end {
 		b := u.prefix(iova, int(end-iova))
-		if b == nil {
+		if len(b) == 0 { // unmapped; an empty run would also never advance
 			u.fault(iova)
 			return false
 		}
