@@ -63,13 +63,16 @@ bench-sim: build hugepages
 bench-vhost: hugepages
 	$(GO) test -run '^$$' -bench BenchmarkVirtioUser -benchtime 1x -count=1 ./test/dpdk/
 
-## fuzz: 60 s for each vhost fuzzer (message parsing, split and packed chains,
-## whole front-end sessions against a served Device).
+## fuzz: 60 s for each fuzzer: vhost message parsing, split and packed
+## chains, whole front-end sessions against a served Device, and hostile
+## guest chains through the whole engine (vhost Device, Port, simulated
+## 82599) that must only ever name the guest's own memory.
 fuzz:
 	$(GO) test -run '^$$' -fuzz=FuzzMessage     -fuzztime=60s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzSplitChain  -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzPackedChain -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzDeviceSession -fuzztime=60s -fuzzminimizetime=10s ./vhost/
+	$(GO) test -run '^$$' -fuzz=FuzzEngineChains -fuzztime=60s -fuzzminimizetime=10s ./driver/
 
 ## demo: ten seconds of the whole data path on the simulator: an 82599 model,
 ## the zero-copy engine on a pinned lcore and a vhost-user guest (over a real

@@ -43,6 +43,9 @@ type rigOptions struct {
 	features uint64
 	// filterMACs: the port programs the guest's MAC into the NIC's filter.
 	filterMACs bool
+	// nic, if set, stands between the port and the NIC's queue pair
+	// (to watch or disturb what the port asks of the NIC).
+	nic func(NIC) NIC
 }
 
 // recorder keeps copies of frames.
@@ -101,6 +104,9 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	}()
 	pc := o.port
 	pc.Device, pc.NIC, pc.DMA, pc.CopyPool = r.dev, r.nic.QueuePair(0), r.dma, pool
+	if o.nic != nil {
+		pc.NIC = o.nic(pc.NIC)
+	}
 	if o.filterMACs {
 		pc.MACFilter = ixgbeMACFilter(r.nic)
 	}
