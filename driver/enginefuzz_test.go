@@ -133,10 +133,12 @@ const (
 
 // engineFuzz is the data path under test, one per fuzz worker process.
 type engineFuzz struct {
-	r       *rig
-	audit   *dmaAudit
-	canary  [2]*canary // below and above the guest's IOVA range
-	faults0 uint64
+	r      *rig
+	audit  *dmaAudit
+	canary [2]*canary // below and above the guest's IOVA range
+	// What the last input found, which the next starts from (see fresh).
+	faults0  uint64
+	poolHome int
 	// broke: the last input's guest broke a virtqueue (NEEDS_RESET).
 	broke bool
 }
@@ -192,7 +194,7 @@ func newEngineFuzz(f testing.TB) *engineFuzz {
 	if err := waitSessionOver(r); err != nil {
 		f.Fatal(err)
 	}
-	e.faults0 = r.pf.Counters().IOMMUFaults
+	e.faults0, e.poolHome = r.pf.Counters().IOMMUFaults, r.port.pool.Cap()
 	return e
 }
 
@@ -240,6 +242,7 @@ func (e *engineFuzz) run(t *testing.T, data []byte) {
 	if len(data) == 0 {
 		return
 	}
+	e.fresh(t)
 	opts := engineGuestOptions(data[0])
 	g, err := guest.Dial(r.path, opts)
 	if err != nil {
@@ -264,6 +267,37 @@ func (e *engineFuzz) run(t *testing.T, data []byte) {
 	e.check(t)
 }
 
+// fresh undoes what a failed input left behind, so that the next input is
+// judged on its own: the fuzzer minimizes a failing input by running
+// smaller ones in the same process, and those must not fail merely
+// because the port was already stopped, a canary already overwritten or a
+// fault already counted. (After a passing input there is nothing to undo.)
+func (e *engineFuzz) fresh(t *testing.T) {
+	r := e.r
+	if err := waitSessionOver(r); err != nil {
+		t.Fatal(err)
+	}
+	e.audit.take()
+	for _, c := range e.canary {
+		c.fill()
+	}
+	e.faults0 = r.pf.Counters().IOMMUFaults
+	if r.port.Err() == nil {
+		return
+	}
+	// A port that failed (a poll round panicked) is replaced by a new
+	// one on the same NIC queues, device and copy pool; host buffers the
+	// panic lost stay lost.
+	cfg := r.port.cfg
+	_ = r.port.Close()
+	p, err := NewPort(cfg)
+	if err != nil {
+		t.Fatalf("replacing the port that failed in an earlier input: %v", err)
+	}
+	r.port = p
+	e.poolHome = p.pool.Available()
+}
+
 // check asserts what must hold after every guest, whatever it did.
 func (e *engineFuzz) check(t *testing.T) {
 	t.Helper()
@@ -286,7 +320,7 @@ func (e *engineFuzz) check(t *testing.T) {
 	if rxPosted != 0 || txOnNIC != 0 || hostOut != 0 {
 		t.Fatalf("after the guest left the port still has %d RX buffers on the NIC, %d guest packets in the TX ring, %d host buffers out", rxPosted, txOnNIC, hostOut)
 	}
-	if got, want := r.port.pool.Available(), r.port.pool.Cap(); got != want {
+	if got, want := r.port.pool.Available(), e.poolHome; got != want {
 		t.Fatalf("copy pool has %d of its %d buffers after the guest left", got, want)
 	}
 }
@@ -719,16 +753,20 @@ func newCanary(tb testing.TB, pf *sim.PF, iova uint64, seed byte) *canary {
 		tb.Fatal(err)
 	}
 	c := &canary{reg: reg, iova: iova, seed: seed}
-	b := reg.Bytes()
-	for i := range b {
-		b[i] = c.want(i)
-	}
+	c.fill()
 	if err := reg.MapInto(pf.DMA(), iova); err != nil {
 		reg.Close()
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { reg.Close() })
 	return c
+}
+
+func (c *canary) fill() {
+	b := c.reg.Bytes()
+	for i := range b {
+		b[i] = c.want(i)
+	}
 }
 
 func (c *canary) want(i int) byte { return byte(i>>2) ^ byte(i*131) ^ c.seed }
