@@ -93,15 +93,23 @@ func TestTelemetryAndMetrics(t *testing.T) {
 		t.Fatalf("snapshot lacks parts: %+v", first)
 	}
 	_, m1 := scrape(t, addr)
-	time.Sleep(400 * time.Millisecond)
-	second, err := readTelemetry(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := first.totals(), second.totals()
-	if b.nicRx <= a.nicRx || b.guestRx <= a.guestRx || b.guestTx <= a.guestTx || b.zeroCopy <= a.zeroCopy ||
-		second.Traffic.GeneratorSent <= first.Traffic.GeneratorSent || second.UptimeSeconds <= first.UptimeSeconds {
-		t.Errorf("counters did not move:\n first %+v\nsecond %+v", a, b)
+	// Every counter must move while traffic flows: wait for it (a fixed
+	// pause would fail on a machine too loaded to move traffic in time).
+	var second Snapshot
+	var a, b totals
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if second, err = readTelemetry(sock); err != nil {
+			t.Fatal(err)
+		}
+		a, b = first.totals(), second.totals()
+		if b.nicRx > a.nicRx && b.guestRx > a.guestRx && b.guestTx > a.guestTx && b.zeroCopy > a.zeroCopy &&
+			second.Traffic.GeneratorSent > first.Traffic.GeneratorSent && second.UptimeSeconds > first.UptimeSeconds {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters did not move in 10 s:\n first %+v\nsecond %+v", a, b)
+		}
 	}
 	body, m2 := scrape(t, addr)
 	if m2 <= m1 {
