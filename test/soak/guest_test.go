@@ -322,15 +322,16 @@ func (d *guestDriver) round() int {
 	_ = in.g.FlushTx(0)
 	used += in.g.EmptyRx - d.emptySeen
 	d.emptySeen = in.g.EmptyRx
-	if in.poisoned {
-		used = 0 // leave the garbage where zcnet will find it, not overwritten by a publication
-	}
 	if d.holdRx > 0 && used > 0 {
 		used--
 		d.holdRx--
 	}
-	if err := in.refillRx(used); err != nil && !errors.Is(err, guest.ErrRingFull) {
-		d.rxError(err)
+	// A poisoned ring is left as it is: even a refill of nothing publishes
+	// the avail index, which would overwrite a garbage one.
+	if !in.poisoned {
+		if err := in.refillRx(used); err != nil && !errors.Is(err, guest.ErrRingFull) {
+			d.rxError(err)
+		}
 	}
 	d.mu.Lock()
 	d.st.Read += uint64(len(frames))
