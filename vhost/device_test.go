@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -128,7 +129,8 @@ func eventFD(t *testing.T) int {
 }
 
 func TestFeatureNegotiation(t *testing.T) {
-	s := serve(t, vhost.Config{Features: vhost.FVersion1 | vhost.NetFMrgRxbuf, QueuePairs: 1})
+	cfg, log := withRefusalLog(vhost.Config{Features: vhost.FVersion1 | vhost.NetFMrgRxbuf, QueuePairs: 1})
+	s := serve(t, cfg)
 	fe := rawFrontend(t, s.path)
 	f, err := fe.U64(vhost.ReqGetFeatures)
 	if err != nil {
@@ -145,9 +147,8 @@ func TestFeatureNegotiation(t *testing.T) {
 	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFReplyAck)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(vhost.FVersion1|vhost.FEventIdx)); err == nil {
-		t.Fatal("acking a feature that was not offered succeeded")
-	}
+	_, err = fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(vhost.FVersion1|vhost.FEventIdx))
+	log.refused(t, err, "acked features 0x20000000 that were not offered")
 	if _, err := fe.Request(vhost.ReqSetFeatures, vhost.EncodeU64(vhost.FVersion1)); err != nil {
 		t.Fatal(err)
 	}
@@ -157,50 +158,56 @@ func TestFeatureNegotiation(t *testing.T) {
 }
 
 func TestNewDeviceRejectsBadConfig(t *testing.T) {
-	for _, cfg := range []vhost.Config{
-		{Features: vhost.NetFCtrlVLAN},
-		{ProtocolFeatures: vhost.ProtoFLogShmfd},
-		{QueuePairs: 4, Features: vhost.FVersion1},
-		{MAC: net.HardwareAddr{1, 2, 3}},
+	for _, c := range []struct {
+		cfg  vhost.Config
+		want string // what the error must name
+	}{
+		{vhost.Config{Features: vhost.NetFCtrlVLAN}, "features 0x80000 are not implemented"},
+		{vhost.Config{ProtocolFeatures: vhost.ProtoFLogShmfd}, "protocol features 0x2 are not implemented"},
+		{vhost.Config{QueuePairs: 4, Features: vhost.FVersion1}, "4 queue pairs need the MQ feature"},
+		{vhost.Config{MAC: net.HardwareAddr{1, 2, 3}}, "MAC 01:02:03 is not 6 bytes"},
 	} {
-		if _, err := vhost.NewDevice(cfg); err == nil {
-			t.Errorf("config %+v accepted", cfg)
+		if _, err := vhost.NewDevice(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("config %+v: err = %v, want it to say %q", c.cfg, err, c.want)
 		}
 	}
 }
 
 func TestMalformedRequestsAreRefused(t *testing.T) {
-	s := serve(t, vhost.Config{QueuePairs: 2})
+	cfg, log := withRefusalLog(vhost.Config{QueuePairs: 2})
+	s := serve(t, cfg)
 	fe := ackedFrontend(t, s.path)
 	efd := eventFD(t)
+	// Each request is wrong in one way, and must be refused for that
+	// reason (want), not for another check that happens to run first.
 	cases := []struct {
 		name    string
 		req     vhost.Request
 		payload []byte
 		fds     []int
+		want    string
 	}{
-		{"unknown request", vhost.Request(99), nil, nil},
-		{"short SET_FEATURES", vhost.ReqSetFeatures, []byte{1, 2, 3, 4}, nil},
-		{"vring index out of range", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 99, Num: 256}), nil},
-		{"ring size not a power of two", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 300}), nil},
-		{"kick without fd", vhost.ReqSetVringKick, vhost.EncodeVringFile(0, false), nil},
-		{"kick with no-fd flag and an fd", vhost.ReqSetVringCall, vhost.EncodeVringFile(0, true), []int{efd}},
-		{"kick index out of range", vhost.ReqSetVringCall, vhost.EncodeVringFile(200, false), []int{efd}},
-		{"fd on a request without fds", vhost.ReqSetOwner, nil, []int{efd}},
-		{"mem table without fds", vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{{Size: 4096}}), nil},
-		{"mem table with 9 regions", vhost.ReqSetMemTable, func() []byte { b := vhost.EncodeMemTable(nil); b[0] = 9; return b }(), nil},
-		{"dirty log base", vhost.ReqSetLogBase, make([]byte, 16), []int{efd}},
-		{"enable value 2", vhost.ReqSetVringEnable, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 2}), nil},
-		{"status too large", vhost.ReqSetStatus, vhost.EncodeU64(0x100), nil},
-		{"backend req fd", vhost.ReqSetBackendReqFD, vhost.EncodeU64(0), []int{efd}},
-		{"protocol feature not offered", vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFLogShmfd), nil},
+		{"unknown request", vhost.Request(99), nil, nil, "REQUEST_99 is not implemented"},
+		{"short SET_FEATURES", vhost.ReqSetFeatures, []byte{1, 2, 3, 4}, nil, vhost.ErrBadSize.Error()},
+		{"vring index out of range", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 99, Num: 256}), nil, "vring index 99 out of range"},
+		{"ring size not a power of two", vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 300}), nil, "size 300: want a power of two"},
+		{"kick without fd", vhost.ReqSetVringKick, vhost.EncodeVringFile(0, false), nil, vhost.ErrBadFDCount.Error()},
+		{"kick with no-fd flag and an fd", vhost.ReqSetVringCall, vhost.EncodeVringFile(0, true), []int{efd}, vhost.ErrBadFDCount.Error()},
+		{"kick index out of range", vhost.ReqSetVringCall, vhost.EncodeVringFile(200, false), []int{efd}, "vring index 200 out of range"},
+		{"fd on a request without fds", vhost.ReqSetOwner, nil, []int{efd}, vhost.ErrBadFDCount.Error()},
+		{"mem table without fds", vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{{Size: 4096}}), nil, "1 regions but 0 fds"},
+		{"mem table with 9 regions", vhost.ReqSetMemTable, func() []byte { b := vhost.EncodeMemTable(nil); b[0] = 9; return b }(), nil, "9 regions (1-8 allowed)"},
+		{"dirty log base", vhost.ReqSetLogBase, make([]byte, 16), []int{efd}, "dirty logging for live migration is not implemented"},
+		{"enable value 2", vhost.ReqSetVringEnable, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 2}), nil, "SET_VRING_ENABLE 2 for vring 0: want 0 or 1"},
+		{"status too large", vhost.ReqSetStatus, vhost.EncodeU64(0x100), nil, "0x100 does not fit the status byte"},
+		{"backend req fd", vhost.ReqSetBackendReqFD, vhost.EncodeU64(0), []int{efd}, "SET_BACKEND_REQ_FD is not implemented"},
+		{"protocol feature not offered", vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFLogShmfd), nil, "protocol features 0x2 that were not offered"},
 	}
 	before := openFDs(t)
 	for _, c := range cases {
 		n := openFDs(t)
-		if _, err := fe.Request(c.req, c.payload, c.fds...); err == nil {
-			t.Errorf("%s: accepted", c.name)
-		}
+		_, err := fe.Request(c.req, c.payload, c.fds...)
+		t.Run(c.name, func(t *testing.T) { log.refused(t, err, c.want) })
 		if openFDs(t) != n {
 			t.Errorf("%s: leaked a descriptor", c.name)
 		}
@@ -320,7 +327,8 @@ func TestResetOwnerStopsRingsAndMemory(t *testing.T) {
 
 func TestMemSlots(t *testing.T) {
 	hook := &recordingHook{mapped: map[*byte]int{}}
-	s := serve(t, vhost.Config{Hook: hook})
+	cfg, log := withRefusalLog(vhost.Config{Hook: hook})
+	s := serve(t, cfg)
 	fe := ackedFrontend(t, s.path)
 	n, err := fe.U64(vhost.ReqGetMaxMemSlots)
 	if err != nil || n < 8 {
@@ -337,18 +345,16 @@ func TestMemSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := fe.Request(vhost.ReqAddMemReg, vhost.EncodeMemReg(regs[0]), mem.FD()); err == nil {
-		t.Fatal("overlapping ADD_MEM_REG accepted")
-	}
+	_, err = fe.Request(vhost.ReqAddMemReg, vhost.EncodeMemReg(regs[0]), mem.FD())
+	log.refused(t, err, vhost.ErrRegionLayout.Error())
 	if hook.count() != 2 {
 		t.Fatalf("hook has %d regions", hook.count())
 	}
 	if _, err := fe.Request(vhost.ReqRemMemReg, vhost.EncodeMemReg(regs[0])); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fe.Request(vhost.ReqRemMemReg, vhost.EncodeMemReg(regs[0])); err == nil {
-		t.Fatal("removing a region twice succeeded")
-	}
+	_, err = fe.Request(vhost.ReqRemMemReg, vhost.EncodeMemReg(regs[0]))
+	log.refused(t, err, "REM_MEM_REG: no region at gpa")
 	if hook.count() != 1 {
 		t.Fatalf("hook has %d regions after REM_MEM_REG", hook.count())
 	}

@@ -128,8 +128,8 @@ func TestNetHeaderRoundTrip(t *testing.T) {
 	if legacy.NumBuffers != 0 || legacy.GSOSize != h.GSOSize {
 		t.Fatalf("legacy decode %+v", legacy)
 	}
-	if _, err := DecodeNetHeader(b[:9], LegacyNetHeaderSize); err == nil {
-		t.Fatal("short header accepted")
+	if _, err := DecodeNetHeader(b[:9], LegacyNetHeaderSize); !errors.Is(err, ErrShortNetHeader) {
+		t.Fatalf("short header: err = %v, want ErrShortNetHeader", err)
 	}
 	if NetHeaderLen(0) != 10 || NetHeaderLen(FVersion1) != 12 || NetHeaderLen(NetFMrgRxbuf) != 12 {
 		t.Fatal("header length per feature set")
