@@ -1,11 +1,13 @@
 package driver
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/wire"
 )
@@ -210,8 +212,21 @@ func TestForwardZeroAllocs(t *testing.T) {
 }
 
 func TestNewForwardErrors(t *testing.T) {
-	if _, err := NewForward("x", nil, nil, nil, 32); err == nil {
-		t.Error("nil queues accepted")
+	r := newFwdRig(t, 64, 2048)
+	for _, c := range []struct {
+		name  string
+		rx    ring.RxQueue
+		tx    ring.TxQueue
+		burst int
+		want  string
+	}{
+		{"nil queues", nil, nil, 32, "receive queue, transmit queue and pool are all required"},
+		{"burst 0", r.a.RxQueue(0), r.b.TxQueue(0), 0, "burst 0 out of range 1-1024"},
+		{"burst 1025", r.a.RxQueue(0), r.b.TxQueue(0), 1025, "burst 1025 out of range 1-1024"},
+	} {
+		if _, err := NewForward("x", c.rx, c.tx, r.fwd.pool, c.burst); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want it to say %q", c.name, err, c.want)
+		}
 	}
 }
 

@@ -413,8 +413,8 @@ func TestStopIsPromptAndIdempotent(t *testing.T) {
 	if err := r.Stop(); err != nil { // before Start: nothing to stop
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err == nil {
-		t.Fatal("Start after Stop succeeded")
+	if err := r.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "stopped before it was started") {
+		t.Fatalf("Start after Stop: err = %v, want the runner refusing as stopped", err)
 	}
 
 	r, err = NewRunner(RunnerOptions{}, []LcoreConfig{{ID: 0, CPU: allowedCPUs(t)[0], Tasks: []Task{task}}})
@@ -424,8 +424,8 @@ func TestStopIsPromptAndIdempotent(t *testing.T) {
 	if err := r.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err == nil {
-		t.Error("second Start succeeded")
+	if err := r.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "already started") {
+		t.Errorf("second Start: err = %v, want the runner refusing as already started", err)
 	}
 	waitFor(t, "the lcore to poll", func() bool { return task.polls.Load() > 0 })
 	var wg sync.WaitGroup

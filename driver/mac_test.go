@@ -2,6 +2,7 @@ package driver
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/zcnet/zcnet/ixgbe"
@@ -116,8 +117,8 @@ func TestGuestMACConfigured(t *testing.T) {
 		t.Fatalf("GuestMAC = %x (static %v), want the configured %x", mac, static, own)
 	}
 	var m macState
-	if err := m.init(nil, [6]byte{0x01, 0, 0x5e, 0, 0, 1}); err == nil {
-		t.Fatal("a multicast guest MAC was accepted")
+	if err := m.init(nil, [6]byte{0x01, 0, 0x5e, 0, 0, 1}); err == nil || !strings.Contains(err.Error(), "01:00:5e:00:00:01 is a multicast address") {
+		t.Fatalf("a multicast guest MAC: err = %v, want it refused as multicast", err)
 	}
 }
 
