@@ -9,28 +9,32 @@ import (
 )
 
 func TestParseMemSize(t *testing.T) {
+	const notBytes = "give bytes, optionally with a K, M, G or T suffix"
 	for _, c := range []struct {
-		in   string
-		want uint64
-		ok   bool
+		in      string
+		want    uint64
+		refused string // what the error says, "" if the size is fine
 	}{
-		{"1073741824", 1 << 30, true},
-		{"64G", 64 << 30, true},
-		{"64g", 64 << 30, true},
-		{"512MiB", 512 << 20, true},
-		{"512MB", 512 << 20, true},
-		{"2T", 2 << 40, true},
-		{"4K", 4 << 10, true},
-		{"", 0, false},
-		{"G", 0, false},
-		{"1.5G", 0, false},
-		{"-1G", 0, false},
-		{"64X", 0, false},
-		{"99999999999T", 0, false},
+		{"1073741824", 1 << 30, ""},
+		{"64G", 64 << 30, ""},
+		{"64g", 64 << 30, ""},
+		{"512MiB", 512 << 20, ""},
+		{"512MB", 512 << 20, ""},
+		{"2T", 2 << 40, ""},
+		{"4K", 4 << 10, ""},
+		{"", 0, notBytes},
+		{"G", 0, notBytes},
+		{"1.5G", 0, notBytes},
+		{"-1G", 0, notBytes},
+		{"64X", 0, notBytes},
+		{"99999999999T", 0, "too large"},
 	} {
 		got, err := parseMemSize(c.in)
-		if (err == nil) != c.ok || got != c.want {
-			t.Errorf("parseMemSize(%q) = %d, %v; want %d, ok %v", c.in, got, err, c.want, c.ok)
+		switch {
+		case c.refused == "" && (err != nil || got != c.want):
+			t.Errorf("parseMemSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		case c.refused != "" && (err == nil || !strings.Contains(err.Error(), c.refused)):
+			t.Errorf("parseMemSize(%q) = %d, %v; want an error saying %q", c.in, got, err, c.refused)
 		}
 	}
 }

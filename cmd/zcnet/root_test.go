@@ -59,15 +59,18 @@ func TestRunForwardSimulated(t *testing.T) {
 }
 
 func TestRunForwardFlagErrors(t *testing.T) {
-	for _, args := range [][]string{
-		{"run"},
-		{"run", "--fwd"},
-		{"run", "--fwd", "--pci", "0000:01:00.0"},
-		{"run", "--fwd", "--sim", "--pci", "0000:01:00.0"},
-		{"run", "--fwd", "--sim", "-l", "5-3"},
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run"}, "give the NIC with --pci"},
+		{[]string{"run", "--fwd"}, "--fwd needs either exactly two --pci ports or --sim"},
+		{[]string{"run", "--fwd", "--pci", "0000:01:00.0"}, "--fwd needs exactly two --pci ports, got 1"},
+		{[]string{"run", "--fwd", "--sim", "--pci", "0000:01:00.0"}, "--fwd needs either exactly two --pci ports or --sim"},
+		{[]string{"run", "--fwd", "--sim", "-l", "5-3"}, `range "5-3" is reversed`},
 	} {
-		if _, err := execute(args...); err == nil {
-			t.Errorf("zcnet %s succeeded", strings.Join(args, " "))
+		if _, err := execute(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("zcnet %s: err = %v, want it to say %q", strings.Join(c.args, " "), err, c.want)
 		}
 	}
 }
