@@ -26,10 +26,14 @@ func (p *Port) collectHostBufs(k, n int) int {
 }
 
 // deliverCopy copies a frame held in host buffers into guest chains: those
-// the port took back from dropped frames first (they are the guest's
-// buffers in hand, and the refill leaves them for this), then chains popped
-// now. It reports false (leaving the frame pending) when the guest has not
-// posted enough buffers yet.
+// kept from an earlier attempt first, then those the port took back from
+// dropped frames (they are the guest's buffers in hand, and the refill
+// leaves them for this), then chains popped now. It reports false (leaving
+// the frame pending) when the guest has not posted enough buffers yet; the
+// chains taken so far are kept for the next attempt (rx.held) rather than
+// given back to the ring: a chain popped in between may already have gone
+// back used (one the copy cannot write into), and a ring is never rewound
+// past a used chain.
 func (p *Port) deliverCopy(f []ring.RxDone) bool {
 	r := &p.rx
 	hl := p.hdrLen
@@ -39,13 +43,15 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 		total += int(f[i].Len)
 	}
 	need := uint32(hl + total)
-	n, room, recycled := 0, uint32(0), 0
+	n, room := r.held, uint32(0)
+	for i := range n {
+		room += r.chains[i].WriteLen
+	}
 	for room < need && n < len(r.chains) && (mrg || n == 0) && len(r.recycle) > 0 {
 		p.recycledChain(&r.chains[n], r.recycle[len(r.recycle)-1])
 		r.recycle = r.recycle[:len(r.recycle)-1]
 		room += r.chains[n].WriteLen
 		n++
-		recycled++
 	}
 	for room < need && n < len(r.chains) && (mrg || n == 0) {
 		ok, err := p.popRx(&r.chains[n])
@@ -69,16 +75,15 @@ func (p *Port) deliverCopy(f []ring.RxDone) bool {
 			for i := range n {
 				p.rxv.Push(r.chains[i].Head, 0)
 			}
+			r.held = 0
 			p.release(f)
 			p.st.add(cDropRxTooBig, 1)
 			return true
 		}
-		p.unpopRx(n - recycled)
-		for i := recycled - 1; i >= 0; i-- {
-			r.recycle = append(r.recycle, r.chains[i].Head)
-		}
+		r.held = n
 		return false
 	}
+	r.held = 0
 	w := chainWriter{chains: r.chains[:n]}
 	p.putRxHeader(r.hdr[:], &f[len(f)-1], n)
 	w.write(r.hdr[:hl])

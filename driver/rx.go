@@ -65,7 +65,11 @@ type rxState struct {
 
 	chain  vhost.Chain
 	chains []vhost.Chain
-	hdr    [vhost.NetHeaderSize]byte
+	// held counts the chains at the start of chains that deliverCopy
+	// took for the frame at the head of pending and keeps until the
+	// guest has posted enough for the whole frame.
+	held int
+	hdr  [vhost.NetHeaderSize]byte
 }
 
 func (r *rxState) init(burst, capacity int) {
@@ -76,7 +80,7 @@ func (r *rxState) init(burst, capacity int) {
 	// each poll, even while frames wait for guest buffers, keeps posted
 	// equal to what the NIC can still fill, which refill tops up.
 	r.pending = make([]ring.RxDone, 0, capacity+burst+2*maxRxMerge)
-	r.recycle = make([]uint16, 0, capacity+burst)
+	r.recycle = make([]uint16, 0, capacity+burst+maxRxMerge)
 	r.chain.Segs = make([]vhost.Segment, 0, maxSegs)
 	r.chains = make([]vhost.Chain, maxRxMerge)
 	for i := range r.chains {
@@ -430,7 +434,7 @@ func (p *Port) refill() bool {
 		// only says whether a chain is available, not how many: it gets
 		// none on the NIC until the host buffers are back, host buffers
 		// meanwhile.
-		have := len(r.recycle) + p.rxv.Avail()
+		have := r.held + len(r.recycle) + p.rxv.Avail()
 		if have > r.hostOut {
 			k = p.collectGuestBufs(min(room, have-r.hostOut))
 		} else if n := r.hostTopUp(r.posted); n > 0 {
@@ -459,14 +463,6 @@ func (p *Port) popRx(c *vhost.Chain) (bool, error) {
 		r.pops++
 	}
 	return ok, err
-}
-
-// unpopRx gives back the last n chains popRx returned.
-func (p *Port) unpopRx(n int) {
-	p.rxv.Unpop(n)
-	if p.rx.zeroCopy {
-		p.rx.pops -= uint64(n)
-	}
 }
 
 // collectGuestBufs fills r.bufs with up to room guest chains: first those
@@ -560,6 +556,11 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	for i := range pending {
 		take(pending[i].Cookie)
 	}
+	// The chains kept for a pending frame were never written either.
+	for i := range r.held {
+		r.recycle = append(r.recycle, r.chains[i].Head)
+	}
+	r.held = 0
 	if v != nil {
 		p.giveBackRx(v)
 		v.Flush()
