@@ -396,3 +396,17 @@ func (b *cpuBitmap) list() []int {
 	}
 	return out
 }
+
+// PollCPUs turns a core list into CPUs for lcores; an empty list means the
+// last CPU the process may run on (CPU 0 usually takes the kernel's
+// housekeeping).
+func PollCPUs(list string) ([]int, error) {
+	if list != "" {
+		return ParseCoreList(list)
+	}
+	allowed, err := AllowedCPUs()
+	if err != nil {
+		return nil, err
+	}
+	return allowed[len(allowed)-1:], nil
+}

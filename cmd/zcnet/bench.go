@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/sim/guest"
 	"io"
 	"os"
 	"os/signal"
@@ -24,7 +27,6 @@ import (
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/wire"
-	"github.com/zcnet/zcnet/vfio"
 )
 
 // benchOptions are the flags of `zcnet bench`.
@@ -215,7 +217,7 @@ func runBench(ctx context.Context, log *zap.Logger, o *benchOptions, out, errOut
 	if err := o.check(); err != nil {
 		return err
 	}
-	cpus, err := pollCPUs(o.lcores)
+	cpus, err := driver.PollCPUs(o.lcores)
 	if err != nil {
 		return err
 	}
@@ -287,26 +289,26 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 	so := &simOptions{lcores: o.lcores, frameSize: size, flows: o.flows, copy: copyPath, rxd: o.rxd, txd: o.txd, pageSize: o.pageSize}
 	r := &simRun{o: so, pf: sim.NewPF(sim.DefaultOptions())}
 	socket := filepath.Join(dir, "guest.sock")
-	spec := applianceSpec{
+	spec := appliance.Spec{
 		Lcores:   o.lcores,
-		Ports:    []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: copyPath, Vhost: []vhostSpec{{Socket: socket}}}},
-		pageSize: o.pageSize,
+		NICs:     []appliance.NICSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: copyPath, Guests: []appliance.GuestSpec{{Socket: socket}}}},
+		PageSize: o.pageSize,
 	}
-	if r.app, err = assemble(log, spec, []vfio.Device{r.pf}); err != nil {
+	if r.app, err = appliance.Open(spec, simOpener(r.pf), appliance.WithLogger(log)); err != nil {
 		return benchResult{}, err
 	}
-	defer r.app.shutdown()
+	defer r.app.Shutdown()
 	if err := r.attachWire(); err != nil {
 		return benchResult{}, err
 	}
 	r.pf.Start()
-	if err := r.app.run(ctx); err != nil {
+	if err := r.app.Run(ctx); err != nil {
 		return benchResult{}, err
 	}
-	if r.guest, err = startEchoGuest(socket); err != nil {
+	if r.guest, err = guest.StartEcho(socket); err != nil {
 		return benchResult{}, err
 	}
-	defer r.guest.close()
+	defer r.guest.Close()
 	r.waitGuestReady()
 
 	b := &benchRun{simRun: r, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
@@ -328,7 +330,7 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 	// Faults are read after shutdown: an unmap under a live DMA would
 	// show up only then. The guest stays connected until the data path
 	// has stopped (as in zcnet sim); the deferred close disconnects it.
-	if err := r.app.shutdown(); err != nil {
+	if err := r.app.Shutdown(); err != nil {
 		return res, err
 	}
 	res.IOMMUFaults = r.pf.Counters().IOMMUFaults
@@ -381,14 +383,14 @@ func (b *benchRun) search(ctx context.Context, o *benchOptions) float64 {
 // wire saw meanwhile. It does not fill in Mode, AutoRate or IOMMUFaults.
 func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) benchResult {
 	gen, err := wire.NewGenerator(wire.GeneratorConfig{
-		DstMAC: wire.MAC(b.app.nics[0].nic.MAC()), FrameSize: b.o.frameSize, Flows: b.o.flows, Rate: rate,
+		DstMAC: nicMAC(b.app), FrameSize: b.o.frameSize, Flows: b.o.flows, Rate: rate,
 	}, b.pf)
 	if err != nil { // the configuration was checked: a bug
 		panic(err)
 	}
 	b.sink.Reset()
 	b.gen = gen
-	lc := b.app.runner.Lcores()[0]
+	lc := b.app.Lcores()[0]
 	tid := lcoreThread(lc.CPU())
 	schedBefore, schedOK := threadSchedstat(tid)
 	before, snapBefore := lc.Stats(), b.snapshot()
@@ -416,8 +418,8 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 
 	// Frames moved are the ports' delivered counts (what a poll returns
 	// is work done, which on the copy path need not be one per frame).
-	tb, ta := snapBefore.totals(), snapAfter.totals()
-	res.PMDPackets = (ta.guestRx - tb.guestRx) + (ta.guestTx - tb.guestTx)
+	tb, ta := snapBefore.Totals(), snapAfter.Totals()
+	res.PMDPackets = (ta.GuestRx - tb.GuestRx) + (ta.GuestTx - tb.GuestTx)
 	var busy time.Duration
 	for i := range after.Tasks {
 		busy += after.Tasks[i].BusyTime - before.Tasks[i].BusyTime
@@ -440,9 +442,9 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	if total := (after.BusyTime - before.BusyTime) + (after.IdleTime - before.IdleTime); total > 0 {
 		res.LcoreBusyPct = 100 * float64(after.BusyTime-before.BusyTime) / float64(total)
 	}
-	res.ZeroCopy, res.Copied = ta.zeroCopy-tb.zeroCopy, ta.copied-tb.copied
-	res.NICMissed, res.NICNoDesc = ta.nicMissed-tb.nicMissed, ta.nicNoDesc-tb.nicNoDesc
-	res.EngineDrops = ta.drops - tb.drops
+	res.ZeroCopy, res.Copied = ta.ZeroCopy-tb.ZeroCopy, ta.Copied-tb.Copied
+	res.NICMissed, res.NICNoDesc = ta.NICMissed-tb.NICMissed, ta.NICNoDescriptor-tb.NICNoDescriptor
+	res.EngineDrops = ta.Drops - tb.Drops
 	return res
 }
 

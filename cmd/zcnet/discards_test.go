@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -36,7 +37,7 @@ func TestNICDiscardsReachTheOperator(t *testing.T) {
 	pf.Deliver(frameTo(own, 42))                                      // runt: RUC, RLEC
 	pf.Deliver(frameTo(own, 1600))                                    // over 1518 with FCS: ROC, RLEC
 	pf.Deliver(frameTo([6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 60)) // no filter accepts it
-	var n NICCounters
+	var n appliance.NICCounters
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		n = waitTelemetry(t, tel).NICs[0]
 		if n.RxFiltered != nil && *n.RxFiltered > 0 && n.RxUndersize > 0 && n.RxOversize > 0 {

@@ -43,7 +43,7 @@ func TestRunLearnsGuestMAC(t *testing.T) {
 	defer checkShutdown(t, stop)
 	waitSocket(t, sock)
 	pf, sink := f.pf("0000:03:00.0")
-	g, err := guest.Dial(sock, echoGuestOptions)
+	g, err := guest.Dial(sock, guest.EchoOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,11 +62,11 @@ func TestRunLearnsGuestMAC(t *testing.T) {
 	if err := g.FlushTx(0); err != nil {
 		t.Fatal(err)
 	}
-	e, err := runEchoGuest(g)
+	e, err := guest.RunEcho(g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.close()
+	defer e.Close()
 	for deadline := time.Now().Add(5 * time.Second); s.Ports[0].GuestMAC == ""; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the port never learned the guest's MAC")
@@ -111,7 +111,7 @@ func TestRunOffersPackedRings(t *testing.T) {
 			checkShutdown(t, stop)
 			continue
 		}
-		opt := echoGuestOptions
+		opt := guest.EchoOptions
 		opt.Features = guest.DefaultWanted | vhost.FRingPacked
 		g, err := guest.Dial(sock, opt)
 		if err != nil {
@@ -120,17 +120,17 @@ func TestRunOffersPackedRings(t *testing.T) {
 		if g.Features&vhost.FRingPacked == 0 {
 			t.Fatal("a front end asking for packed rings did not get them")
 		}
-		e, err := runEchoGuest(g)
+		e, err := guest.RunEcho(g)
 		if err != nil {
 			t.Fatal(err)
 		}
 		pf, sink := f.pf("0000:03:00.0")
 		echoThrough(t, pf, sink, 200)
-		if s := waitTelemetry(t, tel); s.totals().zeroCopy < 400 {
-			t.Errorf("%d frames zero-copy through packed rings, want at least 400", s.totals().zeroCopy)
+		if s := waitTelemetry(t, tel); s.Totals().ZeroCopy < 400 {
+			t.Errorf("%d frames zero-copy through packed rings, want at least 400", s.Totals().ZeroCopy)
 		}
 		checkShutdown(t, stop, pf)
-		e.close()
+		e.Close()
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,12 +30,12 @@ func TestParseMemSize(t *testing.T) {
 		{"64X", 0, notBytes},
 		{"99999999999T", 0, "too large"},
 	} {
-		got, err := parseMemSize(c.in)
+		got, err := appliance.ParseMemSize(c.in)
 		switch {
 		case c.refused == "" && (err != nil || got != c.want):
-			t.Errorf("parseMemSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+			t.Errorf("ParseMemSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
 		case c.refused != "" && (err == nil || !strings.Contains(err.Error(), c.refused)):
-			t.Errorf("parseMemSize(%q) = %d, %v; want an error saying %q", c.in, got, err, c.refused)
+			t.Errorf("ParseMemSize(%q) = %d, %v; want an error saying %q", c.in, got, err, c.refused)
 		}
 	}
 }

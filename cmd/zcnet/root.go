@@ -8,6 +8,9 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/vfio"
 )
 
 // version is set at link time (-ldflags "-X main.version=...") by `make build`.
@@ -17,10 +20,19 @@ var version = "dev"
 type app struct {
 	logLevel string
 	log      *zap.Logger
+	// open opens the NIC functions `zcnet run` serves: vfio.Open, or in
+	// tests simulated devices.
+	open appliance.Opener
 }
 
 func newRootCommand() *cobra.Command {
-	a := &app{log: zap.NewNop()}
+	return newRootCommandWith(func(pci string) (vfio.Device, error) { return vfio.Open(pci) })
+}
+
+// newRootCommandWith is newRootCommand with the NIC functions opened by
+// open.
+func newRootCommandWith(open appliance.Opener) *cobra.Command {
+	a := &app{log: zap.NewNop(), open: open}
 	root := &cobra.Command{
 		Use:   "zcnet",
 		Short: "Poll-mode, zero-copy 82599 NIC driver and vhost-user back end",

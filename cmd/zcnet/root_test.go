@@ -7,7 +7,7 @@ import (
 )
 
 func execute(args ...string) (string, error) {
-	cmd := newRootCommand()
+	cmd := newRootCommandWith(testOpener)
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)

@@ -65,7 +65,7 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			if !o.fwd {
-				return runVhost(ctx, a.log, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
+				return runVhost(ctx, a.log, a.open, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
 			}
 			if len(o.vhostOpts.vhost) > 0 || o.vhostOpts.config != "" {
 				return errors.New("--fwd forwards between two NIC ports; drop --vhost/--config, or drop --fwd to serve guests")
@@ -119,7 +119,7 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	if !o.simulate && len(o.pci) != 2 {
 		return fmt.Errorf("--fwd needs exactly two --pci ports, got %d", len(o.pci))
 	}
-	cpus, err := pollCPUs(o.lcores)
+	cpus, err := driver.PollCPUs(o.lcores)
 	if err != nil {
 		return err
 	}
@@ -345,17 +345,4 @@ func sharedPool(from, to *fwdPort, count int) (*hugepage.DMAPool, error) {
 			{Mapper: to.dev.DMA(), IOVA: to.alloc},
 		},
 	})
-}
-
-// pollCPUs turns the -l list into CPUs, defaulting to the last allowed one
-// (CPU 0 usually takes the kernel's housekeeping).
-func pollCPUs(list string) ([]int, error) {
-	if list != "" {
-		return driver.ParseCoreList(list)
-	}
-	allowed, err := driver.AllowedCPUs()
-	if err != nil {
-		return nil, err
-	}
-	return allowed[len(allowed)-1:], nil
 }

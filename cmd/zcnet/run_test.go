@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/zcnet/zcnet/driver"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,11 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
 )
+
+// testOpener opens the NIC functions of the commands the tests run:
+// vfio.Open unless useSimDevices replaced it.
+var testOpener appliance.Opener = func(addr string) (vfio.Device, error) { return vfio.Open(addr) }
 
 // simFactory stands in for vfio.Open: every address opens a started
 // simulated 82599 whose wire is a sink, and whose generator the test gets.
@@ -27,8 +33,8 @@ type simFactory struct {
 
 func useSimDevices(t *testing.T) *simFactory {
 	f := &simFactory{pfs: map[string]*sim.PF{}, sink: map[string]*wire.Sink{}}
-	old := openVFIO
-	openVFIO = func(addr string) (vfio.Device, error) {
+	old := testOpener
+	testOpener = func(addr string) (vfio.Device, error) {
 		if strings.HasPrefix(addr, "missing") {
 			return nil, fmt.Errorf("no such device %s", addr)
 		}
@@ -43,7 +49,7 @@ func useSimDevices(t *testing.T) *simFactory {
 		f.mu.Unlock()
 		return pf, nil
 	}
-	t.Cleanup(func() { openVFIO = old })
+	t.Cleanup(func() { testOpener = old })
 	return f
 }
 
@@ -58,7 +64,7 @@ func (f *simFactory) pf(addr string) (*sim.PF, *wire.Sink) {
 // and error.
 func startRun(args ...string) func() (string, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := newRootCommand()
+	cmd := newRootCommandWith(testOpener)
 	var out strings.Builder
 	var mu sync.Mutex
 	cmd.SetOut(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) }))
@@ -126,9 +132,9 @@ func echoWith(t *testing.T, gen *wire.Generator, pf *sim.PF, sink *wire.Sink, n 
 }
 
 // dialEcho connects an echoing test guest to a zcnet listening on path.
-func dialEcho(t *testing.T, path string) *echoGuest {
+func dialEcho(t *testing.T, path string) *guest.Echo {
 	t.Helper()
-	e, err := startEchoGuest(path)
+	e, err := guest.StartEcho(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,11 +181,11 @@ func TestRunServesGuestOnPF(t *testing.T) {
 	pf, sink := f.pf("0000:03:00.0")
 	echoThrough(t, pf, sink, 200)
 	s := waitTelemetry(t, tel)
-	if s.Command != "run" || s.totals().zeroCopy < 400 {
-		t.Errorf("telemetry: %+v", s.totals())
+	if s.Command != "run" || s.Totals().ZeroCopy < 400 {
+		t.Errorf("telemetry: %+v", s.Totals())
 	}
 	checkShutdown(t, stop, pf)
-	g.close()
+	g.Close()
 }
 
 // TestRunClientModeReconnects: zcnet connects to a front end listening on
@@ -193,20 +199,20 @@ func TestRunClientModeReconnects(t *testing.T) {
 	}
 	defer l.Close()
 	stop := startRun("--pci", "0000:04:00.0", "--vhost", sock, "--vhost-client", "--rxd", "256", "--txd", "256", "--telemetry", "")
-	accept := func() *echoGuest {
+	accept := func() *guest.Echo {
 		_ = l.SetDeadline(time.Now().Add(5 * time.Second))
 		uc, err := l.AcceptUnix()
 		if err != nil {
 			t.Fatalf("zcnet did not connect: %v", err)
 		}
-		g, err := guest.New(echoGuestOptions)
+		g, err := guest.New(guest.EchoOptions)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := g.Attach(uc); err != nil {
 			t.Fatal(err)
 		}
-		e, err := runEchoGuest(g)
+		e, err := guest.RunEcho(g)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,11 +221,11 @@ func TestRunClientModeReconnects(t *testing.T) {
 	e := accept()
 	pf, sink := f.pf("0000:04:00.0")
 	echoThrough(t, pf, sink, 100)
-	e.close() // the front end goes away ...
+	e.Close() // the front end goes away ...
 	e = accept()
 	echoThrough(t, pf, sink, 100) // ... and traffic flows again after zcnet reconnects
 	checkShutdown(t, stop, pf)
-	e.close()
+	e.Close()
 }
 
 // TestRunConfigFile: two VFs-worth of ports from a JSON file, one guest
@@ -245,12 +251,12 @@ func TestRunConfigFile(t *testing.T) {
 	echoThrough(t, pf1, sink1, 100)
 	echoThrough(t, pf2, sink2, 100)
 	checkShutdown(t, stop, pf1, pf2)
-	g1.close()
-	g2.close()
+	g1.Close()
+	g2.Close()
 }
 
 func lastCPU(t *testing.T) int {
-	cpus, err := pollCPUs("")
+	cpus, err := driver.PollCPUs("")
 	if err != nil {
 		t.Fatal(err)
 	}

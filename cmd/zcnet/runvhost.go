@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,14 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/zcnet/zcnet/vfio"
-	"github.com/zcnet/zcnet/vhost"
 )
-
-// openVFIO opens a PCI function bound to vfio-pci. Tests replace it with
-// simulated devices: assemble takes any vfio.Device.
-var openVFIO = func(addr string) (vfio.Device, error) { return vfio.Open(addr) }
 
 // vhostOptions are the flags of `zcnet run` for the vhost data path.
 type vhostOptions struct {
@@ -36,13 +30,13 @@ type vhostOptions struct {
 	memLimit    string // --vhost-mem-limit
 }
 
-// specFromFlags turns the testpmd-style flags into an applianceSpec.
+// specFromFlags turns the testpmd-style flags into an appliance.Spec.
 // Sockets are shared out as operators expect: with one --pci every
 // --vhost port gets its own queue pairs on it; with as many --pci as
 // --vhost, port i serves socket i (one VF per guest, one IOMMU domain each).
-func specFromFlags(o *runOptions) (applianceSpec, error) {
+func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	v := &o.vhostOpts
-	var spec applianceSpec
+	var spec appliance.Spec
 	switch {
 	case len(o.pci) == 0:
 		return spec, errors.New("give the NIC with --pci ADDRESS (a PF or VF bound to vfio-pci; see zcnet probe)")
@@ -71,15 +65,15 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 		copyAll = true
 	}
 	spec.Lcores, spec.Burst = o.lcores, o.burst
-	port := func(pci string, sockets []string) (nicSpec, error) {
-		p := nicSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll, NoPacked: v.noPacked}
+	port := func(pci string, sockets []string) (appliance.NICSpec, error) {
+		p := appliance.NICSpec{PCI: pci, QueuePairs: v.rxq, Rxd: o.rxRing, Txd: o.txRing, MTU: o.mtu, Copy: copyAll, NoPacked: v.noPacked}
 		for _, s := range sockets {
 			vs, err := parseVhostFlag(s)
 			if err != nil {
 				return p, err
 			}
 			vs.Client = v.client
-			p.Vhost = append(p.Vhost, vs)
+			p.Guests = append(p.Guests, vs)
 		}
 		return p, nil
 	}
@@ -88,14 +82,14 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 		if err != nil {
 			return spec, err
 		}
-		spec.Ports = []nicSpec{p}
+		spec.NICs = []appliance.NICSpec{p}
 	} else {
 		for i, pci := range o.pci {
 			p, err := port(pci, v.vhost[i:i+1])
 			if err != nil {
 				return spec, err
 			}
-			spec.Ports = append(spec.Ports, p)
+			spec.NICs = append(spec.NICs, p)
 		}
 	}
 	return spec, nil
@@ -105,8 +99,8 @@ func specFromFlags(o *runOptions) (applianceSpec, error) {
 // (QEMU's option syntax) into the socket path and its options. Only
 // trailing options are taken, so other commas stay in the path; a
 // trailing ",word=value" that is no option is refused as a likely typo.
-func parseVhostFlag(v string) (vhostSpec, error) {
-	var s vhostSpec
+func parseVhostFlag(v string) (appliance.GuestSpec, error) {
+	var s appliance.GuestSpec
 	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group}
 	seen := map[string]bool{}
 	for {
@@ -133,26 +127,7 @@ func isOptionKey(k string) bool {
 	return k != "" && strings.Trim(k, "abcdefghijklmnopqrstuvwxyz") == ""
 }
 
-// parseSocketOptions checks Mode and Group into v.sock.
-func (v *vhostSpec) parseSocketOptions() error {
-	if v.Mode == "" && v.Group == "" {
-		return nil
-	}
-	if v.Client {
-		return errors.New("mode and group are for a socket zcnet creates; in client mode the front end creates it")
-	}
-	v.sock.Group = v.Group
-	if v.Mode != "" {
-		m, err := vhost.ParseSocketMode(v.Mode)
-		if err != nil {
-			return err
-		}
-		v.sock.Mode = m
-	}
-	return nil
-}
-
-// loadConfig reads a --config file: JSON with the applianceSpec's fields,
+// loadConfig reads a --config file: JSON with the appliance.Spec's fields,
 // for example
 //
 //	{"lcores": "2-3", "ports": [
@@ -160,8 +135,8 @@ func (v *vhostSpec) parseSocketOptions() error {
 //	   "vhost": [{"socket": "/run/vm1.sock"}]},
 //	  {"pci": "0000:03:10.2", "no_packed": true,
 //	   "vhost": [{"socket": "/run/vm2.sock", "client": true, "mac": "52:54:00:12:34:56"}]}]}
-func loadConfig(path string) (applianceSpec, error) {
-	var spec applianceSpec
+func loadConfig(path string) (appliance.Spec, error) {
+	var spec appliance.Spec
 	if ext := strings.ToLower(filepath.Ext(path)); ext != ".json" {
 		return spec, fmt.Errorf("--config %s: write the configuration as JSON in a .json file", path)
 	}
@@ -179,11 +154,11 @@ func loadConfig(path string) (applianceSpec, error) {
 
 // runVhost is `zcnet run` without --fwd: NIC ports joined to vhost-user
 // guests by the zero-copy engine, until SIGINT/SIGTERM or --duration.
-func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func(string) bool, out io.Writer) error {
+func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *runOptions, flagsSet func(string) bool, out io.Writer) error {
 	if o.simulate {
 		return errors.New("--sim simulates the --fwd forwarder; for the vhost data path on the simulator use zcnet sim")
 	}
-	var spec applianceSpec
+	var spec appliance.Spec
 	var err error
 	if o.vhostOpts.config != "" {
 		for _, f := range []string{"pci", "vhost", "vhost-client", "rxq", "txq", "rxd", "txd", "mtu", "copy-break", "copy", "lcores", "burst", "no-packed"} {
@@ -199,62 +174,44 @@ func runVhost(ctx context.Context, log *zap.Logger, o *runOptions, flagsSet func
 		return err
 	}
 	applyMemLimitFlag(&spec, o.vhostOpts.memLimit)
-	if err := spec.validate(); err != nil {
-		return err
-	}
 	tel, err := openTelemetry(log, o.vhostOpts.telemetry, o.vhostOpts.metricsAddr)
 	if err != nil {
 		return err
 	}
 	defer tel.close()
-	devs := make([]vfio.Device, 0, len(spec.Ports))
-	for _, p := range spec.Ports {
-		d, err := openVFIO(p.PCI)
-		if err != nil {
-			for _, d := range devs {
-				d.Close()
-			}
-			return fmt.Errorf("open %s: %w", p.PCI, err)
-		}
-		devs = append(devs, d)
-	}
-	app, err := assemble(log, spec, devs)
+	app, err := appliance.Open(spec, opener, appliance.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	defer app.shutdown()
+	defer app.Shutdown()
 	defer tel.close() // first: no snapshot runs while the data path shuts down
-	if err := app.run(ctx); err != nil {
+	if err := app.Run(ctx); err != nil {
 		return err
 	}
-	tel.serve(func() Snapshot { return app.snapshot("run") })
-	for _, vp := range app.vhosts {
-		mode := "server (front end connects)"
-		if vp.spec.Client {
-			mode = "client (reconnecting)"
-		}
-		log.Info("vhost-user port", zap.String("socket", vp.spec.Socket), zap.String("mode", mode))
+	tel.serve(func() appliance.Snapshot { return app.Snapshot("run") })
+	for _, g := range app.Guests() {
+		log.Info("vhost-user port", zap.String("socket", g.Socket), zap.String("mode", g.Mode), zap.String("nic", g.NIC))
 	}
 
 	runCtx, tick, endWindow := runWindow(ctx, o.duration, o.interval)
 	defer endWindow()
-	prev, prevAt := app.snapshot("run"), time.Now()
+	prev, prevAt := app.Snapshot("run"), time.Now()
 	for done := false; !done; {
 		select {
 		case <-runCtx.Done():
 			done = true
-		case err := <-app.lcoreDied():
-			return app.dataPathDied(err) // the deferred shutdown stops the rest
+		case err := <-app.Failed():
+			return logLcoreDeath(log, err) // the deferred shutdown stops the rest
 		case now := <-tick:
-			cur := app.snapshot("run")
+			cur := app.Snapshot("run")
 			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))
 			prev, prevAt = cur, now
 		}
 	}
 	log.Info("shutting down: stopping lcores, NIC queues, guest sessions")
-	final := app.snapshot("run")
+	final := app.Snapshot("run")
 	tel.close()
-	if err := app.shutdown(); err != nil {
+	if err := app.Shutdown(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	printSummary(out, &final)

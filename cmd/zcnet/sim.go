@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/sim/guest"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -94,11 +97,12 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 type simRun struct {
 	o     *simOptions
 	pf    *sim.PF
-	app   *appliance
+	app   *appliance.Appliance
+	log   *zap.Logger
 	gen   *wire.Generator
 	sink  *wire.Sink
 	tap   *wire.TAP
-	guest *echoGuest
+	guest *guest.Echo
 }
 
 func (o *simOptions) check() error {
@@ -142,19 +146,19 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		defer os.RemoveAll(dir)
 		socket = filepath.Join(dir, "guest.sock")
 	}
-	r := &simRun{o: o, pf: sim.NewPF(sim.DefaultOptions())}
-	spec := applianceSpec{
+	r := &simRun{o: o, log: log, pf: sim.NewPF(sim.DefaultOptions())}
+	spec := appliance.Spec{
 		Lcores: o.lcores,
-		Ports: []nicSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
-			Vhost: []vhostSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
-		pageSize: o.pageSize,
+		NICs: []appliance.NICSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
+			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
+		PageSize: o.pageSize,
 	}
 	applyMemLimitFlag(&spec, o.memLimit)
-	r.app, err = assemble(log, spec, []vfio.Device{r.pf})
+	r.app, err = appliance.Open(spec, simOpener(r.pf), appliance.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	defer r.app.shutdown()
+	defer r.app.Shutdown()
 	defer tel.close() // first: no snapshot runs while the data path shuts down
 	if err := r.attachWire(); err != nil {
 		return err
@@ -163,16 +167,16 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		defer r.tap.Close()
 	}
 	r.pf.Start()
-	if err := r.app.run(ctx); err != nil {
+	if err := r.app.Run(ctx); err != nil {
 		return err
 	}
 	// Every field snapshot reads is set before the telemetry socket,
 	// which calls it from its own goroutine, starts serving.
 	if o.vhost == "" {
-		if r.guest, err = startEchoGuest(socket); err != nil {
+		if r.guest, err = guest.StartEcho(socket); err != nil {
 			return err
 		}
-		defer r.guest.close()
+		defer r.guest.Close()
 	}
 	tel.serve(r.snapshot)
 	if r.guest != nil {
@@ -203,7 +207,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.
-	if err := r.app.shutdown(); err != nil {
+	if err := r.app.Shutdown(); err != nil {
 		return err
 	}
 	final.Traffic.IOMMUFaults = r.pf.Counters().IOMMUFaults
@@ -220,6 +224,18 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		return fmt.Errorf("the simulated NIC counted %d IOMMU faults: DMA outside the mapped memory", n)
 	}
 	return nil
+}
+
+// nicMAC is the first NIC port's permanent address.
+func nicMAC(a *appliance.Appliance) wire.MAC {
+	m, _ := net.ParseMAC(a.NICs()[0].MAC)
+	return wire.MAC(m)
+}
+
+// simOpener opens pf whatever the address: the one simulated 82599 of
+// zcnet sim and zcnet bench.
+func simOpener(pf *sim.PF) appliance.Opener {
+	return func(string) (vfio.Device, error) { return pf, nil }
 }
 
 // attachWire connects the simulated port's wire: generator in, sink out;
@@ -239,8 +255,12 @@ func (r *simRun) attachWire() error {
 	r.pf.Attach(r.sink)
 	// The generator is the guest's peer on the wire: it sends to the
 	// guest's MAC if one is configured, else to the port's own.
-	dst := wire.MAC(r.app.nics[0].nic.MAC())
-	if m := r.app.vhosts[0].spec.mac; m != ([6]byte{}) {
+	dst := nicMAC(r.app)
+	if g := r.app.Guests(); len(g) > 0 && g[0].MACSource == "configured" {
+		m, err := net.ParseMAC(g[0].MAC)
+		if err != nil {
+			return err
+		}
 		dst = wire.MAC(m)
 	}
 	var err error
@@ -255,12 +275,8 @@ func (r *simRun) attachWire() error {
 // its receive buffers are on the NIC, so the first frames are not dropped
 // for want of buffers.
 func (r *simRun) waitGuestReady() {
-	vp := r.app.vhosts[0]
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		vp.dev.LockDataPath()
-		ready := vp.dev.RxQueue(0) != nil
-		vp.dev.UnlockDataPath()
-		if ready && vp.dma.Mapped() > 0 {
+		if g := r.app.Guests(); len(g) > 0 && g[0].Ready {
 			break
 		}
 	}
@@ -286,8 +302,8 @@ func (r *simRun) loop(ctx context.Context, out io.Writer) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-r.app.lcoreDied():
-			return r.app.dataPathDied(err)
+		case err := <-r.app.Failed():
+			return logLcoreDeath(r.log, err)
 		case now := <-tick:
 			cur := r.snapshot()
 			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))
@@ -297,9 +313,9 @@ func (r *simRun) loop(ctx context.Context, out io.Writer) error {
 }
 
 // snapshot is the appliance's counters plus the simulated wire's.
-func (r *simRun) snapshot() Snapshot {
-	s := r.app.snapshot("sim")
-	t := &TrafficCounters{}
+func (r *simRun) snapshot() appliance.Snapshot {
+	s := r.app.Snapshot("sim")
+	t := &appliance.TrafficCounters{}
 	if r.gen != nil {
 		t.GeneratorSent = r.gen.Sent()
 		st := r.sink.Stats()
@@ -315,7 +331,7 @@ func (r *simRun) snapshot() Snapshot {
 	}
 	if r.guest != nil {
 		t.BuiltinGuest = true
-		t.GuestRx, t.GuestTx, t.GuestDropped = r.guest.rx.Load(), r.guest.tx.Load(), r.guest.dropped.Load()
+		t.GuestRx, t.GuestTx, t.GuestDropped = r.guest.Received(), r.guest.Sent(), r.guest.Dropped()
 	}
 	c := r.pf.Counters()
 	t.IOMMUFaults, t.SimRxFIFOFull, t.SimRxQueueOff, t.SimRxNotReady = c.IOMMUFaults, c.RxFIFOFull, c.RxQueueOff, c.RxNotReady
@@ -325,25 +341,25 @@ func (r *simRun) snapshot() Snapshot {
 }
 
 // rateLine is one statistics line: per-second rates between two snapshots.
-func rateLine(prev, cur *Snapshot, secs float64) string {
+func rateLine(prev, cur *appliance.Snapshot, secs float64) string {
 	if secs <= 0 {
 		secs = 1
 	}
-	p, c := prev.totals(), cur.totals()
+	p, c := prev.Totals(), cur.Totals()
 	rate := func(a, b uint64) string { return siRate(float64(b-a) / secs) }
 	gen := "-"
 	if prev.Traffic != nil && cur.Traffic != nil {
 		gen = rate(prev.Traffic.GeneratorSent, cur.Traffic.GeneratorSent)
 	}
 	busy := 0.0
-	if d := (c.busy - p.busy) + (c.idle - p.idle); d > 0 {
-		busy = 100 * (c.busy - p.busy) / d
+	if d := (c.BusySeconds - p.BusySeconds) + (c.IdleSeconds - p.IdleSeconds); d > 0 {
+		busy = 100 * (c.BusySeconds - p.BusySeconds) / d
 	}
 	return fmt.Sprintf("%5.0fs gen %s pps | NIC rx %s tx %s | guest rx %s tx %s | zero-copy %s copied %s | drops/s nic-full %s no-desc %s nic-discard %s engine %s | lcore busy %3.0f%%",
-		cur.UptimeSeconds, gen, rate(p.nicRx, c.nicRx), rate(p.nicTx, c.nicTx),
-		rate(p.guestRx, c.guestRx), rate(p.guestTx, c.guestTx),
-		rate(p.zeroCopy, c.zeroCopy), rate(p.copied, c.copied),
-		rate(p.nicMissed, c.nicMissed), rate(p.nicNoDesc, c.nicNoDesc), rate(p.nicDiscarded, c.nicDiscarded), rate(p.drops, c.drops), busy)
+		cur.UptimeSeconds, gen, rate(p.NICRx, c.NICRx), rate(p.NICTx, c.NICTx),
+		rate(p.GuestRx, c.GuestRx), rate(p.GuestTx, c.GuestTx),
+		rate(p.ZeroCopy, c.ZeroCopy), rate(p.Copied, c.Copied),
+		rate(p.NICMissed, c.NICMissed), rate(p.NICNoDescriptor, c.NICNoDescriptor), rate(p.NICDiscarded, c.NICDiscarded), rate(p.Drops, c.Drops), busy)
 }
 
 // siRate formats v with a k/M suffix in 6 columns.
@@ -358,13 +374,13 @@ func siRate(v float64) string {
 }
 
 // printSummary is the human-readable end of a run.
-func printSummary(out io.Writer, s *Snapshot) {
-	t := s.totals()
+func printSummary(out io.Writer, s *appliance.Snapshot) {
+	t := s.Totals()
 	secs := s.UptimeSeconds
 	fmt.Fprintf(out, "summary after %.1fs: NIC rx %d tx %d, guest rx %d tx %d, zero-copy %d, copied %d (%.2f Mpps through the guest)\n",
-		secs, t.nicRx, t.nicTx, t.guestRx, t.guestTx, t.zeroCopy, t.copied, float64(t.guestTx)/max(secs, 1e-9)/1e6)
+		secs, t.NICRx, t.NICTx, t.GuestRx, t.GuestTx, t.ZeroCopy, t.Copied, float64(t.GuestTx)/max(secs, 1e-9)/1e6)
 	fmt.Fprintf(out, "drops: NIC packet buffer full %d, no RX descriptor %d, discarded by the NIC %d%s, engine %d%s\n",
-		t.nicMissed, t.nicNoDesc, t.nicDiscarded, nicDiscardCauses(s), t.drops, nonZeroCauses(s))
+		t.NICMissed, t.NICNoDescriptor, t.NICDiscarded, nicDiscardCauses(s), t.Drops, nonZeroCauses(s))
 	if tr := s.Traffic; tr != nil {
 		if tr.GeneratorSent > 0 {
 			fmt.Fprintf(out, "wire: generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
@@ -381,17 +397,17 @@ func printSummary(out io.Writer, s *Snapshot) {
 }
 
 // tapLine is the TAP's counters in one line.
-func tapLine(tr *TrafficCounters) string {
+func tapLine(tr *appliance.TrafficCounters) string {
 	return fmt.Sprintf("tap: from the kernel %d (padded to 60 bytes %d), to the kernel %d; read errors %d, frames the kernel refused %d",
 		tr.TAPFromKernel, tr.TAPPadded, tr.TAPToKernel, tr.TAPReadErrors, tr.TAPWriteErrors)
 }
 
 // nicDiscardCauses lists the NICs' discard causes that counted, as
 // " (cause n, ...)".
-func nicDiscardCauses(s *Snapshot) string {
+func nicDiscardCauses(s *appliance.Snapshot) string {
 	sum := map[string]uint64{}
 	for i := range s.NICs {
-		for k, v := range s.NICs[i].discards() {
+		for k, v := range s.NICs[i].Discards() {
 			sum[k] += v
 		}
 	}
@@ -399,7 +415,7 @@ func nicDiscardCauses(s *Snapshot) string {
 }
 
 // nonZeroCauses lists engine drop causes that counted, as " (cause n, ...)".
-func nonZeroCauses(s *Snapshot) string {
+func nonZeroCauses(s *appliance.Snapshot) string {
 	sum := map[string]uint64{}
 	for _, p := range s.Ports {
 		for k, v := range p.Drops {

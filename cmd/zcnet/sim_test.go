@@ -2,20 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
 // simJSON runs `zcnet sim` with args and decodes its --json summary.
-func simJSON(t *testing.T, args ...string) Snapshot {
+func simJSON(t *testing.T, args ...string) appliance.Snapshot {
 	t.Helper()
 	args = append([]string{"sim", "--json", "--stats-period", "0", "--telemetry", ""}, args...)
 	out, err := execute(args...)
 	if err != nil {
 		t.Fatalf("zcnet %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	var s Snapshot
+	var s appliance.Snapshot
 	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &s); err != nil {
 		t.Fatalf("summary is not JSON: %v\n%s", err, out)
 	}
@@ -41,11 +42,11 @@ func TestSimEchoesThroughTheGuest(t *testing.T) {
 			t.Errorf("copy=%v: sent %d, sink got %d intact (bad %d), IOMMU faults %d", copyPath,
 				tr.GeneratorSent, tr.SinkReceived, tr.SinkBad, tr.IOMMUFaults)
 		}
-		tot := s.totals()
-		if tot.guestRx != tr.GeneratorSent || tot.guestTx != tr.GeneratorSent || tot.nicRx != tr.GeneratorSent {
-			t.Errorf("copy=%v: NIC rx %d, guest rx %d tx %d, want %d each", copyPath, tot.nicRx, tot.guestRx, tot.guestTx, tr.GeneratorSent)
+		tot := s.Totals()
+		if tot.GuestRx != tr.GeneratorSent || tot.GuestTx != tr.GeneratorSent || tot.NICRx != tr.GeneratorSent {
+			t.Errorf("copy=%v: NIC rx %d, guest rx %d tx %d, want %d each", copyPath, tot.NICRx, tot.GuestRx, tot.GuestTx, tr.GeneratorSent)
 		}
-		moved, other := tot.zeroCopy, tot.copied
+		moved, other := tot.ZeroCopy, tot.Copied
 		if copyPath {
 			moved, other = other, moved
 			if s.Ports[0].CopyReasons["forced"] == 0 {
@@ -53,7 +54,7 @@ func TestSimEchoesThroughTheGuest(t *testing.T) {
 			}
 		}
 		if moved != 2*tr.GeneratorSent || other != 0 {
-			t.Errorf("copy=%v: zero-copy %d, copied %d for %d frames each way", copyPath, tot.zeroCopy, tot.copied, tr.GeneratorSent)
+			t.Errorf("copy=%v: zero-copy %d, copied %d for %d frames each way", copyPath, tot.ZeroCopy, tot.Copied, tr.GeneratorSent)
 		}
 		if len(s.Lcores) != 1 || s.Lcores[0].BusyRounds == 0 {
 			t.Errorf("lcore counters did not move: %+v", s.Lcores)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/zcnet/zcnet/appliance"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -98,7 +99,7 @@ func TestSocketModeFlagErrors(t *testing.T) {
 }
 
 func TestParseVhostFlag(t *testing.T) {
-	for in, want := range map[string]vhostSpec{
+	for in, want := range map[string]appliance.GuestSpec{
 		"/run/vm.sock":                                   {Socket: "/run/vm.sock"},
 		"/run/vm.sock,mac=52:54:00:12:34:56":             {Socket: "/run/vm.sock", MAC: "52:54:00:12:34:56"},
 		"/run/vm.sock,mode=0660,group=kvm":               {Socket: "/run/vm.sock", Mode: "0660", Group: "kvm"},

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"text/tabwriter"
 
@@ -40,7 +41,7 @@ the JSON the socket serves with --json.`,
 
 // printStatsTables prints a snapshot as aligned tables: NICs, engine ports,
 // lcores and, for zcnet sim, the simulated wire.
-func printStatsTables(out io.Writer, s *Snapshot) {
+func printStatsTables(out io.Writer, s *appliance.Snapshot) {
 	fmt.Fprintf(out, "zcnet %s, pid %d, up %.1fs\n\n", s.Command, s.PID, s.UptimeSeconds)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "NIC\trx packets\ttx packets\trx bytes\ttx bytes\tmissed\tno descriptor\t")

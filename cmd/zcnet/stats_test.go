@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"net"
 	"net/http"
@@ -32,7 +33,7 @@ func startSim(t *testing.T, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	cmd := newRootCommand()
+	cmd := newRootCommandWith(testOpener)
 	cmd.SetArgs(append([]string{"sim", "--stats-period", "0", "--rate", "3000"}, args...))
 	cmd.SetOut(io.Discard)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
@@ -45,18 +46,18 @@ func startSim(t *testing.T, args ...string) {
 }
 
 // waitTelemetry polls the socket until the instance answers.
-func waitTelemetry(t *testing.T, path string) Snapshot {
+func waitTelemetry(t *testing.T, path string) appliance.Snapshot {
 	t.Helper()
 	var err error
 	for range 300 {
-		var s Snapshot
+		var s appliance.Snapshot
 		if s, err = readTelemetry(path); err == nil {
 			return s
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("telemetry socket never answered: %v", err)
-	return Snapshot{}
+	return appliance.Snapshot{}
 }
 
 var metricLine = regexp.MustCompile(`(?m)^zcnet_port_rx_packets_total\{port="[^"]+"\} (\d+)$`)
@@ -95,15 +96,15 @@ func TestTelemetryAndMetrics(t *testing.T) {
 	_, m1 := scrape(t, addr)
 	// Every counter must move while traffic flows: wait for it (a fixed
 	// pause would fail on a machine too loaded to move traffic in time).
-	var second Snapshot
-	var a, b totals
+	var second appliance.Snapshot
+	var a, b appliance.Totals
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var err error
 		if second, err = readTelemetry(sock); err != nil {
 			t.Fatal(err)
 		}
-		a, b = first.totals(), second.totals()
-		if b.nicRx > a.nicRx && b.guestRx > a.guestRx && b.guestTx > a.guestTx && b.zeroCopy > a.zeroCopy &&
+		a, b = first.Totals(), second.Totals()
+		if b.NICRx > a.NICRx && b.GuestRx > a.GuestRx && b.GuestTx > a.GuestTx && b.ZeroCopy > a.ZeroCopy &&
 			second.Traffic.GeneratorSent > first.Traffic.GeneratorSent && second.UptimeSeconds > first.UptimeSeconds {
 			break
 		}
@@ -142,12 +143,12 @@ func TestTelemetryAndMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stats --json: %v", err)
 	}
-	var s Snapshot
+	var s appliance.Snapshot
 	if err := json.NewDecoder(bytes.NewReader([]byte(out))).Decode(&s); err != nil {
 		t.Fatalf("stats --json: %v\n%s", err, out)
 	}
-	if s.totals().guestRx < b.guestRx {
-		t.Errorf("stats --json went backwards: %+v after %+v", s.totals(), b)
+	if s.Totals().GuestRx < b.GuestRx {
+		t.Errorf("stats --json went backwards: %+v after %+v", s.Totals(), b)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"net"
 	"net/http"
@@ -21,7 +22,7 @@ import (
 )
 
 // The telemetry socket: a client connects, the instance writes one JSON
-// Snapshot followed by a newline and closes the connection. Nothing is
+// appliance.Snapshot followed by a newline and closes the connection. Nothing is
 // read from the client, so a slow or hostile one cannot stall the data
 // path (snapshots read published counters only).
 
@@ -43,7 +44,7 @@ func defaultTelemetryPath() string {
 // text on an HTTP address.
 type telemetry struct {
 	log      *zap.Logger
-	snap     func() Snapshot
+	snap     func() appliance.Snapshot
 	listener *net.UnixListener
 	http     *http.Server
 	metrics  net.Listener
@@ -78,7 +79,7 @@ func openTelemetry(log *zap.Logger, path, metricsAddr string) (*telemetry, error
 
 // serve answers requests with snap, called once per request, from now
 // until close.
-func (t *telemetry) serve(snap func() Snapshot) {
+func (t *telemetry) serve(snap func() appliance.Snapshot) {
 	t.snap = snap
 	if t.listener != nil {
 		t.wg.Add(1)
@@ -156,8 +157,8 @@ func (t *telemetry) close() {
 }
 
 // readTelemetry fetches one snapshot from the instance at path.
-func readTelemetry(path string) (Snapshot, error) {
-	var s Snapshot
+func readTelemetry(path string) (appliance.Snapshot, error) {
+	var s appliance.Snapshot
 	c, err := net.DialTimeout("unix", path, 2*time.Second)
 	if err != nil {
 		return s, fmt.Errorf("no zcnet instance at %s (is `zcnet run` or `zcnet sim` running? give its --telemetry path with --socket): %w", path, err)
@@ -172,48 +173,48 @@ func readTelemetry(path string) (Snapshot, error) {
 
 // writeMetrics writes s in the Prometheus text exposition format (0.0.4):
 // one HELP and TYPE line per metric family, then its samples.
-func writeMetrics(w io.Writer, s *Snapshot) {
+func writeMetrics(w io.Writer, s *appliance.Snapshot) {
 	m := &metricWriter{w: bufio.NewWriter(w)}
 	defer m.w.Flush()
 	m.family("zcnet_uptime_seconds", "gauge", "Seconds since the data path started.")
 	m.sample("zcnet_uptime_seconds", nil, s.UptimeSeconds)
 
-	nic := func(name, help string, get func(NICCounters) uint64) {
+	nic := func(name, help string, get func(appliance.NICCounters) uint64) {
 		m.family(name, "counter", help)
 		for _, n := range s.NICs {
 			m.sample(name, []string{"nic", n.Name}, float64(get(n)))
 		}
 	}
-	nic("zcnet_nic_rx_packets_total", "Good packets the NIC received.", func(n NICCounters) uint64 { return n.RxPackets })
-	nic("zcnet_nic_tx_packets_total", "Good packets the NIC transmitted.", func(n NICCounters) uint64 { return n.TxPackets })
-	nic("zcnet_nic_rx_bytes_total", "Good octets the NIC received.", func(n NICCounters) uint64 { return n.RxBytes })
-	nic("zcnet_nic_tx_bytes_total", "Good octets the NIC transmitted.", func(n NICCounters) uint64 { return n.TxBytes })
-	nic("zcnet_nic_rx_missed_total", "Frames dropped because the NIC packet buffer was full.", func(n NICCounters) uint64 { return n.RxMissed })
-	nic("zcnet_nic_rx_no_descriptor_total", "Frames dropped because an RX queue had no free descriptor.", func(n NICCounters) uint64 { return n.RxNoDescriptor })
-	nic("zcnet_nic_rx_length_errors_total", "Undersize and oversize frames (RLEC; the same frames as the undersize and oversize discards).", func(n NICCounters) uint64 { return n.RxLengthErrors })
+	nic("zcnet_nic_rx_packets_total", "Good packets the NIC received.", func(n appliance.NICCounters) uint64 { return n.RxPackets })
+	nic("zcnet_nic_tx_packets_total", "Good packets the NIC transmitted.", func(n appliance.NICCounters) uint64 { return n.TxPackets })
+	nic("zcnet_nic_rx_bytes_total", "Good octets the NIC received.", func(n appliance.NICCounters) uint64 { return n.RxBytes })
+	nic("zcnet_nic_tx_bytes_total", "Good octets the NIC transmitted.", func(n appliance.NICCounters) uint64 { return n.TxBytes })
+	nic("zcnet_nic_rx_missed_total", "Frames dropped because the NIC packet buffer was full.", func(n appliance.NICCounters) uint64 { return n.RxMissed })
+	nic("zcnet_nic_rx_no_descriptor_total", "Frames dropped because an RX queue had no free descriptor.", func(n appliance.NICCounters) uint64 { return n.RxNoDescriptor })
+	nic("zcnet_nic_rx_length_errors_total", "Undersize and oversize frames (RLEC; the same frames as the undersize and oversize discards).", func(n appliance.NICCounters) uint64 { return n.RxLengthErrors })
 	m.family("zcnet_nic_rx_discarded_total", "counter", "Frames the NIC discarded before its packet buffer, by cause (filtered: simulated NIC only).")
 	for _, n := range s.NICs {
-		d := n.discards()
+		d := n.Discards()
 		for _, k := range sortedKeys(d) {
 			m.sample("zcnet_nic_rx_discarded_total", []string{"nic", n.Name, "cause", k}, float64(d[k]))
 		}
 	}
 
-	port := func(name, help string, get func(PortCounters) uint64) {
+	port := func(name, help string, get func(appliance.PortCounters) uint64) {
 		m.family(name, "counter", help)
 		for _, p := range s.Ports {
 			m.sample(name, []string{"port", p.Name}, float64(get(p)))
 		}
 	}
-	port("zcnet_port_rx_packets_total", "Frames delivered from the wire to the guest.", func(p PortCounters) uint64 { return p.RxPackets })
-	port("zcnet_port_tx_packets_total", "Frames sent from the guest to the wire.", func(p PortCounters) uint64 { return p.TxPackets })
-	port("zcnet_port_rx_bytes_total", "Bytes delivered from the wire to the guest.", func(p PortCounters) uint64 { return p.RxBytes })
-	port("zcnet_port_tx_bytes_total", "Bytes sent from the guest to the wire.", func(p PortCounters) uint64 { return p.TxBytes })
-	port("zcnet_port_guest_errors_total", "Broken guest descriptor chains.", func(p PortCounters) uint64 { return p.GuestErrors })
-	port("zcnet_port_rx_rewound_total", "Empty guest receive buffers given back by rewinding the ring when the port stopped.", func(p PortCounters) uint64 { return p.RxRewound })
-	port("zcnet_port_guest_memory_faults_total", "Accesses to guest memory that faulted because the front end truncated it; each dropped the guest's session.", func(p PortCounters) uint64 { return p.GuestMemoryFaults })
-	port("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", func(p PortCounters) uint64 { return p.Restarts })
-	port("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", func(p PortCounters) uint64 { return p.MACFilterErrors })
+	port("zcnet_port_rx_packets_total", "Frames delivered from the wire to the guest.", func(p appliance.PortCounters) uint64 { return p.RxPackets })
+	port("zcnet_port_tx_packets_total", "Frames sent from the guest to the wire.", func(p appliance.PortCounters) uint64 { return p.TxPackets })
+	port("zcnet_port_rx_bytes_total", "Bytes delivered from the wire to the guest.", func(p appliance.PortCounters) uint64 { return p.RxBytes })
+	port("zcnet_port_tx_bytes_total", "Bytes sent from the guest to the wire.", func(p appliance.PortCounters) uint64 { return p.TxBytes })
+	port("zcnet_port_guest_errors_total", "Broken guest descriptor chains.", func(p appliance.PortCounters) uint64 { return p.GuestErrors })
+	port("zcnet_port_rx_rewound_total", "Empty guest receive buffers given back by rewinding the ring when the port stopped.", func(p appliance.PortCounters) uint64 { return p.RxRewound })
+	port("zcnet_port_guest_memory_faults_total", "Accesses to guest memory that faulted because the front end truncated it; each dropped the guest's session.", func(p appliance.PortCounters) uint64 { return p.GuestMemoryFaults })
+	port("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", func(p appliance.PortCounters) uint64 { return p.Restarts })
+	port("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", func(p appliance.PortCounters) uint64 { return p.MACFilterErrors })
 	m.family("zcnet_port_guest_mac_info", "gauge", "The guest MAC the NIC accepts for the port, and whether it was configured or learned.")
 	for _, p := range s.Ports {
 		if p.GuestMAC != "" {
@@ -228,7 +229,7 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "rx", "path", "copied"}, float64(p.Copied.Rx))
 		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "tx", "path", "copied"}, float64(p.Copied.Tx))
 	}
-	keyed := func(name, help, label string, get func(PortCounters) map[string]uint64) {
+	keyed := func(name, help, label string, get func(appliance.PortCounters) map[string]uint64) {
 		m.family(name, "counter", help)
 		for _, p := range s.Ports {
 			kv := get(p)
@@ -237,17 +238,17 @@ func writeMetrics(w io.Writer, s *Snapshot) {
 			}
 		}
 	}
-	keyed("zcnet_port_copies_total", "Frames copied through host buffers, by reason.", "reason", func(p PortCounters) map[string]uint64 { return p.CopyReasons })
-	keyed("zcnet_port_drops_total", "Frames dropped by the engine, by cause.", "cause", func(p PortCounters) map[string]uint64 { return p.Drops })
+	keyed("zcnet_port_copies_total", "Frames copied through host buffers, by reason.", "reason", func(p appliance.PortCounters) map[string]uint64 { return p.CopyReasons })
+	keyed("zcnet_port_drops_total", "Frames dropped by the engine, by cause.", "cause", func(p appliance.PortCounters) map[string]uint64 { return p.Drops })
 
-	lc := func(name, kind, help string, get func(LcoreCounters) float64) {
+	lc := func(name, kind, help string, get func(appliance.LcoreCounters) float64) {
 		m.family(name, kind, help)
 		for _, l := range s.Lcores {
 			m.sample(name, []string{"lcore", strconv.Itoa(l.Lcore), "cpu", strconv.Itoa(l.CPU)}, get(l))
 		}
 	}
-	lc("zcnet_lcore_busy_seconds_total", "counter", "Time an lcore spent in rounds that moved packets.", func(l LcoreCounters) float64 { return l.BusySeconds })
-	lc("zcnet_lcore_idle_seconds_total", "counter", "Time an lcore spent in rounds that found nothing.", func(l LcoreCounters) float64 { return l.IdleSeconds })
+	lc("zcnet_lcore_busy_seconds_total", "counter", "Time an lcore spent in rounds that moved packets.", func(l appliance.LcoreCounters) float64 { return l.BusySeconds })
+	lc("zcnet_lcore_idle_seconds_total", "counter", "Time an lcore spent in rounds that found nothing.", func(l appliance.LcoreCounters) float64 { return l.IdleSeconds })
 
 	if t := s.Traffic; t != nil {
 		m.family("zcnet_sim_generator_sent_total", "counter", "Frames the simulated traffic generator sent.")

@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"net"
@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/zcnet/zcnet/driver"
-	"github.com/zcnet/zcnet/sim"
 )
 
 // Snapshot is every counter of a running instance at one moment: what the
@@ -49,10 +48,10 @@ type NICCounters struct {
 	RxFiltered *uint64 `json:"rx_filtered,omitempty"`
 }
 
-// discards are the frames the NIC itself discarded before its packet
+// Discards are the frames the NIC itself discarded before its packet
 // buffer, by cause as the telemetry keys them. "filtered" is there only
 // for a simulated NIC.
-func (n *NICCounters) discards() map[string]uint64 {
+func (n *NICCounters) Discards() map[string]uint64 {
 	d := map[string]uint64{"crc_error": n.RxCRCErrors, "undersize": n.RxUndersize, "fragment": n.RxFragments,
 		"oversize": n.RxOversize, "jabber": n.RxJabbers}
 	if n.RxFiltered != nil {
@@ -61,10 +60,10 @@ func (n *NICCounters) discards() map[string]uint64 {
 	return d
 }
 
-// rxDiscarded sums discards.
-func (n *NICCounters) rxDiscarded() uint64 {
+// RxDiscarded sums Discards.
+func (n *NICCounters) RxDiscarded() uint64 {
 	var sum uint64
-	for _, v := range n.discards() {
+	for _, v := range n.Discards() {
 		sum += v
 	}
 	return sum
@@ -168,86 +167,98 @@ func copyReasons(c driver.CopyReasons) map[string]uint64 {
 	}
 }
 
-// snapshot reads every counter of the appliance. It runs per telemetry
-// request or statistics period, never per packet.
-func (a *appliance) snapshot(command string) Snapshot {
+// Snapshot reads every counter of the appliance; command names the
+// program ("run", "sim"). It runs per telemetry request or statistics
+// period, never per packet.
+func (a *Appliance) Snapshot(command string) Snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	s := Snapshot{Command: command, PID: os.Getpid()}
 	if !a.start.IsZero() {
 		s.UptimeSeconds = time.Since(a.start).Seconds()
 	}
-	for _, np := range a.nics {
-		st := np.nic.Stats()
+	for _, n := range a.nics {
+		st := n.port.Stats()
 		var noDesc uint64
 		for _, q := range st.Queues {
 			noDesc += q.RxDropped
 		}
-		n := NICCounters{Name: np.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+		nc := NICCounters{Name: n.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
 			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc,
 			RxCRCErrors: st.RxCRCErrors, RxUndersize: st.RxUndersize, RxFragments: st.RxFragments,
 			RxOversize: st.RxOversize, RxJabbers: st.RxJabbers, RxLengthErrors: st.RxLengthErrs}
-		if m, ok := np.dev.(simulatedNIC); ok {
-			f := m.Counters().RxFiltered
-			n.RxFiltered = &f
+		if m, ok := n.dev.(filterCounter); ok {
+			f := m.RxFilteredFrames()
+			nc.RxFiltered = &f
 		}
-		s.NICs = append(s.NICs, n)
+		s.NICs = append(s.NICs, nc)
 	}
-	for _, p := range a.ports {
-		st := p.Stats()
-		pc := PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
-			TxPackets: st.TxPackets, TxBytes: st.TxBytes,
-			ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
-			CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
-			GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors,
-			GuestMemoryFaults: st.GuestMemoryFaults}
-		if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
-			pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
-			if static {
-				pc.GuestMACSource = "configured"
-			}
+	for _, g := range a.guests {
+		for _, p := range g.ports {
+			s.Ports = append(s.Ports, portCounters(p))
 		}
-		s.Ports = append(s.Ports, pc)
 	}
-	for _, l := range a.runner.Stats() {
-		s.Lcores = append(s.Lcores, LcoreCounters{Lcore: l.Lcore, CPU: l.CPU, BusyRounds: l.BusyRounds,
-			IdleRounds: l.IdleRounds, BusySeconds: l.BusyTime.Seconds(), IdleSeconds: l.IdleTime.Seconds()})
+	if a.runner != nil {
+		for _, l := range a.runner.Stats() {
+			s.Lcores = append(s.Lcores, LcoreCounters{Lcore: l.Lcore, CPU: l.CPU, BusyRounds: l.BusyRounds,
+				IdleRounds: l.IdleRounds, BusySeconds: l.BusyTime.Seconds(), IdleSeconds: l.IdleTime.Seconds()})
+		}
 	}
 	return s
 }
 
-// simulatedNIC is a NIC model that counts what the silicon cannot (the
-// simulated 82599 in zcnet sim and in tests).
-type simulatedNIC interface{ Counters() sim.Counters }
-
-// totals sums a snapshot's ports for the one-line summaries.
-type totals struct {
-	nicRx, nicTx, nicMissed, nicNoDesc uint64
-	nicDiscarded                       uint64 // rxDiscarded summed
-	guestRx, guestTx                   uint64
-	zeroCopy, copied, drops            uint64
-	busy, idle                         float64
+func portCounters(p *driver.Port) PortCounters {
+	st := p.Stats()
+	pc := PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
+		ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
+		CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
+		GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors,
+		GuestMemoryFaults: st.GuestMemoryFaults}
+	if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
+		pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
+		if static {
+			pc.GuestMACSource = "configured"
+		}
+	}
+	return pc
 }
 
-func (s *Snapshot) totals() totals {
-	var t totals
+// filterCounter is a NIC that counts the frames its address filters
+// rejected, which the 82599 has no register for (the simulated one does).
+type filterCounter interface{ RxFilteredFrames() uint64 }
+
+// Totals are a snapshot's counters summed for one-line summaries.
+type Totals struct {
+	NICRx, NICTx, NICMissed, NICNoDescriptor uint64
+	NICDiscarded                             uint64 // RxDiscarded summed
+	GuestRx, GuestTx                         uint64
+	ZeroCopy, Copied, Drops                  uint64
+	BusySeconds, IdleSeconds                 float64
+}
+
+// Totals sums the snapshot's NICs, ports and lcores.
+func (s *Snapshot) Totals() Totals {
+	var t Totals
 	for _, n := range s.NICs {
-		t.nicRx += n.RxPackets
-		t.nicTx += n.TxPackets
-		t.nicMissed += n.RxMissed
-		t.nicNoDesc += n.RxNoDescriptor
-		t.nicDiscarded += n.rxDiscarded()
+		t.NICRx += n.RxPackets
+		t.NICTx += n.TxPackets
+		t.NICMissed += n.RxMissed
+		t.NICNoDescriptor += n.RxNoDescriptor
+		t.NICDiscarded += n.RxDiscarded()
 	}
 	for _, p := range s.Ports {
-		t.guestRx += p.RxPackets
-		t.guestTx += p.TxPackets
-		t.zeroCopy += p.ZeroCopy.Rx + p.ZeroCopy.Tx
-		t.copied += p.Copied.Rx + p.Copied.Tx
+		t.GuestRx += p.RxPackets
+		t.GuestTx += p.TxPackets
+		t.ZeroCopy += p.ZeroCopy.Rx + p.ZeroCopy.Tx
+		t.Copied += p.Copied.Rx + p.Copied.Tx
 		for _, n := range p.Drops {
-			t.drops += n
+			t.Drops += n
 		}
 	}
 	for _, l := range s.Lcores {
-		t.busy += l.BusySeconds
-		t.idle += l.IdleSeconds
+		t.BusySeconds += l.BusySeconds
+		t.IdleSeconds += l.IdleSeconds
 	}
 	return t
 }

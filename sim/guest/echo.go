@@ -1,4 +1,4 @@
-package main
+package guest
 
 import (
 	"errors"
@@ -7,13 +7,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
 )
 
-// echoGuest is the built-in guest of `zcnet sim`: the test guest (a
-// virtio-net front end over a real vhost-user socket, memory in a memfd)
-// driven like testpmd's macswap mode. Every frame it receives goes back out
+// Echo is a guest driven like testpmd's macswap mode (the built-in guest
+// of `zcnet sim`, and the echoing guest of tests): a virtio-net front end
+// over a real vhost-user socket, memory in a memfd. Every frame it receives goes back out
 // of the same queue pair with source and destination MAC swapped, so the
 // traffic generator's probes travel wire -> NIC -> guest -> NIC -> wire and
 // reach the verifying sink.
@@ -25,9 +24,9 @@ import (
 // and TX buffers apart, as a virtio driver with separate RX and TX pools
 // does), publishes each burst's transmissions and receive refills with one
 // avail-index store each, and allocates nothing per frame.
-type echoGuest struct {
-	g     *guest.Guest
-	burst []guest.RxFrame
+type Echo struct {
+	g     *Guest
+	burst []RxFrame
 	stop  chan struct{}
 	done  chan struct{}
 
@@ -37,38 +36,39 @@ type echoGuest struct {
 	rx, tx, dropped atomic.Uint64
 }
 
-// echoGuestOptions: 4 KiB receive buffers, so that the NIC's 2 KiB buffers
+// EchoOptions: 4 KiB receive buffers, so that the NIC's 2 KiB buffers
 // fit behind the virtio-net header and frames are received zero-copy.
-var echoGuestOptions = guest.Options{RxBufSize: 4096, TxBufSize: 2048, QueueSize: 4096}
+var EchoOptions = Options{RxBufSize: 4096, TxBufSize: 2048, QueueSize: 4096}
 
 // echoBurst is the most frames the guest takes per round: testpmd's
 // default burst.
 const echoBurst = 32
 
-// startEchoGuest connects to the vhost-user socket at path, posts every
-// receive buffer and starts echoing.
-func startEchoGuest(path string) (*echoGuest, error) {
-	g, err := guest.Dial(path, echoGuestOptions)
+// StartEcho connects to the vhost-user socket at path with EchoOptions,
+// posts every receive buffer and starts echoing.
+func StartEcho(path string) (*Echo, error) {
+	g, err := Dial(path, EchoOptions)
 	if err != nil {
 		return nil, err
 	}
-	return runEchoGuest(g)
+	return RunEcho(g)
 }
 
-// runEchoGuest starts echoing on a connected guest; it owns g from now on.
-func runEchoGuest(g *guest.Guest) (*echoGuest, error) {
-	if err := g.RefillRx(0, int(echoGuestOptions.QueueSize)); err != nil && !errors.Is(err, guest.ErrRingFull) {
+// RunEcho starts echoing on a connected guest (made with EchoOptions or
+// alike); it owns g from now on.
+func RunEcho(g *Guest) (*Echo, error) {
+	if err := g.RefillRx(0, int(g.queues[0].ring.Size())); err != nil && !errors.Is(err, ErrRingFull) {
 		g.Close()
 		return nil, err
 	}
-	e := &echoGuest{g: g, burst: make([]guest.RxFrame, 0, echoBurst), stop: make(chan struct{}), done: make(chan struct{})}
+	e := &Echo{g: g, burst: make([]RxFrame, 0, echoBurst), stop: make(chan struct{}), done: make(chan struct{})}
 	go e.loop()
 	return e, nil
 }
 
 // loop polls the guest's rings, as a poll-mode guest driver does: the back
 // end never needs to signal it.
-func (e *echoGuest) loop() {
+func (e *Echo) loop() {
 	defer close(e.done)
 	idle := 0
 	for {
@@ -94,7 +94,7 @@ func (e *echoGuest) loop() {
 
 // round echoes what arrived since the last round and refills the receive
 // buffers used; it returns the number of frames received.
-func (e *echoGuest) round() int {
+func (e *Echo) round() int {
 	frames, err := e.g.ReceiveInPlace(0, e.burst[:0])
 	if err != nil {
 		// The device wrote something the guest cannot parse: a real
@@ -128,13 +128,13 @@ func (e *echoGuest) round() int {
 
 // queue adds f to the TX ring; when the ring is full it publishes what is
 // queued and waits briefly for the back end to complete earlier frames.
-func (e *echoGuest) queue(f []byte) bool {
+func (e *Echo) queue(f []byte) bool {
 	for range 1000 {
 		err := e.g.QueueTx(0, vhost.NetHeader{}, f)
 		if err == nil {
 			return true
 		}
-		if !errors.Is(err, guest.ErrRingFull) {
+		if !errors.Is(err, ErrRingFull) {
 			return false
 		}
 		if e.g.FlushTx(0) != nil {
@@ -156,9 +156,18 @@ func macSwap(f []byte) {
 	copy(f[6:12], dst[:])
 }
 
-// close stops echoing and disconnects from the back end. Calls after the
+// Received, Sent and Dropped count the frames the guest received, echoed
+// and could not echo (or could not parse).
+func (e *Echo) Received() uint64 { return e.rx.Load() }
+func (e *Echo) Sent() uint64     { return e.tx.Load() }
+func (e *Echo) Dropped() uint64  { return e.dropped.Load() }
+
+// Guest is the echoing guest (for tests that disturb it).
+func (e *Echo) Guest() *Guest { return e.g }
+
+// Close stops echoing and disconnects from the back end. Calls after the
 // first return the first one's result.
-func (e *echoGuest) close() error {
+func (e *Echo) Close() error {
 	e.closeOnce.Do(func() {
 		close(e.stop)
 		<-e.done
