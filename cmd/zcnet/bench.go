@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/zcnet/zcnet/appliance"
-	"github.com/zcnet/zcnet/driver"
-	"github.com/zcnet/zcnet/sim/guest"
 	"io"
 	"os"
 	"os/signal"
@@ -24,8 +21,11 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
 )
 

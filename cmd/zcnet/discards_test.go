@@ -1,13 +1,13 @@
 package main
 
 import (
-	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/sim"
 )
 

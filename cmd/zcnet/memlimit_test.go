@@ -1,11 +1,11 @@
 package main
 
 import (
-	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/sim/guest"
 )
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/zcnet/zcnet/driver"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/zcnet/zcnet/appliance"
 )
 
 // vhostOptions are the flags of `zcnet run` for the vhost data path.

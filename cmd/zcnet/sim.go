@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/zcnet/zcnet/appliance"
-	"github.com/zcnet/zcnet/sim/guest"
 	"io"
 	"net"
 	"os"
@@ -19,8 +17,10 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
 )

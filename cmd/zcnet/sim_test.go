@@ -2,10 +2,11 @@ package main
 
 import (
 	"encoding/json"
-	"github.com/zcnet/zcnet/appliance"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/zcnet/zcnet/appliance"
 )
 
 // simJSON runs `zcnet sim` with args and decodes its --json summary.

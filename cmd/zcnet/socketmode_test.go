@@ -1,7 +1,6 @@
 package main
 
 import (
-	"github.com/zcnet/zcnet/appliance"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -9,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/zcnet/zcnet/appliance"
 )
 
 // socketGroup returns a group zcnet may give its sockets other than its

@@ -3,11 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/zcnet/zcnet/appliance"
 )
 
 func newStatsCommand() *cobra.Command {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zcnet/zcnet/appliance"
 )
 
 // freeAddr returns a loopback TCP address nothing listens on right now.

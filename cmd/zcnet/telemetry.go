@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/zcnet/zcnet/appliance"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/vhost"
 )
 
