@@ -397,3 +397,67 @@ func TestGuestsComeAndGo(t *testing.T) {
 	t.Logf("%d add/remove cycles while the steady guest echoed %d rounds of 64 probes; fds %d, goroutines %d",
 		cycles, steadyRounds.Load(), openFDs(t), runtime.NumGoroutine())
 }
+
+// TestApplyChangesOnlyWhatChanged: a re-read configuration that removes
+// one guest and adds another leaves the guest it lists as before running
+// untouched (same engine port, session up, traffic on), changes a guest
+// whose settings changed, and refuses a change to a NIC port whole.
+func TestApplyChangesOnlyWhatChanged(t *testing.T) {
+	nics := newSimNICs(t)
+	dir := t.TempDir()
+	sa, sb, sc := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"), filepath.Join(dir, "c.sock")
+	spec := testSpec(t, "sim:0", "sim:1", "sim:2")
+	spec.NICs[0].Guests = []GuestSpec{{Socket: sa}}
+	spec.NICs[1].Guests = []GuestSpec{{Socket: sb}}
+	spec.NICs[2].MaxGuests = 1
+	a := openTest(t, spec, nics)
+	if err := a.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := startEcho(t, a, sa)
+	defer e.Close()
+	echo(t, nics.nics["sim:0"], nicMAC, 32)
+	portA := a.guests[0].ports[0]
+
+	next := testSpec(t, "sim:0", "sim:1", "sim:2")
+	next.NICs[0].Guests = []GuestSpec{{Socket: sa}}
+	next.NICs[1].MaxGuests = 1
+	next.NICs[2].Guests = []GuestSpec{{Socket: sc}}
+	changes, err := a.Apply(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"removed " + sb, "added " + sc}; fmt.Sprint(changes) != fmt.Sprint(want) {
+		t.Fatalf("Apply did %q, want %q", changes, want)
+	}
+	if a.guests[0].ports[0] != portA || portA.Stats().Restarts != 0 {
+		t.Fatalf("the unchanged guest's port was replaced or restarted: %+v", portA.Stats())
+	}
+	echo(t, nics.nics["sim:0"], nicMAC, 32)
+	if _, err := os.Stat(sb); !os.IsNotExist(err) {
+		t.Fatalf("the removed guest's socket is still there (%v)", err)
+	}
+	if _, err := os.Stat(sc); err != nil {
+		t.Fatalf("the added guest's socket is not there: %v", err)
+	}
+
+	next.NICs[0].Guests[0].MAC = "52:54:00:00:00:0a"
+	if changes, err = a.Apply(next); err != nil || fmt.Sprint(changes) != fmt.Sprint([]string{"changed " + sa}) {
+		t.Fatalf("Apply with a new MAC for %s did %q, %v", sa, changes, err)
+	}
+	if gs := a.Guests(); len(gs) != 2 || gs[1].Socket != sa || gs[1].MAC != "52:54:00:00:00:0a" {
+		t.Fatalf("guests after the change: %+v", gs)
+	}
+
+	bad := next
+	bad.NICs = append([]NICSpec(nil), next.NICs...)
+	bad.NICs[2].Rxd = 512
+	bad.NICs[2].Guests = nil
+	before := a.Guests()
+	if changes, err = a.Apply(bad); err == nil || !strings.Contains(err.Error(), "restart zcnet") || changes != nil {
+		t.Fatalf("Apply changing a NIC's ring size did %q, %v; want it refused", changes, err)
+	}
+	if after := a.Guests(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("a refused Apply changed the guests: %+v, before %+v", after, before)
+	}
+}

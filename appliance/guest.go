@@ -62,8 +62,16 @@ type GuestInfo struct {
 func (a *Appliance) AddGuest(pci string, gs GuestSpec) (GuestInfo, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	g, err := a.addGuestLocked(pci, gs)
+	if err != nil {
+		return GuestInfo{}, err
+	}
+	return g.info(), nil
+}
+
+func (a *Appliance) addGuestLocked(pci string, gs GuestSpec) (*guest, error) {
 	if a.closed {
-		return GuestInfo{}, errors.New("appliance: shut down")
+		return nil, errors.New("appliance: shut down")
 	}
 	var n *nic
 	for _, c := range a.nics {
@@ -74,19 +82,19 @@ func (a *Appliance) AddGuest(pci string, gs GuestSpec) (GuestInfo, error) {
 	}
 	if n == nil {
 		if pci == "" {
-			return GuestInfo{}, fmt.Errorf("no NIC port has a free guest slot (%s)", a.slotSummary())
+			return nil, fmt.Errorf("no NIC port has a free guest slot (%s)", a.slotSummary())
 		}
-		return GuestInfo{}, fmt.Errorf("no NIC port %s (this instance has %s)", pci, a.nicNames())
+		return nil, fmt.Errorf("no NIC port %s (this instance has %s)", pci, a.nicNames())
 	}
 	g, err := a.addGuest(n, gs)
 	if err != nil {
-		return GuestInfo{}, err
+		return nil, err
 	}
 	if a.running {
 		g.serve(a.serveCtx)
 	}
 	a.log.Info("guest added", zap.String("socket", g.cfg.Socket), zap.String("nic", n.name), zap.Ints("lcores", g.lcores))
-	return g.info(), nil
+	return g, nil
 }
 
 // RemoveGuest stops serving the guest on socket while everything else
@@ -99,6 +107,10 @@ func (a *Appliance) AddGuest(pci string, gs GuestSpec) (GuestInfo, error) {
 func (a *Appliance) RemoveGuest(socket string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.removeGuestLocked(socket)
+}
+
+func (a *Appliance) removeGuestLocked(socket string) error {
 	for i, g := range a.guests {
 		if g.cfg.Socket != socket {
 			continue
@@ -120,6 +132,23 @@ func (a *Appliance) Guests() []GuestInfo {
 		out = append(out, g.info())
 	}
 	return out
+}
+
+// Guest describes the guest on socket and its engine ports' counters, one
+// per queue pair.
+func (a *Appliance) Guest(socket string) (GuestInfo, []PortCounters, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range a.guests {
+		if g.cfg.Socket == socket {
+			var pcs []PortCounters
+			for _, p := range g.ports {
+				pcs = append(pcs, portCounters(p))
+			}
+			return g.info(), pcs, nil
+		}
+	}
+	return GuestInfo{}, nil, fmt.Errorf("no guest on socket %s", socket)
 }
 
 // addGuest creates guest gs on a free slot of n (a.mu held or not yet

@@ -61,6 +61,8 @@ with no copy, polled by pinned cores.`,
 		newSimCommand(a),
 		newBenchCommand(a),
 		newStatsCommand(),
+		newPortCommand(),
+		newReloadCommand(),
 	)
 	return root
 }

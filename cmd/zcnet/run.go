@@ -97,7 +97,10 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 	f.StringVar(&v.memLimit, "vhost-mem-limit", "", memLimitHelp)
 	f.IntVar(&v.copyBreak, "copy-break", 0, "copy frames up to this size instead of zero-copy (0: never; the engine copies all frames or none)")
 	f.BoolVar(&v.copyAll, "copy", false, "copy every frame through host buffers")
-	f.StringVar(&v.config, "config", "", "JSON file describing the ports (instead of --pci/--vhost/... flags)")
+	f.StringVar(&v.config, "config", "", "YAML or JSON file describing the ports (instead of --pci/--vhost/... flags); SIGHUP or `zcnet reload` re-reads it and applies the difference to the guests")
+	f.StringVar(&v.control, "control", defaultControlPath(), "control socket for `zcnet port` and `zcnet reload` (\"\" for none)")
+	f.StringVar(&v.controlMode, "control-mode", "", "mode of the control socket (default 0600: whoever can connect adds and removes guests)")
+	f.StringVar(&v.controlGroup, "control-group", "", "group of the control socket")
 	f.StringVar(&v.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
 	f.StringVar(&v.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
 	return cmd

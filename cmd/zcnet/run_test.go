@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,14 @@ func startRun(args ...string) func() (string, error) {
 	var out strings.Builder
 	var mu sync.Mutex
 	cmd.SetOut(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) }))
+	if !slices.Contains(args, "--control") {
+		// A control socket of its own: the default path is the host's.
+		dir, err := os.MkdirTemp("", "zcnet-test-")
+		if err != nil {
+			panic(err)
+		}
+		args = append(args, "--control", filepath.Join(dir, "control.sock"))
+	}
 	cmd.SetArgs(append([]string{"run", "--stats-period", "0"}, args...))
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
@@ -291,7 +300,7 @@ func TestRunVhostFlagErrors(t *testing.T) {
 		{[]string{"--pci", "a", "--vhost", sock, "--sim"}, "zcnet sim"},
 		{[]string{"--fwd", "--sim", "--vhost", sock}, "drop --vhost"},
 		{[]string{"--config", badJSON}, "unknown field"},
-		{[]string{"--config", filepath.Join(dir, "zcnet.yaml")}, "JSON"},
+		{[]string{"--config", filepath.Join(dir, "zcnet.toml")}, "as YAML (.yaml, .yml) or JSON (.json)"},
 		{[]string{"--config", filepath.Join(dir, "none.json")}, "no such file"},
 		{[]string{"--config", badJSON, "--pci", "a"}, "--pci and --config"},
 		{[]string{"--config", badJSON, "--no-packed"}, "--no-packed and --config"},

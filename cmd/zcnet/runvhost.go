@@ -7,14 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/goccy/go-yaml"
 	"go.uber.org/zap"
 
 	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/control"
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // vhostOptions are the flags of `zcnet run` for the vhost data path.
@@ -29,6 +35,11 @@ type vhostOptions struct {
 	telemetry   string
 	metricsAddr string
 	memLimit    string // --vhost-mem-limit
+
+	control       string // --control socket path ("" for none)
+	controlSocket vhost.SocketOptions
+	controlMode   string
+	controlGroup  string
 }
 
 // specFromFlags turns the testpmd-style flags into an appliance.Spec.
@@ -128,26 +139,43 @@ func isOptionKey(k string) bool {
 	return k != "" && strings.Trim(k, "abcdefghijklmnopqrstuvwxyz") == ""
 }
 
-// loadConfig reads a --config file: JSON with the appliance.Spec's fields,
-// for example
+// loadConfig reads a --config file: YAML (.yaml, .yml) or JSON (.json)
+// with the same keys, unknown keys refused, for example
 //
-//	{"lcores": "2-3", "ports": [
-//	  {"pci": "0000:03:10.0", "rxd": 1024, "txd": 1024,
-//	   "vhost": [{"socket": "/run/vm1.sock"}]},
-//	  {"pci": "0000:03:10.2", "no_packed": true,
-//	   "vhost": [{"socket": "/run/vm2.sock", "client": true, "mac": "52:54:00:12:34:56"}]}]}
+//	lcores: "2-3"
+//	ports:
+//	  - pci: "0000:03:00.0"
+//	    rxd: 1024
+//	    txd: 1024
+//	    max_guests: 1
+//	    vhost:
+//	      - socket: /run/zcnet/vm1.sock
+//	        mac: "52:54:00:12:34:56"
+//	        mode: "0660"
+//	        group: kvm
+//	  - pci: "0000:04:00.0"
+//	    no_packed: true
+//	    vhost:
+//	      - {socket: /run/vm2.sock, client: true, mem_limit: 16G}
 func loadConfig(path string) (appliance.Spec, error) {
 	var spec appliance.Spec
-	if ext := strings.ToLower(filepath.Ext(path)); ext != ".json" {
-		return spec, fmt.Errorf("--config %s: write the configuration as JSON in a .json file", path)
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
+		return spec, fmt.Errorf("--config %s: write the configuration as YAML (.yaml, .yml) or JSON (.json)", path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return spec, fmt.Errorf("--config: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil {
+	switch ext {
+	case ".json":
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&spec)
+	default:
+		err = yaml.UnmarshalWithOptions(b, &spec, yaml.Strict())
+	}
+	if err != nil {
 		return spec, fmt.Errorf("--config %s: %w", path, err)
 	}
 	return spec, nil
@@ -175,11 +203,31 @@ func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *
 		return err
 	}
 	applyMemLimitFlag(&spec, o.vhostOpts.memLimit)
+	// SIGHUP re-reads --config; caught from the start, so that one
+	// arriving early does not kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	tel, err := openTelemetry(log, o.vhostOpts.telemetry, o.vhostOpts.metricsAddr)
 	if err != nil {
 		return err
 	}
 	defer tel.close()
+	var ctlListener *net.UnixListener
+	if o.vhostOpts.control != "" {
+		o.vhostOpts.controlSocket.Group = o.vhostOpts.controlGroup
+		if o.vhostOpts.controlMode != "" {
+			m, err := vhost.ParseSocketMode(o.vhostOpts.controlMode)
+			if err != nil {
+				return fmt.Errorf("--control-mode: %w", err)
+			}
+			o.vhostOpts.controlSocket.Mode = m
+		}
+		if ctlListener, err = control.Listen(o.vhostOpts.control, o.vhostOpts.controlSocket); err != nil {
+			return err
+		}
+		defer ctlListener.Close() // until the server owns it
+	}
 	app, err := appliance.Open(spec, opener, appliance.WithLogger(log))
 	if err != nil {
 		return err
@@ -190,6 +238,25 @@ func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *
 		return err
 	}
 	tel.serve(func() appliance.Snapshot { return app.Snapshot("run") })
+	reload := func() ([]string, error) {
+		if o.vhostOpts.config == "" {
+			return nil, errors.New("not started with --config: there is no file to re-read")
+		}
+		next, err := loadConfig(o.vhostOpts.config)
+		if err != nil {
+			return nil, err
+		}
+		applyMemLimitFlag(&next, o.vhostOpts.memLimit)
+		return app.Apply(next)
+	}
+	if ctlListener != nil {
+		ctl := control.NewServer(app, "run", log)
+		if o.vhostOpts.config != "" {
+			ctl.Reload = reload
+		}
+		ctl.Serve(ctlListener)
+		defer ctl.Close()
+	}
 	for _, g := range app.Guests() {
 		log.Info("vhost-user port", zap.String("socket", g.Socket), zap.String("mode", g.Mode), zap.String("nic", g.NIC))
 	}
@@ -201,6 +268,9 @@ func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *
 		select {
 		case <-runCtx.Done():
 			done = true
+		case <-hup:
+			changes, err := reload()
+			log.Info("SIGHUP: configuration re-read", zap.Strings("changes", changes), zap.Error(err))
 		case err := <-app.Failed():
 			return logLcoreDeath(log, err) // the deferred shutdown stops the rest
 		case now := <-tick:
@@ -212,6 +282,9 @@ func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *
 	log.Info("shutting down: stopping lcores, NIC queues, guest sessions")
 	final := app.Snapshot("run")
 	tel.close()
+	if ctlListener != nil {
+		ctlListener.Close() // no guest comes or goes while the data path shuts down
+	}
 	if err := app.Shutdown(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
