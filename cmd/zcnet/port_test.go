@@ -117,3 +117,20 @@ func TestPortCommandsAndReload(t *testing.T) {
 	}
 	checkShutdown(t, stop, pf3, pf4)
 }
+
+// TestRunSimulatedPorts: `zcnet run --sim` serves guests on simulated
+// 82599s at the given addresses, so the control plane can be tried
+// without a NIC.
+func TestRunSimulatedPorts(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
+	stop := startRun("--sim", "--pci", "sim-a", "--vhost", sock, "--rxd", "256", "--txd", "256", "--control", ctl, "--telemetry", "")
+	waitSocket(t, ctl)
+	out, err := execute("port", "list", "--control", ctl)
+	if err != nil || !strings.Contains(out, "sim-a") || !strings.Contains(out, sock) {
+		t.Fatalf("port list: %v\n%s", err, out)
+	}
+	g := dialEcho(t, sock)
+	defer g.Close()
+	checkShutdown(t, stop)
+}

@@ -42,11 +42,11 @@ func TestCommandErrors(t *testing.T) {
 	}
 }
 
-// TestRunForwardSimulated runs `zcnet run --fwd --sim` for a moment at a
+// TestRunForwardSimulated runs `zcnet fwd --sim` for a moment at a
 // rate the simulator sustains under the race detector and expects every
 // generated frame at the sink.
 func TestRunForwardSimulated(t *testing.T) {
-	out, err := execute("run", "--fwd", "--sim", "--duration", "1s", "--rate", "5000", "--stats-period", "0")
+	out, err := execute("fwd", "--sim", "--duration", "1s", "--rate", "5000", "--stats-period", "0")
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out)
 	}
@@ -64,10 +64,12 @@ func TestRunForwardFlagErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"run"}, "give the NIC with --pci"},
-		{[]string{"run", "--fwd"}, "--fwd needs either exactly two --pci ports or --sim"},
-		{[]string{"run", "--fwd", "--pci", "0000:01:00.0"}, "--fwd needs exactly two --pci ports, got 1"},
-		{[]string{"run", "--fwd", "--sim", "--pci", "0000:01:00.0"}, "--fwd needs either exactly two --pci ports or --sim"},
-		{[]string{"run", "--fwd", "--sim", "-l", "5-3"}, `range "5-3" is reversed`},
+		{[]string{"fwd"}, "give either exactly two --pci ports or --sim"},
+		{[]string{"fwd", "--pci", "0000:01:00.0"}, "needs exactly two --pci ports, got 1"},
+		{[]string{"fwd", "--sim", "--pci", "0000:01:00.0"}, "give either exactly two --pci ports or --sim"},
+		{[]string{"fwd", "--sim", "-l", "5-3"}, `range "5-3" is reversed`},
+		{[]string{"fwd", "--sim", "--vhost", "x"}, "unknown flag: --vhost"},
+		{[]string{"run", "--fwd"}, "unknown flag: --fwd"},
 	} {
 		if _, err := execute(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("zcnet %s: err = %v, want it to say %q", strings.Join(c.args, " "), err, c.want)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/zcnet/zcnet/driver"
@@ -24,7 +25,6 @@ import (
 // operators know them.
 type runOptions struct {
 	pci       []string
-	fwd       bool
 	simulate  bool
 	lcores    string
 	rxRing    int
@@ -45,49 +45,34 @@ func newRunCommand(a *app) *cobra.Command {
 	o := &runOptions{}
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the data path: NIC ports joined zero-copy to vhost-user guests (or --fwd between two ports)",
-		Long: `run drives NIC ports with pinned poll cores until SIGINT or SIGTERM.
+		Short: "Run the data path: NIC ports joined zero-copy to vhost-user guests",
+		Long: `run drives NIC ports with pinned poll cores until SIGINT or SIGTERM, joining
+each --pci port to vhost-user guests (--vhost socket paths; zcnet listens
+unless --vhost-client): every guest queue pair gets a NIC queue pair of its
+own (--rxq/--txq per guest), and the NIC DMAs straight into and out of the
+guest's buffers. Several ports are easier to describe in a --config file
+(YAML or JSON), which SIGHUP or zcnet reload re-reads; guests are added and
+removed at runtime with zcnet port over the --control socket. On
+SIGINT/SIGTERM it stops the lcores, stops and drains the NIC queues, unmaps
+guest memory and closes the sockets, in that order.
 
-Without --fwd it joins each --pci port to vhost-user guests (--vhost socket
-paths; zcnet listens unless --vhost-client): every guest queue pair gets a
-NIC queue pair of its own (--rxq/--txq per guest), and the NIC DMAs straight
-into and out of the guest's buffers. Several ports are easier to describe in
-a --config JSON file. On SIGINT/SIGTERM it stops the lcores, stops and drains
-the NIC queues, unmaps guest memory and closes the sockets, in that order.
-
-With --fwd and two --pci ports it forwards every frame received on one port
-out of the other, in both directions, like ixy-fwd or testpmd's io mode: the
-receive buffer itself is transmitted, so nothing is copied. With --sim the two
-ports are simulated 82599s joined by a traffic generator (on port 0's wire)
-and a verifying sink (on port 1's wire), and the run reports loss.`,
+With --sim the NIC ports are simulated 82599s (their wires unconnected):
+the control plane and configuration can be tried without a NIC.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			if !o.fwd {
-				return runVhost(ctx, a.log, a.open, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
+			open := a.open
+			if o.simulate {
+				open = openUnwiredSim
 			}
-			if len(o.vhostOpts.vhost) > 0 || o.vhostOpts.config != "" {
-				return errors.New("--fwd forwards between two NIC ports; drop --vhost/--config, or drop --fwd to serve guests")
-			}
-			return runForward(ctx, a.log, o, cmd.OutOrStdout())
+			return runVhost(ctx, a.log, open, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of a port (PF or VF bound to vfio-pci); repeat for each port")
-	f.BoolVar(&o.fwd, "fwd", false, "forward between the two ports (io mode)")
-	f.BoolVar(&o.simulate, "sim", false, "use two simulated 82599 ports with a generator and a sink instead of --pci")
-	f.StringVarP(&o.lcores, "lcores", "l", "", "poll cores, DPDK -l syntax (e.g. 2-3); default: the last allowed CPU")
-	f.IntVar(&o.rxRing, "rxd", 1024, "RX descriptors per queue")
-	f.IntVar(&o.txRing, "txd", 1024, "TX descriptors per queue")
-	f.IntVar(&o.mtu, "mtu", 1500, "MTU of the ports")
-	f.IntVar(&o.burst, "burst", 32, "frames per poll")
-	f.IntVar(&o.poolBufs, "pool", 4096, "2 KiB buffers per direction")
-	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT/SIGTERM)")
-	f.DurationVar(&o.interval, "stats-period", time.Second, "print statistics this often (0: only at the end)")
-	f.Float64Var(&o.rate, "rate", 100000, "--sim: generator rate in frames per second")
-	f.IntVar(&o.frameSize, "frame-size", 64, "--sim: frame size on the wire, FCS included")
-	f.IntVar(&o.flows, "flows", 1, "--sim: number of UDP flows")
+	f.BoolVar(&o.simulate, "sim", false, "the --pci ports are simulated 82599s with unconnected wires (no NIC needed)")
+	o.commonFlags(f)
 	v := &o.vhostOpts
 	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port, optionally with the guest's MAC as PATH,mac=52:54:00:12:34:56 (without it the port learns the MAC from the guest's frames) and the socket's mode and group as PATH,mode=0660,group=kvm (default 0600, zcnet's own group); repeat for each guest")
 	f.BoolVar(&v.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guests; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
@@ -106,6 +91,57 @@ and a verifying sink (on port 1's wire), and the run reports loss.`,
 	return cmd
 }
 
+// newFwdCommand is `zcnet fwd`: the two-port forwarder.
+func newFwdCommand(a *app) *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "fwd",
+		Short: "Forward between two NIC ports without copying (testpmd io mode)",
+		Long: `fwd forwards every frame received on one of two --pci ports out of the
+other, in both directions, like ixy-fwd or testpmd's io mode: the receive
+buffer itself is transmitted, so nothing is copied. It runs until SIGINT or
+SIGTERM (or --duration). With --sim the two ports are simulated 82599s joined
+by a traffic generator (on port 0's wire) and a verifying sink (on port 1's
+wire), and the run reports loss.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return runForward(ctx, a.log, o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of a port (PF or VF bound to vfio-pci); give two")
+	f.BoolVar(&o.simulate, "sim", false, "use two simulated 82599 ports with a generator and a sink instead of --pci")
+	o.commonFlags(f)
+	f.IntVar(&o.poolBufs, "pool", 4096, "2 KiB buffers per direction")
+	f.Float64Var(&o.rate, "rate", 100000, "--sim: generator rate in frames per second")
+	f.IntVar(&o.frameSize, "frame-size", 64, "--sim: frame size on the wire, FCS included")
+	f.IntVar(&o.flows, "flows", 1, "--sim: number of UDP flows")
+	return cmd
+}
+
+// commonFlags are the flags run and fwd share.
+func (o *runOptions) commonFlags(f *pflag.FlagSet) {
+	f.StringVarP(&o.lcores, "lcores", "l", "", "poll cores, DPDK -l syntax (e.g. 2-3); default: the last allowed CPU")
+	f.IntVar(&o.rxRing, "rxd", 1024, "RX descriptors per queue")
+	f.IntVar(&o.txRing, "txd", 1024, "TX descriptors per queue")
+	f.IntVar(&o.mtu, "mtu", 1500, "MTU of the ports")
+	f.IntVar(&o.burst, "burst", 32, "frames per poll")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT/SIGTERM)")
+	f.DurationVar(&o.interval, "stats-period", time.Second, "print statistics this often (0: only at the end)")
+}
+
+// openUnwiredSim opens a started simulated 82599 at addr, its wire
+// unconnected (zcnet run --sim).
+func openUnwiredSim(addr string) (vfio.Device, error) {
+	opts := sim.DefaultOptions()
+	opts.Address = addr
+	pf := sim.NewPF(opts)
+	pf.Start()
+	return pf, nil
+}
+
 // fwdPort is one side of the forwarder: a NIC port and the IOMMU domain
 // bookkeeping its buffers live in.
 type fwdPort struct {
@@ -117,10 +153,10 @@ type fwdPort struct {
 
 func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writer) error {
 	if o.simulate == (len(o.pci) > 0) {
-		return errors.New("--fwd needs either exactly two --pci ports or --sim")
+		return errors.New("give either exactly two --pci ports or --sim")
 	}
 	if !o.simulate && len(o.pci) != 2 {
-		return fmt.Errorf("--fwd needs exactly two --pci ports, got %d", len(o.pci))
+		return fmt.Errorf("the forwarder needs exactly two --pci ports, got %d", len(o.pci))
 	}
 	cpus, err := driver.PollCPUs(o.lcores)
 	if err != nil {

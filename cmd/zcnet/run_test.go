@@ -297,8 +297,6 @@ func TestRunVhostFlagErrors(t *testing.T) {
 		{[]string{"--pci", "a", "--vhost", sock, "--burst", "0"}, "burst"},
 		{[]string{"--pci", "a", "--vhost", sock, "-l", "0-1"}, "at most 1"},
 		{[]string{"--pci", "missing0", "--vhost", sock}, "no such device"},
-		{[]string{"--pci", "a", "--vhost", sock, "--sim"}, "zcnet sim"},
-		{[]string{"--fwd", "--sim", "--vhost", sock}, "drop --vhost"},
 		{[]string{"--config", badJSON}, "unknown field"},
 		{[]string{"--config", filepath.Join(dir, "zcnet.toml")}, "as YAML (.yaml, .yml) or JSON (.json)"},
 		{[]string{"--config", filepath.Join(dir, "none.json")}, "no such file"},

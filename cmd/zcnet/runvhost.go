@@ -181,12 +181,9 @@ func loadConfig(path string) (appliance.Spec, error) {
 	return spec, nil
 }
 
-// runVhost is `zcnet run` without --fwd: NIC ports joined to vhost-user
+// runVhost is `zcnet run`: NIC ports joined to vhost-user
 // guests by the zero-copy engine, until SIGINT/SIGTERM or --duration.
 func runVhost(ctx context.Context, log *zap.Logger, opener appliance.Opener, o *runOptions, flagsSet func(string) bool, out io.Writer) error {
-	if o.simulate {
-		return errors.New("--sim simulates the --fwd forwarder; for the vhost data path on the simulator use zcnet sim")
-	}
 	var spec appliance.Spec
 	var err error
 	if o.vhostOpts.config != "" {
