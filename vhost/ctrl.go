@@ -61,9 +61,12 @@ func (d *Device) ctrlQueue() *Virtqueue {
 	return v.q
 }
 
-// pollControl executes pending control commands (data-path lock held) and
-// returns how many it handled.
-func (d *Device) pollControl() int {
+// PollControl executes the control commands the front end queued on the
+// control virtqueue, when CTRL_VQ was negotiated and the front end handed
+// the queue over (QEMU keeps it and answers itself; DPDK's virtio-user
+// with cq=1 does not), and returns how many it handled. Call it with the
+// data-path lock held, from the poller.
+func (d *Device) PollControl() int {
 	q := d.ctrlQueue()
 	if q == nil {
 		return 0

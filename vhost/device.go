@@ -379,7 +379,7 @@ func (d *Device) handleContained(m *Message, prep preparedMemory) (resp []byte, 
 		memfault.Restore(prev)
 		if v := recover(); v != nil {
 			f, ok := memfault.FromPanic(v)
-			if !ok || !d.guestMemory(f.Addr) {
+			if !ok || !d.InGuestMemory(f.Addr) {
 				panic(v)
 			}
 			resp, err = nil, errFatal{fmt.Errorf("%v: %w: %w", m.Request, ErrGuestMemoryFault, f)}
@@ -388,9 +388,9 @@ func (d *Device) handleContained(m *Message, prep preparedMemory) (resp []byte, 
 	return d.handle(m, prep)
 }
 
-// guestMemory reports whether host address addr lies in guest memory the
+// InGuestMemory reports whether host address addr lies in guest memory the
 // device has mapped (data-path lock held).
-func (d *Device) guestMemory(addr uintptr) bool {
+func (d *Device) InGuestMemory(addr uintptr) bool {
 	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr)
 }
 

@@ -1,7 +1,6 @@
 package vhost_test
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // recordingHook remembers which regions are DMA-mapped.
@@ -69,33 +67,6 @@ func (h *recordingHook) counts() (mapped, maps, unmaps int) {
 	return len(h.mapped), h.maps, h.unmaps
 }
 
-type server struct {
-	dev  *vhost.Device
-	path string
-}
-
-func serve(t testing.TB, cfg vhost.Config, opts ...vhost.ServeOption) *server {
-	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	}
-	dev, err := vhost.NewDevice(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "dev.sock")
-	l, err := vhost.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = vhost.ServeListener(ctx, l, dev, opts...) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return &server{dev: dev, path: path}
-}
-
 func rawFrontend(t *testing.T, path string) *guest.Frontend {
 	t.Helper()
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
@@ -131,8 +102,8 @@ func eventFD(t *testing.T) int {
 
 func TestFeatureNegotiation(t *testing.T) {
 	cfg, log := withRefusalLog(vhost.Config{Features: vhost.FVersion1 | vhost.NetFMrgRxbuf, QueuePairs: 1})
-	s := serve(t, cfg)
-	fe := rawFrontend(t, s.path)
+	s := vhosttest.Serve(t, cfg)
+	fe := rawFrontend(t, s.Path)
 	f, err := fe.U64(vhost.ReqGetFeatures)
 	if err != nil {
 		t.Fatal(err)
@@ -176,8 +147,8 @@ func TestNewDeviceRejectsBadConfig(t *testing.T) {
 
 func TestMalformedRequestsAreRefused(t *testing.T) {
 	cfg, log := withRefusalLog(vhost.Config{QueuePairs: 2})
-	s := serve(t, cfg)
-	fe := ackedFrontend(t, s.path)
+	s := vhosttest.Serve(t, cfg)
+	fe := ackedFrontend(t, s.Path)
 	efd := eventFD(t)
 	// Each request is wrong in one way, and must be refused for that
 	// reason (want), not for another check that happens to run first.
@@ -223,8 +194,8 @@ func TestMalformedRequestsAreRefused(t *testing.T) {
 }
 
 func TestBadHeaderDropsConnectionOnly(t *testing.T) {
-	s := serve(t, vhost.Config{})
-	fe := rawFrontend(t, s.path)
+	s := vhosttest.Serve(t, vhost.Config{})
+	fe := rawFrontend(t, s.Path)
 	if err := fe.Conn().WriteMessage(vhost.Header{Request: vhost.ReqGetFeatures, Flags: 2}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +204,7 @@ func TestBadHeaderDropsConnectionOnly(t *testing.T) {
 	if _, err := fe.Conn().ReadMessage(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after a message with protocol version 2 the front end read %v, want the connection closed (EOF)", err)
 	}
-	fe2 := rawFrontend(t, s.path)
+	fe2 := rawFrontend(t, s.Path)
 	if _, err := fe2.U64(vhost.ReqGetFeatures); err != nil {
 		t.Fatalf("back end does not accept a new front end: %v", err)
 	}
@@ -272,9 +243,9 @@ func waitDisconnected(t *testing.T, d *vhost.Device) {
 
 func TestSessionLifecycleReleasesEverything(t *testing.T) {
 	hook := &recordingHook{mapped: map[*byte]int{}}
-	s := serve(t, vhost.Config{Hook: hook, QueuePairs: 2})
+	s := vhosttest.Serve(t, vhost.Config{Hook: hook, QueuePairs: 2})
 	before := openFDs(t)
-	g, err := guest.Dial(s.path, guest.Options{QueuePairs: 2, Memory: guest.MemoryOptions{Split: true}})
+	g, err := guest.Dial(s.Path, guest.Options{QueuePairs: 2, Memory: guest.MemoryOptions{Split: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +259,7 @@ func TestSessionLifecycleReleasesEverything(t *testing.T) {
 	if mapped, maps, unmaps := hook.counts(); maps != 4 || unmaps != 2 || mapped != 2 {
 		t.Fatalf("after a new table: maps %d unmaps %d mapped %d", maps, unmaps, mapped)
 	}
-	if st := s.dev.Status(); st&vhost.StatusDriverOK == 0 {
+	if st := s.Dev.Status(); st&vhost.StatusDriverOK == 0 {
 		t.Fatalf("status %#x after setup", st)
 	}
 	// Stopping a ring returns where it stopped.
@@ -297,7 +268,7 @@ func TestSessionLifecycleReleasesEverything(t *testing.T) {
 		t.Fatalf("GET_VRING_BASE = %d, %v", base, err)
 	}
 	g.Close()
-	waitDisconnected(t, s.dev)
+	waitDisconnected(t, s.Dev)
 	if hook.count() != 0 {
 		t.Fatalf("%d regions still DMA-mapped after disconnect", hook.count())
 	}
@@ -308,8 +279,8 @@ func TestSessionLifecycleReleasesEverything(t *testing.T) {
 
 func TestResetOwnerStopsRingsAndMemory(t *testing.T) {
 	hook := &recordingHook{mapped: map[*byte]int{}}
-	s := serve(t, vhost.Config{Hook: hook})
-	g, err := guest.Dial(s.path, guest.Options{})
+	s := vhosttest.Serve(t, vhost.Config{Hook: hook})
+	g, err := guest.Dial(s.Path, guest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,9 +291,9 @@ func TestResetOwnerStopsRingsAndMemory(t *testing.T) {
 	if hook.count() != 0 {
 		t.Fatal("RESET_OWNER left memory mapped")
 	}
-	s.dev.LockDataPath()
-	q := s.dev.TxQueue(0)
-	s.dev.UnlockDataPath()
+	s.Dev.LockDataPath()
+	q := s.Dev.TxQueue(0)
+	s.Dev.UnlockDataPath()
 	if q != nil {
 		t.Fatal("RESET_OWNER left a ring running")
 	}
@@ -331,8 +302,8 @@ func TestResetOwnerStopsRingsAndMemory(t *testing.T) {
 func TestMemSlots(t *testing.T) {
 	hook := &recordingHook{mapped: map[*byte]int{}}
 	cfg, log := withRefusalLog(vhost.Config{Hook: hook})
-	s := serve(t, cfg)
-	fe := ackedFrontend(t, s.path)
+	s := vhosttest.Serve(t, cfg)
+	fe := ackedFrontend(t, s.Path)
 	n, err := fe.U64(vhost.ReqGetMaxMemSlots)
 	if err != nil || n < 8 {
 		t.Fatalf("GET_MAX_MEM_SLOTS = %d, %v", n, err)
@@ -365,8 +336,8 @@ func TestMemSlots(t *testing.T) {
 
 func TestGetConfig(t *testing.T) {
 	mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
-	s := serve(t, vhost.Config{ProtocolFeatures: vhost.DefaultProtocolFeatures | vhost.ProtoFConfig, MAC: mac, QueuePairs: 3, Features: vhost.DefaultFeatures, MTU: 9000})
-	fe := rawFrontend(t, s.path)
+	s := vhosttest.Serve(t, vhost.Config{ProtocolFeatures: vhost.DefaultProtocolFeatures | vhost.ProtoFConfig, MAC: mac, QueuePairs: 3, Features: vhost.DefaultFeatures, MTU: 9000})
+	fe := rawFrontend(t, s.Path)
 	if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(vhost.ProtoFConfig)); err != nil {
 		t.Fatal(err)
 	}
@@ -385,11 +356,11 @@ func TestGetConfig(t *testing.T) {
 }
 
 func TestSeveralDevicesAtOnce(t *testing.T) {
-	var devs []*server
+	var devs []*vhosttest.Server
 	var gs []*guest.Guest
 	for range 3 {
-		s := serve(t, vhost.Config{})
-		g, err := guest.Dial(s.path, guest.Options{})
+		s := vhosttest.Serve(t, vhost.Config{})
+		g, err := guest.Dial(s.Path, guest.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -397,7 +368,7 @@ func TestSeveralDevicesAtOnce(t *testing.T) {
 		devs, gs = append(devs, s), append(gs, g)
 	}
 	for i, s := range devs {
-		loop := vhost.NewLoopback(s.dev)
+		loop := vhosttest.NewLoopback(s.Dev)
 		if err := gs[i].PostRx(0, 8); err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // TestRingStartOnTruncatedMemoryDropsTheSession: a front end hands over
@@ -35,7 +36,7 @@ func TestRingStartOnTruncatedMemoryDropsTheSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fe := ackedFrontend(t, s.path)
+	fe := ackedFrontend(t, s.Path)
 	for _, r := range []struct {
 		req     vhost.Request
 		payload []byte
@@ -63,7 +64,7 @@ func TestRingStartOnTruncatedMemoryDropsTheSession(t *testing.T) {
 	if err == nil {
 		t.Fatal("ring start on truncated memory acknowledged; want the connection dropped")
 	}
-	waitDisconnected(t, s.dev)
+	waitDisconnected(t, s.Dev)
 	var found bool
 	for _, e := range s.logs.TakeAll() {
 		if msg := fmt.Sprint(e.ContextMap()["error"]); strings.Contains(msg, vhost.ErrGuestMemoryFault.Error()) {
@@ -85,9 +86,9 @@ func TestRingStartOnTruncatedMemoryDropsTheSession(t *testing.T) {
 // must drop that session (counted), not kill the process, and the next
 // front end must be served by the same loopback.
 func TestLoopbackContainsTruncatedMemory(t *testing.T) {
-	s := serve(t, vhost.Config{})
-	loop := vhost.NewLoopback(s.dev)
-	g, err := guest.Dial(s.path, guest.Options{Memory: guest.MemoryOptions{Hugetlb: true, Unsealed: true}})
+	s := vhosttest.Serve(t, vhost.Config{})
+	loop := vhosttest.NewLoopback(s.Dev)
+	g, err := guest.Dial(s.Path, guest.Options{Memory: guest.MemoryOptions{Hugetlb: true, Unsealed: true}})
 	if err != nil {
 		t.Fatalf("guest with hugetlb memory (make hugepages reserves it): %v", err)
 	}
@@ -107,13 +108,13 @@ func TestLoopbackContainsTruncatedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	loop.Poll() // reads the TX ring's avail index: faults
-	waitDisconnected(t, s.dev)
+	waitDisconnected(t, s.Dev)
 	if c := loop.Counters(); c.GuestMemoryFaults != 1 {
 		t.Fatalf("loopback counters %+v, want one guest memory fault", c)
 	}
 	g.Close()
 
-	g2, err := guest.Dial(s.path, guest.Options{})
+	g2, err := guest.Dial(s.Path, guest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,13 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // memServer is a device over a real socket whose refusals are recorded,
 // for tests that play a hostile front end handing over memory.
 type memServer struct {
-	*server
+	*vhosttest.Server
 	hook *recordingHook
 	logs *observer.ObservedLogs
 }
@@ -26,7 +27,7 @@ func serveMem(t *testing.T, cfg vhost.Config) *memServer {
 	core, logs := observer.New(zap.WarnLevel)
 	hook := &recordingHook{mapped: map[*byte]int{}}
 	cfg.Hook, cfg.Logger = hook, zap.New(core)
-	return &memServer{server: serve(t, cfg), hook: hook, logs: logs}
+	return &memServer{Server: vhosttest.Serve(t, cfg), hook: hook, logs: logs}
 }
 
 // refused checks that the last request was refused with an error naming
@@ -44,19 +45,19 @@ func (s *memServer) refused(t *testing.T, err error, want string) {
 // sessions must be closed after it leaves.
 func (s *memServer) stillServes(t *testing.T, before int) {
 	t.Helper()
-	waitDisconnected(t, s.dev)
-	g, err := guest.Dial(s.path, guest.Options{Memory: guest.MemoryOptions{Split: true}})
+	waitDisconnected(t, s.Dev)
+	g, err := guest.Dial(s.Path, guest.Options{Memory: guest.MemoryOptions{Split: true}})
 	if err != nil {
 		t.Fatalf("a well-behaved front end after the refusal: %v", err)
 	}
-	if st := s.dev.Status(); st&vhost.StatusDriverOK == 0 {
+	if st := s.Dev.Status(); st&vhost.StatusDriverOK == 0 {
 		t.Fatalf("status %#x after a well-behaved setup", st)
 	}
 	if n := s.hook.count(); n != 2 {
 		t.Fatalf("%d regions mapped for the well-behaved guest, want 2", n)
 	}
 	g.Close()
-	waitDisconnected(t, s.dev)
+	waitDisconnected(t, s.Dev)
 	if after := openFDs(t); after != before {
 		t.Fatalf("%d descriptors leaked (%d open before, %d after)", after-before, before, after)
 	}
@@ -149,7 +150,7 @@ func TestMemoryThatIsNotSharedIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = setMemTable(t, s.path, region(8<<30), zero)
+	err = setMemTable(t, s.Path, region(8<<30), zero)
 	unix.Close(zero)
 	s.refused(t, err, "not a shared-memory file")
 	if m := mappedFiles(t); m != "" {
@@ -174,7 +175,7 @@ func TestMemoryThatIsNotSharedIsRefused(t *testing.T) {
 	if err := f.Truncate(1 << 20); err != nil {
 		t.Fatal(err)
 	}
-	err = setMemTable(t, s.path, region(1<<20), int(f.Fd()))
+	err = setMemTable(t, s.Path, region(1<<20), int(f.Fd()))
 	f.Close()
 	s.refused(t, err, "not a shared-memory file")
 	s.stillServes(t, before)
@@ -195,7 +196,7 @@ func TestUnsealedMemfdIsRefused(t *testing.T) {
 	} {
 		fd := memfd(t, "zcnet-unsealed", 1<<20, c.seals)
 		before := before + 1 // the test's own descriptor, closed at the end
-		s.refused(t, setMemTable(t, s.path, region(1<<20), fd), "not sealed against shrinking")
+		s.refused(t, setMemTable(t, s.Path, region(1<<20), fd), "not sealed against shrinking")
 		if m := mappedFiles(t); m != "" {
 			t.Fatalf("%s: refused memory is mapped:\n%s", c.name, m)
 		}
@@ -204,7 +205,7 @@ func TestUnsealedMemfdIsRefused(t *testing.T) {
 	}
 	// The same memfd sealed as QEMU seals it is accepted.
 	fd := memfd(t, "zcnet-sealed", 1<<20, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL)
-	fe := ackedFrontend(t, s.path)
+	fe := ackedFrontend(t, s.Path)
 	if _, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{region(1 << 20)}), fd); err != nil {
 		t.Fatalf("sealed memfd refused: %v", err)
 	}
@@ -236,7 +237,7 @@ func TestHugetlbfsFileIsServed(t *testing.T) {
 	if err := f.Truncate(4 << 20); err != nil {
 		t.Skipf("no free 2 MiB hugepages: %v", err)
 	}
-	fe := ackedFrontend(t, s.path)
+	fe := ackedFrontend(t, s.Path)
 	if _, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{region(4 << 20)}), int(f.Fd())); err != nil {
 		t.Fatalf("hugetlbfs file refused: %v", err)
 	}
@@ -257,7 +258,7 @@ func TestRegionPastTheFileIsRefused(t *testing.T) {
 	defer unix.Close(fd)
 	r := region(1 << 20)
 	r.MmapOffset = 4096
-	s.refused(t, setMemTable(t, s.path, r, fd), "shorter than offset+size")
+	s.refused(t, setMemTable(t, s.Path, r, fd), "shorter than offset+size")
 	s.stillServes(t, before)
 }
 
@@ -277,7 +278,7 @@ func TestMemoryOverTheDeviceLimitIsRefused(t *testing.T) {
 		{GuestPhysAddr: 0, Size: 96 << 20, UserAddr: 0x7f0000000000},
 		{GuestPhysAddr: 1 << 32, Size: 96 << 20, UserAddr: 0x7f0010000000, MmapOffset: 96 << 20},
 	}
-	fe := ackedFrontend(t, s.path)
+	fe := ackedFrontend(t, s.Path)
 	_, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable(regs), fd, fd)
 	s.refused(t, err, "over the device's limit")
 	// Region by region: the first 96 MiB fit, the second does not.
@@ -297,6 +298,6 @@ func TestMemoryOverTheDeviceLimitIsRefused(t *testing.T) {
 	d := serveMem(t, vhost.Config{})
 	huge := memfd(t, "zcnet-huge-table", 65<<30, unix.F_SEAL_SHRINK)
 	defer unix.Close(huge)
-	d.refused(t, setMemTable(t, d.path, region(65<<30), huge), "over the device's limit")
+	d.refused(t, setMemTable(t, d.Path, region(65<<30), huge), "over the device's limit")
 	d.stillServes(t, before+1)
 }

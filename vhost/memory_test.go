@@ -135,23 +135,3 @@ func TestNetHeaderRoundTrip(t *testing.T) {
 		t.Fatal("header length per feature set")
 	}
 }
-
-func TestChecksumAcrossSegments(t *testing.T) {
-	data := []byte{0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7}
-	// RFC 1071 example header: checksum 0xb861.
-	for split := 0; split <= len(data); split++ {
-		segs := []Segment{{Buf: data[:split]}, {Buf: data[split:]}}
-		if got := ^sumSegments(segs, 0, len(data)); got != 0xb861 {
-			t.Fatalf("split %d: checksum %#x, want 0xb861", split, got)
-		}
-	} // Three pieces, the middle one of any length, odd or even, so that a
-	// segment may both start and end at an odd offset.
-	for i := 0; i <= len(data); i++ {
-		for j := i; j <= len(data); j++ {
-			segs := []Segment{{Buf: data[:i]}, {Buf: data[i:j]}, {Buf: data[j:]}}
-			if got := ^sumSegments(segs, 0, len(data)); got != 0xb861 {
-				t.Fatalf("split %d/%d: checksum %#x, want 0xb861", i, j, got)
-			}
-		}
-	}
-}

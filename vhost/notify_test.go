@@ -1,15 +1,14 @@
 package vhost_test
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // TestNotificationFdsMustBeEventfds: a pipe, a memfd or a socket as a
@@ -17,8 +16,8 @@ import (
 // our writes for as long as the front end likes), and not kept.
 func TestNotificationFdsMustBeEventfds(t *testing.T) {
 	cfg, log := withRefusalLog(vhost.Config{})
-	s := serve(t, cfg)
-	fe := ackedFrontend(t, s.path)
+	s := vhosttest.Serve(t, cfg)
+	fe := ackedFrontend(t, s.Path)
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
@@ -82,68 +81,4 @@ func countFDs(t *testing.T, fds []int) int {
 		}
 	}
 	return n
-}
-
-// TestBlockedCallFdDoesNotStallThePoller: the front end puts its call
-// eventfd's counter at the maximum and switches the (shared) file
-// description back to blocking mode, so that a write of 1 blocks until
-// somebody reads it. The poller must go on moving frames, and the session
-// must still end when the front end leaves, its descriptor released.
-func TestBlockedCallFdDoesNotStallThePoller(t *testing.T) {
-	fds := openFDs(t)
-	e := newEcho(t)
-	for i := range 2 {
-		fd := e.g.CallFD(i)
-		var max [8]byte
-		binary.LittleEndian.PutUint64(max[:], 0xfffffffffffffffe)
-		if _, err := unix.Write(fd, max[:]); err != nil {
-			t.Fatal(err)
-		}
-		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK); err != nil {
-			t.Fatal(err)
-		}
-	}
-	done := make(chan int)
-	go func() {
-		moved := 0
-		for range 200 {
-			e.loop.Poll()
-			got, err := e.g.ReceiveInPlace(0, e.frames[:0])
-			if err != nil {
-				t.Error(err)
-				break
-			}
-			for i := range got {
-				if err := e.g.QueueTx(0, vhost.NetHeader{}, got[i].Frame); err != nil {
-					t.Error(err)
-				}
-			}
-			_ = e.g.FlushTx(0)
-			_ = e.g.RefillRx(0, len(got))
-			e.g.ReclaimTx(0)
-			moved += len(got)
-		}
-		done <- moved
-	}()
-	select {
-	case moved := <-done:
-		if moved < 200 {
-			t.Fatalf("the loop moved %d frames in 200 polls with the call fd blocked", moved)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the poller is stuck: it blocked writing the front end's call eventfd")
-	}
-	e.g.Close()
-	waitDisconnected(t, e.dev)
-	deadline := time.Now().Add(5 * time.Second)
-	for openFDs(t) > fds && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := openFDs(t); n > fds {
-		t.Fatalf("%d eventfds open after the front end left, %d before: the blocked notifier kept its descriptor", n, fds)
-	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // holdingHook plays a zero-copy engine: it keeps chains it popped (as if
@@ -75,9 +76,9 @@ func (h *holdingHook) events() []stopEvent {
 
 func TestRingHookStopsBeforeReply(t *testing.T) {
 	hook := &holdingHook{recordingHook: recordingHook{mapped: map[*byte]int{}}, held: map[*vhost.Virtqueue][]uint16{}}
-	s := serve(t, vhost.Config{Hook: hook})
-	hook.dev = s.dev
-	g, err := guest.Dial(s.path, guest.Options{})
+	s := vhosttest.Serve(t, vhost.Config{Hook: hook})
+	hook.dev = s.Dev
+	g, err := guest.Dial(s.Path, guest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

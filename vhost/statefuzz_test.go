@@ -20,6 +20,7 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // FuzzDeviceSession fuzzes the whole back-end state machine: the input is
@@ -535,7 +536,7 @@ func mappedMemfds(t *testing.T, prefix string) string {
 type sessionServer struct {
 	dev  *vhost.Device
 	path string
-	loop *vhost.Loopback
+	loop *vhosttest.Loopback
 	hook *recordingHook
 	logs *observer.ObservedLogs
 }
@@ -543,12 +544,12 @@ type sessionServer struct {
 func newSessionServer(f *testing.F) *sessionServer {
 	core, logs := observer.New(zap.DebugLevel)
 	hook := &recordingHook{mapped: map[*byte]int{}}
-	srv := serve(f, vhost.Config{
+	srv := vhosttest.Serve(f, vhost.Config{
 		Name: "statefuzz", Features: sessionFeatures, ProtocolFeatures: sessionProtocol,
 		QueuePairs: sessionPairs, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, MTU: 1500,
 		Hook: hook, Logger: zap.New(core),
 	})
-	return &sessionServer{dev: srv.dev, path: srv.path, loop: vhost.NewLoopback(srv.dev), hook: hook, logs: logs}
+	return &sessionServer{dev: srv.Dev, path: srv.Path, loop: vhosttest.NewLoopback(srv.Dev), hook: hook, logs: logs}
 }
 
 // waitFor polls cond for up to 5 s.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 func dialRaw(t *testing.T, path string) *net.UnixConn {
@@ -82,7 +83,7 @@ func TestPartialMessageTimesOut(t *testing.T) {
 		{"10 of 100 payload bytes", append(hdr(100), make([]byte, 10)...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
+			path := vhosttest.Serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).Path
 			c := dialRaw(t, path)
 			if _, err := c.Write(tc.send); err != nil {
 				t.Fatal(err)
@@ -101,7 +102,7 @@ func TestPartialMessageTimesOut(t *testing.T) {
 // is not dropped.
 func TestIdleBetweenMessagesIsNotDropped(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
+	path := vhosttest.Serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).Path
 	fe, err := guest.NewFrontend(dialRaw(t, path))
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +119,7 @@ func TestIdleBetweenMessagesIsNotDropped(t *testing.T) {
 // once a reply cannot be delivered within the timeout.
 func TestFrontEndNotReadingRepliesIsDropped(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	path := serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).path
+	path := vhosttest.Serve(t, vhost.Config{Name: "hostile"}, vhost.WithMessageTimeout(timeout)).Path
 	c := dialRaw(t, path)
 	req := make([]byte, vhost.HeaderSize)
 	vhost.EncodeHeader(req, vhost.Header{Request: vhost.ReqGetFeatures, Flags: vhost.FlagVersion})

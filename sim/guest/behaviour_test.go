@@ -11,6 +11,7 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 func TestBrokenQueueIsIsolated(t *testing.T) {
@@ -87,7 +88,7 @@ func TestClientModeReconnects(t *testing.T) {
 		_ = vhost.DialAndServe(ctx, path, dev, vhost.Backoff{Min: time.Millisecond, Max: 20 * time.Millisecond})
 	}()
 	defer func() { cancel(); wg.Wait() }()
-	b := &backend{dev: dev, loop: vhost.NewLoopback(dev), path: path}
+	b := &backend{dev: dev, loop: vhosttest.NewLoopback(dev), path: path}
 
 	for instance := range 2 {
 		time.Sleep(30 * time.Millisecond) // the back end is retrying meanwhile

@@ -2,11 +2,8 @@ package guest_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
-	"sync"
 	"testing"
 
 	"go.uber.org/zap"
@@ -14,12 +11,13 @@ import (
 
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // backend is a vhost device served on a socket in server mode.
 type backend struct {
 	dev  *vhost.Device
-	loop *vhost.Loopback
+	loop *vhosttest.Loopback
 	path string
 }
 
@@ -29,29 +27,8 @@ func logger(t *testing.T) *zap.Logger {
 
 func startBackend(t *testing.T, cfg vhost.Config) *backend {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = logger(t)
-	}
-	dev, err := vhost.NewDevice(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "vhost.sock")
-	l, err := vhost.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := vhost.ServeListener(ctx, l, dev); err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return &backend{dev: dev, loop: vhost.NewLoopback(dev), path: path}
+	s := vhosttest.Serve(t, cfg)
+	return &backend{dev: s.Dev, loop: vhosttest.NewLoopback(s.Dev), path: s.Path}
 }
 
 func dial(t *testing.T, b *backend, opt guest.Options) *guest.Guest {

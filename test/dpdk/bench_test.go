@@ -19,6 +19,7 @@ import (
 
 	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // benchTime is how long each benchmark lets traffic flow.
@@ -57,7 +58,7 @@ var benchModes = []benchMode{
 		rate:      func(s fwdStats) uint64 { return s.RxPackets }},
 	// Frames circulate: the guest forwards what the back end returns.
 	{name: "io", guest: []string{"--forward-mode=io", "--tx-first"}, vhostFwd: "macswap",
-		zcnetTask: func(d *vhost.Device) driver.Task { return vhost.NewLoopback(d) },
+		zcnetTask: func(d *vhost.Device) driver.Task { return vhosttest.NewLoopback(d) },
 		rate:      func(s fwdStats) uint64 { return s.RxPackets }},
 }
 

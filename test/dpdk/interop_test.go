@@ -15,6 +15,7 @@ import (
 
 	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // A scenario is one virtio-user configuration. Traffic is the same in all
@@ -263,7 +264,7 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 		})
 	}
 
-	lb := vhost.NewLoopback(d)
+	lb := vhosttest.NewLoopback(d)
 	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield},
 		[]driver.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []driver.Task{lb}}})
 	if err != nil {
@@ -346,7 +347,7 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 // watchProgress lets the loop run for d, logging the longest time the
 // back end went without returning a frame, with where the frames were and
 // what the lcore was doing: the evidence to start from if the loop stalls.
-func watchProgress(t *testing.T, dev *vhost.Device, lb *vhost.Loopback, r *driver.Runner, d time.Duration) {
+func watchProgress(t *testing.T, dev *vhost.Device, lb *vhosttest.Loopback, r *driver.Runner, d time.Duration) {
 	const every = 10 * time.Millisecond
 	var last uint64
 	lastMove, end := time.Now(), time.Now().Add(d)

@@ -25,6 +25,7 @@ import (
 	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/test/lib"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 const (
@@ -205,7 +206,7 @@ func runVariant(t *testing.T, v variant, qemu, kernel, initrd, out string, timeo
 	if err != nil {
 		t.Fatal(err)
 	}
-	loop := vhost.NewLoopback(d)
+	loop := vhosttest.NewLoopback(d)
 	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield},
 		[]driver.LcoreConfig{{ID: 1, CPU: cpus[len(cpus)-1], Tasks: []driver.Task{loop}}})
 	if err != nil {

@@ -1,11 +1,18 @@
-package vhost_test
+package vhosttest_test
 
 import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
+	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
 
 // BenchmarkLoopbackEcho is the io mode of the testpmd benchmark in one
@@ -37,15 +44,15 @@ func BenchmarkLoopbackEcho(b *testing.B) {
 type echoGuest struct {
 	dev    *vhost.Device
 	g      *guest.Guest
-	loop   *vhost.Loopback
+	loop   *vhosttest.Loopback
 	frames []guest.RxFrame
 }
 
 const echoBurst = 32
 
 func newEcho(tb testing.TB) *echoGuest {
-	s := serve(tb, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
-	g, err := guest.Dial(s.path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder, RxBufSize: 2048, TxBufSize: 2048})
+	s := vhosttest.Serve(tb, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
+	g, err := guest.Dial(s.Path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder, RxBufSize: 2048, TxBufSize: 2048})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -63,7 +70,7 @@ func newEcho(tb testing.TB) *echoGuest {
 	if err := g.FlushTx(0); err != nil {
 		tb.Fatal(err)
 	}
-	return &echoGuest{dev: s.dev, g: g, loop: vhost.NewLoopback(s.dev), frames: make([]guest.RxFrame, 0, echoBurst)}
+	return &echoGuest{dev: s.Dev, g: g, loop: vhosttest.NewLoopback(s.Dev), frames: make([]guest.RxFrame, 0, echoBurst)}
 }
 
 // echo receives what the loopback delivered, transmits it again, reposts
@@ -97,13 +104,13 @@ func (e *echoGuest) echo(tb testing.TB) int {
 // buffers for wait on the TX queue, in order, until it posts some, rather
 // than being dropped or overtaking each other.
 func TestLoopbackBackpressure(t *testing.T) {
-	s := serve(t, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
-	g, err := guest.Dial(s.path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder})
+	s := vhosttest.Serve(t, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
+	g, err := guest.Dial(s.Path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	loop := vhost.NewLoopback(s.dev)
+	loop := vhosttest.NewLoopback(s.Dev)
 	const sent, posted = 5, 2
 	if err := g.PostRx(0, posted); err != nil {
 		t.Fatal(err)
@@ -161,5 +168,95 @@ func TestLoopbackPollAllocatesNothing(t *testing.T) {
 	// the guest echoes comes back, none is dropped.
 	if c := e.loop.Counters(); c.Dropped != 0 || c.Frames < 50*echoBurst {
 		t.Fatalf("the echo loop dropped frames or stalled: %+v", c)
+	}
+}
+
+// TestBlockedCallFdDoesNotStallThePoller: the front end puts its call
+// eventfd's counter at the maximum and switches the (shared) file
+// description back to blocking mode, so that a write of 1 blocks until
+// somebody reads it. The poller must go on moving frames, and the session
+// must still end when the front end leaves, its descriptor released.
+func TestBlockedCallFdDoesNotStallThePoller(t *testing.T) {
+	fds := openFDs(t)
+	e := newEcho(t)
+	for i := range 2 {
+		fd := e.g.CallFD(i)
+		var max [8]byte
+		binary.LittleEndian.PutUint64(max[:], 0xfffffffffffffffe)
+		if _, err := unix.Write(fd, max[:]); err != nil {
+			t.Fatal(err)
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan int)
+	go func() {
+		moved := 0
+		for range 200 {
+			e.loop.Poll()
+			got, err := e.g.ReceiveInPlace(0, e.frames[:0])
+			if err != nil {
+				t.Error(err)
+				break
+			}
+			for i := range got {
+				if err := e.g.QueueTx(0, vhost.NetHeader{}, got[i].Frame); err != nil {
+					t.Error(err)
+				}
+			}
+			_ = e.g.FlushTx(0)
+			_ = e.g.RefillRx(0, len(got))
+			e.g.ReclaimTx(0)
+			moved += len(got)
+		}
+		done <- moved
+	}()
+	select {
+	case moved := <-done:
+		if moved < 200 {
+			t.Fatalf("the loop moved %d frames in 200 polls with the call fd blocked", moved)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poller is stuck: it blocked writing the front end's call eventfd")
+	}
+	e.g.Close()
+	waitDisconnected(t, e.dev)
+	deadline := time.Now().Add(5 * time.Second)
+	for openFDs(t) > fds && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := openFDs(t); n > fds {
+		t.Fatalf("%d eventfds open after the front end left, %d before: the blocked notifier kept its descriptor", n, fds)
+	}
+}
+
+// openFDs counts the process's eventfds and guest memory files.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && (strings.Contains(link, "eventfd") || strings.HasPrefix(link, "/memfd:")) {
+			n++
+		}
+	}
+	return n
+}
+
+func waitDisconnected(t *testing.T, d *vhost.Device) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); d.Connected(); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("back end did not notice the disconnect")
+		}
 	}
 }

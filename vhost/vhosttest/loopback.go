@@ -1,4 +1,4 @@
-package vhost
+package vhosttest
 
 import (
 	"encoding/binary"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/zcnet/zcnet/internal/checksum"
 	"github.com/zcnet/zcnet/internal/memfault"
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // Loopback is a test device mode: every frame the guest transmits on TX
@@ -15,11 +16,11 @@ import (
 // queue. Poll is a driver.Task method: run it on an lcore or call it from
 // a test.
 type Loopback struct {
-	d     *Device
+	d     *vhost.Device
 	burst int
 
-	tx      Chain
-	rx      []Chain
+	tx      vhost.Chain
+	rx      []vhost.Chain
 	written []uint32
 
 	counts loopbackCounters
@@ -52,20 +53,20 @@ const (
 )
 
 // NewLoopback returns the loopback poller of d.
-func NewLoopback(d *Device) *Loopback {
+func NewLoopback(d *vhost.Device) *Loopback {
 	l := &Loopback{d: d, burst: loopbackBurst,
-		tx:      Chain{Segs: make([]Segment, 0, loopbackMaxSegs)},
-		rx:      make([]Chain, loopbackMaxMerged),
+		tx:      vhost.Chain{Segs: make([]vhost.Segment, 0, loopbackMaxSegs)},
+		rx:      make([]vhost.Chain, loopbackMaxMerged),
 		written: make([]uint32, loopbackMaxMerged),
 	}
 	for i := range l.rx {
-		l.rx[i].Segs = make([]Segment, 0, loopbackMaxSegs)
+		l.rx[i].Segs = make([]vhost.Segment, 0, loopbackMaxSegs)
 	}
 	return l
 }
 
 // Name labels the task.
-func (l *Loopback) Name() string { return "vhost-loopback:" + l.d.cfg.Name }
+func (l *Loopback) Name() string { return "vhost-loopback:" + l.d.Name() }
 
 // Counters returns the loopback's totals.
 func (l *Loopback) Counters() LoopbackCounters {
@@ -83,7 +84,7 @@ func (l *Loopback) Poll() (n int) {
 	l.d.LockDataPath()
 	defer l.d.UnlockDataPath()
 	if l.faulted {
-		if l.d.session == l.faultSession {
+		if l.d.Session() == l.faultSession {
 			return 0
 		}
 		l.faulted = false
@@ -93,17 +94,17 @@ func (l *Loopback) Poll() (n int) {
 		memfault.Restore(prev)
 		if v := recover(); v != nil {
 			f, ok := memfault.FromPanic(v)
-			if !ok || !l.d.guestMemory(f.Addr) {
+			if !ok || !l.d.InGuestMemory(f.Addr) {
 				panic(v)
 			}
-			l.faulted, l.faultSession = true, l.d.session
+			l.faulted, l.faultSession = true, l.d.Session()
 			l.counts.faults.Add(1)
-			l.d.Drop(fmt.Errorf("%w (loopback: %w)", ErrGuestMemoryFault, f))
+			l.d.Drop(fmt.Errorf("%w (loopback: %w)", vhost.ErrGuestMemoryFault, f))
 			n = 0
 		}
 	}()
-	n = l.d.pollControl()
-	for p := range l.d.cfg.QueuePairs {
+	n = l.d.PollControl()
+	for p := range l.d.QueuePairs() {
 		n += l.pollPair(p)
 	}
 	return n
@@ -115,9 +116,9 @@ func (l *Loopback) pollPair(p int) int {
 		return 0
 	}
 	rx := l.d.RxQueue(p)
-	feat := l.d.features
-	hdrLen := NetHeaderLen(feat)
-	mrg := feat&NetFMrgRxbuf != 0
+	feat := l.d.Features()
+	hdrLen := vhost.NetHeaderLen(feat)
+	mrg := feat&vhost.NetFMrgRxbuf != 0
 	// Counted locally and published once per call: an atomic add per
 	// frame would cost a locked instruction each.
 	n, frames, dropped, noRxBuffer := 0, uint64(0), uint64(0), uint64(0)
@@ -203,38 +204,38 @@ func (l *Loopback) pollPair(p int) int {
 // copyFrame copies l.tx's frame into chains with MACs swapped and the
 // header adapted to what the guest accepts. It reports false for a frame
 // the loopback cannot deliver (GSO to a guest without GUEST_TSO).
-func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
+func (l *Loopback) copyFrame(chains []vhost.Chain, hdrLen int, feat uint64) bool {
 	if len(chains) == 1 && headerPassesAsIs(l.tx.Segs[0].Buf, feat) && l.copyContiguous(chains, hdrLen, nil) {
 		return true
 	}
-	var hb [NetHeaderSize]byte
+	var hb [vhost.NetHeaderSize]byte
 	r := segReader{segs: l.tx.Segs}
 	r.read(hb[:hdrLen])
-	h, _ := DecodeNetHeader(hb[:], hdrLen)
+	h, _ := vhost.DecodeNetHeader(hb[:], hdrLen)
 	frameLen := int(l.tx.ReadLen) - hdrLen
 
 	patchAt := -1 // frame offset of a checksum the device must finish
 	var csum [2]byte
-	if h.GSOType != NetHdrGSONone {
-		var want uint64 = NetFGuestTSO4
-		if h.GSOType&^NetHdrGSOECN == NetHdrGSOTCPv6 {
-			want = NetFGuestTSO6
+	if h.GSOType != vhost.NetHdrGSONone {
+		var want uint64 = vhost.NetFGuestTSO4
+		if h.GSOType&^vhost.NetHdrGSOECN == vhost.NetHdrGSOTCPv6 {
+			want = vhost.NetFGuestTSO6
 		}
-		if feat&want == 0 || feat&NetFGuestCsum == 0 {
+		if feat&want == 0 || feat&vhost.NetFGuestCsum == 0 {
 			return false // software segmentation is not implemented
 		}
-	} else if h.Flags&NetHdrFNeedsCsum != 0 && feat&NetFGuestCsum == 0 {
+	} else if h.Flags&vhost.NetHdrFNeedsCsum != 0 && feat&vhost.NetFGuestCsum == 0 {
 		start, at := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
 		if start >= frameLen || at+2 > frameLen {
 			return false
 		}
 		binary.BigEndian.PutUint16(csum[:], ^sumSegments(l.tx.Segs, hdrLen+start, frameLen-start))
 		patchAt = at
-		h.Flags &^= NetHdrFNeedsCsum
+		h.Flags &^= vhost.NetHdrFNeedsCsum
 		h.CsumStart, h.CsumOffset = 0, 0
 	}
-	if feat&NetFGuestCsum == 0 {
-		h.Flags &^= NetHdrFNeedsCsum | NetHdrFDataValid
+	if feat&vhost.NetFGuestCsum == 0 {
+		h.Flags &^= vhost.NetHdrFNeedsCsum | vhost.NetHdrFDataValid
 	}
 	h.NumBuffers = uint16(len(chains))
 
@@ -269,7 +270,7 @@ func (l *Loopback) copyFrame(chains []Chain, hdrLen int, feat uint64) bool {
 // NEEDS_CSUM and DATA_VALID (GUEST_CSUM). That is what copyFrame's decode,
 // adapt and encode would produce, without the per-frame decode and encode.
 func headerPassesAsIs(b []byte, feat uint64) bool {
-	return len(b) >= 2 && b[1] == NetHdrGSONone && (b[0] == 0 || feat&NetFGuestCsum != 0)
+	return len(b) >= 2 && b[1] == vhost.NetHdrGSONone && (b[0] == 0 || feat&vhost.NetFGuestCsum != 0)
 }
 
 // copyContiguous is copyFrame's fast path for the common case, a frame in
@@ -277,7 +278,7 @@ func headerPassesAsIs(b []byte, feat uint64) bool {
 // MAC addresses rewritten in place. A nil h keeps the guest's header bytes
 // and only sets num_buffers (see headerPassesAsIs). It reports false,
 // having written nothing, when the frame or the RX space is split.
-func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool {
+func (l *Loopback) copyContiguous(chains []vhost.Chain, hdrLen int, h *vhost.NetHeader) bool {
 	if len(chains) != 1 || len(l.tx.Segs) == 0 || len(chains[0].Segs) == 0 {
 		return false
 	}
@@ -291,7 +292,7 @@ func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool
 	copy(out, src.Buf)
 	if h != nil {
 		_, _ = h.Encode(out, hdrLen)
-	} else if hdrLen >= NetHeaderSize {
+	} else if hdrLen >= vhost.NetHeaderSize {
 		binary.LittleEndian.PutUint16(out[10:], 1) // num_buffers: one chain
 	}
 	in := src.Buf[hdrLen : hdrLen+12]
@@ -304,7 +305,7 @@ func (l *Loopback) copyContiguous(chains []Chain, hdrLen int, h *NetHeader) bool
 
 // segReader reads a chain's readable bytes in order.
 type segReader struct {
-	segs []Segment
+	segs []vhost.Segment
 	si   int
 	off  int
 }
@@ -361,7 +362,7 @@ func (r *segReader) copyTo(w *chainWriter, n int) {
 // chainWriter fills the writable space of several chains in order (a
 // mergeable RX packet), counting the bytes written into each.
 type chainWriter struct {
-	chains  []Chain
+	chains  []vhost.Chain
 	written []uint32
 	ci      int
 }
@@ -375,7 +376,9 @@ func (w *chainWriter) write(p []byte) {
 			continue
 		}
 		k := min(int(c.WriteLen-off), len(p))
-		Scatter(writable(c.Segs), int(off), p[:k])
+		// Readable segments come first; skipping ReadLen bytes lands on
+		// the writable ones.
+		vhost.Scatter(c.Segs, int(c.ReadLen+off), p[:k])
 		w.written[w.ci] += uint32(k)
 		p = p[k:]
 	}
@@ -386,7 +389,7 @@ func (w *chainWriter) write(p []byte) {
 // at an odd offset of the region; the next one's first byte is then the
 // low half of a 16-bit word and is added on its own, so checksum.Add
 // always starts at an even offset.
-func sumSegments(segs []Segment, skip, n int) uint16 {
+func sumSegments(segs []vhost.Segment, skip, n int) uint16 {
 	r := segReader{segs: segs}
 	r.skip(skip)
 	var sum uint64
