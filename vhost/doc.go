@@ -18,5 +18,5 @@
 //
 // The package assumes a little-endian host (amd64, arm64): vhost-user
 // messages are host-endian, virtio 1.x rings are little-endian, and the ring
-// accessors in ring_unsafe.go rely on the two being the same.
+// accessors in ringwords.go (internal/memword) rely on the two being the same.
 package vhost
