@@ -90,24 +90,18 @@ func (g *Guest) ReceiveInPlace(pair int, dst []RxFrame) ([]RxFrame, error) {
 func (g *Guest) RefillRx(pair, n int) error {
 	i := 2 * pair
 	q := g.queues[i]
-	parts := g.opt.RxChainDescs
-	if parts > maxIndirect {
+	if parts := g.opt.RxChainDescs; parts > maxIndirect && !g.opt.RxHeaderApart {
 		// The chain lives on the stack below; PostRx handles longer
 		// ones (and allocates).
 		return fmt.Errorf("guest: RefillRx handles receive chains of up to %d descriptors, not %d; use PostRx", maxIndirect, parts)
 	}
 	var chain [maxIndirect]Buf
-	bufs := chain[:parts]
-	per := q.bufSize / parts
 	for range n {
 		s, ok := q.takeSlot()
 		if !ok {
 			return g.publishAfter(i, ErrRingFull)
 		}
-		gpa := q.slotGPA(s)
-		for k := range bufs {
-			bufs[k] = Buf{GPA: gpa + uint64(k*per), Len: uint32(per), Write: true}
-		}
+		bufs := g.rxChain(q, s, chain[:0])
 		head, err := q.ring.Add(bufs, false)
 		if err != nil {
 			q.freeSlots = append(q.freeSlots, s)

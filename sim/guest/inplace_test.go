@@ -51,6 +51,10 @@ func TestInPlaceEchoRoundTrip(t *testing.T) {
 		{name: "split", opt: guest.Options{RxBufSize: 4096, TxBufSize: 2048}},
 		{name: "split-tx-indirect", opt: guest.Options{RxBufSize: 4096, TxSplit: true, TxIndirect: true}},
 		{name: "no-mrg-rxbuf-chained", opt: guest.Options{Features: guest.DefaultWanted &^ vhost.NetFMrgRxbuf, RxBufSize: 4096, RxChainDescs: 2}},
+		// RefillRx lays buffers out as Receive and ReceiveInPlace read
+		// them back: the header alone, the data further on.
+		{name: "header-apart", opt: guest.Options{Features: guest.DefaultWanted &^ vhost.NetFMrgRxbuf, RxBufSize: 4096, RxHeaderApart: true}},
+		{name: "header-apart-mrg-rxbuf", opt: guest.Options{RxBufSize: 4096, RxHeaderApart: true}},
 		{name: "packed", dev: vhost.Config{Features: vhost.DefaultFeatures | vhost.FRingPacked},
 			opt: guest.Options{Features: guest.DefaultWanted | vhost.FRingPacked, RxBufSize: 4096, TxSplit: true}},
 	}
@@ -59,7 +63,11 @@ func TestInPlaceEchoRoundTrip(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b := startBackend(t, c.dev)
 			g := dial(t, b, c.opt)
-			if err := g.RefillRx(0, int(g.Ring(0).Size())/max(1, c.opt.RxChainDescs)); err != nil {
+			descs := max(1, c.opt.RxChainDescs) // per receive buffer
+			if c.opt.RxHeaderApart {
+				descs = 2
+			}
+			if err := g.RefillRx(0, int(g.Ring(0).Size())/descs); err != nil {
 				t.Fatal(err)
 			}
 			var sent [][]byte

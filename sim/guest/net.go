@@ -559,22 +559,12 @@ func (q *queue) slotGPA(s int) uint64 { return q.bufGPA + uint64(s*q.bufSize) }
 func (g *Guest) PostRx(pair, n int) error {
 	i := 2 * pair
 	q := g.queues[i]
-	parts := g.opt.RxChainDescs
 	for range n {
 		s, ok := q.takeSlot()
 		if !ok {
 			return errors.Join(ErrRingFull, g.publish(i))
 		}
-		bufs := make([]Buf, parts)
-		per := q.bufSize / parts
-		for k := range bufs {
-			bufs[k] = Buf{GPA: q.slotGPA(s) + uint64(k*per), Len: uint32(per), Write: true}
-		}
-		if g.opt.RxHeaderApart {
-			gpa := q.slotGPA(s)
-			bufs = []Buf{{GPA: gpa, Len: uint32(g.HdrLen()), Write: true},
-				{GPA: gpa + rxDataOffset, Len: uint32(q.bufSize - rxDataOffset), Write: true}}
-		}
+		bufs := g.rxChain(q, s, make([]Buf, 0, max(2, g.opt.RxChainDescs)))
 		head, err := q.ring.Add(bufs, false)
 		if err != nil {
 			q.freeSlots = append(q.freeSlots, s)
@@ -583,6 +573,23 @@ func (g *Guest) PostRx(pair, n int) error {
 		q.slotOf[head] = s
 	}
 	return g.publish(i)
+}
+
+// rxChain appends to dst the descriptors of receive buffer slot s of q,
+// laid out as the options say and as rxData reads them back: the header
+// alone then the data (RxHeaderApart), or RxChainDescs equal pieces.
+func (g *Guest) rxChain(q *queue, s int, dst []Buf) []Buf {
+	gpa := q.slotGPA(s)
+	if g.opt.RxHeaderApart {
+		return append(dst, Buf{GPA: gpa, Len: uint32(g.HdrLen()), Write: true},
+			Buf{GPA: gpa + rxDataOffset, Len: uint32(q.bufSize - rxDataOffset), Write: true})
+	}
+	parts := g.opt.RxChainDescs
+	per := q.bufSize / parts
+	for k := range parts {
+		dst = append(dst, Buf{GPA: gpa + uint64(k*per), Len: uint32(per), Write: true})
+	}
+	return dst
 }
 
 // Transmit sends one frame with hdr on pair's TX queue.
