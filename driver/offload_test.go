@@ -201,3 +201,58 @@ func TestRxDataValidNeedsAGoodIPHeader(t *testing.T) {
 		t.Fatal("frame with a bad IPv4 header checksum arrived with DATA_VALID")
 	}
 }
+
+// TestTxChecksumRequestOutsideFrame: a checksum request whose field or
+// L4 header lies beyond the frame (csum_start + csum_offset + 2 past its
+// end, or a TCP/UDP header cut short) is a malformed virtio-net header:
+// the port drops it as tx_bad_header and gives the chain back; it never
+// reaches the NIC, which would drop it counting only its internal
+// malformed-packet tally, seen by no operator. An IP header longer than
+// the NIC's context descriptor can describe is an offload it cannot do.
+func TestTxChecksumRequestOutsideFrame(t *testing.T) {
+	udp := ipv4Frame(17, make([]byte, 10)) // 52 bytes, UDP header at 34
+	tcp := ipv4Frame(6, nil)[:52]          // a TCP header cut to 18 bytes
+	long := make([]byte, 14+600+8+20)      // 600 bytes of IP header
+	copy(long, udp[:14])
+	for _, c := range []struct {
+		name  string
+		frame []byte
+		hdr   vhost.NetHeader
+		want  func(Drops) uint64
+	}{
+		{"csum_start far past the end", udp, vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 2000, CsumOffset: 6},
+			func(d Drops) uint64 { return d.TxBadHeader }},
+		{"checksum field past the end", udp, vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 46, CsumOffset: 6},
+			func(d Drops) uint64 { return d.TxBadHeader }},
+		{"TCP header cut short", tcp, vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 16},
+			func(d Drops) uint64 { return d.TxBadHeader }},
+		{"TCP checksum on a UDP-sized segment", udp, vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 16},
+			func(d Drops) uint64 { return d.TxBadHeader }},
+		{"IP header longer than IPLEN", long, vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 614, CsumOffset: 6},
+			func(d Drops) uint64 { return d.TxOffload }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t, rigOptions{})
+			if err := r.g.Transmit(0, c.hdr, c.frame); err != nil {
+				t.Fatal(err)
+			}
+			for range 5 {
+				r.step()
+			}
+			st := r.port.Stats()
+			if got := len(r.wire.take()); got != 0 || st.TxPackets != 0 || c.want(st.Drops) != 1 {
+				t.Fatalf("wire got %d frames, the NIC was given %d; want the frame dropped by the port under its cause: %+v", got, st.TxPackets, st.Drops)
+			}
+			if m := r.pf.Counters().TxMalformed; m != 0 {
+				t.Fatalf("the NIC dropped %d malformed packets: the port handed it one", m)
+			}
+			if n := r.g.ReclaimTx(0); n != 1 {
+				t.Fatalf("the guest got %d chains back, want 1", n)
+			}
+			// The port goes on sending what is well formed.
+			f := ipv4Frame(17, []byte("fine"))
+			got := r.transmitHdr(t, partial(f, 17), f, 1)[0]
+			checkWireIPv4(t, got, 17)
+		})
+	}
+}

@@ -36,6 +36,10 @@ type txState struct {
 	patch [4]byte
 }
 
+// maxL3Len is the longest IP header (with IPv6 extension headers) the
+// 82599's TX context descriptor can describe: IPLEN has 9 bits.
+const maxL3Len = 511
+
 func (t *txState) init(burst, records int) {
 	t.chain.Segs = make([]vhost.Segment, 0, maxSegs)
 	t.pkts = make([]ring.TxPkt, burst)
@@ -264,14 +268,31 @@ func (p *Port) txOffload(c *vhost.Chain, pk *ring.TxPkt) counter {
 	if h.Flags&vhost.NetHdrFNeedsCsum == 0 || int(h.CsumStart) <= l2 {
 		return cDropTxOffload
 	}
+	// The checksum field must lie in the frame (virtio 1.2, 5.1.6.2:
+	// csum_start + csum_offset + 2 <= the packet's length), and the NIC
+	// needs the whole L4 header: it computes from csum_start to the end
+	// and finds the field by protocol. A NIC handed less drops the packet
+	// as malformed, which no counter of the 82599 shows.
+	frameLen := int(c.ReadLen) - hl
+	if int(h.CsumStart)+int(h.CsumOffset)+2 > frameLen {
+		return cDropTxBadHeader
+	}
 	l3 := int(h.CsumStart) - l2
 	pk.L3Len = uint16(l3)
+	l4Hdr := 0
 	switch h.CsumOffset {
 	case 16:
-		pk.L4Proto = ring.L4TCP
+		pk.L4Proto, l4Hdr = ring.L4TCP, 20
 	case 6:
-		pk.L4Proto = ring.L4UDP
+		pk.L4Proto, l4Hdr = ring.L4UDP, 8
 	default:
+		return cDropTxOffload
+	}
+	if int(h.CsumStart)+l4Hdr > frameLen {
+		return cDropTxBadHeader
+	}
+	if l3 > maxL3Len {
+		// More than the NIC's context descriptor can say (IPLEN).
 		return cDropTxOffload
 	}
 	pk.Offload = ring.OffloadL4Csum
