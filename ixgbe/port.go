@@ -400,6 +400,9 @@ func (p *Port) release() error {
 	for _, q := range p.rx {
 		q.released = true
 	}
+	for _, q := range p.tx {
+		q.released = true
+	}
 	if p.rings != nil {
 		if _, mapped := p.rings.IOVA(); mapped {
 			if err := p.rings.Unmap(); err != nil {

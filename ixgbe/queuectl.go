@@ -78,7 +78,8 @@ func (q *RxQueue) MinBufLen() int { return int(q.minBuf) }
 func (p *Port) MaxRxWrite() int { return max(p.cfg.MTU, defaultMTU) + ethOverhead }
 
 // StopTxQueue disables TX queue i and waits until the device confirms it
-// is off; packets not yet sent are abandoned. Take their cookies back with
+// is off; packets not yet sent are abandoned. Reclaim still returns the
+// packets sent before the stop; take the abandoned ones' cookies back with
 // Drain, then StartTxQueue.
 func (p *Port) StopTxQueue(i int) error {
 	p.ctlMu.Lock()

@@ -68,3 +68,59 @@ func TestTxRingNeverFillsToTheHead(t *testing.T) {
 		t.Fatalf("after one reclaim the ring took %d packets, want 1", n)
 	}
 }
+
+// TestTxStoppedQueueReclaimsSentDrainsTheRest: packets the device sent
+// before its queue stopped come back from Reclaim as sent, so Drain hands
+// back only those never sent (the owner counts those as dropped), and a
+// closed port's queue reclaims nothing (its ring memory is gone).
+func TestTxStoppedQueueReclaimsSentDrainsTheRest(t *testing.T) {
+	eachTxCompletion(t, func(t *testing.T, headWB bool) {
+		env := newTxEnv(t, Config{TxHeadWriteBack: headWB})
+		submit := func(first, n int) {
+			t.Helper()
+			pkts := make([]ring.TxPkt, n)
+			for i := range pkts {
+				seg, _ := env.bufs.txSeg(t, tcpFrame(testSrcMAC, 1, 2, payloadBytes(100, byte(first+i))))
+				pkts[i] = ring.TxPkt{Segs: []ring.Segment{seg}, Cookie: ring.Cookie(first + i)}
+			}
+			if k := env.q.Submit(pkts); k != n {
+				t.Fatalf("submitted %d of %d", k, n)
+			}
+		}
+		submit(0, 5)
+		env.pf.Step() // the device sends them; nobody reclaims yet
+		submit(5, 3)  // never sent
+		if err := env.p.StopTxQueue(0); err != nil {
+			t.Fatal(err)
+		}
+		if sent := len(env.rec.take()); sent != 5 {
+			t.Fatalf("the wire carried %d frames, want 5", sent)
+		}
+		done := make([]ring.Cookie, 16)
+		n := env.q.Reclaim(done)
+		if n != 5 || done[0] != 0 || done[4] != 4 {
+			t.Fatalf("a stopped queue reclaimed %v, want the 5 packets sent (0-4)", done[:n])
+		}
+		rest, err := env.q.Drain(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rest) != 3 || rest[0] != 5 || rest[2] != 7 {
+			t.Fatalf("Drain returned %v, want the 3 packets never sent (5-7)", rest)
+		}
+		if err := env.p.StartTxQueue(0); err != nil {
+			t.Fatal(err)
+		}
+		submit(10, 2)
+		env.pf.Step()
+		if err := env.p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := env.q.Reclaim(done); n != 0 {
+			t.Fatalf("a closed port's queue reclaimed %d packets", n)
+		}
+		if rest, _ := env.q.Drain(nil); len(rest) != 2 {
+			t.Fatalf("Drain after Close returned %v, want the 2 packets in flight", rest)
+		}
+	})
+}

@@ -39,6 +39,7 @@ type TxQueue struct {
 	ringIOVA uint64
 	headIOVA uint64
 	stopped  bool
+	released bool // the port is closed: the ring memory is gone
 }
 
 var _ ring.TxQueue = (*TxQueue)(nil)
@@ -248,10 +249,13 @@ func planOffload(pk *ring.TxPkt, key uint64) txOffload {
 }
 
 // Reclaim fills done with the cookies of packets the device has finished
-// sending, oldest first, and returns how many.
+// sending, oldest first, and returns how many. On a stopped queue it
+// returns what the device finished before it stopped, so that the owner
+// can tell packets sent from packets abandoned before it Drains the rest;
+// after the port's Close it returns nothing.
 func (q *TxQueue) Reclaim(done []ring.Cookie) int {
-	if q.stopped {
-		return 0 // the ring memory may already be gone; Drain returns the rest
+	if q.released {
+		return 0 // the ring memory is gone; Drain returns the rest
 	}
 	clean := q.clean
 	n := 0
