@@ -22,6 +22,9 @@ type NIC interface {
 	TxFree() int
 	// StopRx/StopTx return once the device no longer touches the buffers
 	// posted to that queue; DrainRx/DrainTx then hand their cookies back.
+	// In between, Rx().Harvest still returns the frames the device wrote
+	// and Tx().Reclaim the packets it sent before it stopped, so that the
+	// drains return only empty buffers and packets never sent.
 	StopRx() error
 	DrainRx(dst []ring.Cookie) ([]ring.Cookie, error)
 	StopTx() error
@@ -399,7 +402,6 @@ func (p *Port) stopRingLocked(q *vhost.Virtqueue) {
 		p.rxv = nil
 	case q == p.txv:
 		if p.txRunning && p.failed == nil {
-			p.reclaimTx()
 			err = p.quiesceTx(q)
 		}
 		p.txv = nil

@@ -337,25 +337,40 @@ func (p *Port) patchFrame(c *vhost.Chain, off int, v uint16) {
 	vhost.Scatter(c.Segs, p.hdrLen+off, p.tx.patch[:2])
 }
 
-// quiesceTx stops the NIC TX queue and returns every packet's buffers:
-// guest chains of packets not sent to v's used ring (unless v is nil),
-// host buffers to the pool. Completions reclaimed before are published.
+// quiesceTx stops the NIC TX queue and takes every packet back. Those the
+// NIC sent before it stopped complete as on any poll; those it never sent
+// are dropped and counted (tx_quiesce). Guest chains of both go to v's
+// used ring (unless v is nil: the guest's memory is gone), host buffers to
+// the pool, and every completion pushed to v, earlier ones included, is
+// published.
 func (p *Port) quiesceTx(v *vhost.Virtqueue) error {
 	t := &p.tx
 	p.st.add(cRestarts, 1)
 	if err := p.nic.StopTx(); err != nil {
 		return err
 	}
-	cookies, err := p.nic.DrainTx(p.drain[:0])
-	if err != nil {
-		return err
-	}
-	for _, c := range cookies {
+	giveBack := func(c ring.Cookie) {
 		if c&copyCookie != 0 {
 			p.freeTxRecord(c)
 		} else if v != nil {
 			v.Push(uint16(c), 0)
 		}
+	}
+	for {
+		n := p.txq.Reclaim(t.done)
+		for _, c := range t.done[:n] {
+			giveBack(c)
+		}
+		if n < len(t.done) {
+			break
+		}
+	}
+	cookies, err := p.nic.DrainTx(p.drain[:0])
+	if err != nil {
+		return err
+	}
+	for _, c := range cookies {
+		giveBack(c)
 		p.st.add(cDropTxQuiesce, 1)
 	}
 	if v != nil {
