@@ -113,8 +113,17 @@ const (
 // pushes every guest chain it held back to the used ring (completed ones
 // with their length, the rest with 0) before the device replies. The
 // direction starts again, on a later Poll, when the front end restarts the
-// ring. Poll also notices a ring that went away without the hook (e.g. the
-// control queue reducing the active pairs) and stops the NIC queue then.
+// ring. Poll also notices a ring the device no longer hands to pollers
+// without stopping it (the hook was not called): a guest error broke it
+// (NEEDS_RESET), or the control queue deactivated its pair. It stops the
+// NIC queue then, and the ring's chains go back to its used ring all the
+// same (packets the NIC sent as sent, the rest dropped and counted), so
+// that the guest, which must reset a broken device anyway, still gets back
+// every buffer the port took, and the port holds none.
+//
+// The hook clears the port's view of a ring the device stops (rxv, txv),
+// so a ring the port still has is one whose memory and used ring the
+// device still has: the port may always give its chains back there.
 type Port struct {
 	cfg  PortConfig
 	dev  *vhost.Device
@@ -309,12 +318,13 @@ func (p *Port) pollLocked() int {
 		p.faulted = nil
 	}
 	rxv, txv := p.dev.RxQueue(p.cfg.Pair), p.dev.TxQueue(p.cfg.Pair)
-	// A ring that changed without the ring hook telling us (it always
-	// does for front-end requests): the NIC queue must give its buffers
-	// back before it serves the new ring.
+	// A ring the device no longer hands out without the ring hook telling
+	// us (broken by a guest error, its pair deactivated; a front end's
+	// stop always calls the hook, which clears p.rxv or p.txv): the NIC
+	// queue gives its buffers back to that ring before it serves another.
 	if rxv != p.rxv {
 		if p.rxRunning {
-			if err := p.quiesceRx(p.alive(p.rxv, true)); err != nil {
+			if err := p.quiesceRx(p.rxv); err != nil {
 				p.failed = err
 				return 0
 			}
@@ -323,7 +333,7 @@ func (p *Port) pollLocked() int {
 	}
 	if txv != p.txv {
 		if p.txRunning {
-			if err := p.quiesceTx(p.alive(p.txv, false)); err != nil {
+			if err := p.quiesceTx(p.txv); err != nil {
 				p.failed = err
 				return 0
 			}
@@ -363,17 +373,17 @@ func (p *Port) negotiated() {
 }
 
 // quiesce stops the port's NIC queues, takes back every buffer they held
-// and returns guest chains still owned by the port to the guest (when
-// their virtqueue still runs) or forgets them (when the front end stopped
-// it: it resumes from the used index). Called with the data-path lock
-// held. The queues start again on a later Poll.
+// and returns the guest chains the port owned to the guest's rings (a
+// ring the front end stopped is no longer the port's: the hook took its
+// chains back then). Called with the data-path lock held. The queues
+// start again on a later Poll.
 func (p *Port) quiesce() error {
 	var errs []error
 	if p.rxRunning {
-		errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
+		errs = append(errs, p.quiesceRx(p.rxv))
 	}
 	if p.txRunning {
-		errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
+		errs = append(errs, p.quiesceTx(p.txv))
 	}
 	p.st.publish()
 	return errors.Join(errs...)
@@ -423,27 +433,15 @@ func (p *Port) letGo(slot uint64) error {
 	var errs []error
 	p.guarded(func(*Port) int {
 		if p.rxRunning && p.rx.holds&slot != 0 {
-			errs = append(errs, p.quiesceRx(p.alive(p.rxv, true)))
+			errs = append(errs, p.quiesceRx(p.rxv))
 		}
 		if p.txRunning && p.tx.holds&slot != 0 {
-			errs = append(errs, p.quiesceTx(p.alive(p.txv, false)))
+			errs = append(errs, p.quiesceTx(p.txv))
 		}
 		return 0
 	})
 	p.st.publish()
 	return errors.Join(errs...)
-}
-
-// alive returns v if the device still runs it, else nil.
-func (p *Port) alive(v *vhost.Virtqueue, rx bool) *vhost.Virtqueue {
-	cur := p.dev.TxQueue(p.cfg.Pair)
-	if rx {
-		cur = p.dev.RxQueue(p.cfg.Pair)
-	}
-	if v != nil && cur == v {
-		return v
-	}
-	return nil
 }
 
 // Close stops the port's NIC queues, gives guest buffers back and detaches
