@@ -211,6 +211,9 @@ func NewPort(cfg PortConfig) (*Port, error) {
 	return p, nil
 }
 
+// publish makes the poller's counters visible to Stats.
+func (p *Port) publish() { p.st.publish(p.rx.frames) }
+
 // Name labels the task.
 func (p *Port) Name() string { return "port:" + p.cfg.Name }
 
@@ -301,7 +304,7 @@ func (p *Port) contain(v any) bool {
 	if err := errors.Join(errs...); err != nil {
 		p.failed = fmt.Errorf("driver: port %s: stopping the NIC queues after a guest memory fault: %w", p.cfg.Name, err)
 	}
-	p.st.publish()
+	p.publish()
 	p.dev.Drop(fmt.Errorf("%w (port %s, %w)", vhost.ErrGuestMemoryFault, p.cfg.Name, f))
 	return true
 }
@@ -362,7 +365,7 @@ func (p *Port) pollLocked() int {
 	} else {
 		p.st.add(cIdlePolls, 1)
 	}
-	p.st.publish()
+	p.publish()
 	return n
 }
 
@@ -385,7 +388,7 @@ func (p *Port) quiesce() error {
 	if p.txRunning {
 		errs = append(errs, p.quiesceTx(p.txv))
 	}
-	p.st.publish()
+	p.publish()
 	return errors.Join(errs...)
 }
 
@@ -421,7 +424,7 @@ func (p *Port) stopRingLocked(q *vhost.Virtqueue) {
 	if err != nil {
 		p.failed = fmt.Errorf("driver: port %s: stopping the NIC queue of vring %d: %w", p.cfg.Name, q.Index(), err)
 	}
-	p.st.publish()
+	p.publish()
 }
 
 // letGo stops the directions of the port that hold a guest buffer in the
@@ -440,7 +443,7 @@ func (p *Port) letGo(slot uint64) error {
 		}
 		return 0
 	})
-	p.st.publish()
+	p.publish()
 	return errors.Join(errs...)
 }
 

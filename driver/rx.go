@@ -45,6 +45,12 @@ type rxState struct {
 	bufs    []ring.Buf
 	idx     []uint32
 	pending []ring.RxDone // harvested, not yet delivered, in ring order
+	// frames counts the frames in pending (their EOP completions) not
+	// yet delivered or dropped: Stats.RxPending.
+	frames int
+	// spill takes what the NIC completed beyond pending's capacity when
+	// the port stops (see quiesceRx).
+	spill []ring.RxDone
 	// delivered counts the completions at the start of pending whose
 	// frames deliverPending has handed over (or dropped) in the current
 	// pass and not yet removed: a quiesce in the middle of the pass (a
@@ -80,6 +86,7 @@ func (r *rxState) init(burst, capacity int) {
 	// each poll, even while frames wait for guest buffers, keeps posted
 	// equal to what the NIC can still fill, which refill tops up.
 	r.pending = make([]ring.RxDone, 0, capacity+burst+2*maxRxMerge)
+	r.spill = make([]ring.RxDone, burst)
 	r.recycle = make([]uint16, 0, capacity+burst+maxRxMerge)
 	r.chain.Segs = make([]vhost.Segment, 0, maxSegs)
 	r.chains = make([]vhost.Chain, maxRxMerge)
@@ -106,8 +113,11 @@ func (p *Port) startRx() {
 		// addresses; translating them is not implemented.
 		r.copyReason = cCopyFeatures
 	default:
-		ok, _ := p.rxv.Pop(&r.chain)
+		ok, err := p.rxv.Pop(&r.chain)
 		if !ok {
+			if err != nil {
+				p.st.add(cGuestErrors, 1) // the queue is broken now
+			}
 			return
 		}
 		p.rxv.Unpop(1)
@@ -224,7 +234,16 @@ func (p *Port) harvestRx() {
 		if room <= 0 {
 			return
 		}
-		n := p.rxq.Harvest(r.pending[len(r.pending) : len(r.pending)+room])
+		got := r.pending[len(r.pending) : len(r.pending)+room]
+		n := p.rxq.Harvest(got)
+		eops := 0
+		for i := range got[:n] {
+			if got[i].EOP {
+				eops++
+			}
+		}
+		p.st.add(cRxHarvested, uint64(eops))
+		r.frames += eops
 		r.pending = r.pending[:len(r.pending)+n]
 		r.posted -= n
 		r.flowing = r.flowing || n > 0
@@ -248,6 +267,7 @@ func (p *Port) deliverPending() int {
 			waiting = true
 			break
 		}
+		r.frames--
 		start = i + 1
 		r.delivered = start
 		n++
@@ -261,6 +281,7 @@ func (p *Port) deliverPending() int {
 		// guest chains onto the NIC while the guest owned them.)
 		p.release(r.pending)
 		p.st.add(cDropRxTooBig, 1)
+		p.st.add(cRxHarvested, 1) // a frame with no EOP harvested yet
 		start = len(r.pending)
 	}
 	k := copy(r.pending, r.pending[start:])
@@ -529,18 +550,6 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 	// What the NIC wrote before it stopped is a frame lost; the rest of
 	// its buffers are empty. Tell them apart before draining.
 	p.harvestRx()
-	pending := r.pending[r.delivered:]
-	lost := 0
-	for i := range pending {
-		if pending[i].EOP || i == len(pending)-1 {
-			lost++ // a frame, or the start of one the stop cut short
-		}
-	}
-	p.st.add(cDropRxQuiesce, uint64(lost))
-	cookies, err := p.nic.DrainRx(p.drain[:0])
-	if err != nil {
-		return err
-	}
 	// Every guest chain the port holds joins recycle: empty ones from the
 	// NIC, and those of frames harvested but never delivered.
 	take := func(c ring.Cookie) {
@@ -550,11 +559,41 @@ func (p *Port) quiesceRx(v *vhost.Virtqueue) error {
 		}
 		r.recycle = append(r.recycle, uint16(c))
 	}
-	for _, c := range cookies {
-		take(c)
-	}
+	pending := r.pending[r.delivered:]
+	lost, cut := r.frames, len(pending) > 0 && !pending[len(pending)-1].EOP
 	for i := range pending {
 		take(pending[i].Cookie)
+	}
+	// pending may be full of frames waiting for the guest: the NIC's
+	// completions beyond it were never harvested, and draining them as
+	// empty buffers would lose their frames without a count.
+	for {
+		n := p.rxq.Harvest(r.spill)
+		for i := range r.spill[:n] {
+			if r.spill[i].EOP {
+				lost++
+				p.st.add(cRxHarvested, 1)
+			}
+			cut = !r.spill[i].EOP
+			take(r.spill[i].Cookie)
+		}
+		if n < len(r.spill) {
+			break
+		}
+	}
+	if cut {
+		// The start of a frame the stop cut short: a frame too.
+		lost++
+		p.st.add(cRxHarvested, 1)
+	}
+	p.st.add(cDropRxQuiesce, uint64(lost))
+	r.frames = 0
+	cookies, err := p.nic.DrainRx(p.drain[:0])
+	if err != nil {
+		return err
+	}
+	for _, c := range cookies {
+		take(c)
 	}
 	// The chains kept for a pending frame were never written either.
 	for i := range r.held {

@@ -28,6 +28,32 @@ func checkStoppedRing(t *testing.T, g *guest.Guest, i int, base uint32) {
 	}
 }
 
+// pollFree runs the simulator free and polls the port from another
+// goroutine, as an lcore does, until the function it returns is called
+// (or the test ends).
+func (r *rig) pollFree(t *testing.T) (stop func()) {
+	r.pf.Start()
+	var stopping atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stopping.Load() {
+			r.port.Poll()
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			stopping.Store(true)
+			wg.Wait()
+			r.pf.Stop()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // rxHeld is how many buffers the port has on the NIC's RX ring.
 func (r *rig) rxHeld() int {
 	r.dev.LockDataPath()
@@ -146,18 +172,7 @@ func TestGetVringBaseTxMidTraffic(t *testing.T) {
 // be synchronous and race-free against the poller (run with -race).
 func TestRingStopsWhilePolling(t *testing.T) {
 	r := newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}})
-	r.pf.Start()
-	defer r.pf.Stop()
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for !stop.Load() {
-			r.port.Poll()
-		}
-	}()
-	defer func() { stop.Store(true); wg.Wait() }()
+	defer r.pollFree(t)()
 	if err := r.g.PostRx(0, 128); err != nil {
 		t.Fatal(err)
 	}
