@@ -57,9 +57,9 @@ func TestNICDiscardsReachTheOperator(t *testing.T) {
 	}
 	body, _ := scrape(t, addr)
 	for _, want := range []string{
-		`zcnet_nic_rx_discarded_total{nic="0000:03:00.0",cause="filtered"} 1`,
-		`zcnet_nic_rx_discarded_total{nic="0000:03:00.0",cause="undersize"} 1`,
-		`zcnet_nic_rx_discarded_total{nic="0000:03:00.0",cause="oversize"} 1`,
+		`zcnet_nic_rx_discarded_total{cause="filtered",nic="0000:03:00.0"} 1`,
+		`zcnet_nic_rx_discarded_total{cause="undersize",nic="0000:03:00.0"} 1`,
+		`zcnet_nic_rx_discarded_total{cause="oversize",nic="0000:03:00.0"} 1`,
 		`zcnet_nic_rx_length_errors_total{nic="0000:03:00.0"} 2`,
 	} {
 		if !strings.Contains(body, want) {

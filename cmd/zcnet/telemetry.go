@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -41,7 +39,7 @@ func defaultTelemetryPath() string {
 }
 
 // telemetry serves snapshots on a unix socket and, if asked, Prometheus
-// text on an HTTP address.
+// metrics on an HTTP address (metrics.go).
 type telemetry struct {
 	log      *zap.Logger
 	snap     func() appliance.Snapshot
@@ -87,11 +85,7 @@ func (t *telemetry) serve(snap func() appliance.Snapshot) {
 	}
 	if t.metrics != nil {
 		mux := http.NewServeMux()
-		mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-			s := t.snap()
-			writeMetrics(w, &s)
-		})
+		mux.Handle("/metrics", newMetricsHandler(t.log, t.snap))
 		t.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		t.wg.Add(1)
 		go func() {
@@ -171,105 +165,7 @@ func readTelemetry(path string) (appliance.Snapshot, error) {
 	return s, nil
 }
 
-// writeMetrics writes s in the Prometheus text exposition format (0.0.4):
-// one HELP and TYPE line per metric family, then its samples.
-func writeMetrics(w io.Writer, s *appliance.Snapshot) {
-	m := &metricWriter{w: bufio.NewWriter(w)}
-	defer m.w.Flush()
-	m.family("zcnet_uptime_seconds", "gauge", "Seconds since the data path started.")
-	m.sample("zcnet_uptime_seconds", nil, s.UptimeSeconds)
-
-	nic := func(name, help string, get func(appliance.NICCounters) uint64) {
-		m.family(name, "counter", help)
-		for _, n := range s.NICs {
-			m.sample(name, []string{"nic", n.Name}, float64(get(n)))
-		}
-	}
-	nic("zcnet_nic_rx_packets_total", "Good packets the NIC received.", func(n appliance.NICCounters) uint64 { return n.RxPackets })
-	nic("zcnet_nic_tx_packets_total", "Good packets the NIC transmitted.", func(n appliance.NICCounters) uint64 { return n.TxPackets })
-	nic("zcnet_nic_rx_bytes_total", "Good octets the NIC received.", func(n appliance.NICCounters) uint64 { return n.RxBytes })
-	nic("zcnet_nic_tx_bytes_total", "Good octets the NIC transmitted.", func(n appliance.NICCounters) uint64 { return n.TxBytes })
-	nic("zcnet_nic_rx_missed_total", "Frames dropped because the NIC packet buffer was full.", func(n appliance.NICCounters) uint64 { return n.RxMissed })
-	nic("zcnet_nic_rx_no_descriptor_total", "Frames dropped because an RX queue had no free descriptor.", func(n appliance.NICCounters) uint64 { return n.RxNoDescriptor })
-	nic("zcnet_nic_rx_length_errors_total", "Undersize and oversize frames (RLEC; the same frames as the undersize and oversize discards).", func(n appliance.NICCounters) uint64 { return n.RxLengthErrors })
-	m.family("zcnet_nic_rx_discarded_total", "counter", "Frames the NIC discarded before its packet buffer, by cause (filtered: simulated NIC only).")
-	for _, n := range s.NICs {
-		d := n.Discards()
-		for _, k := range sortedKeys(d) {
-			m.sample("zcnet_nic_rx_discarded_total", []string{"nic", n.Name, "cause", k}, float64(d[k]))
-		}
-	}
-
-	port := func(name, help string, get func(appliance.PortCounters) uint64) {
-		m.family(name, "counter", help)
-		for _, p := range s.Ports {
-			m.sample(name, []string{"port", p.Name}, float64(get(p)))
-		}
-	}
-	port("zcnet_port_rx_packets_total", "Frames delivered from the wire to the guest.", func(p appliance.PortCounters) uint64 { return p.RxPackets })
-	port("zcnet_port_tx_packets_total", "Frames sent from the guest to the wire.", func(p appliance.PortCounters) uint64 { return p.TxPackets })
-	port("zcnet_port_rx_bytes_total", "Bytes delivered from the wire to the guest.", func(p appliance.PortCounters) uint64 { return p.RxBytes })
-	port("zcnet_port_tx_bytes_total", "Bytes sent from the guest to the wire.", func(p appliance.PortCounters) uint64 { return p.TxBytes })
-	port("zcnet_port_guest_errors_total", "Broken guest descriptor chains.", func(p appliance.PortCounters) uint64 { return p.GuestErrors })
-	port("zcnet_port_rx_rewound_total", "Empty guest receive buffers given back by rewinding the ring when the port stopped.", func(p appliance.PortCounters) uint64 { return p.RxRewound })
-	port("zcnet_port_guest_memory_faults_total", "Accesses to guest memory that faulted because the front end truncated it; each dropped the guest's session.", func(p appliance.PortCounters) uint64 { return p.GuestMemoryFaults })
-	port("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", func(p appliance.PortCounters) uint64 { return p.Restarts })
-	port("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", func(p appliance.PortCounters) uint64 { return p.MACFilterErrors })
-	m.family("zcnet_port_guest_mac_info", "gauge", "The guest MAC the NIC accepts for the port, and whether it was configured or learned.")
-	for _, p := range s.Ports {
-		if p.GuestMAC != "" {
-			m.sample("zcnet_port_guest_mac_info", []string{"port", p.Name, "mac", p.GuestMAC, "source", p.GuestMACSource}, 1)
-		}
-	}
-
-	m.family("zcnet_port_frames_total", "counter", "Frames moved, by direction and by whether they were copied.")
-	for _, p := range s.Ports {
-		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "rx", "path", "zero_copy"}, float64(p.ZeroCopy.Rx))
-		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "tx", "path", "zero_copy"}, float64(p.ZeroCopy.Tx))
-		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "rx", "path", "copied"}, float64(p.Copied.Rx))
-		m.sample("zcnet_port_frames_total", []string{"port", p.Name, "dir", "tx", "path", "copied"}, float64(p.Copied.Tx))
-	}
-	keyed := func(name, help, label string, get func(appliance.PortCounters) map[string]uint64) {
-		m.family(name, "counter", help)
-		for _, p := range s.Ports {
-			kv := get(p)
-			for _, k := range sortedKeys(kv) {
-				m.sample(name, []string{"port", p.Name, label, k}, float64(kv[k]))
-			}
-		}
-	}
-	keyed("zcnet_port_copies_total", "Frames copied through host buffers, by reason.", "reason", func(p appliance.PortCounters) map[string]uint64 { return p.CopyReasons })
-	keyed("zcnet_port_drops_total", "Frames dropped by the engine, by cause.", "cause", func(p appliance.PortCounters) map[string]uint64 { return p.Drops })
-
-	lc := func(name, kind, help string, get func(appliance.LcoreCounters) float64) {
-		m.family(name, kind, help)
-		for _, l := range s.Lcores {
-			m.sample(name, []string{"lcore", strconv.Itoa(l.Lcore), "cpu", strconv.Itoa(l.CPU)}, get(l))
-		}
-	}
-	lc("zcnet_lcore_busy_seconds_total", "counter", "Time an lcore spent in rounds that moved packets.", func(l appliance.LcoreCounters) float64 { return l.BusySeconds })
-	lc("zcnet_lcore_idle_seconds_total", "counter", "Time an lcore spent in rounds that found nothing.", func(l appliance.LcoreCounters) float64 { return l.IdleSeconds })
-
-	if t := s.Traffic; t != nil {
-		m.family("zcnet_sim_generator_sent_total", "counter", "Frames the simulated traffic generator sent.")
-		m.sample("zcnet_sim_generator_sent_total", nil, float64(t.GeneratorSent))
-		m.family("zcnet_sim_sink_received_total", "counter", "Generator probes the verifying sink received intact.")
-		m.sample("zcnet_sim_sink_received_total", nil, float64(t.SinkReceived))
-		m.family("zcnet_sim_sink_lost", "gauge", "Probe sequence numbers the sink has not seen.")
-		m.sample("zcnet_sim_sink_lost", nil, float64(t.SinkLost))
-		m.family("zcnet_sim_tap_frames_total", "counter", "Frames through the TAP, by direction (from or to the kernel) and what became of them.")
-		for _, v := range []struct {
-			dir, what string
-			n         uint64
-		}{{"from_kernel", "delivered", t.TAPFromKernel}, {"from_kernel", "padded", t.TAPPadded}, {"from_kernel", "read_error", t.TAPReadErrors},
-			{"to_kernel", "delivered", t.TAPToKernel}, {"to_kernel", "refused", t.TAPWriteErrors}} {
-			m.sample("zcnet_sim_tap_frames_total", []string{"dir", v.dir, "result", v.what}, float64(v.n))
-		}
-		m.family("zcnet_sim_iommu_faults_total", "counter", "Device accesses outside every IOMMU mapping.")
-		m.sample("zcnet_sim_iommu_faults_total", nil, float64(t.IOMMUFaults))
-	}
-}
-
+// sortedKeys are m's keys in order (the stats table lists causes so).
 func sortedKeys(m map[string]uint64) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -277,51 +173,4 @@ func sortedKeys(m map[string]uint64) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-type metricWriter struct{ w *bufio.Writer }
-
-func (m *metricWriter) family(name, kind, help string) {
-	fmt.Fprintf(m.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
-}
-
-// sample writes name{k="v",...} value; labels alternate keys and values.
-func (m *metricWriter) sample(name string, labels []string, v float64) {
-	m.w.WriteString(name)
-	for i := 0; i+1 < len(labels); i += 2 {
-		if i == 0 {
-			m.w.WriteByte('{')
-		} else {
-			m.w.WriteByte(',')
-		}
-		m.w.WriteString(labels[i])
-		m.w.WriteString(`="`)
-		m.w.WriteString(escapeLabel(labels[i+1]))
-		m.w.WriteByte('"')
-	}
-	if len(labels) > 0 {
-		m.w.WriteByte('}')
-	}
-	m.w.WriteByte(' ')
-	m.w.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
-	m.w.WriteByte('\n')
-}
-
-// escapeLabel escapes a label value as the exposition format requires:
-// backslash, double quote and newline.
-func escapeLabel(s string) string {
-	out := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\':
-			out = append(out, '\\', '\\')
-		case '"':
-			out = append(out, '\\', '"')
-		case '\n':
-			out = append(out, '\\', 'n')
-		default:
-			out = append(out, c)
-		}
-	}
-	return string(out)
 }
