@@ -8,9 +8,11 @@
 // partial messages, notification descriptors that are not eventfds,
 // unsealed memory, and hugetlbfs memory truncated under zcnet mid-traffic.
 //
-// At the end it accounts for every frame the generators sent (delivered to
-// the sink, or dropped under a named counter of zcnet, the simulated NIC or
-// the guest), checks that zcnet's descriptors, goroutines, resident memory
+// At the end it accounts for every frame the generators sent, exactly, stage
+// by stage (delivered to the sink, dropped under a named counter of zcnet,
+// the simulated NIC or the guest, or measured in flight at zcnet's final
+// snapshot; only what truncated guest memory took along is inferred,
+// within the ring entries it held), checks that zcnet's descriptors, goroutines, resident memory
 // and guest memory mappings are the same at the end as after a warm-up,
 // that no IOMMU fault was recorded, and prints the figures.
 //

@@ -79,9 +79,6 @@ type guestStats struct {
 	DroppedTxFull uint64 // frames read but not echoed: no transmit buffer
 	UnreadAtEnd   uint64 // delivered into an instance's ring, never read
 	UnsentAtEnd   uint64 // made available by an instance, never taken
-	// UnsentPoisoned is the part of UnsentAtEnd from instances whose
-	// rings held garbage.
-	UnsentPoisoned uint64
 	// TruncatedRing is the ring entries of truncated instances: the most
 	// frames their memory can have taken along, unread or unsent.
 	TruncatedRing uint64
@@ -384,15 +381,8 @@ func newInstance(opts guest.Options, label string) (*instance, error) {
 	return &instance{g: g, opts: opts, label: label}, nil
 }
 
-// refillRx posts n receive buffers. RefillRx, which allocates nothing,
-// lays every buffer out as RxChainDescs pieces; a header-apart instance
-// needs PostRx, which lays them out as Receive reads them back.
-func (in *instance) refillRx(n int) error {
-	if in.opts.RxHeaderApart {
-		return in.g.PostRx(0, n)
-	}
-	return in.g.RefillRx(0, n)
-}
+// refillRx posts n receive buffers.
+func (in *instance) refillRx(n int) error { return in.g.RefillRx(0, n) }
 
 // close frees the instance: socket, memory, eventfds.
 func (in *instance) close() {
@@ -548,8 +538,9 @@ func (d *guestDriver) retire(in *instance) {
 	}
 	d.st.UnreadAtEnd += uint64(unread)
 	// Every chain zcnet took from the transmit ring it gave back used
-	// before the session ended (sent or dropped, counted either way); the
-	// rest was never taken. The garbage chains are not frames.
+	// before the session ended (sent or dropped, counted either way),
+	// also from a ring it found broken; the rest was never taken. The
+	// garbage chains are not frames.
 	tx := in.g.Ring(1)
 	unsent := int(uint16(tx.AvailIdx()-tx.UsedIdx())) - in.garbageTx
 	if unsent < 0 {
@@ -558,9 +549,6 @@ func (d *guestDriver) retire(in *instance) {
 		unsent = 0
 	}
 	d.st.UnsentAtEnd += uint64(unsent)
-	if in.poisoned {
-		d.st.UnsentPoisoned += uint64(unsent)
-	}
 	in.close()
 }
 

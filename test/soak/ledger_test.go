@@ -25,13 +25,16 @@ type ledger struct {
 	problems []string // the books do not balance
 }
 
-// drop is a count of frames lost at one place for one reason.
+// drop is a count of frames lost at one place for one reason, or in
+// flight there when zcnet took its final snapshot.
 type drop struct {
 	where, name string
 	n           uint64
 	// inferred: computed from the balance of two stages (the counters
 	// cannot tell), within bounds the ledger checks.
 	inferred bool
+	// inFlight: frames not lost but still on their way (measured).
+	inFlight bool
 }
 
 func (l *ledger) drop(where, name string, n uint64) {
@@ -55,41 +58,70 @@ func (l *ledger) problem(format string, args ...any) {
 // reconcile balances every stage of a guest's path with zcnet's final
 // counters (s) and the guest's own (g):
 //
-//	generator -> NIC:    sent = NIC received (GPRC) + NIC discards + filtered + receiver not ready
-//	NIC -> guest ring:   GPRC = delivered + engine RX drops + missed + no descriptor
-//	guest ring -> guest: delivered = read + left unread when an instance ended + lost with truncated memory
-//	guest:               read = echoed + no transmit buffer
-//	guest -> engine:     echoed = taken + engine TX drops + left untaken when an instance ended + lost with truncated memory
-//	engine -> wire:      taken = sent by the NIC + abandoned unsent when a port stopped + simulated TX drops
-//	wire -> sink:        sent by the NIC = received intact + bad checksums
+//	generator -> NIC:     sent = NIC received (GPRC) + NIC discards + filtered + receiver not ready
+//	NIC:                  GPRC = into the port's RX queue (QPRC) + missed + no descriptor + RX DMA faults
+//	NIC queue -> engine:  QPRC = harvested by the port + on the NIC's ring at the end
+//	engine:               harvested = delivered + engine RX frame drops + waiting for guest buffers at the end
+//	guest ring -> guest:  delivered = read + left unread when an instance ended + lost with truncated memory
+//	guest:                read = echoed + no transmit buffer
+//	guest -> engine:      echoed = taken + engine TX drops + left untaken when an instance ended + lost with truncated memory
+//	engine -> wire:       taken = sent by the NIC + never sent when a port stopped (tx_quiesce) + simulated TX drops
+//	wire -> sink:         sent by the NIC = received intact + bad checksums
 //
-// so that sent = received intact + every drop, each under its name.
+// so that sent = received intact + every drop + the frames in flight at
+// the final snapshot, each under its name. Every stage balances exactly
+// with counted figures on both sides; the one inferred figure is what
+// truncated guest memory took along, bounded by the ring entries it held.
 func reconcile(name string, s *snapshot, g guestStats) *ledger {
 	n, p, tr := s.NICs[0], s.Ports[0], s.Traffic
 	l := &ledger{name: name, s: s, sent: tr.GeneratorSent, nicReceived: n.RxPackets, delivered: p.RxPackets,
 		read: g.Read, echoed: g.Echoed, taken: p.TxPackets, onWire: n.TxPackets, intact: tr.SinkReceived}
 
 	// Generator -> NIC.
-	discards := []drop{{"NIC", "rx_crc_errors", n.RxCRCErrors, false}, {"NIC", "rx_undersize", n.RxUndersize, false},
-		{"NIC", "rx_fragments", n.RxFragments, false}, {"NIC", "rx_oversize", n.RxOversize, false},
-		{"NIC", "rx_jabbers", n.RxJabbers, false}, {"simulated NIC", "rx_filtered", n.RxFiltered, false},
-		{"simulated NIC", "sim_rx_not_ready", tr.SimRxNotReady, false}}
+	discards := []drop{{"NIC", "rx_crc_errors", n.RxCRCErrors, false, false}, {"NIC", "rx_undersize", n.RxUndersize, false, false},
+		{"NIC", "rx_fragments", n.RxFragments, false, false}, {"NIC", "rx_oversize", n.RxOversize, false, false},
+		{"NIC", "rx_jabbers", n.RxJabbers, false, false}, {"simulated NIC", "rx_filtered", n.RxFiltered, false, false},
+		{"simulated NIC", "sim_rx_not_ready", tr.SimRxNotReady, false, false}}
 	l.drops = append(l.drops, discards...)
 	if in := n.RxPackets + sumDrops(discards); tr.GeneratorSent != in {
 		l.problem("generator -> NIC: the generator sent %d frames; the NIC received %d and discarded %d = %d",
 			tr.GeneratorSent, n.RxPackets, sumDrops(discards), in)
 	}
 
-	// NIC -> the guest's receive ring.
+	// The NIC: into the port's receive queue, or dropped.
 	l.drop("NIC", "rx_missed (packet buffer full)", n.RxMissed)
 	l.drop("NIC", "rx_no_descriptor", n.RxNoDescriptor)
+	l.drop("simulated NIC", "sim_rx_dma_faults", tr.SimRxDMAFaults)
+	if out := n.RxQueued + n.RxMissed + n.RxNoDescriptor + tr.SimRxDMAFaults; n.RxPackets != out {
+		l.problem("NIC: received %d frames (GPRC); into the queue %d (QPRC) + missed %d + no descriptor %d + DMA faults %d = %d",
+			n.RxPackets, n.RxQueued, n.RxMissed, n.RxNoDescriptor, tr.SimRxDMAFaults, out)
+	}
+
+	// NIC queue -> engine. The port harvests every completion each poll
+	// unless its queue of frames waiting for guest buffers is full, so
+	// frames left on the ring at the end are in flight only then.
+	onRing := int64(n.RxQueued) - int64(p.RxHarvested)
+	switch {
+	case onRing < 0:
+		l.problem("NIC queue -> engine: the port harvested %d frames, %d more than the NIC put into its queue (%d)",
+			p.RxHarvested, -onRing, n.RxQueued)
+	case onRing > 0 && p.RxPending == 0:
+		l.problem("NIC queue -> engine: the NIC put %d frames into the port's queue, the port harvested %d: %d never harvested, with none waiting in the port (polling stopped before the traffic did, or the port gave written buffers back as empty)",
+			n.RxQueued, p.RxHarvested, onRing)
+	}
+	if onRing >= 0 {
+		l.drops = append(l.drops, drop{where: "NIC", name: "on the port's RX ring, not yet harvested", n: uint64(onRing), inFlight: true})
+	}
+
+	// The engine: every harvested frame delivered, dropped or waiting.
 	rxDrops, txDrops := causes(p.Drops, true), causes(p.Drops, false)
 	for _, c := range rxDrops {
 		l.drop("engine", c, p.Drops[c])
 	}
-	if out := p.RxPackets + sumKeys(p.Drops, rxDrops) + n.RxMissed + n.RxNoDescriptor; n.RxPackets != out {
-		l.problem("NIC -> guest: the NIC received %d frames; delivered %d + engine RX drops %d + missed %d + no descriptor %d = %d: %d with no counter",
-			n.RxPackets, p.RxPackets, sumKeys(p.Drops, rxDrops), n.RxMissed, n.RxNoDescriptor, out, int64(n.RxPackets)-int64(out))
+	l.drops = append(l.drops, drop{where: "engine", name: "rx_pending (waiting for guest buffers)", n: p.RxPending, inFlight: true})
+	if out := p.RxPackets + sumKeys(p.Drops, rxDrops) + p.RxPending; p.RxHarvested != out {
+		l.problem("engine: the port harvested %d frames; delivered %d + RX drops %d + waiting %d = %d: %d with no counter",
+			p.RxHarvested, p.RxPackets, sumKeys(p.Drops, rxDrops), p.RxPending, out, int64(p.RxHarvested)-int64(out))
 	}
 
 	// The guest.
@@ -104,27 +136,17 @@ func reconcile(name string, s *snapshot, g guestStats) *ledger {
 		}
 	}
 	preSubmit := sumKeys(p.Drops, txDrops) - p.Drops["tx_quiesce"]
+	l.drop("guest", "made available, never taken, when an instance ended", g.UnsentAtEnd)
 	// What truncated instances took along: the rest of the delivered
 	// frames nobody could read, the rest of the echoed ones nobody took.
 	lostRx := int64(p.RxPackets) - int64(g.Read) - int64(g.UnreadAtEnd)
 	lostTx := int64(g.Echoed) - int64(p.TxPackets) - int64(preSubmit) - int64(g.UnsentAtEnd)
-	// zcnet stops serving a transmit ring it finds broken without giving
-	// back the chains the NIC still held (no used entry): those were
-	// taken, and the guest counts them untaken too. Only instances with
-	// garbage in their rings can be short so.
-	var forgotten int64
-	if lostTx < 0 && -lostTx <= int64(g.UnsentPoisoned) {
-		forgotten, lostTx = -lostTx, 0
-		l.notes = append(l.notes, fmt.Sprintf("%s: zcnet took %d frames from transmit rings it then found broken and never gave their chains back (no used entry): counted as taken by zcnet, found untaken by the guest",
-			l.name, forgotten))
-	}
-	l.drop("guest", "made available, never taken, when an instance ended", g.UnsentAtEnd-uint64(forgotten))
 	switch {
 	case lostRx < 0:
 		l.problem("guest ring -> guest: zcnet delivered %d frames, the guest read %d and found %d unread: %d more than delivered",
 			p.RxPackets, g.Read, g.UnreadAtEnd, -lostRx)
 	case lostTx < 0:
-		l.problem("guest -> engine: the guest made %d frames available, %d found untaken; zcnet took %d and dropped %d before the NIC: %d more than made available",
+		l.problem("guest -> engine: the guest made %d frames available, %d found untaken; zcnet took %d and dropped %d before the NIC: %d more than made available (chains taken and never given back used)",
 			g.Echoed, g.UnsentAtEnd, p.TxPackets, preSubmit, -lostTx)
 	case g.Truncations == 0 && lostRx+lostTx != 0:
 		l.problem("guest: %d delivered frames never read and %d echoed frames never taken or dropped, with no memory truncated",
@@ -137,26 +159,19 @@ func reconcile(name string, s *snapshot, g guestStats) *ledger {
 		l.drops = append(l.drops, drop{where: "guest", name: "taken along by truncated memory", n: uint64(lostRx + lostTx), inferred: true})
 	}
 
-	// Engine -> wire. tx_quiesce counts every packet the NIC still held
-	// when its queue stopped; some of those had been sent already (only
-	// their completion had not been reclaimed), so the unsent ones are
-	// what the NIC's own count leaves over.
+	// Engine -> wire: every packet handed to the NIC was sent, dropped by
+	// the simulated NIC under a counter, or never sent when the port
+	// stopped its queue (tx_quiesce counts only those).
+	l.drop("engine", "tx_quiesce (never sent when a port stopped)", p.Drops["tx_quiesce"])
 	l.drop("simulated NIC", "sim_tx_no_link", tr.SimTxNoLink)
 	l.drop("simulated NIC", "sim_tx_dma_faults", tr.SimTxDMAFaults)
-	quiesce := p.Drops["tx_quiesce"]
-	abandoned := int64(p.TxPackets) - int64(n.TxPackets) - int64(tr.SimTxNoLink+tr.SimTxDMAFaults)
-	switch {
-	case abandoned < 0:
-		l.problem("engine -> wire: the NIC sent %d frames, %d more than the engine gave it (%d)", n.TxPackets, -abandoned, p.TxPackets)
-	case uint64(abandoned) > quiesce:
-		l.problem("engine -> wire: the engine gave the NIC %d frames and it sent %d; %d were never sent, of which only %d are counted (tx_quiesce): %d lost with no counter",
-			p.TxPackets, n.TxPackets, abandoned, quiesce, uint64(abandoned)-quiesce)
-	default:
-		l.drops = append(l.drops, drop{where: "engine", name: "tx_quiesce, not sent", n: uint64(abandoned), inferred: true})
-		if sentAnyway := quiesce - uint64(abandoned); sentAnyway > 0 {
-			l.notes = append(l.notes, fmt.Sprintf("%s: tx_quiesce counted %d frames as dropped when a port stopped; %d of them had been sent (their completion not yet reclaimed)",
-				l.name, quiesce, sentAnyway))
-		}
+	l.drop("simulated NIC", "sim_tx_malformed", tr.SimTxMalformed)
+	if out := n.TxPackets + p.Drops["tx_quiesce"] + tr.SimTxNoLink + tr.SimTxDMAFaults + tr.SimTxMalformed; p.TxPackets != out {
+		l.problem("engine -> wire: the engine gave the NIC %d packets; sent %d + never sent %d (tx_quiesce) + no link %d + DMA faults %d + malformed %d = %d: %d with no counter",
+			p.TxPackets, n.TxPackets, p.Drops["tx_quiesce"], tr.SimTxNoLink, tr.SimTxDMAFaults, tr.SimTxMalformed, out, int64(p.TxPackets)-int64(out))
+	}
+	if tr.SimTxMalformed != 0 {
+		l.problem("engine -> wire: the NIC dropped %d packets as malformed: the engine must refuse (and count) what the NIC cannot send", tr.SimTxMalformed)
 	}
 
 	// Wire -> sink.
@@ -167,16 +182,17 @@ func reconcile(name string, s *snapshot, g guestStats) *ledger {
 	}
 
 	if total := tr.SinkReceived + sumDrops(l.drops); len(l.problems) == 0 && total != tr.GeneratorSent {
-		l.problem("the generator sent %d frames; received intact %d + dropped %d = %d", tr.GeneratorSent, tr.SinkReceived, sumDrops(l.drops), total)
+		l.problem("the generator sent %d frames; received intact %d + dropped or in flight %d = %d", tr.GeneratorSent, tr.SinkReceived, sumDrops(l.drops), total)
 	}
 	return l
 }
 
-// causes returns the engine's drop causes of one direction, sorted.
+// causes returns the engine's frame drop causes of one direction,
+// sorted: rx_chain_unusable counts empty guest buffers, not frames.
 func causes(m map[string]uint64, rx bool) []string {
 	var keys []string
 	for k := range m {
-		if strings.HasPrefix(k, "rx_") == rx {
+		if strings.HasPrefix(k, "rx_") == rx && k != "rx_chain_unusable" {
 			keys = append(keys, k)
 		}
 	}
@@ -294,6 +310,8 @@ func report(guests []*soakGuest, ledgers []*ledger, stats []guestStats, first, l
 	header("")
 	row("generator sent (wire -> guest)", func(i int) uint64 { return ledgers[i].sent })
 	row("NIC received (GPRC)", func(i int) uint64 { return ledgers[i].nicReceived })
+	row("  into the port's RX queue (QPRC)", func(i int) uint64 { return ledgers[i].s.NICs[0].RxQueued })
+	row("harvested by the port", func(i int) uint64 { return ledgers[i].s.Ports[0].RxHarvested })
 	row("delivered into guest rings", func(i int) uint64 { return ledgers[i].delivered })
 	row("  zero-copy", func(i int) uint64 { return ledgers[i].s.Ports[0].ZeroCopy.Rx })
 	row("  copied", func(i int) uint64 { return ledgers[i].s.Ports[0].Copied.Rx })
@@ -304,7 +322,7 @@ func report(guests []*soakGuest, ledgers []*ledger, stats []guestStats, first, l
 	row("  copied", func(i int) uint64 { return ledgers[i].s.Ports[0].Copied.Tx })
 	row("sent by the NIC", func(i int) uint64 { return ledgers[i].onWire })
 	row("received intact by the sink", func(i int) uint64 { return ledgers[i].intact })
-	fmt.Fprintln(w, "dropped, by counter:\t")
+	fmt.Fprintln(w, "dropped (or in flight), by counter:\t")
 	// Every ledger lists the same drops, but an inferred one is missing
 	// where its stage did not balance: rows go by name.
 	var rows []drop
@@ -320,9 +338,12 @@ func report(guests []*soakGuest, ledgers []*ledger, stats []guestStats, first, l
 		if d.inferred {
 			label += " [inferred]"
 		}
+		if d.inFlight {
+			label += " [in flight at the end]"
+		}
 		row(label, func(i int) uint64 { return ledgers[i].count(d.where, d.name) })
 	}
-	row("received intact + dropped", func(i int) uint64 { return ledgers[i].intact + sumDrops(ledgers[i].drops) })
+	row("received intact + dropped + in flight", func(i int) uint64 { return ledgers[i].intact + sumDrops(ledgers[i].drops) })
 	w.Flush()
 	for _, l := range ledgers {
 		status := "every frame accounted for"
@@ -341,6 +362,7 @@ func report(guests []*soakGuest, ledgers []*ledger, stats []guestStats, first, l
 	row("  their ring entries (bound on frames taken along)", func(i int) uint64 { return stats[i].TruncatedRing })
 	row("zcnet guest_memory_faults", func(i int) uint64 { return ledgers[i].s.Ports[0].GuestMemoryFaults })
 	row("zcnet guest_errors (broken chains)", func(i int) uint64 { return ledgers[i].s.Ports[0].GuestErrors })
+	row("zcnet rx_chain_unusable (buffers returned empty)", func(i int) uint64 { return ledgers[i].s.Ports[0].Drops["rx_chain_unusable"] })
 	row("zcnet port restarts", func(i int) uint64 { return ledgers[i].s.Ports[0].Restarts })
 	row("IOMMU faults", func(i int) uint64 { return ledgers[i].s.Traffic.IOMMUFaults })
 	w.Flush()

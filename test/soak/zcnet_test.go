@@ -173,6 +173,7 @@ type snapshot struct {
 type nicCounters struct {
 	RxPackets      uint64 `json:"rx_packets"`
 	TxPackets      uint64 `json:"tx_packets"`
+	RxQueued       uint64 `json:"rx_queued"`
 	RxMissed       uint64 `json:"rx_missed"`
 	RxNoDescriptor uint64 `json:"rx_no_descriptor"`
 	RxCRCErrors    uint64 `json:"rx_crc_errors"`
@@ -185,6 +186,8 @@ type nicCounters struct {
 
 type portCounters struct {
 	RxPackets         uint64            `json:"rx_packets"`
+	RxHarvested       uint64            `json:"rx_harvested"`
+	RxPending         uint64            `json:"rx_pending"`
 	TxPackets         uint64            `json:"tx_packets"`
 	ZeroCopy          dirs              `json:"zero_copy"`
 	Copied            dirs              `json:"copied"`
@@ -208,17 +211,19 @@ type simTraffic struct {
 	SimRxNotReady  uint64 `json:"sim_rx_not_ready"`
 	SimTxNoLink    uint64 `json:"sim_tx_no_link"`
 	SimTxDMAFaults uint64 `json:"sim_tx_dma_faults"`
+	SimTxMalformed uint64 `json:"sim_tx_malformed"`
+	SimRxDMAFaults uint64 `json:"sim_rx_dma_faults"`
 }
 
 // requiredFields are the snapshot's keys the soak's accounting rests on:
 // a renamed or removed counter must fail the soak, not read as zero.
 var requiredFields = map[string][]string{
-	"nics[0]": {"rx_packets", "tx_packets", "rx_missed", "rx_no_descriptor", "rx_crc_errors", "rx_undersize",
+	"nics[0]": {"rx_packets", "tx_packets", "rx_queued", "rx_missed", "rx_no_descriptor", "rx_crc_errors", "rx_undersize",
 		"rx_fragments", "rx_oversize", "rx_jabbers", "rx_filtered"},
-	"ports[0]": {"rx_packets", "tx_packets", "zero_copy", "copied", "copy_reasons", "drops", "guest_errors",
-		"restarts", "guest_memory_faults"},
+	"ports[0]": {"rx_packets", "rx_harvested", "rx_pending", "tx_packets", "zero_copy", "copied", "copy_reasons", "drops",
+		"guest_errors", "restarts", "guest_memory_faults"},
 	"traffic": {"generator_sent", "sink_received", "sink_bad_checksums", "iommu_faults", "sim_rx_not_ready",
-		"sim_tx_no_link", "sim_tx_dma_faults"},
+		"sim_tx_no_link", "sim_tx_dma_faults", "sim_tx_malformed", "sim_rx_dma_faults"},
 }
 
 // parseSnapshot decodes one snapshot (what is from, for errors) and checks
