@@ -32,6 +32,10 @@ type NICCounters struct {
 	// had no free descriptor (QPRDC, summed over queues).
 	RxMissed       uint64 `json:"rx_missed"`
 	RxNoDescriptor uint64 `json:"rx_no_descriptor"`
+	// RxQueued: frames the NIC wrote into its receive queues (QPRC,
+	// summed over queues): rx_packets = rx_queued + rx_missed +
+	// rx_no_descriptor once its packet buffer is empty.
+	RxQueued uint64 `json:"rx_queued"`
 	// Frames the MAC discarded (CRCERRS, RUC, RFC, ROC, RJC); the length
 	// counters count only frames the address filters passed.
 	// RxLengthErrors (RLEC) counts undersize and oversize frames again
@@ -75,10 +79,16 @@ type PortCounters struct {
 	Name      string `json:"name"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
-	TxPackets uint64 `json:"tx_packets"`
-	TxBytes   uint64 `json:"tx_bytes"`
-	ZeroCopy  Dirs   `json:"zero_copy"`
-	Copied    Dirs   `json:"copied"`
+	// RxHarvested: frames the port took from its NIC receive queue; each
+	// is delivered (rx_packets), dropped under a frame cause of drops
+	// (every rx_ cause but rx_chain_unusable, which counts empty guest
+	// buffers) or waiting for guest buffers (rx_pending, a gauge).
+	RxHarvested uint64 `json:"rx_harvested"`
+	RxPending   uint64 `json:"rx_pending"`
+	TxPackets   uint64 `json:"tx_packets"`
+	TxBytes     uint64 `json:"tx_bytes"`
+	ZeroCopy    Dirs   `json:"zero_copy"`
+	Copied      Dirs   `json:"copied"`
 	// CopyReasons and Drops are keyed by cause (see driver.CopyReasons
 	// and driver.Drops).
 	CopyReasons map[string]uint64 `json:"copy_reasons"`
@@ -148,6 +158,11 @@ type TrafficCounters struct {
 	SimRxNotReady  uint64 `json:"sim_rx_not_ready"`
 	SimTxNoLink    uint64 `json:"sim_tx_no_link"`
 	SimTxDMAFaults uint64 `json:"sim_tx_dma_faults"`
+	// SimTxMalformed: packets the simulated NIC dropped as malformed
+	// (descriptors it cannot execute); the 82599 reports them nowhere.
+	// SimRxDMAFaults: received frames dropped on an IOMMU fault.
+	SimTxMalformed uint64 `json:"sim_tx_malformed"`
+	SimRxDMAFaults uint64 `json:"sim_rx_dma_faults"`
 }
 
 // dropCauses names driver.Drops' fields as the telemetry keys them.
@@ -179,12 +194,13 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 	}
 	for _, n := range a.nics {
 		st := n.port.Stats()
-		var noDesc uint64
+		var noDesc, queued uint64
 		for _, q := range st.Queues {
 			noDesc += q.RxDropped
+			queued += q.RxPackets
 		}
 		nc := NICCounters{Name: n.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
-			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc,
+			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc, RxQueued: queued,
 			RxCRCErrors: st.RxCRCErrors, RxUndersize: st.RxUndersize, RxFragments: st.RxFragments,
 			RxOversize: st.RxOversize, RxJabbers: st.RxJabbers, RxLengthErrors: st.RxLengthErrs}
 		if m, ok := n.dev.(filterCounter); ok {
@@ -210,6 +226,7 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 func portCounters(p *driver.Port) PortCounters {
 	st := p.Stats()
 	pc := PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
+		RxHarvested: st.RxHarvested, RxPending: st.RxPending,
 		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
 		CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),

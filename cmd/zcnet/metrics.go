@@ -54,7 +54,7 @@ func gauge(name, help string, labels ...string) metric {
 	return metric{prometheus.NewDesc(name, help, labels, nil), prometheus.GaugeValue}
 }
 
-// field is a counter with a sample per NIC (or port), read by get.
+// field is a metric with a sample per NIC (or port), read by get.
 type field[T any] struct {
 	metric
 	get func(*T) uint64
@@ -76,6 +76,8 @@ var (
 			func(n *appliance.NICCounters) uint64 { return n.RxMissed }},
 		{counter("zcnet_nic_rx_no_descriptor_total", "Frames dropped because an RX queue had no free descriptor.", "nic"),
 			func(n *appliance.NICCounters) uint64 { return n.RxNoDescriptor }},
+		{counter("zcnet_nic_rx_queued_total", "Frames the NIC wrote into its receive queues (QPRC summed).", "nic"),
+			func(n *appliance.NICCounters) uint64 { return n.RxQueued }},
 		{counter("zcnet_nic_rx_length_errors_total", "Undersize and oversize frames (RLEC; the same frames as the undersize and oversize discards).", "nic"),
 			func(n *appliance.NICCounters) uint64 { return n.RxLengthErrors }},
 	}
@@ -85,6 +87,10 @@ var (
 	portMetrics = []field[appliance.PortCounters]{
 		{counter("zcnet_port_rx_packets_total", "Frames delivered from the wire to the guest.", "port"),
 			func(p *appliance.PortCounters) uint64 { return p.RxPackets }},
+		{counter("zcnet_port_rx_harvested_total", "Frames the port took from its NIC receive queue: delivered, dropped or pending.", "port"),
+			func(p *appliance.PortCounters) uint64 { return p.RxHarvested }},
+		{gauge("zcnet_port_rx_pending", "Frames waiting in host buffers for the guest to post receive buffers.", "port"),
+			func(p *appliance.PortCounters) uint64 { return p.RxPending }},
 		{counter("zcnet_port_tx_packets_total", "Frames sent from the guest to the wire.", "port"),
 			func(p *appliance.PortCounters) uint64 { return p.TxPackets }},
 		{counter("zcnet_port_rx_bytes_total", "Bytes delivered from the wire to the guest.", "port"),

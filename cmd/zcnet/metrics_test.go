@@ -158,7 +158,8 @@ func TestMetricsExposition(t *testing.T) {
 	}
 
 	types := map[string]dto.MetricType{"zcnet_uptime_seconds": dto.MetricType_GAUGE,
-		"zcnet_port_guest_mac_info": dto.MetricType_GAUGE, "zcnet_sim_sink_lost": dto.MetricType_GAUGE}
+		"zcnet_port_guest_mac_info": dto.MetricType_GAUGE, "zcnet_sim_sink_lost": dto.MetricType_GAUGE,
+		"zcnet_port_rx_pending": dto.MetricType_GAUGE}
 	helps := map[string]string{
 		"zcnet_nic_rx_discarded_total": "Frames the NIC discarded before its packet buffer, by cause (filtered: simulated NIC only).",
 		"zcnet_port_drops_total":       "Frames dropped by the engine, by cause.",
@@ -180,8 +181,8 @@ func TestMetricsExposition(t *testing.T) {
 			t.Errorf("%s help %q", name, f.GetHelp())
 		}
 	}
-	if n != 29 {
-		t.Errorf("%d zcnet families, want 29", n)
+	if n != 32 {
+		t.Errorf("%d zcnet families, want 32", n)
 	}
 	// The runtime and process collectors are there for operators.
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes", "process_open_fds"} {

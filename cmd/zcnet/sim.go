@@ -167,7 +167,11 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		defer r.tap.Close()
 	}
 	r.pf.Start()
-	if err := r.app.Run(ctx); err != nil {
+	// The lcores poll until Shutdown, not until ctx ends: frames the
+	// generator sends after SIGINT/SIGTERM, until it stops and the sink
+	// has drained, must still be moved and counted before the final
+	// snapshot.
+	if err := r.app.Run(context.Background()); err != nil {
 		return err
 	}
 	// Every field snapshot reads is set before the telemetry socket,
@@ -336,6 +340,7 @@ func (r *simRun) snapshot() appliance.Snapshot {
 	c := r.pf.Counters()
 	t.IOMMUFaults, t.SimRxFIFOFull, t.SimRxQueueOff, t.SimRxNotReady = c.IOMMUFaults, c.RxFIFOFull, c.RxQueueOff, c.RxNotReady
 	t.SimTxNoLink, t.SimTxDMAFaults = c.TxNoLink, c.TxDMAFault
+	t.SimTxMalformed, t.SimRxDMAFaults = c.TxMalformed, c.RxDMAFault
 	s.Traffic = t
 	return s
 }
