@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -236,8 +237,7 @@ func (a *Appliance) addEnginePort(g *guest, pair int) error {
 		}
 	}
 	if err := a.runner.Lcores()[l].AddTask(p); err != nil {
-		mac, _ := p.GuestMAC()
-		return errors.Join(err, p.Close(), n.macs.release(mac))
+		return errors.Join(err, p.Close())
 	}
 	a.tasks[l]++
 	g.ports, g.lcores = append(g.ports, p), append(g.lcores, l)
@@ -281,8 +281,6 @@ func (g *guest) teardown(a *Appliance) error {
 			stopped = false
 			errs = append(errs, fmt.Errorf("engine port %s: %w", p.Name(), err))
 		}
-		mac, _ := p.GuestMAC()
-		errs = append(errs, g.nic.macs.release(mac))
 	}
 	g.ports, g.lcores = nil, nil
 	if g.cancel != nil {
@@ -338,25 +336,19 @@ func (n *nic) freeSlot() int {
 }
 
 func (a *Appliance) nicNames() string {
-	var s string
+	names := make([]string, len(a.nics))
 	for i, n := range a.nics {
-		if i > 0 {
-			s += ", "
-		}
-		s += n.name
+		names[i] = n.name
 	}
-	return s
+	return strings.Join(names, ", ")
 }
 
 func (a *Appliance) slotSummary() string {
-	var s string
+	parts := make([]string, len(a.nics))
 	for i, n := range a.nics {
-		if i > 0 {
-			s += ", "
-		}
-		s += fmt.Sprintf("%s: %d of %d used", n.name, len(n.slots)-max(0, countFree(n.slots)), len(n.slots))
+		parts[i] = fmt.Sprintf("%s: %d of %d used", n.name, len(n.slots)-countFree(n.slots), len(n.slots))
 	}
-	return s
+	return strings.Join(parts, ", ")
 }
 
 func countFree(slots []*guest) int {

@@ -27,14 +27,16 @@ func newGuestMACs(nic *ixgbe.Port) *guestMACs {
 }
 
 // AcceptGuestMAC implements driver.MACFilter. The new address is accepted
-// before the old one is dropped, so no moment accepts neither.
+// before the old one is dropped, so no moment accepts neither; a zero mac
+// (a port closing) only drops prev, so a guest removed at runtime leaves
+// nothing in the filter.
 func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
 	if prev == mac {
 		return nil
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if mac != g.own {
+	if mac != g.own && mac != ([6]byte{}) {
 		if g.refs[mac] == 0 {
 			if err := g.nic.AddMAC(mac[:]); err != nil {
 				return fmt.Errorf("NIC filter: accept %s: %w", net.HardwareAddr(mac[:]), err)
@@ -45,16 +47,7 @@ func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
 	return g.drop(prev)
 }
 
-// release drops one port's claim on mac, when the port is gone: a guest
-// removed at runtime must not leave its address in the NIC's filter (the
-// NIC would take frames no one receives, and the table would fill).
-func (g *guestMACs) release(mac [6]byte) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.drop(mac)
-}
-
-// drop is release with g.mu held.
+// drop takes one port's claim on mac off (g.mu held).
 func (g *guestMACs) drop(mac [6]byte) error {
 	if mac == ([6]byte{}) || mac == g.own || g.refs[mac] == 0 {
 		return nil

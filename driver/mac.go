@@ -54,6 +54,21 @@ func (m *macState) set(mac [6]byte) error {
 	return nil
 }
 
+// drop has the filter stop accepting the guest's address.
+func (m *macState) drop() error {
+	if m.filter == nil || m.cur == 0 {
+		return nil
+	}
+	var prev [6]byte
+	putMAC(prev[:], m.cur)
+	if err := m.filter.AcceptGuestMAC(prev, [6]byte{}); err != nil {
+		return fmt.Errorf("releasing guest MAC %s on the NIC: %w", net.HardwareAddr(prev[:]), err)
+	}
+	m.cur = 0
+	m.pub.Store(0)
+	return nil
+}
+
 func macBits(b []byte) uint64 {
 	return uint64(binary.BigEndian.Uint16(b[0:2]))<<32 | uint64(binary.BigEndian.Uint32(b[2:6]))
 }

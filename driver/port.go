@@ -47,7 +47,8 @@ type NIC interface {
 type MACFilter interface {
 	// AcceptGuestMAC makes the NIC deliver frames addressed to mac to the
 	// port's queues; prev (all zero if none) is the address accepted
-	// before for this guest, which it stops accepting.
+	// before for this guest, which it stops accepting. mac all zero means
+	// none: the port is closing and needs no address any more.
 	AcceptGuestMAC(prev, mac [6]byte) error
 }
 
@@ -455,6 +456,10 @@ func (p *Port) Close() error {
 	var err error
 	p.guarded(func(*Port) int { err = p.quiesce(); return 0 })
 	p.dma.detach(p)
+	// A closed port needs no address: one left in the NIC's filter would
+	// take frames no one receives (and fill the table as guests come and
+	// go).
+	err = errors.Join(err, p.mac.drop())
 	p.failed = errors.New("driver: port closed")
 	return err
 }
