@@ -72,7 +72,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz=FuzzSplitChain  -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzPackedChain -fuzztime=60s -fuzzminimizetime=5s ./vhost/
 	$(GO) test -run '^$$' -fuzz=FuzzDeviceSession -fuzztime=60s -fuzzminimizetime=10s ./vhost/
-	$(GO) test -run '^$$' -fuzz=FuzzEngineChains -fuzztime=60s -fuzzminimizetime=10s ./driver/
+	$(GO) test -run '^$$' -fuzz=FuzzEngineChains -fuzztime=60s -fuzzminimizetime=10s ./engine/
 
 ## soak: SOAK_DURATION (default 10m) of two guests, each served zero-copy by
 ## its own `zcnet sim` port, echoing the generators' traffic while they

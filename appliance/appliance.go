@@ -15,9 +15,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/vfio"
 )
 
@@ -31,21 +31,21 @@ type Option func(*options)
 
 type options struct {
 	log   *zap.Logger
-	tasks []driver.Task
+	tasks []pollmode.Task
 }
 
 // WithLogger logs the appliance's and its guests' events to log.
 func WithLogger(log *zap.Logger) Option { return func(o *options) { o.log = log } }
 
 // WithTask has the first lcore poll t as well as its ports (from Run on).
-func WithTask(t driver.Task) Option { return func(o *options) { o.tasks = append(o.tasks, t) } }
+func WithTask(t pollmode.Task) Option { return func(o *options) { o.tasks = append(o.tasks, t) } }
 
 // Appliance is the assembled data path.
 type Appliance struct {
 	log    *zap.Logger
 	spec   Spec
-	runner *driver.Runner
-	// tasks counts the engine ports on each lcore: a new guest's ports
+	runner *pollmode.Runner
+	// tasks counts the channels on each lcore: a new guest's ports
 	// go to the least loaded ones.
 	tasks []int
 
@@ -90,7 +90,7 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 	if err := spec.normalize(); err != nil {
 		return nil, err
 	}
-	cpus, err := driver.PollCPUs(spec.Lcores)
+	cpus, err := pollmode.PollCPUs(spec.Lcores)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 		slots += ns.MaxGuests * ns.QueuePairs
 	}
 	if len(cpus) > slots {
-		return nil, fmt.Errorf("%d lcores for at most %d engine ports: an lcore without a port would spin for nothing; give at most %d cores",
+		return nil, fmt.Errorf("%d lcores for at most %d channels: an lcore without a port would spin for nothing; give at most %d cores",
 			len(cpus), slots, slots)
 	}
 	a := &Appliance{log: o.log, spec: spec, tasks: make([]int, len(cpus))}
@@ -109,12 +109,12 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 			err = errors.Join(err, a.Shutdown())
 		}
 	}()
-	lcores := make([]driver.LcoreConfig, len(cpus))
+	lcores := make([]pollmode.LcoreConfig, len(cpus))
 	for i, c := range cpus {
-		lcores[i] = driver.LcoreConfig{ID: i, CPU: c}
+		lcores[i] = pollmode.LcoreConfig{ID: i, CPU: c}
 	}
 	lcores[0].Tasks = o.tasks
-	if a.runner, err = driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield}, lcores); err != nil {
+	if a.runner, err = pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield}, lcores); err != nil {
 		return nil, err
 	}
 	for _, ns := range spec.NICs {
@@ -251,4 +251,4 @@ func (a *Appliance) NICs() []NICInfo {
 }
 
 // Lcores are the poll cores, whether or not they run yet.
-func (a *Appliance) Lcores() []*driver.Lcore { return a.runner.Lcores() }
+func (a *Appliance) Lcores() []*pollmode.Lcore { return a.runner.Lcores() }

@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/internal/testwait"
+
+	"github.com/zcnet/zcnet/engine"
 	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	simguest "github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
@@ -62,7 +65,7 @@ func (s *simNICs) open(addr string) (vfio.Device, error) {
 // testSpec is a spec for the simulated NICs at pcis, one guest slot each,
 // small rings and 4 KiB pages, polled by one lcore.
 func testSpec(t *testing.T, pcis ...string) Spec {
-	cpus, err := driver.AllowedCPUs()
+	cpus, err := pollmode.AllowedCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +83,7 @@ func openTest(t *testing.T, spec Spec, nics *simNICs, opts ...Option) *Appliance
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		var pe *driver.TaskPanicError
+		var pe *pollmode.TaskPanicError
 		if err := a.Shutdown(); err != nil && !errors.As(err, &pe) { // a test's panicking task is reported again
 			t.Errorf("Shutdown: %v", err)
 		}
@@ -153,7 +156,7 @@ func startEcho(t *testing.T, a *Appliance, sock string) *simguest.Echo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the guest's buffers to be posted", func() bool {
+	testwait.For(t, "the guest's buffers to be posted", func() bool {
 		for _, g := range a.Guests() {
 			if g.Socket == sock {
 				return g.Ready
@@ -164,21 +167,12 @@ func startEcho(t *testing.T, a *Appliance, sock string) *simguest.Echo {
 	return e
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 var nicMAC = sim.DefaultOptions().MAC
 
 // TestShutdownReleasesGuestsInOrder shuts the appliance down while a
 // zero-copy guest echoes traffic that keeps arriving from the wire, so the
 // NIC holds the guest's receive buffers and transmit packets to the last
-// moment. Shutdown must stop every engine port (its NIC queues stopped and
+// moment. Shutdown must stop every channel (its NIC queues stopped and
 // the guest's buffers taken back) before guest memory leaves the NIC's
 // IOMMU domain: no DMA fault, no guest region left mapped, and every port
 // closed (a port left open stays attached to its guest and would start its
@@ -205,7 +199,7 @@ func TestShutdownReleasesGuestsInOrder(t *testing.T) {
 	}
 	defer gen.Stop()
 	start := n.sink.Stats().Received
-	waitFor(t, "frames to come back through the guest", func() bool { return n.sink.Stats().Received >= start+50 })
+	testwait.For(t, "frames to come back through the guest", func() bool { return n.sink.Stats().Received >= start+50 })
 	g := a.guests[0]
 	ports, dma := g.ports, g.dma
 	if st := ports[0].Stats(); st.RxZeroCopy == 0 || st.TxZeroCopy == 0 {
@@ -223,8 +217,8 @@ func TestShutdownReleasesGuestsInOrder(t *testing.T) {
 		t.Errorf("%d guest regions still DMA-mapped after shutdown", k)
 	}
 	for _, p := range ports {
-		if err := p.Err(); err == nil || !strings.Contains(err.Error(), "port closed") {
-			t.Errorf("%s after shutdown: Err() = %v, want the port closed", p.Name(), err)
+		if err := p.Err(); !errors.Is(err, engine.ErrClosed) {
+			t.Errorf("%s after shutdown: Err() = %v, want the channel closed", p.Name(), err)
 		}
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
@@ -255,7 +249,7 @@ func TestLcoreDeathIsReported(t *testing.T) {
 	}
 	select {
 	case err := <-a.Failed():
-		var pe *driver.TaskPanicError
+		var pe *pollmode.TaskPanicError
 		if !errors.As(err, &pe) || pe.Task != "crasher" {
 			t.Fatalf("Failed delivered %v, want the task panic of crasher", err)
 		}
@@ -386,12 +380,12 @@ func TestGuestsComeAndGo(t *testing.T) {
 		t.Fatalf("guests after the cycles: %+v, want only the steady one", gs)
 	}
 	st := a.guests[0].ports[0].Stats()
-	if st.Drops != (driver.Drops{}) || st.Restarts != 0 {
+	if st.Drops != (engine.Drops{}) || st.Restarts != 0 {
 		t.Fatalf("the steady guest's port dropped or restarted: %+v", st)
 	}
 	// The removed guests' goroutines (their sessions, their echo loops)
 	// end shortly after; none may stay.
-	waitFor(t, "fds and goroutines back to where the cycles started", func() bool {
+	testwait.For(t, "fds and goroutines back to where the cycles started", func() bool {
 		return openFDs(t) <= fds && runtime.NumGoroutine() <= goroutines
 	})
 	t.Logf("%d add/remove cycles while the steady guest echoed %d rounds of 64 probes; fds %d, goroutines %d",
@@ -400,7 +394,7 @@ func TestGuestsComeAndGo(t *testing.T) {
 
 // TestApplyChangesOnlyWhatChanged: a re-read configuration that removes
 // one guest and adds another leaves the guest it lists as before running
-// untouched (same engine port, session up, traffic on), changes a guest
+// untouched (same channel, session up, traffic on), changes a guest
 // whose settings changed, and refuses a change to a NIC port whole.
 func TestApplyChangesOnlyWhatChanged(t *testing.T) {
 	nics := newSimNICs(t)

@@ -9,22 +9,22 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/engine"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/vhost"
 )
 
-// guest is one vhost-user device served on a NIC slot: an engine port per
+// guest is one vhost-user device served on a NIC slot: a channel per
 // queue pair, each with a copy pool of its own and polled by one lcore.
 type guest struct {
 	cfg  guestConfig
 	nic  *nic
 	slot int
 	dev  *vhost.Device
-	dma  *driver.GuestDMA
+	dma  *engine.GuestDMA
 	// listener is the server-mode socket until serving takes it over.
 	listener *net.UnixListener
-	ports    []*driver.Port
+	ports    []*engine.Channel
 	lcores   []int // lcores[i] polls ports[i]
 	pools    []*hugepage.DMAPool
 	cancel   context.CancelFunc
@@ -56,7 +56,7 @@ type GuestInfo struct {
 }
 
 // AddGuest serves a new guest on NIC port pci (empty: the first NIC port
-// with a free slot) while everything else keeps running: its engine ports
+// with a free slot) while everything else keeps running: its channels
 // join the least loaded lcores between two polling rounds, and in server
 // mode its socket listens when AddGuest returns. On error nothing of the
 // guest is left behind.
@@ -100,7 +100,7 @@ func (a *Appliance) addGuestLocked(pci string, gs GuestSpec) (*guest, error) {
 
 // RemoveGuest stops serving the guest on socket while everything else
 // keeps running, in the order that keeps the NIC from touching memory
-// that is gone: its engine ports leave their lcores (which go on polling
+// that is gone: its channels leave their lcores (which go on polling
 // the others), its NIC queues stop and every guest buffer goes back to the
 // guest, its session ends (guest memory unmapped from the IOMMU) and its
 // socket closes, its copy buffers are freed and its MAC leaves the NIC's
@@ -135,7 +135,7 @@ func (a *Appliance) Guests() []GuestInfo {
 	return out
 }
 
-// Guest describes the guest on socket and its engine ports' counters, one
+// Guest describes the guest on socket and its channels' counters, one
 // per queue pair.
 func (a *Appliance) Guest(socket string) (GuestInfo, []PortCounters, error) {
 	a.mu.Lock()
@@ -169,7 +169,7 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 		return nil, fmt.Errorf("NIC port %s serves %d guests already, its max_guests", n.name, len(n.slots))
 	}
 	ns := n.spec
-	g := &guest{cfg: cfg, nic: n, slot: slot, dma: driver.NewGuestDMA(n.dev.DMA(), n.alloc),
+	g := &guest{cfg: cfg, nic: n, slot: slot, dma: engine.NewGuestDMA(n.dev.DMA(), n.alloc),
 		log: a.log.With(zap.String("socket", cfg.Socket))}
 	defer func() {
 		if err != nil {
@@ -221,7 +221,7 @@ func (a *Appliance) addEnginePort(g *guest, pair int) error {
 		return fmt.Errorf("copy buffers for %s queue %d: %w", n.name, q, err)
 	}
 	g.pools = append(g.pools, pool)
-	p, err := driver.NewPort(driver.PortConfig{
+	p, err := engine.NewChannel(engine.ChannelConfig{
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", n.name, q, g.cfg.Socket, pair),
 		Device: g.dev, Pair: pair, NIC: n.port.QueuePair(q), DMA: g.dma,
 		CopyPool: pool.Pool, ForceCopy: ns.Copy, Burst: a.spec.Burst,
@@ -266,7 +266,7 @@ func (g *guest) serve(parent context.Context) {
 }
 
 // teardown is the one order in which a guest goes away (RemoveGuest, and
-// Shutdown after the lcores have stopped): its engine ports leave their
+// Shutdown after the lcores have stopped): its channels leave their
 // lcores and stop their NIC queues, taking every buffer back; only then
 // does its session end, unmapping its memory from the IOMMU, and its
 // socket close; then its copy buffers are freed (unless a NIC queue
@@ -279,7 +279,7 @@ func (g *guest) teardown(a *Appliance) error {
 		a.tasks[g.lcores[i]]--
 		if err := p.Close(); err != nil {
 			stopped = false
-			errs = append(errs, fmt.Errorf("engine port %s: %w", p.Name(), err))
+			errs = append(errs, fmt.Errorf("channel %s: %w", p.Name(), err))
 		}
 	}
 	g.ports, g.lcores = nil, nil

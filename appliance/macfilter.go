@@ -8,8 +8,8 @@ import (
 	"github.com/zcnet/zcnet/ixgbe"
 )
 
-// guestMACs is a NIC's unicast address filter shared by the engine ports
-// on it: every queue pair of a guest is an engine port that tells the
+// guestMACs is a NIC's unicast address filter shared by the channels
+// on it: every queue pair of a guest is a channel that tells the
 // filter the guest's MAC, and several guests may share the NIC. An address
 // stays accepted while any port needs it, and the NIC's own permanent
 // address is never added or removed.
@@ -26,7 +26,7 @@ func newGuestMACs(nic *ixgbe.Port) *guestMACs {
 	return g
 }
 
-// AcceptGuestMAC implements driver.MACFilter. The new address is accepted
+// AcceptGuestMAC implements engine.MACFilter. The new address is accepted
 // before the old one is dropped, so no moment accepts neither; a zero mac
 // (a port closing) only drops prev, so a guest removed at runtime leaves
 // nothing in the filter.

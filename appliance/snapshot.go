@@ -5,7 +5,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/engine"
 )
 
 // Snapshot is every counter of a running instance at one moment: what the
@@ -73,7 +73,7 @@ func (n *NICCounters) RxDiscarded() uint64 {
 	return sum
 }
 
-// PortCounters are one engine port's counters (a NIC queue pair joined to
+// PortCounters are one channel's counters (a NIC queue pair joined to
 // a guest's virtio queue pair): Rx is wire to guest, Tx guest to wire.
 type PortCounters struct {
 	Name      string `json:"name"`
@@ -89,8 +89,8 @@ type PortCounters struct {
 	TxBytes     uint64 `json:"tx_bytes"`
 	ZeroCopy    Dirs   `json:"zero_copy"`
 	Copied      Dirs   `json:"copied"`
-	// CopyReasons and Drops are keyed by cause (see driver.CopyReasons
-	// and driver.Drops).
+	// CopyReasons and Drops are keyed by cause (see engine.CopyReasons
+	// and engine.Drops).
 	CopyReasons map[string]uint64 `json:"copy_reasons"`
 	Drops       map[string]uint64 `json:"drops"`
 	GuestErrors uint64            `json:"guest_errors"`
@@ -165,8 +165,8 @@ type TrafficCounters struct {
 	SimRxDMAFaults uint64 `json:"sim_rx_dma_faults"`
 }
 
-// dropCauses names driver.Drops' fields as the telemetry keys them.
-func dropCauses(d driver.Drops) map[string]uint64 {
+// dropCauses names engine.Drops' fields as the telemetry keys them.
+func dropCauses(d engine.Drops) map[string]uint64 {
 	return map[string]uint64{
 		"rx_nic_error": d.RxError, "rx_no_guest_buffer": d.RxNoGuestBuffer, "rx_too_big": d.RxTooBig,
 		"rx_chain_unusable": d.RxChainUnusable, "rx_quiesce": d.RxQuiesce,
@@ -175,7 +175,7 @@ func dropCauses(d driver.Drops) map[string]uint64 {
 	}
 }
 
-func copyReasons(c driver.CopyReasons) map[string]uint64 {
+func copyReasons(c engine.CopyReasons) map[string]uint64 {
 	return map[string]uint64{
 		"forced": c.Forced, "features": c.Features, "small_buffer": c.SmallBuffer,
 		"layout": c.Layout, "no_guest_buffer": c.NoGuestBuffer,
@@ -223,7 +223,7 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 	return s
 }
 
-func portCounters(p *driver.Port) PortCounters {
+func portCounters(p *engine.Channel) PortCounters {
 	st := p.Stats()
 	pc := PortCounters{Name: p.Name(), RxPackets: st.RxPackets, RxBytes: st.RxBytes,
 		RxHarvested: st.RxHarvested, RxPending: st.RxPending,

@@ -23,7 +23,7 @@ type Spec struct {
 	// Burst is how many frames a port moves per poll and direction
 	// (default 32).
 	Burst int       `json:"burst" yaml:"burst"`
-	NICs  []NICSpec `json:"ports" yaml:"ports"`
+	NICs  []NICSpec `json:"nics" yaml:"nics"`
 
 	// PageSize backs descriptor rings and copy buffers (0: 2 MiB
 	// hugepages; tests use 4 KiB pages). Not in configuration files.
@@ -50,7 +50,7 @@ type NICSpec struct {
 	// on QueuePairs queue pairs of its own (default: as many as Guests
 	// lists, at least 1). Guests added at runtime take a free slot.
 	MaxGuests int         `json:"max_guests,omitempty" yaml:"max_guests,omitempty"`
-	Guests    []GuestSpec `json:"vhost" yaml:"vhost"`
+	Guests    []GuestSpec `json:"guests" yaml:"guests"`
 }
 
 // GuestSpec is one guest: a vhost-user socket and what its front end may

@@ -145,17 +145,10 @@ func Listen(path string, o vhost.SocketOptions) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w (choose another with --control)", err)
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("control socket %s is in use by another zcnet; give this one another --control path", path)
-		}
-		_ = os.Remove(path)
+	l, err := vhost.ListenWith(path, o)
+	if errors.Is(err, vhost.ErrSocketInUse) {
+		return nil, fmt.Errorf("control socket %s is in use by another zcnet; give this one another --control path", path)
 	}
-	if o.Mode == 0 {
-		o.Mode = 0o600
-	}
-	l, err := vhost.ListenSocket(path, o)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}

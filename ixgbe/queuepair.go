@@ -3,7 +3,7 @@ package ixgbe
 import "github.com/zcnet/zcnet/ring"
 
 // QueuePair is RX and TX queue i of a port with their lifecycle: what the
-// zero-copy engine needs of a NIC (its driver.NIC interface), so that the
+// zero-copy engine needs of a NIC (ring.QueuePair), so that the
 // engine reaches the 82599 through the ring contract and never names it.
 type QueuePair struct {
 	p  *Port
@@ -36,3 +36,6 @@ func (q QueuePair) StopTx() error                                    { return q.
 func (q QueuePair) DrainTx(dst []ring.Cookie) ([]ring.Cookie, error) { return q.tx.Drain(dst) }
 func (q QueuePair) StartRx(bufSize int) error                        { return q.p.StartRxQueue(q.i, bufSize) }
 func (q QueuePair) StartTx() error                                   { return q.p.StartTxQueue(q.i) }
+
+// QueuePair is a ring.QueuePair.
+var _ ring.QueuePair = QueuePair{}

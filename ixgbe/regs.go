@@ -2,7 +2,8 @@ package ixgbe
 
 // Register offsets in BAR0 and the bits of them this driver uses, as the
 // 82599 datasheet (331520) names them. Only registers the driver touches are
-// listed; every offset here is in /work/shared/reference/ixgbe_registers.tsv.
+// listed; every offset here is in ../shared/reference/ixgbe_registers.tsv
+// (the reference directory beside this repository).
 
 // General control and status.
 const (

@@ -8,10 +8,13 @@
 // which is what lets the zero-copy engine post a guest's own receive buffers
 // to the NIC.
 //
-// The package sits below both the NIC drivers (ixgbe) and the data path
-// (driver), so neither has to import the other: DESIGN.md places the
-// contract in driver/, but the drivers implement it and driver/ imports the
-// drivers, so the types must live underneath both.
+// The package sits below both the NIC drivers (ixgbe/) and their users (the
+// zero-copy engine in engine/, the forwarder in fwd/), so neither side
+// imports the other: a user reaches a NIC only through RxQueue, TxQueue and
+// QueuePair, and the composition (appliance/) is the one place that names
+// the NIC model. DESIGN.md places the contract in driver/; that package is
+// now split by job and none of its parts could hold the contract without
+// the NIC drivers importing it.
 package ring
 
 // Cookie identifies a buffer or packet to its owner. The queue stores it and
@@ -136,4 +139,35 @@ type TxQueue interface {
 	// Reclaim fills done with the cookies of packets the device has
 	// finished sending and returns how many.
 	Reclaim(done []Cookie) int
+}
+
+// QueuePair is one receive and one transmit queue of a NIC with their
+// lifecycle: whoever owns the pair can stop it, take its buffers back and
+// start it again while the rest of the NIC keeps running. A NIC driver
+// returns it; its user never names the NIC model.
+type QueuePair interface {
+	Rx() RxQueue
+	Tx() TxQueue
+	// RxCapacity is how many buffers the RX queue holds at once; TxFree is
+	// how many TX descriptors are free now.
+	RxCapacity() int
+	TxFree() int
+	// StopRx/StopTx return once the device no longer touches the buffers
+	// posted to that queue; DrainRx/DrainTx then hand their cookies back.
+	// In between, Rx().Harvest still returns the frames the device wrote
+	// and Tx().Reclaim the packets it sent before it stopped, so that the
+	// drains return only empty buffers and packets never sent.
+	StopRx() error
+	DrainRx(dst []Cookie) ([]Cookie, error)
+	StopTx() error
+	DrainTx(dst []Cookie) ([]Cookie, error)
+	// RxMaxWrite is the most bytes the NIC writes for one received frame:
+	// a buffer at least that long is never written past, whatever the
+	// queue's buffer size.
+	RxMaxWrite() int
+	// StartRx starts the stopped, drained RX queue empty with buffers of
+	// bufSize bytes (a multiple of 1024); StartTx likewise. The queue then
+	// takes buffers of min(bufSize, RxMaxWrite()) bytes or more.
+	StartRx(bufSize int) error
+	StartTx() error
 }

@@ -37,7 +37,7 @@ type Conn struct {
 func NewConn(uc *net.UnixConn) (*Conn, error) {
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("vhost-user: raw access to socket: %w", err)
+		return nil, fmt.Errorf("vhost: raw access to socket: %w", err)
 	}
 	return &Conn{uc: uc, raw: raw, oob: make([]byte, unix.CmsgSpace(MaxFDs*4)), timeout: DefaultMessageTimeout}, nil
 }
@@ -76,7 +76,7 @@ func (c *Conn) ReadMessage() (m Message, err error) {
 		err = rerr
 	}
 	if err != nil {
-		return m, fmt.Errorf("vhost-user: receive: %w", err)
+		return m, fmt.Errorf("vhost: receive: %w", err)
 	}
 	fds, ferr := parseRights(c.oob[:oobn])
 	m.FDs = fds
@@ -97,7 +97,7 @@ func (c *Conn) ReadMessage() (m Message, err error) {
 	}
 	// A message has begun: the rest of it must follow within the timeout.
 	if err := c.uc.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
-		return m, fmt.Errorf("vhost-user: set read deadline: %w", err)
+		return m, fmt.Errorf("vhost: set read deadline: %w", err)
 	}
 	defer c.uc.SetReadDeadline(time.Time{}) // idle between messages for as long as the peer likes
 	if n < HeaderSize {
@@ -122,9 +122,9 @@ func (c *Conn) ReadMessage() (m Message, err error) {
 // or stopped sending for longer than the message timeout.
 func (c *Conn) partial(what string, err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("vhost-user: partial message, %s, then nothing for %v: %w", what, c.timeout, err)
+		return fmt.Errorf("vhost: partial message, %s, then nothing for %v: %w", what, c.timeout, err)
 	}
-	return fmt.Errorf("vhost-user: partial message, %s: %w", what, err)
+	return fmt.Errorf("vhost: partial message, %s: %w", what, err)
 }
 
 func parseRights(oob []byte) ([]int, error) {
@@ -133,14 +133,14 @@ func parseRights(oob []byte) ([]int, error) {
 	}
 	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil, fmt.Errorf("vhost-user: ancillary data: %w", err)
+		return nil, fmt.Errorf("vhost: ancillary data: %w", err)
 	}
 	var fds []int
 	var bad error
 	for _, cm := range cmsgs {
 		got, err := unix.ParseUnixRights(&cm)
 		if err != nil {
-			bad = fmt.Errorf("vhost-user: unexpected ancillary message (level %d type %d)", cm.Header.Level, cm.Header.Type)
+			bad = fmt.Errorf("vhost: unexpected ancillary message (level %d type %d)", cm.Header.Level, cm.Header.Type)
 			continue
 		}
 		fds = append(fds, got...)
@@ -172,7 +172,7 @@ func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
 	}
 	// A peer that stops reading must not hold the writer forever either.
 	if err := c.uc.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
-		return fmt.Errorf("vhost-user: set write deadline: %w", err)
+		return fmt.Errorf("vhost: set write deadline: %w", err)
 	}
 	defer c.uc.SetWriteDeadline(time.Time{})
 	for len(b) > 0 {
@@ -186,10 +186,10 @@ func (c *Conn) WriteMessage(h Header, payload []byte, fds []int) error {
 			err = werr
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("vhost-user: send %v: the peer took nothing for %v: %w", h.Request, c.timeout, err)
+			return fmt.Errorf("vhost: send %v: the peer took nothing for %v: %w", h.Request, c.timeout, err)
 		}
 		if err != nil {
-			return fmt.Errorf("vhost-user: send %v: %w", h.Request, err)
+			return fmt.Errorf("vhost: send %v: %w", h.Request, err)
 		}
 		b, oob = b[n:], nil
 	}

@@ -117,11 +117,11 @@ type Header struct {
 // Errors from message parsing. They describe a malformed message: the back
 // end logs them and refuses the message.
 var (
-	ErrShortMessage = errors.New("vhost-user: message shorter than its header")
-	ErrBadVersion   = errors.New("vhost-user: header version is not 1 or reserved flag bits are set")
-	ErrTooLarge     = errors.New("vhost-user: payload larger than 4 KiB")
-	ErrBadSize      = errors.New("vhost-user: payload size wrong for the request")
-	ErrBadFDCount   = errors.New("vhost-user: wrong number of file descriptors for the request")
+	ErrShortMessage = errors.New("vhost: message shorter than its header")
+	ErrBadVersion   = errors.New("vhost: header version is not 1 or reserved flag bits are set")
+	ErrTooLarge     = errors.New("vhost: payload larger than 4 KiB")
+	ErrBadSize      = errors.New("vhost: payload size wrong for the request")
+	ErrBadFDCount   = errors.New("vhost: wrong number of file descriptors for the request")
 )
 
 // DecodeHeader parses and checks a message header.

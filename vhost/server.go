@@ -110,7 +110,7 @@ func ListenWith(path string, o SocketOptions) (*net.UnixListener, error) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("vhost: %s is in use by another process", path)
+			return nil, fmt.Errorf("vhost: %s: %w", path, ErrSocketInUse)
 		}
 		_ = os.Remove(path)
 	}
@@ -120,6 +120,9 @@ func ListenWith(path string, o SocketOptions) (*net.UnixListener, error) {
 	}
 	return l, nil
 }
+
+// ErrSocketInUse: a process is listening on the socket path already.
+var ErrSocketInUse = errors.New("in use by another process")
 
 // DefaultSocketMode lets only the owner (the user zcnet runs as) connect.
 const DefaultSocketMode os.FileMode = 0o600

@@ -22,8 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zcnet/zcnet/appliance"
-	"github.com/zcnet/zcnet/driver"
 	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
@@ -217,12 +217,12 @@ func runBench(ctx context.Context, log *zap.Logger, o *benchOptions, out, errOut
 	if err := o.check(); err != nil {
 		return err
 	}
-	cpus, err := driver.PollCPUs(o.lcores)
+	cpus, err := pollmode.PollCPUs(o.lcores)
 	if err != nil {
 		return err
 	}
 	if len(cpus) != 1 {
-		return fmt.Errorf("-l %s gives %d lcores: the benchmark has one engine port, give one core", o.lcores, len(cpus))
+		return fmt.Errorf("-l %s gives %d lcores: the benchmark has one channel, give one core", o.lcores, len(cpus))
 	}
 	clock := cpuClock{GHz: o.ghz, Method: "given with --ghz"}
 	if o.ghz == 0 {

@@ -6,7 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 )
 
 // logLcoreDeath logs a crashed lcore at once and returns the error the
@@ -14,7 +14,7 @@ import (
 // dead: like a DPDK application whose lcore crashed, it stops.
 func logLcoreDeath(log *zap.Logger, err error) error {
 	fields := []zap.Field{zap.Error(err)}
-	var pe *driver.TaskPanicError
+	var pe *pollmode.TaskPanicError
 	if errors.As(err, &pe) {
 		fields = append(fields, zap.String("task", pe.Task), zap.Int("lcore", pe.Lcore), zap.ByteString("stack", pe.Stack))
 	}

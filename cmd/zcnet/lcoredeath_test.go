@@ -8,14 +8,14 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 )
 
 // TestLcoreDeathIsLogged: the crash is logged at error level with the task,
 // the lcore and the panic's stack, for the operator to report.
 func TestLcoreDeathIsLogged(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
-	pe := &driver.TaskPanicError{Lcore: 3, CPU: 1, Task: "port:x", Value: "boom", Stack: []byte("goroutine 7 [running]:")}
+	pe := &pollmode.TaskPanicError{Lcore: 3, CPU: 1, Task: "port:x", Value: "boom", Stack: []byte("goroutine 7 [running]:")}
 	err := logLcoreDeath(zap.New(core), pe)
 	if !errors.Is(err, pe) && !errors.As(err, &pe) {
 		t.Fatalf("returned error %v does not wrap the panic", err)

@@ -24,9 +24,9 @@ func TestPortCommandsAndReload(t *testing.T) {
 	ctl, cfg := filepath.Join(dir, "control.sock"), filepath.Join(dir, "zcnet.yaml")
 	config := func(guests03, guests04 string) {
 		t.Helper()
-		y := "ports:\n" +
-			"  - pci: \"0000:03:00.0\"\n    rxd: 256\n    txd: 256\n    max_guests: 1\n    vhost: [" + guests03 + "]\n" +
-			"  - pci: \"0000:04:00.0\"\n    rxd: 256\n    txd: 256\n    max_guests: 1\n    vhost: [" + guests04 + "]\n"
+		y := "nics:\n" +
+			"  - pci: \"0000:03:00.0\"\n    rxd: 256\n    txd: 256\n    max_guests: 1\n    guests: [" + guests03 + "]\n" +
+			"  - pci: \"0000:04:00.0\"\n    rxd: 256\n    txd: 256\n    max_guests: 1\n    guests: [" + guests04 + "]\n"
 		if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}

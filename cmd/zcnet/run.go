@@ -13,9 +13,10 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/fwd"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
@@ -158,7 +159,7 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	if !o.simulate && len(o.pci) != 2 {
 		return fmt.Errorf("the forwarder needs exactly two --pci ports, got %d", len(o.pci))
 	}
-	cpus, err := driver.PollCPUs(o.lcores)
+	cpus, err := pollmode.PollCPUs(o.lcores)
 	if err != nil {
 		return err
 	}
@@ -208,7 +209,7 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 		}
 	}
 
-	fwds := make([]*driver.Forward, 2)
+	fwds := make([]*fwd.Forwarder, 2)
 	var pools []*hugepage.DMAPool
 	defer func() {
 		for _, p := range pools {
@@ -224,7 +225,7 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 			return err
 		}
 		pools = append(pools, pool)
-		fwds[i], err = driver.NewForward(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool.Pool, o.burst)
+		fwds[i], err = fwd.New(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool.Pool, o.burst)
 		if err != nil {
 			return err
 		}
@@ -239,15 +240,15 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 		}
 	}()
 
-	lcores := make([]driver.LcoreConfig, 0, 2)
+	lcores := make([]pollmode.LcoreConfig, 0, 2)
 	if len(cpus) >= 2 {
 		lcores = append(lcores,
-			driver.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []driver.Task{fwds[0]}},
-			driver.LcoreConfig{ID: 1, CPU: cpus[1], Tasks: []driver.Task{fwds[1]}})
+			pollmode.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []pollmode.Task{fwds[0]}},
+			pollmode.LcoreConfig{ID: 1, CPU: cpus[1], Tasks: []pollmode.Task{fwds[1]}})
 	} else {
-		lcores = append(lcores, driver.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []driver.Task{fwds[0], fwds[1]}})
+		lcores = append(lcores, pollmode.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []pollmode.Task{fwds[0], fwds[1]}})
 	}
-	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield}, lcores)
+	runner, err := pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield}, lcores)
 	if err != nil {
 		return err
 	}
@@ -266,7 +267,7 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	runCtx, tick, endWindow := runWindow(ctx, o.duration, o.interval)
 	defer endWindow()
 	start := time.Now()
-	var last [2]driver.ForwardStats
+	var last [2]fwd.Stats
 	lastAt := start
 loop:
 	for {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/zcnet/zcnet/appliance"
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
@@ -245,9 +245,9 @@ func TestRunConfigFile(t *testing.T) {
 	cfg := filepath.Join(dir, "zcnet.json")
 	s1, s2 := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
 	cpu := fmt.Sprint(lastCPU(t))
-	body := fmt.Sprintf(`{"lcores": %q, "ports": [
-	  {"pci": "0000:05:10.0", "rxd": 256, "txd": 256, "vhost": [{"socket": %q}]},
-	  {"pci": "0000:05:10.2", "rxd": 128, "txd": 128, "mtu": 1500, "vhost": [{"socket": %q}]}]}`, cpu, s1, s2)
+	body := fmt.Sprintf(`{"lcores": %q, "nics": [
+	  {"pci": "0000:05:10.0", "rxd": 256, "txd": 256, "guests": [{"socket": %q}]},
+	  {"pci": "0000:05:10.2", "rxd": 128, "txd": 128, "mtu": 1500, "guests": [{"socket": %q}]}]}`, cpu, s1, s2)
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestRunConfigFile(t *testing.T) {
 }
 
 func lastCPU(t *testing.T) int {
-	cpus, err := driver.PollCPUs("")
+	cpus, err := pollmode.PollCPUs("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestRunVhostFlagErrors(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "g.sock")
 	badJSON := filepath.Join(dir, "bad.json")
-	os.WriteFile(badJSON, []byte(`{"ports": [{"pci": "x", "vhots": []}]}`), 0o600)
+	os.WriteFile(badJSON, []byte(`{"nics": [{"pci": "x", "guestz": []}]}`), 0o600)
 	for _, c := range []struct {
 		args []string
 		want string

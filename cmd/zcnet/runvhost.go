@@ -143,19 +143,19 @@ func isOptionKey(k string) bool {
 // with the same keys, unknown keys refused, for example
 //
 //	lcores: "2-3"
-//	ports:
+//	nics:
 //	  - pci: "0000:03:00.0"
 //	    rxd: 1024
 //	    txd: 1024
 //	    max_guests: 1
-//	    vhost:
+//	    guests:
 //	      - socket: /run/zcnet/vm1.sock
 //	        mac: "52:54:00:12:34:56"
 //	        mode: "0660"
 //	        group: kvm
 //	  - pci: "0000:04:00.0"
 //	    no_packed: true
-//	    vhost:
+//	    guests:
 //	      - {socket: /run/vm2.sock, client: true, mem_limit: 16G}
 func loadConfig(path string) (appliance.Spec, error) {
 	var spec appliance.Spec

@@ -72,7 +72,7 @@ func TestSocketModeFlagErrors(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "g.sock")
 	cfg := filepath.Join(dir, "mode.json")
-	os.WriteFile(cfg, []byte(`{"ports": [{"pci": "a", "vhost": [{"socket": "`+sock+`", "mode": "4660"}]}]}`), 0o600)
+	os.WriteFile(cfg, []byte(`{"nics": [{"pci": "a", "guests": [{"socket": "`+sock+`", "mode": "4660"}]}]}`), 0o600)
 	for _, c := range []struct {
 		args []string
 		want string

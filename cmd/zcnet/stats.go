@@ -40,7 +40,7 @@ the JSON the socket serves with --json.`,
 	return cmd
 }
 
-// printStatsTables prints a snapshot as aligned tables: NICs, engine ports,
+// printStatsTables prints a snapshot as aligned tables: NICs, channels,
 // lcores and, for zcnet sim, the simulated wire.
 func printStatsTables(out io.Writer, s *appliance.Snapshot) {
 	fmt.Fprintf(out, "zcnet %s, pid %d, up %.1fs\n\n", s.Command, s.PID, s.UptimeSeconds)

@@ -100,18 +100,14 @@ func (t *telemetry) serve(snap func() appliance.Snapshot) {
 // listenTelemetry creates the socket, mode 0600 (and its directory,
 // private to the user), replacing a stale socket file but refusing one still in use.
 func listenTelemetry(path string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("telemetry socket directory: %w (choose another with --telemetry)", err)
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("telemetry socket %s is in use by another zcnet; give this one another --telemetry path", path)
-		}
-		_ = os.Remove(path)
-	}
 	// Mode 0600 whatever the umask: the counters are the operator's.
-	l, err := vhost.ListenSocket(path, vhost.SocketOptions{Mode: 0o600})
+	l, err := vhost.ListenWith(path, vhost.SocketOptions{Mode: 0o600})
+	if errors.Is(err, vhost.ErrSocketInUse) {
+		return nil, fmt.Errorf("telemetry socket %s is in use by another zcnet; give this one another --telemetry path", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("telemetry socket: %w", err)
 	}

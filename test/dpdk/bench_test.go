@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/vhost"
 	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
@@ -41,7 +41,7 @@ type benchMode struct {
 	// vhostFwd is net_vhost's testpmd forwarding mode for this guest mode.
 	vhostFwd string
 	// zcnetTask builds zcnet's poller for this guest mode.
-	zcnetTask func(d *vhost.Device) driver.Task
+	zcnetTask func(d *vhost.Device) pollmode.Task
 	// rate picks the counter that measures the mode from the guest's
 	// point of view.
 	rate func(fwdStats) uint64
@@ -50,7 +50,7 @@ type benchMode struct {
 var benchModes = []benchMode{
 	// The guest sends, the back end receives and discards.
 	{name: "txonly", guest: []string{"--forward-mode=txonly"}, vhostFwd: "rxonly",
-		zcnetTask: func(d *vhost.Device) driver.Task { return &sink{d: d} },
+		zcnetTask: func(d *vhost.Device) pollmode.Task { return &sink{d: d} },
 		rate:      func(s fwdStats) uint64 { return s.TxPackets }},
 	// The back end sends, the guest receives and discards.
 	{name: "rxonly", guest: []string{"--forward-mode=rxonly"}, vhostFwd: "txonly",
@@ -58,7 +58,7 @@ var benchModes = []benchMode{
 		rate:      func(s fwdStats) uint64 { return s.RxPackets }},
 	// Frames circulate: the guest forwards what the back end returns.
 	{name: "io", guest: []string{"--forward-mode=io", "--tx-first"}, vhostFwd: "macswap",
-		zcnetTask: func(d *vhost.Device) driver.Task { return vhosttest.NewLoopback(d) },
+		zcnetTask: func(d *vhost.Device) pollmode.Task { return vhosttest.NewLoopback(d) },
 		rate:      func(s fwdStats) uint64 { return s.RxPackets }},
 }
 
@@ -188,8 +188,8 @@ func benchZcnet(b *testing.B, h host, m benchMode, round int) benchResult {
 	var serving sync.WaitGroup
 	defer func() { cancel(); serving.Wait() }()
 	serving.Go(func() { _ = vhost.ServeListener(ctx, l, d) })
-	runner, err := driver.NewRunner(driver.RunnerOptions{},
-		[]driver.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []driver.Task{m.zcnetTask(d)}}})
+	runner, err := pollmode.NewRunner(pollmode.RunnerOptions{},
+		[]pollmode.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []pollmode.Task{m.zcnetTask(d)}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -341,7 +341,7 @@ type source struct {
 	frame []byte // virtio-net header (num_buffers 1) + Ethernet frame
 }
 
-func newSource(d *vhost.Device) driver.Task {
+func newSource(d *vhost.Device) pollmode.Task {
 	f := make([]byte, netHeaderLen+64)
 	binary.LittleEndian.PutUint16(f[10:], 1) // num_buffers
 	eth := f[netHeaderLen:]

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/vhost"
 	"github.com/zcnet/zcnet/vhost/vhosttest"
 )
@@ -265,8 +265,8 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 	}
 
 	lb := vhosttest.NewLoopback(d)
-	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield},
-		[]driver.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []driver.Task{lb}}})
+	runner, err := pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield},
+		[]pollmode.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []pollmode.Task{lb}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,7 @@ func runZcnet(t *testing.T, h host, sc scenario) {
 // watchProgress lets the loop run for d, logging the longest time the
 // back end went without returning a frame, with where the frames were and
 // what the lcore was doing: the evidence to start from if the loop stalls.
-func watchProgress(t *testing.T, dev *vhost.Device, lb *vhosttest.Loopback, r *driver.Runner, d time.Duration) {
+func watchProgress(t *testing.T, dev *vhost.Device, lb *vhosttest.Loopback, r *pollmode.Runner, d time.Duration) {
 	const every = 10 * time.Millisecond
 	var last uint64
 	lastMove, end := time.Now(), time.Now().Add(d)

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 )
 
 const (
@@ -84,7 +84,7 @@ func checkHost(t testing.TB, nTestpmd int) host {
 	if !bytes.Contains(mounts, []byte(" hugetlbfs ")) {
 		t.Fatalf("no hugetlbfs mount: DPDK's EAL needs one to find hugepages; `make hugepages` mounts /dev/hugepages")
 	}
-	cpus, err := driver.AllowedCPUs()
+	cpus, err := pollmode.AllowedCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,9 +16,10 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/engine"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/ixgbe"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vhost"
@@ -35,9 +36,9 @@ type zcRig struct {
 	pf     *sim.PF
 	nic    *ixgbe.Port
 	dev    *vhost.Device
-	dma    *driver.GuestDMA
-	port   *driver.Port
-	runner *driver.Runner
+	dma    *engine.GuestDMA
+	port   *engine.Channel
+	runner *pollmode.Runner
 	gen    *wire.Generator
 	sink   *wire.Sink
 	swap   *swapCheck
@@ -89,12 +90,12 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	}
 	pool := newHostPool(t, r.pf, alloc)
 
-	r.dma = driver.NewGuestDMA(r.pf.DMA(), alloc)
+	r.dma = engine.NewGuestDMA(r.pf.DMA(), alloc)
 	r.dev, err = vhost.NewDevice(vhost.Config{Name: o.name, Hook: r.dma, Features: o.features, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.port, err = driver.NewPort(driver.PortConfig{Name: o.name, Device: r.dev, NIC: r.nic.QueuePair(0),
+	r.port, err = engine.NewChannel(engine.ChannelConfig{Name: o.name, Device: r.dev, NIC: r.nic.QueuePair(0),
 		DMA: r.dma, CopyPool: pool.Pool})
 	if err != nil {
 		t.Fatal(err)
@@ -111,8 +112,8 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 			t.Errorf("ServeListener: %v", err)
 		}
 	})
-	r.runner, err = driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield},
-		[]driver.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []driver.Task{r.port}}})
+	r.runner, err = pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield},
+		[]pollmode.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []pollmode.Task{r.port}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +136,7 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 			// A task that panicked inside Poll left the guest's
 			// data-path lock held: everything below would block on it.
 			t.Errorf("lcore: %v", err)
-			var pe *driver.TaskPanicError
+			var pe *pollmode.TaskPanicError
 			if errors.As(err, &pe) {
 				t.Logf("panicking goroutine:\n%s", pe.Stack)
 			}

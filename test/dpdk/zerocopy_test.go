@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/engine"
 	"github.com/zcnet/zcnet/vhost"
 )
 
@@ -44,7 +44,7 @@ type zcScenario struct {
 	mbuf    int
 	// copyReason, if set, is the copy fallback the engine must choose for
 	// this geometry, and every frame must then be copied.
-	copyReason func(driver.CopyReasons) uint64
+	copyReason func(engine.CopyReasons) uint64
 	// reconnect: TestZeroCopyTestpmdReconnect runs this scenario too (one
 	// per ring layout keeps the test short).
 	reconnect bool
@@ -86,7 +86,7 @@ var zcScenarios = []zcScenario{
 	// The counter-check: mbufs whose descriptors cannot hold the header
 	// and a 1 KiB NIC buffer are copied into.
 	{name: "split-mrg-small-mbuf", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSmall,
-		copyReason: func(c driver.CopyReasons) uint64 { return c.SmallBuffer }},
+		copyReason: func(c engine.CopyReasons) uint64 { return c.SmallBuffer }},
 }
 
 // TestZeroCopyTestpmd runs paced traffic through testpmd in macswap mode
@@ -137,7 +137,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 		t.Errorf("the NIC dropped %d received frames (%+v) and %d transmitted ones: at %d/s nothing should be", d, nc, nc.TxLost, zcRate)
 	}
 	checkEngine(t, sc, ps, sent)
-	if ps.Drops != (driver.Drops{}) || ps.GuestErrors != 0 {
+	if ps.Drops != (engine.Drops{}) || ps.GuestErrors != 0 {
 		t.Errorf("engine drops %+v, guest errors %d: want none", ps.Drops, ps.GuestErrors)
 	}
 	if nc.IOMMUFaults != 0 {
@@ -165,7 +165,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 // checkEngine asserts how the engine moved sent frames each way: every one
 // zero-copy, or (for a scenario that must fall back) every received frame
 // copied for the expected reason.
-func checkEngine(t *testing.T, sc zcScenario, ps driver.Stats, sent uint64) {
+func checkEngine(t *testing.T, sc zcScenario, ps engine.Stats, sent uint64) {
 	t.Helper()
 	if ps.RxPackets != sent || ps.TxPackets != sent {
 		t.Errorf("engine delivered %d frames to the guest and transmitted %d, want %d each", ps.RxPackets, ps.TxPackets, sent)
@@ -181,7 +181,7 @@ func checkEngine(t *testing.T, sc zcScenario, ps driver.Stats, sent uint64) {
 		}
 		return
 	}
-	if ps.RxZeroCopy != ps.RxPackets || ps.RxCopied != 0 || ps.Copy != (driver.CopyReasons{}) {
+	if ps.RxZeroCopy != ps.RxPackets || ps.RxCopied != 0 || ps.Copy != (engine.CopyReasons{}) {
 		t.Errorf("RX: %d of %d frames zero-copy, %d copied (reasons %+v): the NIC must write every frame into the guest's mbufs",
 			ps.RxZeroCopy, ps.RxPackets, ps.RxCopied, ps.Copy)
 	}

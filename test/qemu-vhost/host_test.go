@@ -22,7 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/test/lib"
 	"github.com/zcnet/zcnet/vhost"
 	"github.com/zcnet/zcnet/vhost/vhosttest"
@@ -202,13 +202,13 @@ func runVariant(t *testing.T, v variant, qemu, kernel, initrd, out string, timeo
 	// The loopback on a pinned lcore, on the last CPU we may use; QEMU's
 	// TCG thread gets the others. IdleYield, because with two CPUs a
 	// spinning lcore would leave the test's own goroutines one P.
-	cpus, err := driver.AllowedCPUs()
+	cpus, err := pollmode.AllowedCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}
 	loop := vhosttest.NewLoopback(d)
-	runner, err := driver.NewRunner(driver.RunnerOptions{Idle: driver.IdleYield},
-		[]driver.LcoreConfig{{ID: 1, CPU: cpus[len(cpus)-1], Tasks: []driver.Task{loop}}})
+	runner, err := pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield},
+		[]pollmode.LcoreConfig{{ID: 1, CPU: cpus[len(cpus)-1], Tasks: []pollmode.Task{loop}}})
 	if err != nil {
 		t.Fatal(err)
 	}

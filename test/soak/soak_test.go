@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zcnet/zcnet/driver"
+	"github.com/zcnet/zcnet/pollmode"
 )
 
 // soakConfig is what the environment (make soak's variables) sets.
@@ -117,7 +117,7 @@ func TestSoak(t *testing.T) {
 		panic(fmt.Sprintf("soak: still running %v after its %v duration", 15*time.Minute, cfg.duration))
 	})
 	defer backstop.Stop()
-	cpus, err := driver.AllowedCPUs()
+	cpus, err := pollmode.AllowedCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 // Loopback is a test device mode: every frame the guest transmits on TX
 // queue n comes back on RX queue n with source and destination MAC
 // swapped, copied through the memory table. It also serves the control
-// queue. Poll is a driver.Task method: run it on an lcore or call it from
+// queue. Poll is a pollmode.Task method: run it on an lcore or call it from
 // a test.
 type Loopback struct {
 	d     *vhost.Device
@@ -78,7 +78,7 @@ func (l *Loopback) Counters() LoopbackCounters {
 // control queue. It returns the number of frames and commands handled.
 //
 // A fault on guest memory the front end took away drops the session (see
-// Port.contain in package driver for the zero-copy engine's version); the
+// Channel.contain in package engine for the zero-copy engine's version); the
 // loopback idles until the next session.
 func (l *Loopback) Poll() (n int) {
 	l.d.LockDataPath()
