@@ -87,7 +87,7 @@ func TestPollAllocatesNothing(t *testing.T) {
 	}
 }
 
-// TestPhyGuestPhyStaysZeroCopy asserts what BenchmarkPortPhyGuestPhy
+// TestPhyGuestPhyStaysZeroCopy asserts what BenchmarkChannelPhyGuestPhy
 // checks of its zero-copy runs, at each frame size it measures: frames
 // move both ways, none through host buffers, and the NIC's DMA stays in
 // its mappings.
@@ -114,12 +114,12 @@ func TestPhyGuestPhyStaysZeroCopy(t *testing.T) {
 	}
 }
 
-// BenchmarkPortPhyGuestPhy reports the cost per frame of one frame in
+// BenchmarkChannelPhyGuestPhy reports the cost per frame of one frame in
 // from the wire to the guest and one frame out from the guest to the wire:
 // ns/packet with the simulator and the test guest included, pmd-ns/packet
 // for the engine's polls alone (what the poll core spends; the clock reads
 // around the two polls per 32 frames add about 2 ns/packet).
-func BenchmarkPortPhyGuestPhy(b *testing.B) {
+func BenchmarkChannelPhyGuestPhy(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		copy bool
