@@ -107,6 +107,8 @@ type modelCounters struct {
 	rxDMAFault     atomic.Uint64
 	rxRunt         atomic.Uint64
 	rxOversize     atomic.Uint64
+	rxNoPool       atomic.Uint64
+	rxPoolOff      atomic.Uint64
 	txNoLink       atomic.Uint64
 	txDMAFault     atomic.Uint64
 	txMalformed    atomic.Uint64
@@ -129,6 +131,8 @@ type Counters struct {
 	RxDMAFault     uint64 // frames dropped on an IOMMU fault
 	RxRunt         uint64 // frames under 60 bytes (RUC counts those the address filters pass)
 	RxOversize     uint64 // frames over the maximum size (ROC counts those the address filters pass)
+	RxNoPool       uint64 // virtualization: frames the address filters passed that no pool took (PFVTCTL.DIS_DEFPL set)
+	RxPoolOff      uint64 // virtualization: copies not written because PFVFRE disables their pool's receive
 	TxNoLink       uint64 // frames transmitted with the link down or no cable attached
 	TxDMAFault     uint64 // packets dropped on an IOMMU fault reading them (a ring the engine cannot read stalls instead)
 	TxMalformed    uint64 // packets with descriptors the model cannot execute or that contradict the packet (PAYLEN, IXSM for IPv6)
@@ -384,6 +388,8 @@ func (p *PF) Counters() Counters {
 		RxDMAFault:     m.rxDMAFault.Load(),
 		RxRunt:         m.rxRunt.Load(),
 		RxOversize:     m.rxOversize.Load(),
+		RxNoPool:       m.rxNoPool.Load(),
+		RxPoolOff:      m.rxPoolOff.Load(),
 		TxNoLink:       m.txNoLink.Load(),
 		TxDMAFault:     m.txDMAFault.Load(),
 		TxMalformed:    m.txMalformed.Load(),

@@ -21,4 +21,56 @@
 // the model produce the events a driver must survive: a link that drops
 // and returns, completions written back late, DMA the IOMMU refuses. Each
 // is counted where the hardware, or else the model (Counters), counts it.
+//
+// # Pools (VMDq) and the internal switch
+//
+// With PFVTCTL.VT_Ena set the model switches received frames to pools as
+// the 82599 datasheet describes (7.10.3), driven by the registers a PF
+// driver programs: RAL/RAH with MPSAR_LO/HI, PFVML2FLT (VMOLR: AUPE,
+// ROMPE, ROPE, BAM, MPE), MTA and PFUTA with MCSTCTRL, PFVLVF/PFVLVFB,
+// PFVTCTL (DEF_PL, DIS_DEFPL, Rpl_En), PFVFRE, PSRTYPE.RQPL and
+// MRQC.MRQE. The rules, in order (pool.go):
+//
+//   - by destination address: the pools of every matching exact filter
+//     (MPSAR); broadcast adds the pools with BAM; unicast with no exact
+//     pool, the pools with ROPE if it hits PFUTA; multicast with no exact
+//     pool, the pools with ROMPE if it hits the MTA; multicast adds the
+//     pools with MPE (broadcast is left to BAM). The hash tables are
+//     indexed as MCSTCTRL.MO selects and enabled by MCSTCTRL.MFE.
+//   - by VLAN: untagged frames keep only the pools with AUPE; tagged ones,
+//     when VLNCTRL.VFE is set, only the pools PFVLVFB lists for the
+//     PFVLVF entry (VIEN set) of their VLAN, none if no entry matches.
+//     VFTA still filters tagged frames first.
+//   - a frame whose list is empty goes to the default pool DEF_PL, or with
+//     DIS_DEFPL is dropped (Counters.RxNoPool; no register counts it);
+//   - pools whose PFVFRE bit is clear (the PF's pool included; the reset
+//     value enables none) lose their copy (Counters.RxPoolOff).
+//   - without Rpl_En a frame goes to one pool: an exact match's lowest
+//     MPSAR pool (software should set one), everything else to the
+//     default pool.
+//
+// A frame the global filters (FCTRL, exact, MTA) reject still passes the
+// MAC when a pool's own rule selects it; this is inferred (Linux turns on
+// a VF's multicast promiscuous mode through VMOLR.MPE alone), the
+// datasheet text was not at hand. The MAC counts a frame once (GPRC,
+// GORC, BPRC, MPRC); the RX DMA writes one copy per pool, lowest pool
+// first, each counted on its queue (QPRC, QBRC, QPRDC, RXDGPC) and the
+// copies beyond the first in RXDDGPC/RXDDGBC. A copy waiting for
+// descriptors holds the frame at the head of the packet buffer as a
+// single frame does; copies already written are not repeated, RNBC counts
+// once per waiting copy.
+//
+// Queues: MRQE 1000b is 64 pools of 2 queues (frames land in the pool's
+// first), 1010b 32 pools of 4 and 1011b 64 pools of 2 with RSS: queue =
+// pool*queues + (RETA entry & (2^RQPL - 1)), RQPL from the pool's PSRTYPE
+// and at most the pool's queue count. The DCB modes 1100b (16x8) and
+// 1101b (32x4) are laid out but frames go to the pool's first queue (no
+// traffic class is picked); any other MRQE with VT_Ena is treated as
+// 1000b.
+//
+// Not modelled: mirroring (PFMRCTL and friends), ETQF pool steering,
+// per-pool VLAN stripping and long-packet limits in VMOLR, PFQDE
+// (queue drop enable), per-pool statistics (PVFGPRC...), PFVMTXSW (kept
+// as storage: its meaning and reset value were not confirmed), PFVMVIR
+// VLAN insertion, and the VF side (VF BARs, the mailbox policy).
 package sim

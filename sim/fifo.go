@@ -19,9 +19,24 @@ type rxSlot struct {
 	// inexact: the frame passed a hash or promiscuous filter rather than an
 	// exact address match (the descriptor's PIF bit).
 	inexact bool
-	// noBuf: RNBC was already counted for this frame while it waited for
-	// descriptors.
+	// noBuf: RNBC was already counted for this frame (for its current
+	// pool copy) while it waited for descriptors.
 	noBuf bool
+	// pools: with virtualization on, the pools still owed a copy of the
+	// frame, lowest first; a bit clears once that copy is written or
+	// dropped. Zero for frames the pool logic did not switch.
+	pools uint64
+	// loop: the frame came from a local pool through the internal switch.
+	loop bool
+	// copies: the copies of this frame written so far.
+	copies int
+}
+
+// rxMeta is what the MAC (or the internal switch) decided about a frame.
+type rxMeta struct {
+	inexact bool
+	pools   uint64
+	loop    bool
 }
 
 // slotBytes is the buffer each slot starts with: enough for a standard
@@ -38,7 +53,7 @@ func (f *rxFIFO) init(frames int) {
 
 // push copies frame in; it reports false when the buffer is full, by frame
 // count or by byteLimit.
-func (f *rxFIFO) push(frame []byte, inexact bool, byteLimit int) bool {
+func (f *rxFIFO) push(frame []byte, m rxMeta, byteLimit int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.n == len(f.slots) || f.bytes+len(frame) > byteLimit {
@@ -46,8 +61,9 @@ func (f *rxFIFO) push(frame []byte, inexact bool, byteLimit int) bool {
 	}
 	s := &f.slots[(f.head+f.n)%len(f.slots)]
 	s.buf = append(s.buf[:0], frame...)
-	s.inexact = inexact
+	s.inexact = m.inexact
 	s.noBuf = false
+	s.pools, s.loop, s.copies = m.pools, m.loop, 0
 	f.n++
 	f.bytes += len(frame)
 	return true

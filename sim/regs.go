@@ -50,6 +50,19 @@ const (
 	regRETA0     = 0x0EB00
 	regRSSRK0    = 0x0EB80
 	regMRQC      = 0x0EC80
+	regPSRTYPE0  = 0x0EA00
+	regMPSAR0    = 0x0A600
+	regMTQC      = 0x08120
+	regPFVTCTL   = 0x051B0
+	regPFVFRE0   = 0x051E0
+	regPFVFTE0   = 0x08110
+	regPFVML2FLT = 0x0F000
+	regPFVFSPOOF = 0x08200
+	regPFDTXGSWC = 0x08220
+	regPFVLVF0   = 0x0F100
+	regPFVLVFB0  = 0x0F200
+	regPFUTA0    = 0x0F400
+	regVMECM0    = 0x08790
 	regEEC       = 0x10010
 	regEERD      = 0x10014
 	regSWSM      = 0x10140
@@ -314,9 +327,9 @@ func buildRegMap() *regMap {
 	rw(regMCSTCTRL, 0)
 	arr(regMTA0, 128, 4, 0)
 	m.def(regRAL0, 256, 4, kindRAR, 0) // RAL/RAH 0-127 interleaved; RAR(0) is loaded at reset
-	arr(0x0A600, 256, 4, 0)            // MPSAR
+	arr(regMPSAR0, 256, 4, 0)          // MPSAR_LO/HI interleaved
 	arr(regVFTA0, 128, 4, 0)
-	arr(0x0EA00, 64, 4, 0) // PSRTYPE
+	arr(regPSRTYPE0, 64, 4, 0) // PSRTYPE
 	rw(regMRQC, 0)
 	rw(0x0EC70, 0) // RQTC
 	arr(regRETA0, 32, 4, 0)
@@ -345,7 +358,7 @@ func buildRegMap() *regMap {
 	rw(regDTXTCPFLL, 0x0FF60FF6)
 	rw(regDTXTCPFLH, 0x00000FFF)
 	rw(0x08100, 0)               // DTXMXSZRQ
-	rw(0x08120, 0)               // MTQC
+	rw(regMTQC, 0)               // MTQC
 	arr(0x0CC00, 8, 4, 0xA0<<10) // TXPBSIZE: 160 KB each
 	rw(0x04950, 0x96)            // TXPBTHRESH(0)
 	arr(0x04954, 7, 4, 0)        // TXPBTHRESH(1-7)
@@ -384,10 +397,11 @@ func buildRegMap() *regMap {
 		set(t+tqTDWBAH, kindRW, 0)
 	}
 
-	// Virtualization and mailbox storage (no PF-side VF policy here).
-	rw(0x051B0, 0)                   // PFVTCTL
-	arr(0x051E0, 2, 4, 0)            // PFVFRE
-	arr(0x08110, 2, 4, 0)            // PFVFTE
+	// Virtualization: pools and the internal switch (pool.go, veb.go act
+	// on these), and mailbox storage (no PF-side VF policy here).
+	rw(regPFVTCTL, 0)                // PFVTCTL
+	arr(regPFVFRE0, 2, 4, 0)         // PFVFRE
+	arr(regPFVFTE0, 2, 4, 0)         // PFVFTE
 	arr(0x04B00, 64, 4, 0)           // PFMAILBOX
 	arr(0x13000, 1024, 4, 0)         // PFMBMEM
 	m.def(0x00710, 4, 4, kindW1C, 0) // PFMBICR
@@ -395,21 +409,21 @@ func buildRegMap() *regMap {
 	ro(0x00600, 0)                   // PFVFLRE(0)
 	ro(0x001C0, 0)                   // PFVFLRE(1)
 	m.def(0x00700, 2, 4, kindW1C, 0) // PFVFLREC
-	arr(0x0F000, 64, 4, 0)           // PFVML2FLT
-	arr(0x08200, 8, 4, 0)            // PFVFSPOOF
-	rw(0x08220, 0)                   // PFDTXGSWC
-	arr(0x05180, 2, 4, 0)            // PFVMTXSW
-	arr(0x08000, 64, 4, 0)           // PFVMVIR
-	arr(0x0F100, 64, 4, 0)           // PFVLVF
-	arr(0x0F200, 128, 4, 0)          // PFVLVFB
-	arr(0x0F400, 128, 4, 0)          // PFUTA
-	arr(0x08790, 2, 4, 0)            // VMECM
+	arr(regPFVML2FLT, 64, 4, 0)      // PFVML2FLT (VMOLR)
+	arr(regPFVFSPOOF, 8, 4, 0)       // PFVFSPOOF
+	rw(regPFDTXGSWC, 0)              // PFDTXGSWC
+	arr(0x05180, 2, 4, 0)            // PFVMTXSW (storage only)
+	arr(0x08000, 64, 4, 0)           // PFVMVIR (storage only)
+	arr(regPFVLVF0, 64, 4, 0)        // PFVLVF
+	arr(regPFVLVFB0, 128, 4, 0)      // PFVLVFB
+	arr(regPFUTA0, 128, 4, 0)        // PFUTA
+	arr(regVMECM0, 2, 4, 0)          // VMECM
 
 	defineStats(m)
 
 	// Aliases the datasheet documents for compatibility with the 82598 map.
 	m.alias(0x05400, 4, regRAL0, 4, 32)                    // RAL/RAH 0-15
-	m.alias(0x05480, 4, 0x0EA00, 4, 16)                    // PSRTYPE 0-15
+	m.alias(0x05480, 4, regPSRTYPE0, 4, 16)                // PSRTYPE 0-15
 	m.alias(0x02100, 4, rxQueueBase(0)+rqSRRCTL, 0x40, 16) // SRRCTL 0-15
 	m.alias(0x02200, 4, rxQueueBase(0)+rqDCA, 0x40, 16)    // DCA_RXCTRL 0-15
 	m.alias(0x05818, 4, regMRQC, 4, 1)                     // MRQC

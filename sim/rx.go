@@ -51,7 +51,7 @@ type rxEngine struct {
 	wb      writeBacks
 	rss     toeplitz
 	rssIn   [maxRSSInput]byte
-	rar     atomic.Pointer[[]uint64] // valid RAR entries (48-bit, DA byte 0 in bits 7:0)
+	rar     atomic.Pointer[rarCache]
 	rarMu   sync.Mutex
 }
 
@@ -79,9 +79,14 @@ func (p *PF) Deliver(frame []byte) {
 	// frame is in exactly one of them.
 	vet := uint16(p.reg(regVLNCTRL))
 	tagged := len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == vet
-	var ok, inexact bool
+	var ok bool
+	var m rxMeta
+	vt := p.reg(regPFVTCTL)&vtctlVTEna != 0
 	if len(frame) >= 6 {
-		ok, inexact = p.l2Filter(frame, tagged)
+		ok, m.inexact = p.l2Filter(frame, tagged)
+		if vt {
+			ok, m.inexact, m.pools = p.vtFilter(frame, tagged, ok, m.inexact)
+		}
 	}
 	if ok || len(frame) >= 6 && isBroadcast(frame) {
 		st.add(stTPR, 1)
@@ -124,9 +129,18 @@ func (p *PF) Deliver(frame []byte) {
 			st.add(stMPRC, 1)
 		}
 	}
+	if vt && !p.admitPools(&m) {
+		return
+	}
+	p.toFIFO(frame, m)
+}
+
+// toFIFO queues an accepted frame in the receive packet buffer, or counts
+// it missed when the buffer is full.
+func (p *PF) toFIFO(frame []byte, m rxMeta) {
 	pbBytes := int(p.reg(0x03C00)>>10&0x3FF) << 10
-	if !p.fifo.push(frame, inexact, pbBytes) {
-		st.add(stMPC0, 1)
+	if !p.fifo.push(frame, m, pbBytes) {
+		p.stats.add(stMPC0, 1)
 		p.mc.rxFIFOFull.Add(1)
 		p.raise(eicrRxMiss)
 	}
@@ -140,11 +154,8 @@ func isBroadcast(f []byte) bool {
 // true when the frame passed through a hash or promiscuous filter.
 func (p *PF) l2Filter(f []byte, tagged bool) (ok, inexact bool) {
 	fctrl := p.reg(regFCTRL)
-	if tagged && p.reg(regVLNCTRL)&vlnctrlVFE != 0 {
-		vid := uint32(binary.BigEndian.Uint16(f[14:]) & 0xFFF)
-		if p.reg(regVFTA0+4*(vid>>5))&(1<<(vid&31)) == 0 {
-			return false, false
-		}
+	if !p.vftaPass(f, tagged) {
+		return false, false
 	}
 	switch {
 	case isBroadcast(f):
@@ -172,6 +183,16 @@ func (p *PF) l2Filter(f []byte, tagged bool) (ok, inexact bool) {
 	}
 }
 
+// vftaPass applies the VLAN filter table to a tagged frame when
+// VLNCTRL.VFE is set.
+func (p *PF) vftaPass(f []byte, tagged bool) bool {
+	if !tagged || p.reg(regVLNCTRL)&vlnctrlVFE == 0 {
+		return true
+	}
+	vid := uint32(binary.BigEndian.Uint16(f[14:]) & 0xFFF)
+	return p.reg(regVFTA0+4*(vid>>5))&(1<<(vid&31)) != 0
+}
+
 // mtaHash picks the 12 destination-address bits MCSTCTRL.MO selects:
 // 0 → [47:36], 1 → [46:35], 2 → [45:34], 3 → [43:32].
 func mtaHash(da []byte, mo uint32) uint32 {
@@ -185,8 +206,8 @@ func mtaHash(da []byte, mo uint32) uint32 {
 // RAL/RAH word changes, so the common case costs a few compares, not 256
 // register reads.
 func (p *PF) exactMatch(f []byte) bool {
-	da := uint64(binary.LittleEndian.Uint32(f)) | uint64(binary.LittleEndian.Uint16(f[4:]))<<32
-	for _, a := range p.rarList() {
+	da := macAt(f)
+	for _, a := range p.rarList().addr {
 		if a == da {
 			return true
 		}
@@ -194,11 +215,24 @@ func (p *PF) exactMatch(f []byte) bool {
 	return false
 }
 
-func (p *PF) rarList() []uint64 {
+// macAt reads the 48-bit address at the start of b the way RAL/RAH hold
+// it: byte 0 in bits 7:0.
+func macAt(b []byte) uint64 {
+	return uint64(binary.LittleEndian.Uint32(b)) | uint64(binary.LittleEndian.Uint16(b[4:]))<<32
+}
+
+// rarCache is the list of valid receive address entries: addr[i] is the
+// address of entry idx[i].
+type rarCache struct {
+	addr []uint64
+	idx  []uint8
+}
+
+func (p *PF) rarList() *rarCache {
 	e := &p.rx
 	if !p.rarStale.Load() {
 		if cur := e.rar.Load(); cur != nil {
-			return *cur
+			return cur
 		}
 	}
 	e.rarMu.Lock()
@@ -206,15 +240,16 @@ func (p *PF) rarList() []uint64 {
 	// Clear the flag before reading: a write racing with the rebuild marks
 	// the list stale again.
 	p.rarStale.Store(false)
-	list := make([]uint64, 0, 4)
+	c := &rarCache{addr: make([]uint64, 0, 4), idx: make([]uint8, 0, 4)}
 	for i := uint32(0); i < 128; i++ {
 		rah := p.reg(regRAL0 + 8*i + 4)
 		if rah&rahAV != 0 {
-			list = append(list, uint64(p.reg(regRAL0+8*i))|uint64(rah&0xFFFF)<<32)
+			c.addr = append(c.addr, uint64(p.reg(regRAL0+8*i))|uint64(rah&0xFFFF)<<32)
+			c.idx = append(c.idx, uint8(i))
 		}
 	}
-	e.rar.Store(&list)
-	return list
+	e.rar.Store(c)
+	return c
 }
 
 // statSet maps a queue to its statistics counter set through RQSMR/TQSM:
@@ -257,8 +292,10 @@ func (p *PF) stepRX() int {
 // receive DMAs one frame. It returns false when the frame must wait for
 // descriptors; true when the frame is done with (written or dropped).
 func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
+	if slot.pools != 0 {
+		return p.receivePools(slot, causes)
+	}
 	f := slot.buf
-	now := p.clock.Load()
 	pi := parsePacket(f, uint16(p.reg(regVLNCTRL)))
 
 	q := 0
@@ -269,11 +306,21 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 			q = p.retaQueue(hash)
 		}
 	}
+	done, _ := p.receiveQueue(slot, q, &pi, hash, rssType, causes)
+	return done
+}
+
+// receiveQueue DMAs the frame in slot into queue q. done is false when the
+// frame must wait for descriptors; written is the number of bytes written
+// to the queue (0 when the frame was dropped).
+func (p *PF) receiveQueue(slot *rxSlot, q int, pi *pktInfo, hash, rssType uint32, causes *uint32) (done bool, written int) {
+	f := slot.buf
+	now := p.clock.Load()
 	set := p.statSet(regRQSMR0, q)
 	if !p.rxQueueEnabled(q, now) {
 		p.mc.rxQueueOff.Add(1)
 		p.stats.add(stQPRDC0+set, 1)
-		return true
+		return true, 0
 	}
 	qb := rxQueueBase(q)
 	srrctl := p.reg(qb + rqSRRCTL)
@@ -311,9 +358,9 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 		}
 		if srrctl&srrctlDropEn != 0 {
 			p.stats.add(stQPRDC0+set, 1)
-			return true
+			return true, 0
 		}
-		return false
+		return false, 0
 	}
 
 	// Fetch the descriptors and write the data; nothing is written back
@@ -324,13 +371,13 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 		d, ok := p.iommu.slice(base+16*uint64((rdh+uint32(i))%count), 16)
 		if !ok {
 			p.mc.rxDMAFault.Add(1)
-			return true
+			return true, 0
 		}
 		descs[i] = d
 		chunk := out[i*bufSize : min((i+1)*bufSize, len(out))]
 		if !p.iommu.dmaWrite(binary.LittleEndian.Uint64(d), chunk) {
 			p.mc.rxDMAFault.Add(1)
-			return true
+			return true, 0
 		}
 	}
 
@@ -343,7 +390,7 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 	if slot.inexact {
 		status |= rdStatPIF
 	}
-	ipcs, ipe, l4cs, udpcs, l4e := rxChecksums(f, &pi)
+	ipcs, ipe, l4cs, udpcs, l4e := rxChecksums(f, pi)
 	if ipcs {
 		status |= rdStatIPCS
 	}
@@ -391,7 +438,7 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 			if l4e {
 				errs |= rdErrL4E
 			}
-			w.words[0] = rssType | packetType(&pi)<<4
+			w.words[0] = rssType | packetType(pi)<<4
 			if p.reg(regRXCSUM)&rxcsumPCSD != 0 {
 				w.words[1] = hash
 			} else if pi.ipv4 {
@@ -418,7 +465,7 @@ func (p *PF) receive(slot *rxSlot, causes *uint32) bool {
 	if !hold {
 		*causes |= cause
 	}
-	return true
+	return true, len(out)
 }
 
 // packetType is the descriptor's packet type field (bits 15:4 of dword 0,

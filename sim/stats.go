@@ -37,7 +37,15 @@ const (
 	stQBRC0  = stQPRDC0 + 16
 	stQPTC0  = stQBRC0 + 16
 	stQBTC0  = stQPTC0 + 16
-	stOther  = stQBTC0 + 16 // counters nothing in the model increments start here
+	// The virtualization counters (pool.go, veb.go).
+	stSSVPC      = stQBTC0 + 16 // switch security violations (anti-spoofing drops)
+	stRXDDGPC    = stSSVPC + 1  // receive DMA: replicated copies beyond the first
+	stRXDDGBC    = stSSVPC + 2
+	stRXLPBKGPC  = stSSVPC + 3 // receive DMA: copies switched from a local pool
+	stRXLPBKGBC  = stSSVPC + 4
+	stRXDLPBKGPC = stSSVPC + 5 // the switched copies beyond the first
+	stRXDLPBKGBC = stSSVPC + 6
+	stOther      = stSSVPC + 7 // counters nothing in the model increments start here
 )
 
 // numStats bounds the counter array; defineStats panics if it is too small.
@@ -75,16 +83,22 @@ func defineStats(m *regMap) {
 		m.stat36(0x08700+8*uint32(i), 0x08704+8*uint32(i), stQBTC0+statID(i))
 	}
 	m.stats(0x08680, 16, 4, stQPTC0)
+	m.stat(0x08780, stSSVPC)
+	m.stat(0x02F5C, stRXDDGPC)
+	m.stat36(0x02F60, 0x02F64, stRXDDGBC)
+	m.stat(0x02F68, stRXLPBKGPC)
+	m.stat36(0x02F6C, 0x02F70, stRXLPBKGBC)
+	m.stat(0x02F74, stRXDLPBKGPC)
+	m.stat36(0x02F78, 0x02F7C, stRXDLPBKGBC)
 
 	// Counters for traffic the model does not generate (errors it cannot
-	// see, pause frames, management, FCoE, flow director, loopback DMA).
+	// see, pause frames, management, FCoE, flow director).
 	id := stOther
 	next := func() statID { id++; return id - 1 }
 	for _, off := range []uint32{
 		0x04004, 0x04008, 0x04010, 0x04034, 0x04038, // ILLERRC ERRBC MSPDC MLFC MRFC
 		0x03F60, 0x03F68, 0x041A4, 0x041A8, // LXON/LXOFF TX/RX
-		0x040A8, 0x040B0, 0x040B4, 0x040B8, 0x0CF90, // RFC RJC MNGPRC MNGPDC MNGPTC
-		0x08780, 0x041B0, 0x02F5C, 0x02F68, 0x02F74, // SSVPC RXNFGPC RXDDGPC RXLPBKGPC RXDLPBKGPC
+		0x040A8, 0x040B0, 0x040B4, 0x040B8, 0x0CF90, 0x041B0, // RFC RJC MNGPRC MNGPDC MNGPTC RXNFGPC
 		0x05118, 0x0241C, 0x02424, 0x02428, 0x0242C, 0x08784, 0x08788, // FCoE
 		0x0EE58, 0x0EE5C, // FDIRMATCH FDIRMISS
 	} {
@@ -95,7 +109,7 @@ func defineStats(m *regMap) {
 			m.stat(base+4*i, next())
 		}
 	}
-	for _, lo := range []uint32{0x041B4, 0x02F60, 0x02F6C, 0x02F78} {
+	for _, lo := range []uint32{0x041B4} { // RXNFGBC
 		m.stat36(lo, lo+4, next())
 	}
 	if id > numStats {
