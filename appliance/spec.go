@@ -110,14 +110,7 @@ func (s *Spec) normalize() error {
 	pcis := map[string]bool{}
 	for i := range s.NICs {
 		p := &s.NICs[i]
-		where := fmt.Sprintf("port %d (%s)", i, p.PCI)
-		if err := p.normalize(where); err != nil {
-			return err
-		}
-		if p.PCI != "" && pcis[p.PCI] {
-			return fmt.Errorf("NIC port %s is given twice: list its guests under one entry", p.PCI)
-		}
-		pcis[p.PCI] = true
+		where := fmt.Sprintf("NIC port %d (%s)", i, p.PCI)
 		for j := range p.Guests {
 			g, err := checkGuest(p.Guests[j])
 			if err != nil {
@@ -128,9 +121,19 @@ func (s *Spec) normalize() error {
 			}
 			sockets[g.Socket] = true
 		}
+		if err := p.normalize(where); err != nil {
+			return err
+		}
+		if p.PCI != "" && pcis[p.PCI] {
+			return fmt.Errorf("NIC port %s is given twice: list its guests under one entry", p.PCI)
+		}
+		pcis[p.PCI] = true
 	}
 	return nil
 }
+
+// ErrSharedPort refuses more than one guest on a NIC port.
+var ErrSharedPort = errors.New("the NIC would not keep their frames apart (zcnet does not program VMDq pool steering yet)")
 
 func (p *NICSpec) normalize(where string) error {
 	if p.QueuePairs == 0 {
@@ -151,6 +154,11 @@ func (p *NICSpec) normalize(where string) error {
 	switch {
 	case p.MaxGuests < len(p.Guests):
 		return fmt.Errorf("%s: max_guests %d but %d guests listed", where, p.MaxGuests, len(p.Guests))
+	case p.MaxGuests > 1:
+		// With zero copy the NIC picks the buffer a frame lands in: until
+		// it steers by destination MAC (VMDq pools), RSS would spread one
+		// guest's frames into another guest's buffers.
+		return fmt.Errorf("%s: %d guests on one NIC port: %w; give each guest a NIC port of its own", where, p.MaxGuests, ErrSharedPort)
 	case p.QueuePairs < 1 || p.MaxGuests < 1 || p.QueuePairs*p.MaxGuests > maxQueuePairs:
 		return fmt.Errorf("%s: %d queue pairs for each of %d guests: the 82599 has %d queue pairs (use 1 to %d per guest)",
 			where, p.QueuePairs, p.MaxGuests, maxQueuePairs, maxQueuePairs/max(1, p.MaxGuests))

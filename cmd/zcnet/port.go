@@ -113,7 +113,7 @@ memory and closes its socket.`,
 			return print(cmd.OutOrStdout(), resp, func(w io.Writer) {
 				printGuests(w, []appliance.GuestInfo{*resp.Guest})
 				fmt.Fprintln(w)
-				printStatsTables(w, &appliance.Snapshot{Ports: resp.Ports})
+				printPortTable(w, resp.Ports)
 			})
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os/signal"
 	"syscall"
@@ -138,6 +139,12 @@ func (o *runOptions) commonFlags(f *pflag.FlagSet) {
 func openUnwiredSim(addr string) (vfio.Device, error) {
 	opts := sim.DefaultOptions()
 	opts.Address = addr
+	// Each simulated port gets its own permanent MAC, derived from its
+	// address, as each port of a real NIC has one.
+	h := fnv.New32a()
+	h.Write([]byte(addr))
+	sum := h.Sum32()
+	opts.MAC[3], opts.MAC[4], opts.MAC[5] = byte(sum>>16), byte(sum>>8), byte(sum)
 	pf := sim.NewPF(opts)
 	pf.Start()
 	return pf, nil

@@ -43,9 +43,10 @@ type vhostOptions struct {
 }
 
 // specFromFlags turns the testpmd-style flags into an appliance.Spec.
-// Sockets are shared out as operators expect: with one --pci every
-// --vhost port gets its own queue pairs on it; with as many --pci as
-// --vhost, port i serves socket i (one VF per guest, one IOMMU domain each).
+// Sockets are shared out as operators expect: with as many --pci as
+// --vhost, NIC port i serves socket i; one --pci with several --vhost
+// would put the guests on one NIC port, which the appliance refuses until
+// the NIC steers each guest's frames to its own queues (ErrSharedPort).
 func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	v := &o.vhostOpts
 	var spec appliance.Spec
@@ -55,7 +56,7 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	case len(v.vhost) == 0:
 		return spec, errors.New("give at least one vhost-user socket with --vhost PATH")
 	case len(o.pci) > 1 && len(o.pci) != len(v.vhost):
-		return spec, fmt.Errorf("%d --pci ports for %d --vhost sockets: give one --pci for all sockets, or one --pci per socket", len(o.pci), len(v.vhost))
+		return spec, fmt.Errorf("%d --pci ports for %d --vhost sockets: give one --pci per socket", len(o.pci), len(v.vhost))
 	case v.rxq < 1 || v.txq < 1:
 		return spec, fmt.Errorf("--rxq %d --txq %d: every vhost port needs at least one queue pair", v.rxq, v.txq)
 	case o.burst < 1:

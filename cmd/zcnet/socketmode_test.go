@@ -49,7 +49,7 @@ func TestSocketModesUnderPermissiveUmask(t *testing.T) {
 	f := useSimDevices(t)
 	dir := t.TempDir()
 	a, b, tel := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"), filepath.Join(dir, "tel.sock")
-	stop := startRun("--pci", "0000:07:00.0", "--vhost", a+",mode=0660,group="+group, "--vhost", b,
+	stop := startRun("--pci", "0000:07:00.0", "--pci", "0000:08:00.0", "--vhost", a+",mode=0660,group="+group, "--vhost", b,
 		"--rxd", "256", "--txd", "256", "--telemetry", tel)
 	waitTelemetry(t, tel)
 	waitSocket(t, a)

@@ -65,39 +65,7 @@ func printStatsTables(out io.Writer, s *appliance.Snapshot) {
 	}
 	w.Flush()
 	fmt.Fprintln(out)
-	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "port\tguest MAC\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
-	for _, p := range s.Ports {
-		var drops uint64
-		for _, n := range p.Drops {
-			drops += n
-		}
-		mac := "(not seen yet)"
-		if p.GuestMAC != "" {
-			mac = p.GuestMAC + " " + p.GuestMACSource
-		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Name, mac, p.RxPackets, p.TxPackets,
-			p.ZeroCopy.Rx, p.ZeroCopy.Tx, p.Copied.Rx, p.Copied.Tx, drops, p.GuestErrors, p.Restarts)
-	}
-	w.Flush()
-	for _, p := range s.Ports {
-		if p.GuestMemoryFaults > 0 {
-			fmt.Fprintf(out, "  %s: guest memory went away under the data path %d times (the front end truncated it); each dropped the guest's session\n", p.Name, p.GuestMemoryFaults)
-		}
-		if p.MACFilterErrors > 0 {
-			fmt.Fprintf(out, "  %s: the NIC's filter refused %d guest MACs (frames to them are dropped by the NIC)\n", p.Name, p.MACFilterErrors)
-		}
-		for _, k := range sortedKeys(p.Drops) {
-			if n := p.Drops[k]; n > 0 {
-				fmt.Fprintf(out, "  %s: dropped %s %d\n", p.Name, k, n)
-			}
-		}
-		for _, k := range sortedKeys(p.CopyReasons) {
-			if n := p.CopyReasons[k]; n > 0 {
-				fmt.Fprintf(out, "  %s: copied (%s) %d\n", p.Name, k, n)
-			}
-		}
-	}
+	printPortTable(out, s.Ports)
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "lcore\tcpu\tbusy rounds\tidle rounds\tbusy %\t")
@@ -117,6 +85,45 @@ func printStatsTables(out io.Writer, s *appliance.Snapshot) {
 		}
 		if t.BuiltinGuest {
 			fmt.Fprintf(out, "built-in guest: echoed %d of %d, dropped %d\n", t.GuestTx, t.GuestRx, t.GuestDropped)
+		}
+	}
+}
+
+// printPortTable prints the guest ports' counters, one row per queue pair
+// (a channel of the engine), and below it every nonzero drop and copy
+// cause.
+func printPortTable(out io.Writer, ports []appliance.PortCounters) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "port\tguest MAC\tto guest\tfrom guest\tzero-copy rx\tzero-copy tx\tcopied rx\tcopied tx\tdrops\tguest errors\trestarts\t")
+	for _, p := range ports {
+		var drops uint64
+		for _, n := range p.Drops {
+			drops += n
+		}
+		mac := "(not seen yet)"
+		if p.GuestMAC != "" {
+			mac = p.GuestMAC + " " + p.GuestMACSource
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Name, mac, p.RxPackets, p.TxPackets,
+			p.ZeroCopy.Rx, p.ZeroCopy.Tx, p.Copied.Rx, p.Copied.Tx, drops, p.GuestErrors, p.Restarts)
+	}
+	w.Flush()
+	for _, p := range ports {
+		if p.GuestMemoryFaults > 0 {
+			fmt.Fprintf(out, "  %s: guest memory went away under the data path %d times (the front end truncated it); each dropped the guest's session\n", p.Name, p.GuestMemoryFaults)
+		}
+		if p.MACFilterErrors > 0 {
+			fmt.Fprintf(out, "  %s: the NIC's filter refused %d guest MACs (frames to them are dropped by the NIC)\n", p.Name, p.MACFilterErrors)
+		}
+		for _, k := range sortedKeys(p.Drops) {
+			if n := p.Drops[k]; n > 0 {
+				fmt.Fprintf(out, "  %s: dropped %s %d\n", p.Name, k, n)
+			}
+		}
+		for _, k := range sortedKeys(p.CopyReasons) {
+			if n := p.CopyReasons[k]; n > 0 {
+				fmt.Fprintf(out, "  %s: copied (%s) %d\n", p.Name, k, n)
+			}
 		}
 	}
 }
