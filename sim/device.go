@@ -112,6 +112,7 @@ type modelCounters struct {
 	txNoLink       atomic.Uint64
 	txDMAFault     atomic.Uint64
 	txMalformed    atomic.Uint64
+	txSpoofed      atomic.Uint64
 	dmaNoBusMaster atomic.Uint64
 }
 
@@ -136,6 +137,7 @@ type Counters struct {
 	TxNoLink       uint64 // frames transmitted with the link down or no cable attached
 	TxDMAFault     uint64 // packets dropped on an IOMMU fault reading them (a ring the engine cannot read stalls instead)
 	TxMalformed    uint64 // packets with descriptors the model cannot execute or that contradict the packet (PAYLEN, IXSM for IPv6)
+	TxSpoofed      uint64 // virtualization: frames anti-spoofing dropped (SSVPC counts those of pools VMECM selects)
 	DMANoBusMaster uint64 // engine passes that had work but bus mastering was off
 }
 
@@ -393,6 +395,7 @@ func (p *PF) Counters() Counters {
 		TxNoLink:       m.txNoLink.Load(),
 		TxDMAFault:     m.txDMAFault.Load(),
 		TxMalformed:    m.txMalformed.Load(),
+		TxSpoofed:      m.txSpoofed.Load(),
 		DMANoBusMaster: m.dmaNoBusMaster.Load(),
 	}
 }

@@ -68,6 +68,19 @@
 // traffic class is picked); any other MRQE with VT_Ena is treated as
 // 1000b.
 //
+// Transmit (txpool.go): with PFVTCTL.VT_Ena and MTQC.VT_Ena, TX queue q
+// belongs to pool q/n, n = 2, 4 or 8 as MTQC.NUM_TC_OR_Q says (01b, 10b,
+// 11b; 00b leaves the transmit side unvirtualized). A pool whose PFVFTE
+// bit is clear is not serviced: its descriptors wait (nothing is
+// dropped). PFVFSPOOF(pool/8) bit pool%8 (MAC anti-spoofing) drops a
+// frame whose source address is not one of the pool's (a valid exact
+// filter with the pool's MPSAR bit); bit 8+pool%8 (VLAN anti-spoofing)
+// drops a tagged frame whose VLAN is not one of the pool's (PFVLVF entry
+// with the pool's PFVLVFB bit; untagged frames pass). A spoofed frame is
+// done with (its descriptors complete), counted in SSVPC when the pool's
+// VMECM bit is set (Linux sets it for every VF) and always in
+// Counters.TxSpoofed, and in no TX statistics.
+//
 // Not modelled: mirroring (PFMRCTL and friends), ETQF pool steering,
 // per-pool VLAN stripping and long-packet limits in VMOLR, PFQDE
 // (queue drop enable), per-pool statistics (PVFGPRC...), PFVMTXSW (kept

@@ -112,11 +112,15 @@ func (p *PF) stepTX() int {
 		locked = true
 		causes = wb.flush(&p.iommu, false)
 	}
+	qpp := p.txPoolQueues()
 	for w := range p.txActive {
 		for active := p.txActive[w].Load(); active != 0; active &= active - 1 {
 			q := w*64 + bits.TrailingZeros64(active)
 			tb := txQueueBase(q)
 			if p.reg(tb+tqTDH) == p.reg(tb+tqTDT) || !p.txQueueEnabled(q, now) {
+				continue
+			}
+			if qpp != 0 && !p.txPoolEnabled(q/qpp) {
 				continue
 			}
 			if !p.cfg.busMaster() {
@@ -448,6 +452,16 @@ func (p *PF) sendFrame(q int, hdr, payload []byte, vle bool, tag uint16) {
 	}
 	p.tx.out = out[:0]
 
+	if qpp := p.txPoolQueues(); qpp != 0 {
+		toWire, ok := p.txSwitch(q/qpp, out)
+		if !ok {
+			return
+		}
+		if !toWire {
+			p.countTxDMA(q, out) // switched inside: the MAC never sees it
+			return
+		}
+	}
 	loop := p.reg(regHLREG0)&hlreg0LPBK != 0
 	var peer *wire.Endpoint
 	if !loop {
@@ -459,7 +473,6 @@ func (p *PF) sendFrame(q int, hdr, payload []byte, vle bool, tag uint16) {
 	}
 	st := &p.stats
 	wireLen := uint64(len(out)) + 4
-	set := p.statSet(regTQSM0, q)
 	st.add(stGPTC, 1)
 	st.add(stTPT, 1)
 	st.add(stGOTC, wireLen)
@@ -471,13 +484,21 @@ func (p *PF) sendFrame(q int, hdr, payload []byte, vle bool, tag uint16) {
 			st.add(stMPTC, 1)
 		}
 	}
-	st.add(stQPTC0+set, 1)
-	st.add(stQBTC0+set, uint64(len(out)))
-	st.add(stTXDGPC, 1)
-	st.add(stTXDGBC, uint64(len(out)))
+	p.countTxDMA(q, out)
 	if loop {
 		p.Deliver(out)
 		return
 	}
 	(*peer).Deliver(out)
+}
+
+// countTxDMA counts a frame the TX DMA sent from queue q, in the queue's
+// statistics set (TQSM) and the DMA's own counters.
+func (p *PF) countTxDMA(q int, out []byte) {
+	st := &p.stats
+	set := p.statSet(regTQSM0, q)
+	st.add(stQPTC0+set, 1)
+	st.add(stQBTC0+set, uint64(len(out)))
+	st.add(stTXDGPC, 1)
+	st.add(stTXDGBC, uint64(len(out)))
 }
