@@ -81,6 +81,23 @@
 // VMECM bit is set (Linux sets it for every VF) and always in
 // Counters.TxSpoofed, and in no TX statistics.
 //
+// The internal switch (veb.go): with PFDTXGSWC.LBE set, a frame a pool
+// transmits (anti-spoofing passed) is also run through the receive pool
+// rules, without the default pool and never back to the sending pool. A
+// unicast frame whose destination is an exact filter of another local
+// pool stays inside: it is written to those pools' RX queues and never
+// reaches the wire (if the VLAN stage leaves no pool it is dropped,
+// Counters.RxNoPool); broadcast and multicast go to the wire and to every
+// other local pool that accepts them; anything else goes to the wire
+// only. A frame switched inside counts on its TX queue (QPTC, QBTC) and
+// in TXDGPC/GBC but not in the MAC's GPTC/GOTC; on the receive side each
+// copy counts on its queue, in RXDGPC and in RXLPBKGPC/GBC, the copies
+// beyond the first in RXDLPBKGPC/GBC, never in GPRC. Switched frames
+// wait in the receive packet buffer for the next RX pass. (The
+// replication and loopback counter semantics are read from the
+// registers' names; the datasheet text was not at hand.) A frame for the
+// wire with the link down still reaches the local pools.
+//
 // Not modelled: mirroring (PFMRCTL and friends), ETQF pool steering,
 // per-pool VLAN stripping and long-packet limits in VMOLR, PFQDE
 // (queue drop enable), per-pool statistics (PVFGPRC...), PFVMTXSW (kept

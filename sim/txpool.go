@@ -39,9 +39,9 @@ func (p *PF) txPoolEnabled(pool int) bool {
 	return p.reg64(regPFVFTE0, regPFVFTE0+4)&(1<<uint(pool)) != 0
 }
 
-// txSwitch runs a frame transmitted by pool through anti-spoofing. ok is
-// false when the frame was dropped; toWire says whether it goes to the
-// network.
+// txSwitch runs a frame transmitted by pool through anti-spoofing, then
+// the internal switch. ok is false when the frame was dropped; toWire
+// says whether it goes to the network.
 func (p *PF) txSwitch(pool int, f []byte) (toWire, ok bool) {
 	vet := uint16(p.reg(regVLNCTRL))
 	tagged := len(f) >= 18 && binary.BigEndian.Uint16(f[12:]) == vet
@@ -52,7 +52,7 @@ func (p *PF) txSwitch(pool int, f []byte) (toWire, ok bool) {
 		}
 		return false, false
 	}
-	return true, true
+	return p.vebSwitch(pool, f, tagged), true
 }
 
 // antiSpoofOK applies PFVFSPOOF(pool/8): with the pool's MAC anti-spoof
