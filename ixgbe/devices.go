@@ -1,5 +1,8 @@
-// Package ixgbe drives Intel's 10 GbE controllers of the 82599 family, PF and
-// VF, through the vfio interfaces.
+// Package ixgbe drives the physical function (PF) of Intel's 82599 10 GbE
+// controller through the vfio interfaces: bring-up, RX and TX queues on the
+// ring contract, offloads, RSS, address filters, pools (VMDq steering,
+// anti-spoofing, the NIC's internal switch), statistics and link. Virtual
+// functions are not driven yet.
 package ixgbe
 
 import "fmt"

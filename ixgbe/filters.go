@@ -11,13 +11,18 @@ import (
 type filterState struct {
 	rar  [numRAR][6]byte // entry 0: the permanent address
 	used [numRAR]bool
-	mta  [numMTA]uint32
-	vfta [numVFTA]uint32
+	// pools are each entry's pools (MPSAR) when the port runs pools;
+	// without pools every entry belongs to pool 0.
+	pools [numRAR]uint64
+	mta   [numMTA]uint32
+	vfta  [numVFTA]uint32
 }
 
 // ErrNoFilterSlot is returned when all 128 receive address registers are
 // in use; use SetPromiscuous or the multicast table instead.
 var ErrNoFilterSlot = errors.New("ixgbe: all 128 unicast address filters in use")
+
+var errPoolsNeedPoolMAC = errors.New("ixgbe: the port runs pools: give each address its pool (AddPoolMAC)")
 
 // initFilters puts the L2 filters in a known state: the permanent address
 // in RAR 0 and no other, empty multicast and VLAN tables, broadcast
@@ -26,6 +31,7 @@ func (p *Port) initFilters() {
 	f := &p.filters
 	copy(f.rar[0][:], p.mac)
 	f.used[0] = true
+	f.pools[0] = 0 // with pools, no pool's: frames to it reach no guest
 	p.writeRAR(0)
 	for i := 1; i < numRAR; i++ {
 		p.writeRAR(i)
@@ -51,8 +57,10 @@ func withBit(v, bits uint32, on bool) uint32 {
 	return v &^ bits
 }
 
-// writeRAR programs receive address register i from the mirror, pool 0
-// selected in MPSAR (the PF's only pool without virtualisation).
+// writeRAR programs receive address register i from the mirror, its
+// pools in MPSAR: pool 0 (the PF's only pool) without virtualisation;
+// with pools, those AddPoolMAC gave it (none for the permanent address,
+// which is no guest's: frames to it are dropped).
 func (p *Port) writeRAR(i int) {
 	f := &p.filters
 	off := 8 * uint32(i)
@@ -66,8 +74,12 @@ func (p *Port) writeRAR(i int) {
 	m := f.rar[i]
 	p.write(regRAH+off, 0)
 	p.write(regRAL+off, uint32(m[0])|uint32(m[1])<<8|uint32(m[2])<<16|uint32(m[3])<<24)
-	p.write(regMPSARLo+off, 1)
-	p.write(regMPSARHi+off, 0)
+	pools := uint64(1)
+	if p.qpp != 0 {
+		pools = f.pools[i]
+	}
+	p.write(regMPSARLo+off, uint32(pools))
+	p.write(regMPSARHi+off, uint32(pools>>32))
 	p.write(regRAH+off, uint32(m[4])|uint32(m[5])<<8|rahAV)
 }
 
@@ -80,8 +92,27 @@ func mac6(mac net.HardwareAddr) ([6]byte, error) {
 	return m, nil
 }
 
-// AddMAC makes the port accept unicast frames to mac as well.
+// AddMAC makes the port accept unicast frames to mac as well. A port
+// with pools takes addresses per pool (AddPoolMAC).
 func (p *Port) AddMAC(mac net.HardwareAddr) error {
+	if p.qpp != 0 {
+		return errPoolsNeedPoolMAC
+	}
+	return p.claimRAR(0, mac)
+}
+
+// RemoveMAC stops accepting unicast frames to mac (added with AddMAC).
+// The permanent address cannot be removed.
+func (p *Port) RemoveMAC(mac net.HardwareAddr) error {
+	if p.qpp != 0 {
+		return errPoolsNeedPoolMAC
+	}
+	return p.releaseRAR(0, mac)
+}
+
+// claimRAR gives pool the receive address entry of mac: the one mac has
+// already, or a free one.
+func (p *Port) claimRAR(pool int, mac net.HardwareAddr) error {
 	m, err := mac6(mac)
 	if err != nil {
 		return err
@@ -92,6 +123,8 @@ func (p *Port) AddMAC(mac net.HardwareAddr) error {
 	free := -1
 	for i := range numRAR {
 		if f.used[i] && f.rar[i] == m {
+			f.pools[i] |= 1 << uint(pool)
+			p.writeRAR(i)
 			return nil
 		}
 		if !f.used[i] && free < 0 {
@@ -101,14 +134,14 @@ func (p *Port) AddMAC(mac net.HardwareAddr) error {
 	if free < 0 {
 		return ErrNoFilterSlot
 	}
-	f.rar[free], f.used[free] = m, true
+	f.rar[free], f.used[free], f.pools[free] = m, true, 1<<uint(pool)
 	p.writeRAR(free)
 	return nil
 }
 
-// RemoveMAC stops accepting unicast frames to mac (added with AddMAC).
-// The permanent address cannot be removed.
-func (p *Port) RemoveMAC(mac net.HardwareAddr) error {
+// releaseRAR takes pool off the entry of mac, freeing the entry when no
+// pool is left on it. The permanent address (entry 0) stays.
+func (p *Port) releaseRAR(pool int, mac net.HardwareAddr) error {
 	m, err := mac6(mac)
 	if err != nil {
 		return err
@@ -117,13 +150,14 @@ func (p *Port) RemoveMAC(mac net.HardwareAddr) error {
 	defer p.ctlMu.Unlock()
 	f := &p.filters
 	for i := 1; i < numRAR; i++ {
-		if f.used[i] && f.rar[i] == m {
-			f.used[i] = false
+		if f.used[i] && f.rar[i] == m && f.pools[i]&(1<<uint(pool)) != 0 {
+			f.pools[i] &^= 1 << uint(pool)
+			f.used[i] = f.pools[i] != 0
 			p.writeRAR(i)
 			return nil
 		}
 	}
-	return fmt.Errorf("ixgbe: %s is not a filtered address", mac)
+	return fmt.Errorf("ixgbe: %s is not a filtered address of pool %d", mac, pool)
 }
 
 // mtaHash is the 12-bit multicast table index of a destination address

@@ -27,14 +27,17 @@ func (p *Port) initRX() error {
 	// Receive checksum verdicts are always on in the 82599's advanced
 	// descriptors; PCSD turns dword 1 of the write-back into the RSS hash,
 	// which RSS requires.
-	if p.cfg.RSS {
+	switch {
+	case p.qpp != 0:
+		p.initPools()
+	case p.cfg.RSS:
 		p.write(regRXCSUM, rxcsumPCSD)
 		key := defaultRSSKey
 		if p.cfg.RSSKey != nil {
 			key = *p.cfg.RSSKey
 		}
-		p.configureRSS(key, roundRobinRETA(p.cfg.RxQueues))
-	} else {
+		p.configureRSS(mrqcRSSEn, key, roundRobinRETA(p.cfg.RxQueues))
+	default:
 		p.write(regRXCSUM, 0)
 		p.write(regMRQC, 0)
 	}
@@ -88,9 +91,10 @@ func (p *Port) enableRX() error {
 func (p *Port) initTX() error {
 	p.set(regHLREG0, hlreg0TXCRCEN|hlreg0TXPadEn)
 	// The arbiter must be off while the queue layout changes: one traffic
-	// class, no virtualisation, packet buffer sizes as reset left them.
+	// class, the pools' layout or none, packet buffer sizes as reset left
+	// them.
 	p.set(regRTTDCS, rttdcsARBDIS)
-	p.write(regMTQC, 0)
+	p.write(regMTQC, p.mtqc())
 	p.clear(regRTTDCS, rttdcsARBDIS)
 	// TE must be set before the first queue is enabled.
 	p.set(regDMATXCTL, dmatxctlTE)

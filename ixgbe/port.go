@@ -75,6 +75,15 @@ type Config struct {
 	// RingMemory selects how descriptor ring memory is allocated (default
 	// 2 MiB hugepages).
 	RingMemory hugepage.Options
+	// Pools, if not 0, turns on pool switching (VMDq, see pools.go): the
+	// NIC steers each received frame into the queues of the pool its
+	// destination MAC belongs to (AddPoolMAC), replicating broadcast and
+	// multicast to every pool. PoolQueues (1, 2 or 4; default 1) is how
+	// many queues of a pool RSS spreads its frames over. The port then
+	// has Pools * QueuesPerPool() queues each way (leave RxQueues,
+	// TxQueues and RSS zero): pool p owns queues p*QueuesPerPool()
+	// onwards.
+	Pools, PoolQueues int
 }
 
 // TxThresholds are the TXDCTL descriptor thresholds (7-bit values).
@@ -116,6 +125,19 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RingMemory.Name == "" {
 		c.RingMemory.Name = "zcnet-ixgbe-rings"
+	}
+	if c.Pools != 0 {
+		def(&c.PoolQueues, 1)
+		qpp, _, err := poolLayout(c.Pools, c.PoolQueues)
+		if err != nil {
+			return err
+		}
+		if c.RSS || (c.RxQueues != 1 && c.RxQueues != c.Pools*qpp) || (c.TxQueues != 1 && c.TxQueues != c.Pools*qpp) {
+			return fmt.Errorf("ixgbe: with %d pools the port has %d queues each way and RSS within each pool: leave RxQueues, TxQueues and RSS unset", c.Pools, c.Pools*qpp)
+		}
+		c.RxQueues, c.TxQueues = c.Pools*qpp, c.Pools*qpp
+	} else if c.PoolQueues != 0 {
+		return errors.New("ixgbe: PoolQueues without Pools")
 	}
 	switch {
 	case c.RxQueues < 1 || c.RxQueues > maxQueues || c.TxQueues < 1 || c.TxQueues > maxQueues:
@@ -162,6 +184,8 @@ type Port struct {
 	linkKnown bool
 	stats     Stats
 	filters   filterState
+	qpp       int // queues per pool; 0: no pools
+	pools     poolState
 }
 
 // Open takes over the 82599 PF behind dev and brings it up as cfg says:
@@ -179,6 +203,9 @@ func Open(dev vfio.Device, cfg Config) (*Port, error) {
 		return nil, fmt.Errorf("ixgbe %s: map BAR0: %w", dev.Address(), err)
 	}
 	p := &Port{dev: dev, bar: bar, cfg: cfg, iova: cfg.IOVA}
+	if cfg.Pools != 0 {
+		p.qpp, _, _ = poolLayout(cfg.Pools, cfg.PoolQueues)
+	}
 	if p.iova == nil {
 		if p.iova, err = hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit); err != nil {
 			return nil, err

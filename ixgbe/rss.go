@@ -28,15 +28,17 @@ func roundRobinRETA(n int) [retaEntries]uint8 {
 	return t
 }
 
-// configureRSS loads the key and table and turns RSS on for TCP, UDP and
-// plain IP over IPv4 and IPv6. A frame's queue is RETA[hash & 127].
-func (p *Port) configureRSS(key [rssKeyLen]byte, reta [retaEntries]uint8) {
+// configureRSS loads the key and table and turns RSS on, in the queue
+// mode mrqe (MRQC.MRQE), for TCP, UDP and plain IP over IPv4 and IPv6.
+// Without pools a frame's queue is RETA[hash & 127]; with pools the
+// entry's low bits pick a queue of the frame's pool.
+func (p *Port) configureRSS(mrqe uint32, key [rssKeyLen]byte, reta [retaEntries]uint8) {
 	// The key is loaded a dword at a time, byte 0 in the low byte.
 	for i := range rssKeyLen / 4 {
 		p.write(regRSSRK+4*uint32(i), binary.LittleEndian.Uint32(key[4*i:]))
 	}
 	p.writeRETA(reta)
-	p.write(regMRQC, mrqcRSSEn|mrqcFieldIPv4|mrqcFieldTCPv4|mrqcFieldUDPv4|
+	p.write(regMRQC, mrqe|mrqcFieldIPv4|mrqcFieldTCPv4|mrqcFieldUDPv4|
 		mrqcFieldIPv6|mrqcFieldTCPv6|mrqcFieldUDPv6)
 }
 

@@ -35,6 +35,9 @@ type Stats struct {
 	TxBroadcast   uint64 // BPTC
 	TxMulticast   uint64 // MPTC
 	TxTotal       uint64 // TPT
+	// TxSpoofed counts frames a pool sent from an address not its own,
+	// dropped by anti-spoofing (SSVPC; ports with pools only).
+	TxSpoofed uint64
 
 	// Queues are the 16 per-queue counter sets; queue q counts in set
 	// q%16 (RQSMR/TQSM map it so).
@@ -97,6 +100,7 @@ func (p *Port) readStats() {
 	add(&s.TxBroadcast, regBPTC)
 	add(&s.TxMulticast, regMPTC)
 	add(&s.TxTotal, regTPT)
+	add(&s.TxSpoofed, regSSVPC)
 	for i := range numQueueStats {
 		q := &s.Queues[i]
 		add(&q.RxPackets, regQPRC(i))
