@@ -25,7 +25,7 @@ import (
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
-	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
 )
 
@@ -269,13 +269,15 @@ func runBench(ctx context.Context, log *zap.Logger, o *benchOptions, out, errOut
 
 // benchRun is the appliance of one configuration, between trials.
 type benchRun struct {
-	*simRun
-	progress io.Writer
-	label    string
+	*rig.Rig
+	o         *benchOptions
+	frameSize int
+	progress  io.Writer
+	label     string
 }
 
-// benchCase assembles a fresh appliance for one configuration, finds or
-// takes the rate, measures, and shuts the appliance down.
+// benchCase has the rig assemble a fresh appliance for one configuration,
+// finds or takes the rate, measures, and shuts the appliance down.
 func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath bool, size int, progress io.Writer) (benchResult, error) {
 	mode := modeZeroCopy
 	if copyPath {
@@ -286,32 +288,26 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 		return benchResult{}, err
 	}
 	defer os.RemoveAll(dir)
-	so := &simOptions{lcores: o.lcores, frameSize: size, flows: o.flows, copy: copyPath, rxd: o.rxd, txd: o.txd, pageSize: o.pageSize}
-	r := &simRun{o: so, pf: sim.NewPF(sim.DefaultOptions())}
-	socket := filepath.Join(dir, "guest.sock")
-	spec := appliance.Spec{
-		Lcores:   o.lcores,
-		NICs:     []appliance.NICSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: copyPath, Guests: []appliance.GuestSpec{{Socket: socket}}}},
-		PageSize: o.pageSize,
-	}
-	if r.app, err = appliance.Open(spec, simOpener(r.pf), appliance.WithLogger(log)); err != nil {
+	r, err := rig.Open(rig.Config{
+		Spec: appliance.Spec{
+			Lcores: o.lcores,
+			NICs: []appliance.NICSpec{{PCI: "sim:" + sim.DefaultOptions().Address, Rxd: o.rxd, Txd: o.txd, Copy: copyPath,
+				Guests: []appliance.GuestSpec{{Socket: filepath.Join(dir, "guest.sock")}}}},
+			PageSize: o.pageSize,
+		},
+		Options:   []appliance.Option{appliance.WithLogger(log)},
+		Generator: &wire.GeneratorConfig{FrameSize: size, Flows: o.flows},
+		Guest:     true,
+	})
+	if err != nil {
 		return benchResult{}, err
 	}
-	defer r.app.Shutdown()
-	if err := r.attachWire(); err != nil {
+	defer r.Close()
+	if err := r.Run(ctx); err != nil {
 		return benchResult{}, err
 	}
-	r.pf.Start()
-	if err := r.app.Run(ctx); err != nil {
-		return benchResult{}, err
-	}
-	if r.guest, err = guest.StartEcho(socket); err != nil {
-		return benchResult{}, err
-	}
-	defer r.guest.Close()
-	r.waitGuestReady()
 
-	b := &benchRun{simRun: r, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
+	b := &benchRun{Rig: r, o: o, frameSize: size, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
 	rate, err := o.fixedRate()
 	if err != nil {
 		return benchResult{}, err
@@ -330,10 +326,10 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 	// Faults are read after shutdown: an unmap under a live DMA would
 	// show up only then. The guest stays connected until the data path
 	// has stopped (as in zcnet sim); the deferred close disconnects it.
-	if err := r.app.Shutdown(); err != nil {
+	if err := r.Shutdown(); err != nil {
 		return res, err
 	}
-	res.IOMMUFaults = r.pf.Counters().IOMMUFaults
+	res.IOMMUFaults = r.Port.PF.Counters().IOMMUFaults
 	return res, nil
 }
 
@@ -382,18 +378,14 @@ func (b *benchRun) search(ctx context.Context, o *benchOptions) float64 {
 // waits for the frames in flight, and measures what the lcore and the
 // wire saw meanwhile. It does not fill in Mode, AutoRate or IOMMUFaults.
 func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) benchResult {
-	gen, err := wire.NewGenerator(wire.GeneratorConfig{
-		DstMAC: nicMAC(b.app), FrameSize: b.o.frameSize, Flows: b.o.flows, Rate: rate,
-	}, b.pf)
+	gen, err := b.Regenerate(rate)
 	if err != nil { // the configuration was checked: a bug
 		panic(err)
 	}
-	b.sink.Reset()
-	b.gen = gen
-	lc := b.app.Lcores()[0]
+	lc := b.App.Lcores()[0]
 	tid := lcoreThread(lc.CPU())
 	schedBefore, schedOK := threadSchedstat(tid)
-	before, snapBefore := lc.Stats(), b.snapshot()
+	before, snapBefore := lc.Stats(), b.App.Snapshot("bench")
 	start := time.Now()
 	_ = gen.Start() // a fresh generator: cannot be running
 	select {
@@ -402,17 +394,17 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	}
 	gen.Stop()
 	secs := time.Since(start).Seconds()
-	drain(b.sink, gen.Sent())
-	after, snapAfter := lc.Stats(), b.snapshot()
+	b.Drain()
+	after, snapAfter := lc.Stats(), b.App.Snapshot("bench")
 	schedAfter, schedAfterOK := threadSchedstat(tid)
 	wall := time.Since(start)
 
-	res := benchResult{FrameSize: b.o.frameSize, Lcore: lc.ID(), CPU: lc.CPU(), RateOffered: rate, Seconds: secs}
-	st := b.sink.Stats()
+	res := benchResult{FrameSize: b.frameSize, Lcore: lc.ID(), CPU: lc.CPU(), RateOffered: rate, Seconds: secs}
+	st := b.Port.Sink.Stats()
 	res.Sent, res.Received = gen.Sent(), st.Received
 	res.Lost = res.Sent - min(res.Sent, res.Received)
 	res.Mpps = float64(res.Received) / secs / 1e6
-	res.GbpsL1 = res.Mpps * 1e6 * float64(b.o.frameSize+20) * 8 / 1e9
+	res.GbpsL1 = res.Mpps * 1e6 * float64(b.frameSize+20) * 8 / 1e9
 	res.LatencyP50Us = float64(st.Latency.P50) / 1e3
 	res.LatencyP99Us = float64(st.Latency.P99) / 1e3
 

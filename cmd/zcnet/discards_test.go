@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/zcnet/zcnet/appliance"
-	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/rig"
 )
 
 // frameTo is an n-byte frame (FCS excluded) to dst from a locally
@@ -33,7 +33,7 @@ func TestNICDiscardsReachTheOperator(t *testing.T) {
 	waitSocket(t, sock)
 	waitTelemetry(t, tel)
 	pf, _ := f.pf("0000:03:00.0")
-	own := sim.DefaultOptions().MAC
+	own := rig.PortMAC(pf.Address())
 	pf.Deliver(frameTo(own, 42))                                      // runt: RUC, RLEC
 	pf.Deliver(frameTo(own, 1600))                                    // over 1518 with FCS: ROC, RLEC
 	pf.Deliver(frameTo([6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 60)) // no filter accepts it

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os/signal"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"github.com/zcnet/zcnet/ixgbe"
 	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
 )
@@ -66,7 +66,7 @@ the control plane and configuration can be tried without a NIC.`,
 			defer stop()
 			open := a.open
 			if o.simulate {
-				open = openUnwiredSim
+				open = (&rig.Ports{Unwired: true}).Open
 			}
 			return runVhost(ctx, a.log, open, o, func(n string) bool { return cmd.Flags().Changed(n) }, cmd.OutOrStdout())
 		},
@@ -132,22 +132,6 @@ func (o *runOptions) commonFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.burst, "burst", 32, "frames per poll")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT/SIGTERM)")
 	f.DurationVar(&o.interval, "stats-period", time.Second, "print statistics this often (0: only at the end)")
-}
-
-// openUnwiredSim opens a started simulated 82599 at addr, its wire
-// unconnected (zcnet run --sim).
-func openUnwiredSim(addr string) (vfio.Device, error) {
-	opts := sim.DefaultOptions()
-	opts.Address = addr
-	// Each simulated port gets its own permanent MAC, derived from its
-	// address, as each port of a real NIC has one.
-	h := fnv.New32a()
-	h.Write([]byte(addr))
-	sum := h.Sum32()
-	opts.MAC[3], opts.MAC[4], opts.MAC[5] = byte(sum>>16), byte(sum>>8), byte(sum)
-	pf := sim.NewPF(opts)
-	pf.Start()
-	return pf, nil
 }
 
 // fwdPort is one side of the forwarder: a NIC port and the IOMMU domain
@@ -300,7 +284,7 @@ loop:
 	}
 	if gen != nil {
 		gen.Stop()
-		drain(sink, gen.Sent())
+		rig.Drain(sink, gen.Sent())
 	}
 	if err := runner.Stop(); err != nil {
 		return err
@@ -340,21 +324,6 @@ func runWindow(ctx context.Context, duration, interval time.Duration) (context.C
 	}
 	t := time.NewTicker(interval)
 	return ctx, t.C, func() { t.Stop(); cancel() }
-}
-
-// drain waits until the frames still in flight reach the sink: all sent
-// ones, or none more for 200 ms.
-func drain(sink *wire.Sink, sent uint64) {
-	last, still := sink.Stats().Received, 0
-	for last < sent && still < 20 {
-		time.Sleep(10 * time.Millisecond)
-		now := sink.Stats().Received
-		if now == last {
-			still++
-		} else {
-			last, still = now, 0
-		}
-	}
 }
 
 // openFwdPort brings a port up with one queue pair.

@@ -16,6 +16,7 @@ import (
 	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
 )
@@ -25,39 +26,25 @@ import (
 var testOpener appliance.Opener = func(addr string) (vfio.Device, error) { return vfio.Open(addr) }
 
 // simFactory stands in for vfio.Open: every address opens a started
-// simulated 82599 whose wire is a sink, and whose generator the test gets.
-type simFactory struct {
-	mu   sync.Mutex
-	pfs  map[string]*sim.PF
-	sink map[string]*wire.Sink
-}
+// simulated 82599 of the rig's whose wire is a sink; "missing..." opens
+// nothing.
+type simFactory struct{ ports rig.Ports }
 
 func useSimDevices(t *testing.T) *simFactory {
-	f := &simFactory{pfs: map[string]*sim.PF{}, sink: map[string]*wire.Sink{}}
+	f := &simFactory{}
 	old := testOpener
 	testOpener = func(addr string) (vfio.Device, error) {
 		if strings.HasPrefix(addr, "missing") {
 			return nil, fmt.Errorf("no such device %s", addr)
 		}
-		opts := sim.DefaultOptions()
-		opts.Address = addr
-		pf := sim.NewPF(opts)
-		s := wire.NewSink(nil)
-		pf.Attach(s)
-		pf.Start()
-		f.mu.Lock()
-		f.pfs[addr], f.sink[addr] = pf, s
-		f.mu.Unlock()
-		return pf, nil
+		return f.ports.Open(addr)
 	}
 	t.Cleanup(func() { testOpener = old })
 	return f
 }
 
 func (f *simFactory) pf(addr string) (*sim.PF, *wire.Sink) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pfs[addr], f.sink[addr]
+	return f.ports.PF(addr), f.ports.Sink(addr)
 }
 
 // startRun runs `zcnet run args...` in the background; the returned func
@@ -97,7 +84,7 @@ func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
 // all back from the guest.
 func echoThrough(t *testing.T, pf *sim.PF, sink *wire.Sink, n int) {
 	t.Helper()
-	gen, err := wire.NewGenerator(wire.GeneratorConfig{DstMAC: wire.MAC(sim.DefaultOptions().MAC), FrameSize: 256}, pf)
+	gen, err := wire.NewGenerator(wire.GeneratorConfig{DstMAC: wire.MAC(rig.PortMAC(pf.Address())), FrameSize: 256}, pf)
 	if err != nil {
 		t.Fatal(err)
 	}

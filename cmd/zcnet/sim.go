@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,9 +19,8 @@ import (
 	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
-	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
-	"github.com/zcnet/zcnet/vfio"
 )
 
 // simOptions are the flags of `zcnet sim`.
@@ -92,19 +90,6 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	return cmd
 }
 
-// simRun is one `zcnet sim` instance: the appliance on a simulated PF and
-// what stands on either side of it.
-type simRun struct {
-	o     *simOptions
-	pf    *sim.PF
-	app   *appliance.Appliance
-	log   *zap.Logger
-	gen   *wire.Generator
-	sink  *wire.Sink
-	tap   *wire.TAP
-	guest *guest.Echo
-}
-
 func (o *simOptions) check() error {
 	switch {
 	case o.rate <= 0:
@@ -146,50 +131,37 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		defer os.RemoveAll(dir)
 		socket = filepath.Join(dir, "guest.sock")
 	}
-	r := &simRun{o: o, log: log, pf: sim.NewPF(sim.DefaultOptions())}
 	spec := appliance.Spec{
 		Lcores: o.lcores,
-		NICs: []appliance.NICSpec{{PCI: "sim:" + r.pf.Address(), Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
+		NICs: []appliance.NICSpec{{PCI: "sim:" + sim.DefaultOptions().Address, Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
 			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
 		PageSize: o.pageSize,
 	}
 	applyMemLimitFlag(&spec, o.memLimit)
-	r.app, err = appliance.Open(spec, simOpener(r.pf), appliance.WithLogger(log))
+	cfg := rig.Config{Spec: spec, Options: []appliance.Option{appliance.WithLogger(log)}, TAP: o.tap, Guest: o.vhost == ""}
+	if o.tap == "" {
+		cfg.Generator = &wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: o.rate}
+	}
+	r, err := rig.Open(cfg)
 	if err != nil {
 		return err
 	}
-	defer r.app.Shutdown()
+	defer r.Close()
 	defer tel.close() // first: no snapshot runs while the data path shuts down
-	if err := r.attachWire(); err != nil {
-		return err
-	}
-	if r.tap != nil {
-		defer r.tap.Close()
-	}
-	r.pf.Start()
 	// The lcores poll until Shutdown, not until ctx ends: frames the
 	// generator sends after SIGINT/SIGTERM, until it stops and the sink
 	// has drained, must still be moved and counted before the final
 	// snapshot.
-	if err := r.app.Run(context.Background()); err != nil {
+	if err := r.Run(context.Background()); err != nil {
 		return err
 	}
-	// Every field snapshot reads is set before the telemetry socket,
-	// which calls it from its own goroutine, starts serving.
-	if o.vhost == "" {
-		if r.guest, err = guest.StartEcho(socket); err != nil {
-			return err
-		}
-		defer r.guest.Close()
-	}
-	tel.serve(r.snapshot)
-	if r.guest != nil {
-		r.waitGuestReady()
-	} else {
+	snapshot := func() appliance.Snapshot { return r.Snapshot("sim") }
+	tel.serve(snapshot)
+	if r.Guest == nil {
 		log.Info("waiting for a vhost-user front end", zap.String("socket", socket))
 	}
-	if r.gen != nil {
-		if err := r.gen.Start(); err != nil {
+	if r.Gen != nil {
+		if err := r.Gen.Start(); err != nil {
 			return err
 		}
 	}
@@ -197,24 +169,21 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if o.json {
 		lines = errOut
 	}
-	if err := r.loop(ctx, lines); err != nil {
-		if r.gen != nil {
-			r.gen.Stop()
-		}
-		return err // the deferred shutdown stops the rest
+	if err := simLoop(ctx, log, o, r.App, snapshot, lines); err != nil {
+		return err // the deferred close stops the generator and the rest
 	}
-	if r.gen != nil {
-		r.gen.Stop()
-		drain(r.sink, r.gen.Sent())
+	if r.Gen != nil {
+		r.Gen.Stop()
+		r.Drain()
 	}
-	final := r.snapshot()
+	final := snapshot()
 	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.
-	if err := r.app.Shutdown(); err != nil {
+	if err := r.Shutdown(); err != nil {
 		return err
 	}
-	final.Traffic.IOMMUFaults = r.pf.Counters().IOMMUFaults
+	final.Traffic.IOMMUFaults = r.Port.PF.Counters().IOMMUFaults
 	if o.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -230,119 +199,24 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	return nil
 }
 
-// nicMAC is the first NIC port's permanent address.
-func nicMAC(a *appliance.Appliance) wire.MAC {
-	m, _ := net.ParseMAC(a.NICs()[0].MAC)
-	return wire.MAC(m)
-}
-
-// simOpener opens pf whatever the address: the one simulated 82599 of
-// zcnet sim and zcnet bench.
-func simOpener(pf *sim.PF) appliance.Opener {
-	return func(string) (vfio.Device, error) { return pf, nil }
-}
-
-// attachWire connects the simulated port's wire: generator in, sink out;
-// or a TAP both ways.
-func (r *simRun) attachWire() error {
-	if r.o.tap != "" {
-		t, err := wire.OpenTAP(r.o.tap)
-		if err != nil {
-			return fmt.Errorf("--tap %s: %w", r.o.tap, err)
-		}
-		r.tap = t
-		r.pf.Attach(t)
-		t.Attach(r.pf)
-		return nil
-	}
-	r.sink = wire.NewSink(nil)
-	r.pf.Attach(r.sink)
-	// The generator is the guest's peer on the wire: it sends to the
-	// guest's MAC if one is configured, else to the port's own.
-	dst := nicMAC(r.app)
-	if g := r.app.Guests(); len(g) > 0 && g[0].MACSource == "configured" {
-		m, err := net.ParseMAC(g[0].MAC)
-		if err != nil {
-			return err
-		}
-		dst = wire.MAC(m)
-	}
-	var err error
-	r.gen, err = wire.NewGenerator(wire.GeneratorConfig{
-		DstMAC: dst, FrameSize: r.o.frameSize,
-		Flows: r.o.flows, Rate: r.o.rate,
-	}, r.pf)
-	return err
-}
-
-// waitGuestReady waits (up to 2 s) until the guest's memory is mapped and
-// its receive buffers are on the NIC, so the first frames are not dropped
-// for want of buffers.
-func (r *simRun) waitGuestReady() {
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if g := r.app.Guests(); len(g) > 0 && g[0].Ready {
-			break
-		}
-	}
-	time.Sleep(20 * time.Millisecond) // a few polls: the port posts the buffers
-}
-
-// loop prints a statistics line every period until ctx ends or the
+// simLoop prints a statistics line every period until ctx ends or the
 // duration is over; it returns an error at once if an lcore died.
-func (r *simRun) loop(ctx context.Context, out io.Writer) error {
-	if r.o.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, r.o.duration)
-		defer cancel()
-	}
-	var tick <-chan time.Time
-	if r.o.period > 0 {
-		t := time.NewTicker(r.o.period)
-		defer t.Stop()
-		tick = t.C
-	}
-	prev, prevAt := r.snapshot(), time.Now()
+func simLoop(ctx context.Context, log *zap.Logger, o *simOptions, app *appliance.Appliance, snapshot func() appliance.Snapshot, out io.Writer) error {
+	ctx, tick, release := runWindow(ctx, o.duration, o.period)
+	defer release()
+	prev, prevAt := snapshot(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-r.app.Failed():
-			return logLcoreDeath(r.log, err)
+		case err := <-app.Failed():
+			return logLcoreDeath(log, err)
 		case now := <-tick:
-			cur := r.snapshot()
+			cur := snapshot()
 			fmt.Fprintln(out, rateLine(&prev, &cur, now.Sub(prevAt).Seconds()))
 			prev, prevAt = cur, now
 		}
 	}
-}
-
-// snapshot is the appliance's counters plus the simulated wire's.
-func (r *simRun) snapshot() appliance.Snapshot {
-	s := r.app.Snapshot("sim")
-	t := &appliance.TrafficCounters{}
-	if r.gen != nil {
-		t.GeneratorSent = r.gen.Sent()
-		st := r.sink.Stats()
-		t.SinkReceived, t.SinkLost = st.Received, st.Lost
-		t.SinkBad = st.BadIPChecksum + st.BadUDPChecksum
-		t.LatencyP50Us = float64(st.Latency.P50) / 1e3
-		t.LatencyP99Us = float64(st.Latency.P99) / 1e3
-	}
-	if r.tap != nil {
-		ts := r.tap.Stats()
-		t.TAPFromKernel, t.TAPToKernel = ts.RxFrames, ts.TxFrames
-		t.TAPPadded, t.TAPReadErrors, t.TAPWriteErrors = ts.RxPadded, ts.RxErrors, ts.TxErrors
-	}
-	if r.guest != nil {
-		t.BuiltinGuest = true
-		t.GuestRx, t.GuestTx, t.GuestDropped = r.guest.Received(), r.guest.Sent(), r.guest.Dropped()
-	}
-	c := r.pf.Counters()
-	t.IOMMUFaults, t.SimRxFIFOFull, t.SimRxQueueOff, t.SimRxNotReady = c.IOMMUFaults, c.RxFIFOFull, c.RxQueueOff, c.RxNotReady
-	t.SimTxNoLink, t.SimTxDMAFaults = c.TxNoLink, c.TxDMAFault
-	t.SimTxMalformed, t.SimRxDMAFaults = c.TxMalformed, c.RxDMAFault
-	s.Traffic = t
-	return s
 }
 
 // rateLine is one statistics line: per-second rates between two snapshots.
