@@ -71,7 +71,6 @@ type nic struct {
 	dev   vfio.Device
 	port  *ixgbe.Port
 	alloc *hugepage.IOVAAllocator
-	macs  *guestMACs
 	slots []*guest // MaxGuests entries; nil: free
 }
 
@@ -139,7 +138,8 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 	return a, nil
 }
 
-// openNIC brings one NIC up with QueuePairs queue pairs per guest slot.
+// openNIC brings one NIC up with QueuePairs queue pairs per guest slot:
+// with more than one slot, each slot is a pool of the NIC.
 func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
 	name := ns.PCI
 	if name == "" {
@@ -149,21 +149,32 @@ func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
 	if err != nil {
 		return nil, err
 	}
-	queues := ns.QueuePairs * ns.MaxGuests
 	timeout := spec.LinkTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	port, err := ixgbe.Open(dev, ixgbe.Config{
-		RxQueues: queues, TxQueues: queues, RSS: queues > 1,
+	cfg := ixgbe.Config{
 		RxRingSize: ns.Rxd, TxRingSize: ns.Txd, MTU: ns.MTU,
 		IOVA: alloc, LinkTimeout: timeout, RingMemory: hugepage.Options{PageSize: spec.PageSize},
-	})
+	}
+	if ns.MaxGuests > 1 {
+		// Each guest a pool: the NIC writes a frame only into buffers of
+		// the guest its destination MAC belongs to, which zero copy
+		// needs (the NIC, not zcnet, picks the buffer).
+		cfg.Pools, cfg.PoolQueues = ns.MaxGuests, ns.QueuePairs
+	} else {
+		cfg.RxQueues, cfg.TxQueues, cfg.RSS = ns.QueuePairs, ns.QueuePairs, ns.QueuePairs > 1
+	}
+	port, err := ixgbe.Open(dev, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("NIC port %s: %w", name, err)
 	}
+	if port.Pools() > 0 {
+		// Guest to guest on one port stays inside the NIC.
+		port.SetPoolSwitching(true)
+	}
 	return &nic{name: name, spec: ns, dev: dev, port: port, alloc: alloc,
-		macs: newGuestMACs(port), slots: make([]*guest, ns.MaxGuests)}, nil
+		slots: make([]*guest, ns.MaxGuests)}, nil
 }
 
 // Run starts serving the guests' sockets and the lcores. It returns once

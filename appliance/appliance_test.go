@@ -201,7 +201,7 @@ func TestShutdownReleasesGuestsInOrder(t *testing.T) {
 	start := n.sink.Stats().Received
 	testwait.For(t, "frames to come back through the guest", func() bool { return n.sink.Stats().Received >= start+50 })
 	g := a.guests[0]
-	ports, dma := g.ports, g.dma
+	ports, dma := g.channels, g.dma
 	if st := ports[0].Stats(); st.RxZeroCopy == 0 || st.TxZeroCopy == 0 {
 		t.Fatalf("the guest is not served zero-copy both ways, the NIC holds none of its memory: %+v", st)
 	}
@@ -353,8 +353,8 @@ func TestGuestsComeAndGo(t *testing.T) {
 		if _, err := os.Stat(visitor); !os.IsNotExist(err) {
 			t.Fatalf("cycle %d: socket still there after RemoveGuest (%v)", i, err)
 		}
-		if k := a.nics[1].macs.accepted(); k != 0 {
-			t.Fatalf("cycle %d: the NIC's filter still accepts %d guest addresses after the guest left", i, k)
+		if k := a.nics[1].port.Addresses(); len(k) != 0 {
+			t.Fatalf("cycle %d: the NIC's filter still accepts guest addresses %v after the guest left", i, k)
 		}
 		if f := a.nics[1].alloc.FreeBytes(); f != iovaFree {
 			t.Fatalf("cycle %d: %d bytes of the NIC's IOVA space free after the guest left, %d before it came", i, f, iovaFree)
@@ -379,7 +379,7 @@ func TestGuestsComeAndGo(t *testing.T) {
 	if gs := a.Guests(); len(gs) != 1 || gs[0].Socket != steady {
 		t.Fatalf("guests after the cycles: %+v, want only the steady one", gs)
 	}
-	st := a.guests[0].ports[0].Stats()
+	st := a.guests[0].channels[0].Stats()
 	if st.Drops != (engine.Drops{}) || st.Restarts != 0 {
 		t.Fatalf("the steady guest's port dropped or restarted: %+v", st)
 	}
@@ -411,7 +411,7 @@ func TestApplyChangesOnlyWhatChanged(t *testing.T) {
 	e := startEcho(t, a, sa)
 	defer e.Close()
 	echo(t, nics.nics["sim:0"], nicMAC, 32)
-	portA := a.guests[0].ports[0]
+	portA := a.guests[0].channels[0]
 
 	next := testSpec(t, "sim:0", "sim:1", "sim:2")
 	next.NICs[0].Guests = []GuestSpec{{Socket: sa}}
@@ -424,7 +424,7 @@ func TestApplyChangesOnlyWhatChanged(t *testing.T) {
 	if want := []string{"removed " + sb, "added " + sc}; fmt.Sprint(changes) != fmt.Sprint(want) {
 		t.Fatalf("Apply did %q, want %q", changes, want)
 	}
-	if a.guests[0].ports[0] != portA || portA.Stats().Restarts != 0 {
+	if a.guests[0].channels[0] != portA || portA.Stats().Restarts != 0 {
 		t.Fatalf("the unchanged guest's port was replaced or restarted: %+v", portA.Stats())
 	}
 	echo(t, nics.nics["sim:0"], nicMAC, 32)

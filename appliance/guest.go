@@ -24,8 +24,11 @@ type guest struct {
 	dma  *engine.GuestDMA
 	// listener is the server-mode socket until serving takes it over.
 	listener *net.UnixListener
-	ports    []*engine.Channel
-	lcores   []int // lcores[i] polls ports[i]
+	channels []*engine.Channel
+	lcores   []int // lcores[i] polls channels[i]
+	// macs is the NIC's address filter for this guest (its pool's, on a
+	// NIC with pools).
+	macs *guestMACs
 	pools    []*hugepage.DMAPool
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when serving has ended; nil: never served
@@ -143,7 +146,7 @@ func (a *Appliance) Guest(socket string) (GuestInfo, []PortCounters, error) {
 	for _, g := range a.guests {
 		if g.cfg.Socket == socket {
 			var pcs []PortCounters
-			for _, p := range g.ports {
+			for _, p := range g.channels {
 				pcs = append(pcs, portCounters(p))
 			}
 			return g.info(), pcs, nil
@@ -177,6 +180,11 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 		}
 	}()
 	n.slots[slot] = g
+	pool := -1
+	if n.port.Pools() > 0 {
+		pool = slot
+	}
+	g.macs = newGuestMACs(n.port, pool)
 	var mac net.HardwareAddr
 	if cfg.mac != ([6]byte{}) {
 		mac = cfg.mac[:] // the guest reads it from its config space
@@ -194,20 +202,41 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 		}
 	}
 	for pair := range ns.QueuePairs {
-		if err := a.addEnginePort(g, pair); err != nil {
+		if err := a.addChannel(g, pair); err != nil {
 			return nil, err
+		}
+	}
+	if pool >= 0 {
+		if err := n.port.EnablePool(pool, true); err != nil {
+			return nil, err
+		}
+		// A configured MAC is the only one the guest may send from (an
+		// untrusted guest may not change it); a learned one is followed.
+		if cfg.mac != ([6]byte{}) {
+			if err := n.port.SetPoolAntiSpoof(pool, true); err != nil {
+				return nil, err
+			}
 		}
 	}
 	a.guests = append(a.guests, g)
 	return g, nil
 }
 
-// addEnginePort joins the guest's queue pair to its NIC queue pair, with a
+// queue is the NIC queue pair joined to the guest's queue pair: the
+// pool's on a NIC with pools, else the NIC's own (the only guest).
+func (g *guest) queue(pair int) int {
+	if g.macs.pool >= 0 {
+		return g.slot*g.nic.port.QueuesPerPool() + pair
+	}
+	return pair
+}
+
+// addChannel joins the guest's queue pair to its NIC queue pair, with a
 // copy pool of its own DMA-mapped in the NIC's domain, and has the least
 // loaded lcore poll it.
-func (a *Appliance) addEnginePort(g *guest, pair int) error {
+func (a *Appliance) addChannel(g *guest, pair int) error {
 	n, ns := g.nic, g.nic.spec
-	q := g.slot*ns.QueuePairs + pair
+	q := g.queue(pair)
 	page := a.spec.PageSize
 	if page == 0 {
 		page = hugepage.Page2M
@@ -225,7 +254,7 @@ func (a *Appliance) addEnginePort(g *guest, pair int) error {
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", n.name, q, g.cfg.Socket, pair),
 		Device: g.dev, Pair: pair, NIC: n.port.QueuePair(q), DMA: g.dma,
 		CopyPool: pool.Pool, ForceCopy: ns.Copy, Burst: a.spec.Burst,
-		MACFilter: n.macs, GuestMAC: g.cfg.mac,
+		MACFilter: g.macs, GuestMAC: g.cfg.mac,
 	})
 	if err != nil {
 		return err
@@ -240,7 +269,7 @@ func (a *Appliance) addEnginePort(g *guest, pair int) error {
 		return errors.Join(err, p.Close())
 	}
 	a.tasks[l]++
-	g.ports, g.lcores = append(g.ports, p), append(g.lcores, l)
+	g.channels, g.lcores = append(g.channels, p), append(g.lcores, l)
 	return nil
 }
 
@@ -274,7 +303,7 @@ func (g *guest) serve(parent context.Context) {
 func (g *guest) teardown(a *Appliance) error {
 	var errs []error
 	stopped := true
-	for i, p := range g.ports {
+	for i, p := range g.channels {
 		errs = append(errs, a.runner.Lcores()[g.lcores[i]].RemoveTask(p))
 		a.tasks[g.lcores[i]]--
 		if err := p.Close(); err != nil {
@@ -282,7 +311,12 @@ func (g *guest) teardown(a *Appliance) error {
 			errs = append(errs, fmt.Errorf("channel %s: %w", p.Name(), err))
 		}
 	}
-	g.ports, g.lcores = nil, nil
+	g.channels, g.lcores = nil, nil
+	if g.macs != nil && g.macs.pool >= 0 && stopped {
+		// The pool's queues are stopped: it takes no more copies of
+		// broadcast, and the next guest on the slot starts clean.
+		errs = append(errs, g.nic.port.SetPoolAntiSpoof(g.macs.pool, false), g.nic.port.EnablePool(g.macs.pool, false))
+	}
 	if g.cancel != nil {
 		g.cancel()
 		<-g.done
@@ -313,8 +347,8 @@ func (g *guest) info() GuestInfo {
 		gi.Ready = g.dev.RxQueue(0) != nil && g.dma.Mapped() > 0
 		g.dev.UnlockDataPath()
 	}
-	for i, p := range g.ports {
-		gi.Queues = append(gi.Queues, g.slot*g.nic.spec.QueuePairs+i)
+	for i, p := range g.channels {
+		gi.Queues = append(gi.Queues, g.queue(i))
 		gi.Lcores = append(gi.Lcores, g.lcores[i])
 		if mac, static := p.GuestMAC(); i == 0 && mac != ([6]byte{}) {
 			gi.MAC, gi.MACSource = net.HardwareAddr(mac[:]).String(), "learned"

@@ -8,22 +8,41 @@ import (
 	"github.com/zcnet/zcnet/ixgbe"
 )
 
-// guestMACs is a NIC's unicast address filter shared by the channels
-// on it: every queue pair of a guest is a channel that tells the
-// filter the guest's MAC, and several guests may share the NIC. An address
-// stays accepted while any port needs it, and the NIC's own permanent
-// address is never added or removed.
+// guestMACs is the NIC's unicast address filter as one guest's channels
+// see it: every queue pair of the guest is a channel that tells the
+// filter the guest's MAC. An address stays accepted while any of them
+// needs it. On a NIC with pools the addresses are the guest's pool's
+// (frames to them land only in its queues); without pools they are the
+// port's, and the NIC's own permanent address, which it accepts anyway,
+// is never added or removed.
 type guestMACs struct {
 	nic  *ixgbe.Port
+	pool int // the guest's pool; -1: the NIC runs no pools
 	own  [6]byte
 	mu   sync.Mutex
 	refs map[[6]byte]int
 }
 
-func newGuestMACs(nic *ixgbe.Port) *guestMACs {
-	g := &guestMACs{nic: nic, refs: map[[6]byte]int{}}
-	copy(g.own[:], nic.MAC())
+func newGuestMACs(nic *ixgbe.Port, pool int) *guestMACs {
+	g := &guestMACs{nic: nic, pool: pool, refs: map[[6]byte]int{}}
+	if pool < 0 {
+		copy(g.own[:], nic.MAC())
+	}
 	return g
+}
+
+func (g *guestMACs) add(mac [6]byte) error {
+	if g.pool >= 0 {
+		return g.nic.AddPoolMAC(g.pool, mac[:])
+	}
+	return g.nic.AddMAC(mac[:])
+}
+
+func (g *guestMACs) remove(mac [6]byte) error {
+	if g.pool >= 0 {
+		return g.nic.RemovePoolMAC(g.pool, mac[:])
+	}
+	return g.nic.RemoveMAC(mac[:])
 }
 
 // AcceptGuestMAC implements engine.MACFilter. The new address is accepted
@@ -36,9 +55,9 @@ func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if mac != g.own && mac != ([6]byte{}) {
+	if mac != ([6]byte{}) && (g.pool >= 0 || mac != g.own) {
 		if g.refs[mac] == 0 {
-			if err := g.nic.AddMAC(mac[:]); err != nil {
+			if err := g.add(mac); err != nil {
 				return fmt.Errorf("NIC filter: accept %s: %w", net.HardwareAddr(mac[:]), err)
 			}
 		}
@@ -49,23 +68,15 @@ func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
 
 // drop takes one port's claim on mac off (g.mu held).
 func (g *guestMACs) drop(mac [6]byte) error {
-	if mac == ([6]byte{}) || mac == g.own || g.refs[mac] == 0 {
+	if mac == ([6]byte{}) || g.refs[mac] == 0 {
 		return nil
 	}
 	if g.refs[mac]--; g.refs[mac] > 0 {
 		return nil
 	}
 	delete(g.refs, mac)
-	if err := g.nic.RemoveMAC(mac[:]); err != nil {
+	if err := g.remove(mac); err != nil {
 		return fmt.Errorf("NIC filter: stop accepting %s: %w", net.HardwareAddr(mac[:]), err)
 	}
 	return nil
-}
-
-// accepted counts the guest addresses the filter holds besides the NIC's
-// own (for tests and telemetry).
-func (g *guestMACs) accepted() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.refs)
 }

@@ -28,13 +28,20 @@ type NICCounters struct {
 	RxBytes   uint64 `json:"rx_bytes"`
 	TxPackets uint64 `json:"tx_packets"`
 	TxBytes   uint64 `json:"tx_bytes"`
+	// TxSpoofed: frames a guest sent from an address not its own, dropped
+	// by the NIC (a NIC port serving several guests, each with a
+	// configured MAC).
+	TxSpoofed uint64 `json:"tx_spoofed"`
 	// RxMissed: the packet buffer was full (MPC); RxNoDescriptor: a queue
 	// had no free descriptor (QPRDC, summed over queues).
 	RxMissed       uint64 `json:"rx_missed"`
 	RxNoDescriptor uint64 `json:"rx_no_descriptor"`
 	// RxQueued: frames the NIC wrote into its receive queues (QPRC,
 	// summed over queues): rx_packets = rx_queued + rx_missed +
-	// rx_no_descriptor once its packet buffer is empty.
+	// rx_no_descriptor once its packet buffer is empty, on a port with
+	// one guest. With several guests the NIC writes one copy of a
+	// broadcast or multicast frame per guest, each counted here, and
+	// drops frames for no guest's address uncounted.
 	RxQueued uint64 `json:"rx_queued"`
 	// Frames the MAC discarded (CRCERRS, RUC, RFC, ROC, RJC); the length
 	// counters count only frames the address filters passed.
@@ -200,7 +207,7 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 			queued += q.RxPackets
 		}
 		nc := NICCounters{Name: n.name, RxPackets: st.RxPackets, RxBytes: st.RxBytes,
-			TxPackets: st.TxPackets, TxBytes: st.TxBytes, RxMissed: st.RxMissed, RxNoDescriptor: noDesc, RxQueued: queued,
+			TxPackets: st.TxPackets, TxBytes: st.TxBytes, TxSpoofed: st.TxSpoofed, RxMissed: st.RxMissed, RxNoDescriptor: noDesc, RxQueued: queued,
 			RxCRCErrors: st.RxCRCErrors, RxUndersize: st.RxUndersize, RxFragments: st.RxFragments,
 			RxOversize: st.RxOversize, RxJabbers: st.RxJabbers, RxLengthErrors: st.RxLengthErrs}
 		if m, ok := n.dev.(filterCounter); ok {
@@ -210,7 +217,7 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 		s.NICs = append(s.NICs, nc)
 	}
 	for _, g := range a.guests {
-		for _, p := range g.ports {
+		for _, p := range g.channels {
 			s.Ports = append(s.Ports, portCounters(p))
 		}
 	}

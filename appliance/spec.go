@@ -132,8 +132,14 @@ func (s *Spec) normalize() error {
 	return nil
 }
 
-// ErrSharedPort refuses more than one guest on a NIC port.
-var ErrSharedPort = errors.New("the NIC would not keep their frames apart (zcnet does not program VMDq pool steering yet)")
+// maxPools is how many guests of queuePairs queue pairs a NIC port can
+// keep apart: the 82599 has 64 pools of 2 queues or 32 of 4.
+func maxPools(queuePairs int) int {
+	if queuePairs <= 2 {
+		return 64
+	}
+	return 32
+}
 
 func (p *NICSpec) normalize(where string) error {
 	if p.QueuePairs == 0 {
@@ -154,11 +160,12 @@ func (p *NICSpec) normalize(where string) error {
 	switch {
 	case p.MaxGuests < len(p.Guests):
 		return fmt.Errorf("%s: max_guests %d but %d guests listed", where, p.MaxGuests, len(p.Guests))
-	case p.MaxGuests > 1:
-		// With zero copy the NIC picks the buffer a frame lands in: until
-		// it steers by destination MAC (VMDq pools), RSS would spread one
-		// guest's frames into another guest's buffers.
-		return fmt.Errorf("%s: %d guests on one NIC port: %w; give each guest a NIC port of its own", where, p.MaxGuests, ErrSharedPort)
+	case p.MaxGuests > 1 && p.QueuePairs != 1 && p.QueuePairs != 2 && p.QueuePairs != 4:
+		// Each guest is a pool of the NIC, and RSS spreads a pool's
+		// frames over a power of two of its queues.
+		return fmt.Errorf("%s: %d queue pairs per guest: with several guests on a NIC port each gets 1, 2 or 4", where, p.QueuePairs)
+	case p.MaxGuests > maxPools(p.QueuePairs):
+		return fmt.Errorf("%s: %d guests with %d queue pairs each: the 82599 steers frames to at most %d guests of that size (its pools)", where, p.MaxGuests, p.QueuePairs, maxPools(p.QueuePairs))
 	case p.QueuePairs < 1 || p.MaxGuests < 1 || p.QueuePairs*p.MaxGuests > maxQueuePairs:
 		return fmt.Errorf("%s: %d queue pairs for each of %d guests: the 82599 has %d queue pairs (use 1 to %d per guest)",
 			where, p.QueuePairs, p.MaxGuests, maxQueuePairs, maxQueuePairs/max(1, p.MaxGuests))

@@ -110,6 +110,20 @@ func (p *Port) RemoveMAC(mac net.HardwareAddr) error {
 	return p.releaseRAR(0, mac)
 }
 
+// Addresses lists the unicast addresses the port accepts besides its
+// permanent one (AddMAC, AddPoolMAC).
+func (p *Port) Addresses() []net.HardwareAddr {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	var out []net.HardwareAddr
+	for i := 1; i < numRAR; i++ {
+		if p.filters.used[i] {
+			out = append(out, append(net.HardwareAddr(nil), p.filters.rar[i][:]...))
+		}
+	}
+	return out
+}
+
 // claimRAR gives pool the receive address entry of mac: the one mac has
 // already, or a free one.
 func (p *Port) claimRAR(pool int, mac net.HardwareAddr) error {
@@ -140,7 +154,8 @@ func (p *Port) claimRAR(pool int, mac net.HardwareAddr) error {
 }
 
 // releaseRAR takes pool off the entry of mac, freeing the entry when no
-// pool is left on it. The permanent address (entry 0) stays.
+// pool is left on it. The permanent address (entry 0) stays, its pools
+// as they were before AddPoolMAC.
 func (p *Port) releaseRAR(pool int, mac net.HardwareAddr) error {
 	m, err := mac6(mac)
 	if err != nil {
@@ -149,10 +164,10 @@ func (p *Port) releaseRAR(pool int, mac net.HardwareAddr) error {
 	p.ctlMu.Lock()
 	defer p.ctlMu.Unlock()
 	f := &p.filters
-	for i := 1; i < numRAR; i++ {
+	for i := range numRAR {
 		if f.used[i] && f.rar[i] == m && f.pools[i]&(1<<uint(pool)) != 0 {
 			f.pools[i] &^= 1 << uint(pool)
-			f.used[i] = f.pools[i] != 0
+			f.used[i] = i == 0 || f.pools[i] != 0
 			p.writeRAR(i)
 			return nil
 		}

@@ -281,7 +281,7 @@ func TestRunVhostFlagErrors(t *testing.T) {
 		{[]string{"--pci", "a", "--vhost", sock, "--copy-break", "256"}, "copies all frames or none"},
 		{[]string{"--pci", "a", "--vhost", sock, "--copy-break", "-1"}, "--copy-break -1"},
 		{[]string{"--pci", "a", "--vhost", sock, "--vhost", sock}, "given twice"},
-		{[]string{"--pci", "a", "--vhost", sock, "--vhost", sock + "2"}, "give each guest a NIC port of its own"},
+		{[]string{"--pci", "a", "--vhost", sock, "--vhost", sock + "2", "--rxq", "3", "--txq", "3"}, "1, 2 or 4"},
 		{[]string{"--pci", "a", "--vhost", sock, "--burst", "0"}, "burst"},
 		{[]string{"--pci", "a", "--vhost", sock, "-l", "0-1"}, "at most 1"},
 		{[]string{"--pci", "missing0", "--vhost", sock}, "no such device"},

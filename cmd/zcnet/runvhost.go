@@ -43,10 +43,10 @@ type vhostOptions struct {
 }
 
 // specFromFlags turns the testpmd-style flags into an appliance.Spec.
-// Sockets are shared out as operators expect: with as many --pci as
-// --vhost, NIC port i serves socket i; one --pci with several --vhost
-// would put the guests on one NIC port, which the appliance refuses until
-// the NIC steers each guest's frames to its own queues (ErrSharedPort).
+// Sockets are shared out as operators expect: with one --pci every
+// --vhost guest is a pool of that NIC port (its own queue pairs, frames
+// steered to it by its MAC); with as many --pci as --vhost, NIC port i
+// serves socket i.
 func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	v := &o.vhostOpts
 	var spec appliance.Spec
@@ -56,7 +56,7 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	case len(v.vhost) == 0:
 		return spec, errors.New("give at least one vhost-user socket with --vhost PATH")
 	case len(o.pci) > 1 && len(o.pci) != len(v.vhost):
-		return spec, fmt.Errorf("%d --pci ports for %d --vhost sockets: give one --pci per socket", len(o.pci), len(v.vhost))
+		return spec, fmt.Errorf("%d --pci ports for %d --vhost sockets: give one --pci for all sockets, or one --pci per socket", len(o.pci), len(v.vhost))
 	case v.rxq < 1 || v.txq < 1:
 		return spec, fmt.Errorf("--rxq %d --txq %d: every vhost port needs at least one queue pair", v.rxq, v.txq)
 	case o.burst < 1:
