@@ -157,23 +157,21 @@ func newRig(t testing.TB, o rigOptions) *rig {
 // instead of corrupting the pool and failing somewhere later.
 func newCopyPool(t testing.TB, pf *sim.PF, alloc *hugepage.IOVAAllocator) *hugepage.Pool {
 	t.Helper()
-	reg, err := hugepage.Alloc(2<<20, hugepage.Options{PageSize: hugepage.Page4K, Name: "driver-test-copy"})
+	pool, err := hugepage.NewDMAPool(hugepage.DMAPoolConfig{
+		Pool:    hugepage.PoolConfig{BufSize: 2048, Count: 1024, CheckDoubleFree: true},
+		Memory:  hugepage.Options{PageSize: hugepage.Page4K, Name: "engine-test-copy"},
+		Domains: []hugepage.DMADomain{{Mapper: pf.DMA(), IOVA: alloc}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	iova, err := alloc.Alloc(uint64(reg.Len()), hugepage.IOMMUPage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.MapInto(pf.DMA(), iova); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := hugepage.NewPool(reg, hugepage.PoolConfig{BufSize: 2048, CheckDoubleFree: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() }) // runs after the rig's cleanup has stopped the NIC
-	return pool
+	// Runs after the rig's cleanup has stopped the NIC.
+	t.Cleanup(func() {
+		if err := pool.Close(); err != nil {
+			t.Errorf("copy pool: %v", err)
+		}
+	})
+	return pool.Pool
 }
 
 // step runs the simulator and the channel once.

@@ -21,18 +21,11 @@ type testBufs struct {
 // NIC never holds an unmapped buffer).
 func newTestBufs(t testing.TB, pf *sim.PF, p *Port, alloc *hugepage.IOVAAllocator, n, size int) testBufs {
 	t.Helper()
-	r, err := hugepage.Alloc(uint64(n*size), hugepage.Options{PageSize: hugepage.Page4K, Name: "ixgbe-test-bufs"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	iova, err := alloc.Alloc(uint64(r.Len()), hugepage.IOMMUPage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.MapInto(pf.DMA(), iova); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := hugepage.NewPool(r, hugepage.PoolConfig{BufSize: size, Count: n})
+	pool, err := hugepage.NewDMAPool(hugepage.DMAPoolConfig{
+		Pool:    hugepage.PoolConfig{BufSize: size, Count: n},
+		Memory:  hugepage.Options{PageSize: hugepage.Page4K, Name: "ixgbe-test-bufs"},
+		Domains: []hugepage.DMADomain{{Mapper: pf.DMA(), IOVA: alloc}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,10 +33,11 @@ func newTestBufs(t testing.TB, pf *sim.PF, p *Port, alloc *hugepage.IOVAAllocato
 		if err := p.Stop(); err != nil {
 			t.Errorf("Stop: %v", err)
 		}
-		r.Close()
-		alloc.Free(iova)
+		if err := pool.Close(); err != nil {
+			t.Errorf("buffer pool: %v", err)
+		}
 	})
-	return testBufs{pool}
+	return testBufs{pool.Pool}
 }
 
 // rxBufs takes n buffers from the pool as ring.Bufs whose cookie is the
