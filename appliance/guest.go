@@ -28,11 +28,11 @@ type guest struct {
 	lcores   []int // lcores[i] polls channels[i]
 	// macs is the NIC's address filter for this guest (its pool's, on a
 	// NIC with pools).
-	macs *guestMACs
-	pools    []*hugepage.DMAPool
-	cancel   context.CancelFunc
-	done     chan struct{} // closed when serving has ended; nil: never served
-	log      *zap.Logger
+	macs   *guestMACs
+	pools  []*hugepage.DMAPool
+	cancel context.CancelFunc
+	done   chan struct{} // closed when serving has ended; nil: never served
+	log    *zap.Logger
 }
 
 // GuestInfo describes a guest for `zcnet port list` and `port show`.

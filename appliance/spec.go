@@ -32,7 +32,7 @@ type Spec struct {
 	LinkTimeout time.Duration `json:"-" yaml:"-"`
 }
 
-// NICSpec is one NIC port (a PF or VF) and the guests joined to its queue
+// NICSpec is one NIC port (an 82599 PF) and the guests joined to its queue
 // pairs.
 type NICSpec struct {
 	PCI string `json:"pci" yaml:"pci"`

@@ -5,7 +5,11 @@
 // functions are not driven yet.
 package ixgbe
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/zcnet/zcnet/vfio"
+)
 
 // VendorIntel is Intel's PCI vendor ID.
 const VendorIntel = 0x8086
@@ -28,8 +32,9 @@ type Model struct {
 	// VF is true for SR-IOV virtual functions (driven through the PF's
 	// mailbox), false for physical functions.
 	VF bool
-	// Supported is true where zcnet's driver is written for the device;
-	// the other family members are recognised so probe can say why not.
+	// Supported is true where zcnet's driver is written for the device
+	// (the 82599 PFs; VFs need the mailbox driver, not written yet); the
+	// other family members are recognised so probe can say why not.
 	Supported bool
 }
 
@@ -59,8 +64,8 @@ var models = []Model{
 	{0x10FC, "82599 XAUI LOM", Family82599, false, true},
 	{0x151C, "82599 T3 LOM", Family82599, false, true},
 	{0x154F, "82599 LS", Family82599, false, true},
-	{0x10ED, "82599 VF", Family82599, true, true},
-	{0x152E, "82599 VF (Hyper-V)", Family82599, true, true},
+	{0x10ED, "82599 VF", Family82599, true, false},
+	{0x152E, "82599 VF (Hyper-V)", Family82599, true, false},
 	{0x1528, "X540-T", FamilyX540, false, false},
 	{0x1560, "X540-T1", FamilyX540, false, false},
 	{0x1515, "X540 VF", FamilyX540, true, false},
@@ -102,4 +107,43 @@ func Lookup(vendor, device uint16) (Model, bool) {
 		}
 	}
 	return Model{}, false
+}
+
+// UnsupportedError is Open's refusal of a device this driver is not
+// written for: another vendor's, another controller of the family, or an
+// 82599 VF (whose BAR is not the PF's: the PF's reset sequence would
+// write registers a VF does not have).
+type UnsupportedError struct {
+	Vendor, Device uint16
+	// Model is the family member the ID belongs to (Known false: none).
+	Model Model
+	Known bool
+}
+
+func (e *UnsupportedError) Error() string {
+	switch {
+	case !e.Known:
+		return fmt.Sprintf("ixgbe: %04x:%04x is not an 82599-family NIC", e.Vendor, e.Device)
+	case e.Model.VF:
+		return fmt.Sprintf("ixgbe: %s: zcnet does not drive VFs yet; give it the PF", e.Model)
+	}
+	return fmt.Sprintf("ixgbe: %s: zcnet drives only the 82599 PF", e.Model)
+}
+
+// checkModel reads the device's IDs from its configuration space and
+// refuses any model the driver is not written for.
+func checkModel(cfg vfio.ConfigSpace) error {
+	vendor, err := cfg.Read16(vfio.PCIVendorID)
+	if err != nil {
+		return fmt.Errorf("read the vendor ID: %w", err)
+	}
+	device, err := cfg.Read16(vfio.PCIDeviceID)
+	if err != nil {
+		return fmt.Errorf("read the device ID: %w", err)
+	}
+	m, ok := Lookup(vendor, device)
+	if !ok || !m.Supported {
+		return &UnsupportedError{Vendor: vendor, Device: device, Model: m, Known: ok}
+	}
+	return nil
 }

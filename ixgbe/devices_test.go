@@ -1,6 +1,13 @@
 package ixgbe
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/vfio"
+)
 
 func TestLookup(t *testing.T) {
 	cases := []struct {
@@ -10,7 +17,7 @@ func TestLookup(t *testing.T) {
 		family         Family
 	}{
 		{0x8086, 0x10FB, true, false, true, Family82599},
-		{0x8086, 0x10ED, true, true, true, Family82599},
+		{0x8086, 0x10ED, true, true, false, Family82599},
 		{0x8086, 0x1528, true, false, false, FamilyX540},
 		{0x8086, 0x15C5, true, true, false, FamilyX550},
 		{0x8086, 0x10D3, false, false, false, ""}, // e1000e
@@ -36,4 +43,61 @@ func TestModelIDsUnique(t *testing.T) {
 		}
 		seen[m.DeviceID] = m.Name
 	}
+}
+
+// otherModel is a simulated 82599 whose configuration space reports
+// another vendor and device ID, as a different card would.
+type otherModel struct {
+	*sim.PF
+	vendor, device uint16
+}
+
+func (o otherModel) Config() vfio.ConfigSpace { return otherIDs{o.PF.Config(), o} }
+
+type otherIDs struct {
+	vfio.ConfigSpace
+	m otherModel
+}
+
+func (c otherIDs) Read16(off int) (uint16, error) {
+	switch off {
+	case vfio.PCIVendorID:
+		return c.m.vendor, nil
+	case vfio.PCIDeviceID:
+		return c.m.device, nil
+	}
+	return c.ConfigSpace.Read16(off)
+}
+
+// TestOpenRefusesOtherModels: Open reads the device ID first and refuses,
+// with a typed error naming the model, anything but an 82599 PF, before
+// it enables bus mastering or touches a register.
+func TestOpenRefusesOtherModels(t *testing.T) {
+	for _, c := range []struct {
+		vendor, device uint16
+		want           string
+	}{
+		{0x8086, 0x10ED, "does not drive VFs yet"},
+		{0x8086, 0x1528, "drives only the 82599 PF"},
+		{0x8086, 0x10D3, "not an 82599-family NIC"},
+	} {
+		pf := sim.NewPF(sim.DefaultOptions())
+		_, err := Open(otherModel{pf, c.vendor, c.device}, Config{LinkTimeout: -1})
+		var ue *UnsupportedError
+		if !errors.As(err, &ue) || ue.Device != c.device || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open on %04x:%04x: %v; want an UnsupportedError saying %q", c.vendor, c.device, err, c.want)
+		}
+		if cmd, err := pf.Config().Read16(vfio.PCICommand); err != nil || cmd&vfio.PCICommandMaster != 0 {
+			t.Errorf("Open on %04x:%04x enabled bus mastering before refusing (command %#x, %v)", c.vendor, c.device, cmd, err)
+		}
+		pf.Close()
+	}
+	// The real 82599 PF ID still opens.
+	pf := sim.NewPF(sim.DefaultOptions())
+	defer pf.Close()
+	p, err := Open(otherModel{pf, 0x8086, 0x10FB}, Config{LinkTimeout: -1})
+	if err != nil {
+		t.Fatalf("Open on 8086:10fb: %v", err)
+	}
+	p.Close()
 }

@@ -195,6 +195,9 @@ func Open(dev vfio.Device, cfg Config) (*Port, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	if err := checkModel(dev.Config()); err != nil {
+		return nil, fmt.Errorf("ixgbe %s: %w", dev.Address(), err)
+	}
 	if err := vfio.EnableBusMaster(dev.Config()); err != nil {
 		return nil, fmt.Errorf("ixgbe %s: enable bus mastering: %w", dev.Address(), err)
 	}

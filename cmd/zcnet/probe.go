@@ -156,7 +156,10 @@ func (p prober) device(d *ghw.PCIDevice, h hostReport) deviceReport {
 // every step still missing, in the order an operator would do them.
 func verdict(m ixgbe.Model, r deviceReport, h hostReport, groupNode bool) (bool, string) {
 	if !m.Supported {
-		return false, fmt.Sprintf("%s is recognised but zcnet drives only the 82599 PF and VF", m.Family)
+		if m.VF {
+			return false, fmt.Sprintf("%s VF: zcnet does not drive VFs yet; give it the PF", m.Family)
+		}
+		return false, fmt.Sprintf("%s is recognised but zcnet drives only the 82599 PF", m.Family)
 	}
 	var missing []string
 	if r.IOMMUGroup == "" && !h.NoIOMMU {

@@ -87,22 +87,23 @@ func TestProbeFabricatedHost(t *testing.T) {
 		{addr: "0000:03:10.0", vendor: 0x8086, device: 0x10ed, class: 2, driver: "vfio-pci", group: "40", numa: "1"},
 		{addr: "0000:04:00.0", vendor: 0x8086, device: 0x1528, class: 2, driver: "ixgbe", group: "13"},
 		{addr: "0000:05:00.0", vendor: 0x8086, device: 0x10d3, class: 2, driver: "e1000e"},
+		{addr: "0000:06:00.0", vendor: 0x8086, device: 0x10fb, class: 2, driver: "vfio-pci", group: "41"},
 		{addr: "0000:00:1f.0", vendor: 0x8086, device: 0x2918, class: 6},
-	}, true, "40")
+	}, true, "40", "41")
 
 	rep, err := prober{root: root}.run()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.Host.VFIOContainer || !rep.Host.VFIOPCI || rep.Host.IOMMUGroups != 3 {
-		t.Errorf("host = %+v; want /dev/vfio/vfio, vfio-pci and 3 IOMMU groups", rep.Host)
+	if !rep.Host.VFIOContainer || !rep.Host.VFIOPCI || rep.Host.IOMMUGroups != 4 {
+		t.Errorf("host = %+v; want /dev/vfio/vfio, vfio-pci and 4 IOMMU groups", rep.Host)
 	}
 	byAddr := map[string]deviceReport{}
 	for _, d := range rep.Devices {
 		byAddr[d.Address] = d
 	}
-	if len(byAddr) != 4 {
-		t.Fatalf("got devices %v; want the 4 network functions and not the class-06 bridge", rep.Devices)
+	if len(byAddr) != 5 {
+		t.Fatalf("got devices %v; want the 5 network functions and not the class-06 bridge", rep.Devices)
 	}
 
 	pf := byAddr["0000:03:00.0"]
@@ -118,12 +119,16 @@ func TestProbeFabricatedHost(t *testing.T) {
 	if vf.Function != "VF" || vf.Driver != "vfio-pci" {
 		t.Errorf("82599 VF report = %+v", vf)
 	}
+	if vf.Usable || !strings.Contains(vf.Verdict, "does not drive VFs yet") {
+		t.Errorf("VF verdict %q: zcnet has no VF driver, the verdict must say so", vf.Verdict)
+	}
+	ready := byAddr["0000:06:00.0"]
 	if hugepagesFree(t) {
-		if !vf.Usable || vf.Verdict != "usable now" {
-			t.Errorf("VF bound to vfio-pci with its group node and free hugepages: verdict %q", vf.Verdict)
+		if !ready.Usable || ready.Verdict != "usable now" {
+			t.Errorf("PF bound to vfio-pci with its group node and free hugepages: verdict %q", ready.Verdict)
 		}
-	} else if vf.Usable || !strings.Contains(vf.Verdict, "hugepages") {
-		t.Errorf("no free hugepages here, yet VF verdict is %q", vf.Verdict)
+	} else if ready.Usable || !strings.Contains(ready.Verdict, "hugepages") {
+		t.Errorf("no free hugepages here, yet the PF's verdict is %q", ready.Verdict)
 	}
 
 	if x := byAddr["0000:04:00.0"]; x.Usable || !strings.Contains(x.Verdict, "recognised but") {
@@ -137,7 +142,7 @@ func TestProbeFabricatedHost(t *testing.T) {
 	if err := rep.writeText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"0000:03:00.0", "8086:10fb", "Intel 82599ES SFP+", "0/63", "IOMMU groups 3"} {
+	for _, want := range []string{"0000:03:00.0", "8086:10fb", "Intel 82599ES SFP+", "0/63", "IOMMU groups 4"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
 		}
@@ -147,7 +152,7 @@ func TestProbeFabricatedHost(t *testing.T) {
 	if err := json.NewEncoder(&js).Encode(rep); err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Devices) != 4 || back.Devices[0].Verdict == "" {
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Devices) != 5 || back.Devices[0].Verdict == "" {
 		t.Errorf("JSON round trip: %v, %+v", err, back)
 	}
 }
