@@ -14,10 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zcnet/zcnet/fwd"
-	"github.com/zcnet/zcnet/hugepage"
-	"github.com/zcnet/zcnet/ixgbe"
 	"github.com/zcnet/zcnet/pollmode"
-	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
@@ -134,15 +131,6 @@ func (o *runOptions) commonFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.interval, "stats-period", time.Second, "print statistics this often (0: only at the end)")
 }
 
-// fwdPort is one side of the forwarder: a NIC port and the IOMMU domain
-// bookkeeping its buffers live in.
-type fwdPort struct {
-	name  string
-	dev   vfio.Device
-	port  *ixgbe.Port
-	alloc *hugepage.IOVAAllocator
-}
-
 func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writer) error {
 	if o.simulate == (len(o.pci) > 0) {
 		return errors.New("give either exactly two --pci ports or --sim")
@@ -154,103 +142,52 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	if err != nil {
 		return err
 	}
-
-	var ports [2]*fwdPort
-	var gen *wire.Generator
-	var sink *wire.Sink
-	var sims [2]*sim.PF
-	for i := range ports {
-		var dev vfio.Device
-		name := fmt.Sprintf("port%d", i)
-		if o.simulate {
-			opts := sim.DefaultOptions()
-			opts.MAC[5] = byte(i + 1)
-			opts.Address = fmt.Sprintf("sim:%d", i)
-			sims[i] = sim.NewPF(opts)
-			dev = sims[i]
-		} else {
-			d, err := vfio.Open(o.pci[i])
-			if err != nil {
+	cfg := fwd.PairConfig{RxRing: o.rxRing, TxRing: o.txRing, MTU: o.mtu, Burst: o.burst, PoolBufs: o.poolBufs, CPUs: cpus}
+	var devs [2]vfio.Device
+	var sims *rig.Ports // --sim: a generator on port 0's wire, a sink on port 1's
+	if o.simulate {
+		sims = &rig.Ports{}
+		for i := range devs {
+			cfg.Names[i] = fmt.Sprintf("port%d", i)
+			devs[i], _ = sims.Open(fmt.Sprintf("sim:%d", i))
+		}
+	} else {
+		for i, addr := range o.pci {
+			if devs[i], err = vfio.Open(addr); err != nil {
+				if i == 1 {
+					devs[0].Close()
+				}
 				return err
 			}
-			dev = d
-			name = o.pci[i]
-		}
-		p, err := openFwdPort(name, dev, o)
-		if err != nil {
-			dev.Close()
-			return err
-		}
-		defer p.close(log)
-		ports[i] = p
-	}
-	if o.simulate {
-		sink = wire.NewSink(nil)
-		sims[1].Attach(sink)
-		gen, err = wire.NewGenerator(wire.GeneratorConfig{
-			DstMAC: wire.MAC(ports[0].port.MAC()), FrameSize: o.frameSize,
-			Flows: o.flows, Rate: o.rate,
-		}, sims[0])
-		if err != nil {
-			return err
-		}
-		for _, s := range sims {
-			s.Start()
-			defer s.Stop()
+			cfg.Names[i] = addr
 		}
 	}
-
-	fwds := make([]*fwd.Forwarder, 2)
-	var pools []*hugepage.DMAPool
-	defer func() {
-		for _, p := range pools {
-			if err := p.Close(); err != nil {
-				log.Warn("free buffer pool", zap.Error(err))
-			}
-		}
-	}()
-	for i := range fwds {
-		from, to := ports[i], ports[1-i]
-		pool, err := sharedPool(from, to, o.poolBufs)
-		if err != nil {
-			return err
-		}
-		pools = append(pools, pool)
-		fwds[i], err = fwd.New(from.name+"->"+to.name, from.port.RxQueue(0), to.port.TxQueue(0), pool.Pool, o.burst)
-		if err != nil {
-			return err
-		}
-	}
-	// Ports stop (handing back every buffer) before the pools are freed:
-	// deferred calls run in reverse, so register the stop after the frees.
-	defer func() {
-		for _, p := range ports {
-			if err := p.port.Stop(); err != nil {
-				log.Warn("stop port", zap.String("port", p.name), zap.Error(err))
-			}
-		}
-	}()
-
-	lcores := make([]pollmode.LcoreConfig, 0, 2)
-	if len(cpus) >= 2 {
-		lcores = append(lcores,
-			pollmode.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []pollmode.Task{fwds[0]}},
-			pollmode.LcoreConfig{ID: 1, CPU: cpus[1], Tasks: []pollmode.Task{fwds[1]}})
-	} else {
-		lcores = append(lcores, pollmode.LcoreConfig{ID: 0, CPU: cpus[0], Tasks: []pollmode.Task{fwds[0], fwds[1]}})
-	}
-	runner, err := pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield}, lcores)
+	pair, err := fwd.OpenPair(devs[0], devs[1], cfg)
 	if err != nil {
 		return err
 	}
-	if err := runner.Start(ctx); err != nil {
+	defer func() {
+		if err := pair.Close(); err != nil {
+			log.Warn("close the forwarder", zap.Error(err))
+		}
+	}()
+	var gen *wire.Generator
+	var sink *wire.Sink
+	if sims != nil {
+		sink = sims.Sink("sim:1")
+		if gen, err = sims.Port("sim:0").Generator(wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: o.rate}); err != nil {
+			return err
+		}
+	}
+	if err := pair.Start(ctx); err != nil {
 		return err
 	}
-	log.Info("forwarding", zap.String("a", ports[0].name), zap.String("b", ports[1].name), zap.Ints("cpus", cpus))
+	_, nameA := pair.Port(0)
+	_, nameB := pair.Port(1)
+	log.Info("forwarding", zap.String("a", nameA), zap.String("b", nameB), zap.Ints("cpus", cpus))
 	if gen != nil {
 		time.Sleep(20 * time.Millisecond) // let the forwarders fill the RX rings
 		if err := gen.Start(); err != nil {
-			runner.Stop()
 			return err
 		}
 	}
@@ -260,16 +197,17 @@ func runForward(ctx context.Context, log *zap.Logger, o *runOptions, out io.Writ
 	start := time.Now()
 	var last [2]fwd.Stats
 	lastAt := start
+	fwds := pair.Forwarders()
 loop:
 	for {
 		select {
 		case <-runCtx.Done():
 			break loop
-		case err := <-runner.Failed():
+		case err := <-pair.Failed():
 			if gen != nil {
 				gen.Stop()
 			}
-			_ = runner.Stop() // returns err again
+			_ = pair.Stop() // returns err again
 			return logLcoreDeath(log, err)
 		case now := <-tick:
 			secs := now.Sub(lastAt).Seconds()
@@ -286,7 +224,7 @@ loop:
 		gen.Stop()
 		rig.Drain(sink, gen.Sent())
 	}
-	if err := runner.Stop(); err != nil {
+	if err := pair.Stop(); err != nil {
 		return err
 	}
 	elapsed := time.Since(start).Seconds()
@@ -294,20 +232,22 @@ loop:
 		s := f.Stats()
 		fmt.Fprintf(out, "total %-18s rx %d tx %d (%.3f Mpps average)\n", f.Name(), s.RxFrames, s.TxFrames, float64(s.TxFrames)/elapsed/1e6)
 	}
-	for _, p := range ports {
-		st := p.port.Stats()
+	for i := range 2 {
+		port, name := pair.Port(i)
+		st := port.Stats()
 		fmt.Fprintf(out, "%-24s NIC rx %d tx %d, dropped: packet buffer full %d, no RX descriptor %d\n",
-			p.name, st.RxPackets, st.TxPackets, st.RxMissed, st.Queues[0].RxDropped)
+			name, st.RxPackets, st.TxPackets, st.RxMissed, st.Queues[0].RxDropped)
 	}
 	if sink != nil {
 		s := sink.Stats()
 		fmt.Fprintf(out, "generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %v p99 %v\n",
 			gen.Sent(), s.Received, gen.Sent()-s.Received, s.BadIPChecksum+s.BadUDPChecksum, s.Latency.P50, s.Latency.P99)
-		for i, pf := range sims {
-			if c := pf.Counters(); c.IOMMUFaults != 0 {
-				return fmt.Errorf("simulated port %d counted %d IOMMU faults", i, c.IOMMUFaults)
-			}
+		// Tear down before reading faults: an unmap under a live DMA
+		// would show up only now.
+		if err := pair.Close(); err != nil {
+			return err
 		}
+		return sims.Faults()
 	}
 	return nil
 }
@@ -324,41 +264,4 @@ func runWindow(ctx context.Context, duration, interval time.Duration) (context.C
 	}
 	t := time.NewTicker(interval)
 	return ctx, t.C, func() { t.Stop(); cancel() }
-}
-
-// openFwdPort brings a port up with one queue pair.
-func openFwdPort(name string, dev vfio.Device, o *runOptions) (*fwdPort, error) {
-	alloc, err := hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit)
-	if err != nil {
-		return nil, err
-	}
-	p, err := ixgbe.Open(dev, ixgbe.Config{
-		RxRingSize: o.rxRing, TxRingSize: o.txRing, MTU: o.mtu, IOVA: alloc,
-		LinkTimeout: 10 * time.Second,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return &fwdPort{name: name, dev: dev, port: p, alloc: alloc}, nil
-}
-
-func (p *fwdPort) close(log *zap.Logger) {
-	if err := p.port.Close(); err != nil {
-		log.Warn("close port", zap.String("port", p.name), zap.Error(err))
-	}
-	p.dev.Close()
-}
-
-// sharedPool allocates a buffer pool in hugepages and maps it at one IOVA
-// into both ports' IOMMU domains: from's NIC writes a frame and to's NIC
-// reads the same buffer.
-func sharedPool(from, to *fwdPort, count int) (*hugepage.DMAPool, error) {
-	return hugepage.NewDMAPool(hugepage.DMAPoolConfig{
-		Pool:   hugepage.PoolConfig{BufSize: 2048, Count: count},
-		Memory: hugepage.Options{PageSize: hugepage.Page2M, Name: "zcnet-fwd"},
-		Domains: []hugepage.DMADomain{
-			{Mapper: from.dev.DMA(), IOVA: from.alloc},
-			{Mapper: to.dev.DMA(), IOVA: to.alloc},
-		},
-	})
 }
