@@ -11,8 +11,8 @@ import (
 	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/hugepage"
 	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
-	"github.com/zcnet/zcnet/vfio"
 )
 
 // comeGoCycles is how many times the visiting testpmd comes and goes: each
@@ -31,21 +31,6 @@ func TestTestpmdGuestsComeAndGo(t *testing.T) {
 	h := checkHost(t, 2)
 	dir := t.TempDir()
 	steady, visitor := filepath.Join(dir, "steady.sock"), filepath.Join(dir, "visitor.sock")
-	type wired struct {
-		pf   *sim.PF
-		sink *wire.Sink
-	}
-	nics := map[string]wired{}
-	open := func(addr string) (vfio.Device, error) {
-		o := sim.DefaultOptions()
-		o.Address = addr
-		pf := sim.NewPF(o)
-		s := wire.NewSink(nil)
-		pf.Attach(s)
-		pf.Start()
-		nics[addr] = wired{pf, s}
-		return pf, nil
-	}
 	spec := appliance.Spec{
 		Lcores: fmt.Sprint(h.backendCPU), PageSize: hugepage.Page4K, LinkTimeout: 5 * time.Second,
 		NICs: []appliance.NICSpec{
@@ -53,22 +38,21 @@ func TestTestpmdGuestsComeAndGo(t *testing.T) {
 			{PCI: "sim:1", Rxd: zcNICRing, Txd: zcNICRing, MaxGuests: 1},
 		},
 	}
-	a, err := appliance.Open(spec, open)
+	r, err := rig.Open(rig.Config{Spec: spec})
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := r.App
 	defer func() {
-		if err := a.Shutdown(); err != nil {
+		if err := r.Shutdown(); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
-		for addr, n := range nics {
-			n.pf.Stop()
-			if c := n.pf.Counters(); c.IOMMUFaults != 0 {
-				t.Errorf("%s: %d IOMMU faults", addr, c.IOMMUFaults)
-			}
+		r.Ports.Stop()
+		if err := r.Ports.Faults(); err != nil {
+			t.Error(err)
 		}
 	}()
-	if err := a.Run(context.Background()); err != nil {
+	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	sc := zcScenarios[0] // split rings, mergeable buffers
@@ -79,11 +63,9 @@ func TestTestpmdGuestsComeAndGo(t *testing.T) {
 	}
 	g := guest("steady", steady)
 	defer g.kill()
-	nicMAC := sim.DefaultOptions().MAC
 	echo := func(addr string, n int) {
 		t.Helper()
-		w := nics[addr]
-		if err := pacedEcho(w.pf, w.sink, nicMAC, n); err != nil {
+		if err := pacedEcho(r.Ports.PF(addr), r.Ports.Sink(addr), rig.PortMAC(addr), n); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,33 +16,27 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zcnet/zcnet/engine"
+	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/hugepage"
-	"github.com/zcnet/zcnet/ixgbe"
 	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
+	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vhost"
 )
 
-// zcRig is the zero-copy data path of `zcnet sim --vhost`, assembled for
-// a test: a free-running simulated 82599 opened by the ixgbe driver, a
-// vhost-user device whose memory hook DMA-maps the guest into the
-// simulated IOMMU, and the engine port joining NIC queue pair 0 to the
-// guest's queue pair 0, polled by a pinned lcore. A generator feeds the
-// NIC's wire; what the NIC transmits goes through a MAC-swap check into a
-// verifying sink.
+// zcRig is the zero-copy data path of `zcnet sim --vhost`, on the
+// simulated rig: the appliance on a free-running simulated 82599, serving
+// one guest (the vhost-user socket sock) on NIC queue pair 0, polled by a
+// pinned lcore. A generator feeds the NIC's wire; what the NIC transmits
+// goes through a MAC-swap check into a verifying sink.
 type zcRig struct {
-	pf     *sim.PF
-	nic    *ixgbe.Port
-	dev    *vhost.Device
-	dma    *engine.GuestDMA
-	port   *engine.Channel
-	runner *pollmode.Runner
-	gen    *wire.Generator
-	sink   *wire.Sink
-	swap   *swapCheck
-	sock   string
+	*rig.Rig
+	pf   *sim.PF
+	gen  *wire.Generator
+	sink *wire.Sink
+	swap *swapCheck
+	sock string
 	// warnings keeps what the back end logged at warning level or above:
 	// with a well-behaved front end, each is a bug.
 	warnings *observer.ObservedLogs
@@ -60,109 +54,77 @@ const (
 	// guest's MAC swap, the destination of every frame on the NIC's
 	// transmit side.
 	genSrcMAC = "02:00:00:00:00:01"
+	// zcPCI is the simulated NIC port's address.
+	zcPCI = "sim:0000:01:00.0"
 )
 
 type zcRigOptions struct {
 	name     string
-	features uint64 // offered by the vhost device; 0: vhost.DefaultFeatures
+	features uint64 // offered to the guest: vhost.DefaultFeatures, with or without FRingPacked; 0: the default
 	rate     float64
 }
 
-// newZcRig assembles the rig and starts the simulator, the vhost-user
-// server and the lcore. Cleanup tears it down in the only safe order (lcore,
-// port, vhost session, NIC) and then checks that the NIC never faulted in
-// the IOMMU and that no guest memory is left mapped.
+// newZcRig has the rig open the appliance and starts the simulator, the
+// vhost-user server and the lcore. Cleanup tears it down through
+// appliance.Shutdown (lcore, channel, vhost session, NIC) and then checks
+// that the NIC never faulted in the IOMMU and that no guest memory is left
+// mapped (Shutdown fails otherwise).
 func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	t.Helper()
+	if o.features == 0 {
+		o.features = vhost.DefaultFeatures
+	}
+	if o.features&^vhost.FRingPacked != vhost.DefaultFeatures {
+		t.Fatalf("features %#x: the appliance offers vhost.DefaultFeatures, with or without RING_PACKED", o.features)
+	}
 	warnCore, warnings := observer.New(zapcore.WarnLevel)
 	logger := zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel), zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, warnCore)
-	})))
-	r := &zcRig{pf: sim.NewPF(sim.DefaultOptions()), warnings: warnings}
-	alloc, err := hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.nic, err = ixgbe.Open(r.pf, ixgbe.Config{IOVA: alloc, LinkTimeout: 2 * time.Second,
-		RxRingSize: zcNICRing, TxRingSize: zcNICRing, RingMemory: hugepage.Options{PageSize: hugepage.Page4K}})
-	if err != nil {
-		t.Fatalf("ixgbe.Open on the simulated 82599: %v", err)
-	}
-	pool := newHostPool(t, r.pf, alloc)
-
-	r.dma = engine.NewGuestDMA(r.pf.DMA(), alloc)
-	r.dev, err = vhost.NewDevice(vhost.Config{Name: o.name, Hook: r.dma, Features: o.features, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.port, err = engine.NewChannel(engine.ChannelConfig{Name: o.name, Device: r.dev, NIC: r.nic.QueuePair(0),
-		DMA: r.dma, CopyPool: pool.Pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.sock = filepath.Join(t.TempDir(), "vhost.sock")
-	l, err := vhost.Listen(r.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var serving sync.WaitGroup
-	serving.Go(func() {
-		if err := vhost.ServeListener(ctx, l, r.dev); err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
+	}))).With(zap.String("rig", o.name))
+	r := &zcRig{sock: filepath.Join(t.TempDir(), "vhost.sock"), warnings: warnings}
+	var err error
+	r.Rig, err = rig.Open(rig.Config{
+		Spec: appliance.Spec{Lcores: fmt.Sprint(h.backendCPU), PageSize: hugepage.Page4K, LinkTimeout: 2 * time.Second,
+			NICs: []appliance.NICSpec{{PCI: zcPCI, Rxd: zcNICRing, Txd: zcNICRing, NoPacked: o.features&vhost.FRingPacked == 0,
+				Guests: []appliance.GuestSpec{{Socket: r.sock}}}}},
+		Options:   []appliance.Option{appliance.WithLogger(logger)},
+		Generator: &wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), FrameSize: zcFrameSize, Rate: o.rate},
+		Tx: func(sink wire.Endpoint) wire.Endpoint {
+			own := rig.PortMAC(zcPCI)
+			r.swap = &swapCheck{next: sink, dst: mustMAC(genSrcMAC), src: own[:]}
+			return r.swap
+		},
 	})
-	r.runner, err = pollmode.NewRunner(pollmode.RunnerOptions{Idle: pollmode.IdleYield},
-		[]pollmode.LcoreConfig{{ID: 0, CPU: h.backendCPU, Tasks: []pollmode.Task{r.port}}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the appliance on the simulated 82599: %v", err)
 	}
-
-	r.sink = wire.NewSink(nil)
-	r.swap = &swapCheck{next: r.sink, dst: mustMAC(genSrcMAC), src: r.nic.MAC()}
-	r.pf.Attach(r.swap)
-	r.gen, err = wire.NewGenerator(wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), DstMAC: wire.MAC(r.nic.MAC()),
-		FrameSize: zcFrameSize, Rate: o.rate}, r.pf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.pf.Start()
-	if err := r.runner.Start(ctx); err != nil {
+	r.pf, r.gen, r.sink = r.Port.PF, r.Gen, r.Port.Sink
+	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		r.gen.Stop()
-		if err := r.runner.Stop(); err != nil {
+		if l := r.App.Lcores()[0]; lcoreDied(l) {
 			// A task that panicked inside Poll left the guest's
-			// data-path lock held: everything below would block on it.
-			t.Errorf("lcore: %v", err)
+			// data-path lock held: shutting down would block on it.
+			t.Errorf("lcore: %v", l.Err())
 			var pe *pollmode.TaskPanicError
-			if errors.As(err, &pe) {
+			if errors.As(l.Err(), &pe) {
 				t.Logf("panicking goroutine:\n%s", pe.Stack)
 			}
-			r.pf.Stop()
+			r.Ports.Stop()
 			return
 		}
-		if err := r.port.Close(); err != nil {
-			t.Errorf("port Close: %v", err)
+		// Shutdown fails if a channel did not stop, a copy pool could not
+		// be freed or guest memory stayed DMA-mapped after the session.
+		if err := r.Shutdown(); err != nil {
+			t.Errorf("shutdown: %v", err)
 		}
-		cancel()
-		serving.Wait()
-		if err := r.nic.Close(); err != nil {
-			t.Errorf("NIC Close: %v", err)
-		}
-		r.pf.Stop()
+		r.Ports.Stop()
 		// Everything that could DMA has stopped: any access outside a
 		// mapping, at any point of the run, shows now.
 		if c := r.pf.Counters(); c.IOMMUFaults != 0 {
 			t.Errorf("the simulated NIC counted %d IOMMU faults (last at IOVA %#x): it reached memory that was not mapped", c.IOMMUFaults, c.LastFaultIOVA)
-		}
-		if n := r.dma.Mapped(); n != 0 {
-			t.Errorf("%d guest memory regions still DMA-mapped after the session ended", n)
-		}
-		r.pf.Close()
-		if err := pool.Close(); err != nil {
-			t.Errorf("copy pool: %v", err)
 		}
 		for _, e := range r.warnings.All() {
 			t.Errorf("back end logged %s %q %v", e.Level, e.Message, e.ContextMap())
@@ -171,20 +133,14 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	return r
 }
 
-// newHostPool maps the port's copy-path buffers (2 KiB, as zcnet's) into
-// the NIC's IOMMU domain. The zero-copy path must not use them; they are
-// there because the engine falls back to them when it has to.
-func newHostPool(t *testing.T, pf *sim.PF, alloc *hugepage.IOVAAllocator) *hugepage.DMAPool {
-	t.Helper()
-	pool, err := hugepage.NewDMAPool(hugepage.DMAPoolConfig{
-		Pool:    hugepage.PoolConfig{BufSize: 2048, Count: 1024},
-		Memory:  hugepage.Options{PageSize: hugepage.Page4K, Name: "dpdk-test-copy"},
-		Domains: []hugepage.DMADomain{{Mapper: pf.DMA(), IOVA: alloc}},
-	})
-	if err != nil {
-		t.Fatal(err)
+// lcoreDied reports whether l stopped with an error (a task crashed).
+func lcoreDied(l *pollmode.Lcore) bool {
+	select {
+	case <-l.Done():
+		return l.Err() != nil
+	default:
+		return false
 	}
-	return pool
 }
 
 func mustMAC(s string) net.HardwareAddr {
@@ -211,24 +167,35 @@ func (s *swapCheck) Deliver(f []byte) {
 	s.next.Deliver(f)
 }
 
-// locked runs f with the guest's data-path lock held, as the engine's
-// poller and the vhost control path take it. It fails the test, instead of
-// blocking for ever, if the lcore died: a task that panics inside Poll
-// leaves the lock held.
-func (r *zcRig) locked(t *testing.T, f func()) {
+// session reads the guest's session (appliance.Session takes the guest's
+// data-path lock, as the engine's poller and the vhost control path do).
+// It fails the test, instead of blocking for ever, if the lcore died: a
+// task that panics inside Poll leaves the lock held.
+func (r *zcRig) session(t *testing.T) appliance.Session {
 	t.Helper()
+	var s appliance.Session
+	var err error
 	done := make(chan struct{})
 	go func() {
-		r.dev.LockDataPath()
-		defer r.dev.UnlockDataPath()
-		f()
+		s, err = r.App.Session(r.sock)
 		close(done)
 	}()
+	l := r.App.Lcores()[0]
 	select {
 	case <-done:
-	case <-r.runner.Lcores()[0].Done():
-		t.Fatalf("the lcore polling the port stopped while traffic ran: %v", r.runner.Lcores()[0].Err())
+	case <-l.Done():
+		t.Fatalf("the lcore polling the port stopped while traffic ran: %v", l.Err())
 	}
+	if err != nil || len(s.Channels) != 1 {
+		t.Fatalf("session: %+v, %v: want one channel", s, err)
+	}
+	return s
+}
+
+// channel is the guest's one channel: its counters and its error.
+func (r *zcRig) channel(t *testing.T) appliance.ChannelState {
+	t.Helper()
+	return r.session(t).Channels[0]
 }
 
 // waitGuestBuffers waits until the port has posted guest receive buffers
@@ -241,14 +208,13 @@ func (r *zcRig) waitGuestBuffers(t *testing.T) {
 	const burst = 32
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var posted int
-		r.locked(t, func() { posted = r.nic.RxQueue(0).Posted() })
-		if posted > burst {
+		c := r.channel(t)
+		if c.RxPosted > burst {
 			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the engine has not posted the guest's receive buffers to the NIC 5 s after the guest started forwarding (%d buffers on the NIC); port %+v, err %v",
-				posted, r.port.Stats(), r.port.Err())
+				c.RxPosted, c.Stats, c.Err)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -259,9 +225,9 @@ func (r *zcRig) waitGuestBuffers(t *testing.T) {
 func (r *zcRig) waitSession(t *testing.T, why string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for r.dev.Connected() || r.dma.Mapped() != 0 {
+	for s := r.session(t); s.Connected || s.MappedRegions != 0; s = r.session(t) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: 5 s later the back end is still connected (%v) or has %d guest regions DMA-mapped", why, r.dev.Connected(), r.dma.Mapped())
+			t.Fatalf("%s: 5 s later the back end is still connected (%v) or has %d guest regions DMA-mapped", why, s.Connected, s.MappedRegions)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -270,13 +236,15 @@ func (r *zcRig) waitSession(t *testing.T, why string) {
 // nicCounters is what the NIC side counted, from the ixgbe driver's
 // statistics and the simulator's own counters.
 type nicCounters struct {
-	// Queued is what the NIC DMA-wrote into queue 0's buffers (QPRC).
+	// Queued is what the NIC DMA-wrote into its one queue's buffers
+	// (QPRC).
 	Queued uint64
 	// Dropped frames, by where: no free descriptor or queue off (QPRDC),
 	// packet buffer full (MPC), and refused before the packet buffer
 	// (link down or receiver off, filters, size).
 	NoDescriptor, Missed, NotReady uint64
-	// Transmitted is what left the NIC (QPTC); TxLost what the simulator
+	// Transmitted is what left the NIC (GPTC, which with one queue is its
+	// QPTC); TxLost what the simulator
 	// dropped on its transmit side.
 	Transmitted, TxLost uint64
 	IOMMUFaults         uint64
@@ -285,12 +253,12 @@ type nicCounters struct {
 func (n nicCounters) rxDropped() uint64 { return n.NoDescriptor + n.Missed + n.NotReady }
 
 func (r *zcRig) nicCounters() nicCounters {
-	st := r.nic.Stats()
+	n := r.App.Snapshot("test").NICs[0]
 	c := r.pf.Counters()
 	return nicCounters{
-		Queued: st.Queues[0].RxPackets, NoDescriptor: st.Queues[0].RxDropped, Missed: st.RxMissed,
+		Queued: n.RxQueued, NoDescriptor: n.RxNoDescriptor, Missed: n.RxMissed,
 		NotReady:    c.RxNotReady + c.RxFiltered + c.RxRunt + c.RxOversize + c.RxDMAFault,
-		Transmitted: st.Queues[0].TxPackets, TxLost: c.TxNoLink + c.TxDMAFault + c.TxMalformed,
+		Transmitted: n.TxPackets, TxLost: c.TxNoLink + c.TxDMAFault + c.TxMalformed,
 		IOMMUFaults: c.IOMMUFaults,
 	}
 }

@@ -104,7 +104,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	guest := startTestpmd(t, h, virtioUserLabel, eal(h.backendCPU, h.frontendCPU, "zc-"+sc.name, sc.vdev(r.sock)), sc.app())
 	guest.waitForwarding()
 	r.waitGuestBuffers(t)
-	checkZcFeatures(t, r.dev, sc)
+	checkZcFeatures(t, r.session(t).Features, sc)
 
 	if err := r.gen.Start(); err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	r.gen.Stop()
 	r.drain()
 	sent := r.gen.Sent()
-	ss, ps, nc := r.sink.Stats(), r.port.Stats(), r.nicCounters()
+	ss, ps, nc := r.sink.Stats(), r.channel(t).Stats, r.nicCounters()
 	t.Logf("generator sent %d; sink %+v", sent, ss)
 	t.Logf("port %+v", ps)
 	t.Logf("NIC %+v", nc)
@@ -143,7 +143,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	if nc.IOMMUFaults != 0 {
 		t.Errorf("%d IOMMU faults during traffic", nc.IOMMUFaults)
 	}
-	if s := r.dev.Status(); s&vhost.StatusNeedsReset != 0 {
+	if s := r.session(t).Status; s&vhost.StatusNeedsReset != 0 {
 		t.Errorf("device status %#x has NEEDS_RESET: a virtqueue broke on something testpmd put in it", s)
 	}
 
@@ -157,7 +157,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	// testpmd closed its port: the engine gave the guest's buffers back and
 	// the memory left the IOMMU.
 	r.waitSession(t, "testpmd exited")
-	if err := r.port.Err(); err != nil {
+	if err := r.channel(t).Err; err != nil {
 		t.Errorf("port: %v", err)
 	}
 }
@@ -188,11 +188,8 @@ func checkEngine(t *testing.T, sc zcScenario, ps engine.Stats, sent uint64) {
 }
 
 // checkZcFeatures asserts that the session negotiated what sc asked for.
-func checkZcFeatures(t *testing.T, d *vhost.Device, sc zcScenario) {
+func checkZcFeatures(t *testing.T, f uint64, sc zcScenario) {
 	t.Helper()
-	d.LockDataPath()
-	f := d.Features()
-	d.UnlockDataPath()
 	t.Logf("negotiated virtio features %#x", f)
 	if got := f&vhost.NetFMrgRxbuf != 0; got != sc.mrg {
 		t.Errorf("MRG_RXBUF negotiated = %v, want %v (devargs %s)", got, sc.mrg, sc.devargs)
@@ -255,15 +252,14 @@ func runZeroCopyReconnect(t *testing.T, h host, sc zcScenario) {
 		t.Fatal(err)
 	}
 	time.Sleep(zcFirstGuest)
-	atKill := r.port.Stats()
+	atKill := r.channel(t).Stats
 	first.kill()
 	// The session ends: the ports stop their NIC queues and give every
 	// guest buffer back (ring hook), then the memory leaves the IOMMU
 	// (memory hook).
 	r.waitSession(t, "testpmd was killed")
-	var posted, inFlight int
-	r.locked(t, func() { posted, inFlight = r.nic.RxQueue(0).Posted(), r.nic.TxQueue(0).InFlight() })
-	gone := r.port.Stats()
+	c := r.channel(t)
+	posted, inFlight, gone := c.RxPosted, c.TxInFlight, c.Stats
 	t.Logf("at the kill: port %+v", atKill)
 	t.Logf("guest gone: port %+v; NIC %+v", gone, r.nicCounters())
 	if posted != 0 || inFlight != 0 {
@@ -272,7 +268,7 @@ func runZeroCopyReconnect(t *testing.T, h host, sc zcScenario) {
 	if gone.Restarts <= atKill.Restarts {
 		t.Errorf("the port did not stop its NIC queues when the guest left (restarts %d -> %d)", atKill.Restarts, gone.Restarts)
 	}
-	if err := r.port.Err(); err != nil {
+	if err := r.channel(t).Err; err != nil {
 		t.Fatalf("port failed when the guest left: %v", err)
 	}
 	if n := r.nicCounters().IOMMUFaults; n != 0 {
@@ -290,7 +286,7 @@ func runZeroCopyReconnect(t *testing.T, h host, sc zcScenario) {
 	r.gen.Stop()
 	r.drain()
 	sent := r.gen.Sent()
-	ss, ps, nc := r.sink.Stats(), r.port.Stats(), r.nicCounters()
+	ss, ps, nc := r.sink.Stats(), r.channel(t).Stats, r.nicCounters()
 	g := second.stop()
 	t.Logf("generator sent %d; sink %+v", sent, ss)
 	t.Logf("port %+v", ps)
