@@ -62,6 +62,10 @@ type zcRigOptions struct {
 	name     string
 	features uint64 // offered to the guest: vhost.DefaultFeatures, with or without FRingPacked; 0: the default
 	rate     float64
+	// guestMAC, if set, is the guest's own MAC, configured for its port,
+	// which then shares the NIC port with another guest slot (the NIC in
+	// pool mode): the generator addresses the guest, not the NIC.
+	guestMAC string
 }
 
 // newZcRig has the rig open the appliance and starts the simulator, the
@@ -82,16 +86,20 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 		return zapcore.NewTee(c, warnCore)
 	}))).With(zap.String("rig", o.name))
 	r := &zcRig{sock: filepath.Join(t.TempDir(), "vhost.sock"), warnings: warnings}
+	dst, maxGuests := rig.PortMAC(zcPCI), 1
+	if o.guestMAC != "" {
+		copy(dst[:], mustMAC(o.guestMAC))
+		maxGuests = 2
+	}
 	var err error
 	r.Rig, err = rig.Open(rig.Config{
 		Spec: appliance.Spec{Lcores: fmt.Sprint(h.backendCPU), PageSize: hugepage.Page4K, LinkTimeout: 2 * time.Second,
 			NICs: []appliance.NICSpec{{PCI: zcPCI, Rxd: zcNICRing, Txd: zcNICRing, NoPacked: o.features&vhost.FRingPacked == 0,
-				Guests: []appliance.GuestSpec{{Socket: r.sock}}}}},
+				MaxGuests: maxGuests, Guests: []appliance.GuestSpec{{Socket: r.sock, MAC: o.guestMAC}}}}},
 		Options:   []appliance.Option{appliance.WithLogger(logger)},
-		Generator: &wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), FrameSize: zcFrameSize, Rate: o.rate},
+		Generator: &wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), DstMAC: wire.MAC(dst), FrameSize: zcFrameSize, Rate: o.rate},
 		Tx: func(sink wire.Endpoint) wire.Endpoint {
-			own := rig.PortMAC(zcPCI)
-			r.swap = &swapCheck{next: sink, dst: mustMAC(genSrcMAC), src: own[:]}
+			r.swap = &swapCheck{next: sink, dst: mustMAC(genSrcMAC), src: dst[:]}
 			return r.swap
 		},
 	})

@@ -48,6 +48,10 @@ type zcScenario struct {
 	// reconnect: TestZeroCopyTestpmdReconnect runs this scenario too (one
 	// per ring layout keeps the test short).
 	reconnect bool
+	// guestMAC: the guest has its own MAC (testpmd's mac= devarg, and the
+	// port's configured MAC) on a NIC port that serves two guest slots,
+	// so the NIC steers by it (pools) and frames are addressed to it.
+	guestMAC string
 }
 
 func (sc zcScenario) features() uint64 {
@@ -83,6 +87,7 @@ var zcScenarios = []zcScenario{
 	{name: "split-mrg", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSize, reconnect: true},
 	{name: "split-nomrg", devargs: "mrg_rxbuf=0", mbuf: zcMbufSize},
 	{name: "packed-nomrg", devargs: "mrg_rxbuf=0,packed_vq=1", packed: true, mbuf: zcMbufSize, reconnect: true},
+	{name: "own-mac-pool", devargs: "mrg_rxbuf=1,mac=52:54:00:d7:0c:01", mrg: true, mbuf: zcMbufSize, guestMAC: "52:54:00:d7:0c:01"},
 	// The counter-check: mbufs whose descriptors cannot hold the header
 	// and a 1 KiB NIC buffer are copied into.
 	{name: "split-mrg-small-mbuf", devargs: "mrg_rxbuf=1", mrg: true, mbuf: zcMbufSmall,
@@ -100,7 +105,7 @@ func TestZeroCopyTestpmd(t *testing.T) {
 }
 
 func runZeroCopy(t *testing.T, h host, sc zcScenario) {
-	r := newZcRig(t, h, zcRigOptions{name: sc.name, features: sc.features(), rate: zcRate})
+	r := newZcRig(t, h, zcRigOptions{name: sc.name, features: sc.features(), rate: zcRate, guestMAC: sc.guestMAC})
 	guest := startTestpmd(t, h, virtioUserLabel, eal(h.backendCPU, h.frontendCPU, "zc-"+sc.name, sc.vdev(r.sock)), sc.app())
 	guest.waitForwarding()
 	r.waitGuestBuffers(t)
