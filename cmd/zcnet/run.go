@@ -69,7 +69,7 @@ the control plane and configuration can be tried without a NIC.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of a port (PF or VF bound to vfio-pci); repeat for each port")
+	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of an 82599 port (its PF, bound to vfio-pci); repeat for each port")
 	f.BoolVar(&o.simulate, "sim", false, "the --pci ports are simulated 82599s with unconnected wires (no NIC needed)")
 	o.commonFlags(f)
 	v := &o.vhostOpts
@@ -110,7 +110,7 @@ wire), and the run reports loss.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of a port (PF or VF bound to vfio-pci); give two")
+	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of an 82599 port (its PF, bound to vfio-pci); give two")
 	f.BoolVar(&o.simulate, "sim", false, "use two simulated 82599 ports with a generator and a sink instead of --pci")
 	o.commonFlags(f)
 	f.IntVar(&o.poolBufs, "pool", 4096, "2 KiB buffers per direction")
