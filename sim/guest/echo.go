@@ -33,7 +33,12 @@ type Echo struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	rx, tx, dropped atomic.Uint64
+	// own, if checkOwn, is the guest's MAC (StartEchoAs): a unicast frame
+	// to another address is counted misdelivered and not echoed.
+	own      [6]byte
+	checkOwn bool
+
+	rx, tx, dropped, broadcast, misdelivered atomic.Uint64
 }
 
 // EchoOptions: 4 KiB receive buffers, so that the NIC's 2 KiB buffers
@@ -54,14 +59,37 @@ func StartEcho(path string) (*Echo, error) {
 	return RunEcho(g)
 }
 
+// StartEchoAs is StartEcho for a guest whose MAC is mac (a NIC port
+// serving several guests steers each frame to the guest its destination
+// belongs to): every unicast frame received for another address is
+// counted by Misdelivered and not echoed, as a guest's own filter would
+// drop it. Group-addressed frames (broadcast, multicast) are for every
+// guest and echoed as StartEcho's are.
+func StartEchoAs(path string, mac [6]byte) (*Echo, error) {
+	g, err := Dial(path, EchoOptions)
+	if err != nil {
+		return nil, err
+	}
+	return RunEchoAs(g, mac)
+}
+
 // RunEcho starts echoing on a connected guest (made with EchoOptions or
 // alike); it owns g from now on.
-func RunEcho(g *Guest) (*Echo, error) {
+func RunEcho(g *Guest) (*Echo, error) { return runEcho(g, nil) }
+
+// RunEchoAs is RunEcho with StartEchoAs's check of the destination
+// against mac.
+func RunEchoAs(g *Guest, mac [6]byte) (*Echo, error) { return runEcho(g, &mac) }
+
+func runEcho(g *Guest, own *[6]byte) (*Echo, error) {
 	if err := g.RefillRx(0, int(g.queues[0].ring.Size())); err != nil && !errors.Is(err, ErrRingFull) {
 		g.Close()
 		return nil, err
 	}
 	e := &Echo{g: g, burst: make([]RxFrame, 0, echoBurst), stop: make(chan struct{}), done: make(chan struct{})}
+	if own != nil {
+		e.own, e.checkOwn = *own, true
+	}
 	go e.loop()
 	return e, nil
 }
@@ -101,11 +129,21 @@ func (e *Echo) round() int {
 		// guest would reset the device; the demo counts and carries on.
 		e.dropped.Add(1)
 	}
-	used, sent := 0, 0
+	used, sent, bcast, misdelivered := 0, 0, 0, 0
 	for i := range frames {
 		used += frames[i].Buffers
-		macSwap(frames[i].Frame)
-		if e.queue(frames[i].Frame) {
+		f := frames[i].Frame
+		if len(f) >= 6 {
+			switch {
+			case [6]byte(f[:6]) == broadcastMAC:
+				bcast++
+			case e.checkOwn && f[0]&1 == 0 && [6]byte(f[:6]) != e.own:
+				misdelivered++ // another guest's frame: not ours to echo
+				continue
+			}
+		}
+		macSwap(f)
+		if e.queue(f) {
 			sent++
 		}
 	}
@@ -122,9 +160,14 @@ func (e *Echo) round() int {
 	}
 	e.rx.Add(uint64(len(frames)))
 	e.tx.Add(uint64(sent))
-	e.dropped.Add(uint64(len(frames) - sent))
+	e.dropped.Add(uint64(len(frames) - sent - misdelivered))
+	e.broadcast.Add(uint64(bcast))
+	e.misdelivered.Add(uint64(misdelivered))
 	return len(frames)
 }
+
+// broadcastMAC is the broadcast address.
+var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // queue adds f to the TX ring; when the ring is full it publishes what is
 // queued and waits briefly for the back end to complete earlier frames.
@@ -161,6 +204,21 @@ func macSwap(f []byte) {
 func (e *Echo) Received() uint64 { return e.rx.Load() }
 func (e *Echo) Sent() uint64     { return e.tx.Load() }
 func (e *Echo) Dropped() uint64  { return e.dropped.Load() }
+
+// Broadcasts counts the received frames addressed to ff:ff:ff:ff:ff:ff
+// (also in Received; echoed like any other, with the broadcast address
+// as their source).
+func (e *Echo) Broadcasts() uint64 { return e.broadcast.Load() }
+
+// Misdelivered counts the unicast frames received for an address not the
+// guest's own (StartEchoAs, RunEchoAs; always 0 otherwise): frames the
+// NIC steered to the wrong guest. They are in Received, not echoed and
+// not in Dropped.
+func (e *Echo) Misdelivered() uint64 { return e.misdelivered.Load() }
+
+// MAC is the guest's own address and whether Echo checks destinations
+// against it.
+func (e *Echo) MAC() ([6]byte, bool) { return e.own, e.checkOwn }
 
 // Guest is the echoing guest (for tests that disturb it).
 func (e *Echo) Guest() *Guest { return e.g }

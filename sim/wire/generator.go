@@ -21,6 +21,9 @@ const (
 	MaxFrameSize = 9018 // a 9000-byte MTU jumbo frame: 9000 + 14 header + 4 FCS
 )
 
+// broadcastMAC is where a Generator's broadcast frames go.
+var broadcastMAC = MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
 // FlowField selects the header field a Generator varies to make its flows
 // distinct, so that RSS hashes them to different queues.
 type FlowField int
@@ -37,6 +40,21 @@ const (
 type GeneratorConfig struct {
 	SrcMAC MAC // default 02:00:00:00:00:01
 	DstMAC MAC // default 02:00:00:00:00:02
+	// DstMACs, if not empty, replaces DstMAC: unicast frames go to each
+	// in turn, round-robin (the first frame to DstMACs[0]), so that one
+	// generator feeds several receivers, say several guests on one NIC
+	// port. Broadcast frames (BroadcastEvery) do not take a turn, so the
+	// destinations' shares differ by at most one frame.
+	DstMACs []MAC
+	// BroadcastEvery, if positive, sends every BroadcastEvery-th frame
+	// (the BroadcastEvery-th, the 2*BroadcastEvery-th, ...) to the
+	// broadcast address ff:ff:ff:ff:ff:ff. Broadcast frames carry no
+	// probe (the probe's bytes are zero, the checksums valid): a
+	// receiver's echo of one does not belong to the verified stream, so
+	// a Sink counts it as Foreign, and the probes' sequence numbers stay
+	// contiguous over the unicast frames alone. 1 makes every frame a
+	// broadcast.
+	BroadcastEvery int
 	// SrcIP and DstIP must be IPv4. Default 198.18.0.1 and 198.19.0.1, from
 	// the range RFC 2544 sets aside for benchmarking (apart, so that varied
 	// source addresses never reach the destination's).
@@ -88,8 +106,16 @@ type Generator struct {
 	ipSum    uint64 // IPv4 header sum with the varied field zero
 	udpSum   uint64 // pseudo-header + UDP header + filler, varied field zero
 	probeOff int
+	// Several destinations or broadcasts: the destination of the next
+	// unicast frame, the frames until the next broadcast, and the frames
+	// each destination was sent (all under mu).
+	dests     []MAC
+	dst       int
+	toBcast   int
+	sentTo    []uint64
+	multiDest bool
 
-	sent atomic.Uint64
+	sent, bcast atomic.Uint64
 
 	runMu   sync.Mutex
 	running bool
@@ -146,6 +172,18 @@ func NewGenerator(cfg GeneratorConfig, peer Endpoint) (*Generator, error) {
 	if cfg.Rate < 0 {
 		return nil, fmt.Errorf("wire: generator rate %v pps is negative", cfg.Rate)
 	}
+	if cfg.BroadcastEvery < 0 {
+		return nil, fmt.Errorf("wire: generator BroadcastEvery %d is negative", cfg.BroadcastEvery)
+	}
+	for i, m := range cfg.DstMACs {
+		if m == (MAC{}) || m[0]&1 != 0 {
+			return nil, fmt.Errorf("wire: generator destination %d (%s) is not a unicast address", i, m)
+		}
+	}
+	cfg.DstMACs = append([]MAC(nil), cfg.DstMACs...)
+	if len(cfg.DstMACs) > 0 {
+		cfg.DstMAC = cfg.DstMACs[0]
+	}
 	src, err := ipv4Bytes(cfg.SrcIP, "generator source")
 	if err != nil {
 		return nil, fmt.Errorf("wire: %w", err)
@@ -156,6 +194,13 @@ func NewGenerator(cfg GeneratorConfig, peer Endpoint) (*Generator, error) {
 	}
 
 	g := &Generator{cfg: cfg, peer: peer, buf: make([]byte, cfg.FrameSize-FCSLen)}
+	g.multiDest = len(cfg.DstMACs) > 1 || cfg.BroadcastEvery > 0
+	g.toBcast = cfg.BroadcastEvery
+	g.dests = cfg.DstMACs
+	if len(g.dests) == 0 {
+		g.dests = []MAC{cfg.DstMAC}
+	}
+	g.sentTo = make([]uint64, len(g.dests))
 	g.baseIP = binary.BigEndian.Uint32(src[:])
 	hdr := UDP4Header{DstMAC: cfg.DstMAC, SrcMAC: cfg.SrcMAC, SrcIP: src, DstIP: dst, SrcPort: cfg.SrcPort, DstPort: cfg.DstPort}
 	if cfg.Vary == VarySrcIP {
@@ -182,8 +227,32 @@ func NewGenerator(cfg GeneratorConfig, peer Endpoint) (*Generator, error) {
 // the FCS).
 func (g *Generator) FrameLen() int { return len(g.buf) }
 
-// Sent is the number of frames delivered so far.
+// Sent is the number of frames delivered so far, broadcast ones
+// included.
 func (g *Generator) Sent() uint64 { return g.sent.Load() }
+
+// Broadcasts is the number of broadcast frames delivered so far (see
+// GeneratorConfig.BroadcastEvery); Sent less Broadcasts is what carried a
+// probe.
+func (g *Generator) Broadcasts() uint64 { return g.bcast.Load() }
+
+// Probes is the number of frames delivered so far that carried a probe:
+// Sent less Broadcasts, what a Sink verifying the stream should receive.
+func (g *Generator) Probes() uint64 {
+	b := g.bcast.Load()
+	return g.sent.Load() - b
+}
+
+// SentTo returns how many unicast frames went to each destination so far:
+// to DstMACs[i] at index i, or to DstMAC at index 0 without DstMACs.
+func (g *Generator) SentTo() []uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.multiDest {
+		return []uint64{g.sent.Load()}
+	}
+	return append([]uint64(nil), g.sentTo...)
+}
 
 // Emit builds and delivers n frames at once, ignoring Rate, Count and
 // Duration: the deterministic way for tests to drive a generator. It may be
@@ -199,7 +268,26 @@ func (g *Generator) emitLocked(n int) {
 	ip := b[EthernetHeaderLen:]
 	udp := ip[IPv4HeaderLen:]
 	probe := b[g.probeOff : g.probeOff+ProbeLen]
+	var bcasts uint64
 	for range n {
+		bcast := false
+		if g.multiDest {
+			if g.toBcast > 0 {
+				if g.toBcast--; g.toBcast == 0 {
+					g.toBcast, bcast = g.cfg.BroadcastEvery, true
+				}
+			}
+			if bcast {
+				copy(b[0:6], broadcastMAC[:])
+				bcasts++
+			} else {
+				copy(b[0:6], g.dests[g.dst][:])
+				g.sentTo[g.dst]++
+				if g.dst++; g.dst == len(g.dests) {
+					g.dst = 0
+				}
+			}
+		}
 		ipSum, udpSum := g.ipSum, g.udpSum
 		if g.cfg.Vary == VarySrcIP {
 			srcIP := g.baseIP + uint32(g.flow)
@@ -212,16 +300,23 @@ func (g *Generator) emitLocked(n int) {
 			udpSum += uint64(port)
 		}
 		binary.BigEndian.PutUint16(ip[10:], checksum.Finish(ipSum))
-		putProbe(probe, g.seq, g.cfg.Now())
+		if bcast {
+			clear(probe)
+		} else {
+			putProbe(probe, g.seq, g.cfg.Now())
+			g.seq = (g.seq + 1) & probeSeqMask
+		}
 		binary.BigEndian.PutUint16(udp[6:], udpChecksumField(checksum.Add(udpSum, probe)))
 
-		g.seq = (g.seq + 1) & probeSeqMask
 		if g.flow++; g.flow == g.cfg.Flows {
 			g.flow = 0
 		}
 		g.peer.Deliver(b)
 	}
+	// Sent first: Probes reads Broadcasts first and so never sees more
+	// broadcasts than frames.
 	g.sent.Add(uint64(n))
+	g.bcast.Add(bcasts)
 }
 
 // Start sends frames from a new goroutine, paced to Rate, until Stop, Count
