@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,6 +42,8 @@ type simOptions struct {
 	telemetry   string
 	metricsAddr string
 	memLimit    string // --vhost-mem-limit
+	guests      int
+	bcastEvery  int // --broadcast-every
 
 	pageSize hugepage.PageSize // tests: 4 KiB pages instead of hugepages
 }
@@ -61,7 +64,19 @@ or with --vhost PATH an external vhost-user front end (dpdk-testpmd with
 virtio-user, QEMU) that connects to the server socket at PATH.
 
 Every --stats-period it prints a line: generator rate, NIC rx/tx, guest
-rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
+rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.
+
+--guests N puts N built-in guests with their own MACs (52:54:00:00:00:01,
+...02, ...) on the one simulated port, each a pool of the 82599, which
+steers every frame to the guest its destination MAC belongs to. The
+generator addresses them in turn, and with --broadcast-every K sends every
+K-th frame to ff:ff:ff:ff:ff:ff, which reaches every guest. A guest's echo
+of a broadcast has the broadcast address as its source, and the NIC's
+anti-spoofing drops it (tx_spoofed): those echoes are not lost frames. The
+summary prints per guest what the generator addressed to it, what it
+received (broadcasts among them) and echoed, and misdelivered: unicast
+frames that reached a guest whose MAC is not their destination, which must
+be 0 (zcnet sim fails otherwise).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -87,6 +102,8 @@ rx/tx, frames moved zero-copy and copied, drops by cause and lcore load.`,
 	f.StringVar(&o.telemetry, "telemetry", defaultTelemetryPath(), "telemetry socket for `zcnet stats` (\"\" for none)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
 	f.StringVar(&o.memLimit, "vhost-mem-limit", "", memLimitHelp)
+	f.IntVar(&o.guests, "guests", 1, "built-in guests on the simulated port (1 to 64), each with its own MAC (52:54:00:00:00:01, ...02, ...); the generator addresses them in turn")
+	f.IntVar(&o.bcastEvery, "broadcast-every", 0, "send every K-th generated frame to the broadcast address ff:ff:ff:ff:ff:ff (0: none)")
 	return cmd
 }
 
@@ -100,8 +117,33 @@ func (o *simOptions) check() error {
 		return fmt.Errorf("--flows %d: use 1 to 65536", o.flows)
 	case o.duration < 0 || o.period < 0:
 		return errors.New("--duration and --stats-period must not be negative")
+	case o.guests < 1 || o.guests > maxSimGuests:
+		return fmt.Errorf("--guests %d: use 1 to %d", o.guests, maxSimGuests)
+	case o.guests > 1 && (o.vhost != "" || o.tap != "" || o.guestMAC != ""):
+		return fmt.Errorf("--guests %d: the guests are built in and their MACs derived (52:54:00:00:00:01, ...), fed by the generator: not with --vhost, --tap or --guest-mac", o.guests)
+	case o.bcastEvery < 0:
+		return fmt.Errorf("--broadcast-every %d must not be negative", o.bcastEvery)
+	case o.bcastEvery > 0 && o.tap != "":
+		return errors.New("--broadcast-every: the generator sends the broadcasts, and --tap replaces it")
 	}
 	return nil
+}
+
+// maxSimGuests is the most built-in guests on one simulated port: the
+// 82599's 64 pools of 2 queues.
+const maxSimGuests = 64
+
+// simGuests are the n built-in guests of zcnet sim and bench --guests n
+// (n > 1): sockets guest0.sock, guest1.sock, ... in dir, MACs
+// 52:54:00:00:00:01, ...:02, and so on (locally administered by QEMU's
+// convention, distinct, never the port's).
+func simGuests(dir string, n int) []appliance.GuestSpec {
+	gs := make([]appliance.GuestSpec, n)
+	for i := range gs {
+		gs[i] = appliance.GuestSpec{Socket: filepath.Join(dir, fmt.Sprintf("guest%d.sock", i)),
+			MAC: fmt.Sprintf("52:54:00:00:00:%02x", i+1)}
+	}
+	return gs
 }
 
 func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.Writer) error {
@@ -137,10 +179,14 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
 		PageSize: o.pageSize,
 	}
+	if o.guests > 1 {
+		spec.NICs[0].MaxGuests = o.guests
+		spec.NICs[0].Guests = simGuests(filepath.Dir(socket), o.guests)
+	}
 	applyMemLimitFlag(&spec, o.memLimit)
 	cfg := rig.Config{Spec: spec, Options: []appliance.Option{appliance.WithLogger(log)}, TAP: o.tap, Guest: o.vhost == ""}
 	if o.tap == "" {
-		cfg.Generator = &wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: o.rate}
+		cfg.Generator = &wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: o.rate, BroadcastEvery: o.bcastEvery}
 	}
 	r, err := rig.Open(cfg)
 	if err != nil {
@@ -177,6 +223,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		r.Drain()
 	}
 	final := snapshot()
+	extra := simGuestSummary(r, &final, o.guests)
 	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.
@@ -187,16 +234,93 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if o.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(final); err != nil {
+		var v any = final
+		if extra != nil {
+			v = simSummaryJSON{Snapshot: final, Sim: extra}
+		}
+		if err := enc.Encode(v); err != nil {
 			return err
 		}
 	} else {
-		printSummary(out, &final)
+		printSimSummary(out, &final, extra)
 	}
 	if n := final.Traffic.IOMMUFaults; n != 0 {
 		return fmt.Errorf("the simulated NIC counted %d IOMMU faults: DMA outside the mapped memory", n)
 	}
-	return nil
+	return extra.misdelivered()
+}
+
+// misdelivered is an error if a guest received unicast frames for
+// another guest's MAC.
+func (x *simExtra) misdelivered() error {
+	if x == nil {
+		return nil
+	}
+	var errs []error
+	for i, g := range x.Guests {
+		if g.Misdelivered != 0 {
+			errs = append(errs, fmt.Errorf("guest %d (%s) received %d frames addressed to another MAC (misdelivered): the NIC steered them into the wrong guest's buffers", i, g.MAC, g.Misdelivered))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// simSummaryJSON is zcnet sim's --json summary with several guests or
+// broadcasts: the snapshot and, under "sim", the per-guest and broadcast
+// accounting. With one guest and no broadcasts the summary is the
+// snapshot alone.
+type simSummaryJSON struct {
+	appliance.Snapshot
+	Sim *simExtra `json:"sim"`
+}
+
+// simExtra is the accounting of zcnet sim --guests N and
+// --broadcast-every K.
+type simExtra struct {
+	// UnicastSent is the generated frames with a probe: what the sink
+	// should receive back (generator_sent less broadcast.sent);
+	// UnicastLost those it did not.
+	UnicastSent uint64 `json:"unicast_sent"`
+	UnicastLost uint64 `json:"unicast_lost"`
+	// Broadcast is nil without --broadcast-every.
+	Broadcast *simBroadcast      `json:"broadcast,omitempty"`
+	Guests    []rig.GuestTraffic `json:"guests"`
+}
+
+// simBroadcast accounts for the broadcast frames.
+type simBroadcast struct {
+	Sent uint64 `json:"sent"`
+	// A copy of every broadcast is due at every built-in guest.
+	CopiesExpected uint64 `json:"copies_expected"`
+	CopiesReceived uint64 `json:"copies_received"`
+	// The guests' echoes of broadcasts have the broadcast address as
+	// their source: the NIC's anti-spoofing drops them (its
+	// tx_spoofed, on a port with several guests); EchoesOnWire reached
+	// the sink anyway (its frames without a probe).
+	EchoesSpoofed uint64 `json:"echoes_dropped_as_spoofed"`
+	EchoesOnWire  uint64 `json:"echoes_on_wire"`
+}
+
+// simGuestSummary is the per-guest and broadcast accounting of the run,
+// or nil with one guest and no broadcasts (or no generator).
+func simGuestSummary(r *rig.Rig, s *appliance.Snapshot, guests int) *simExtra {
+	if r.Gen == nil || (guests <= 1 && r.Gen.Broadcasts() == 0) {
+		return nil
+	}
+	x := &simExtra{UnicastSent: r.Gen.Probes(), Guests: r.GuestTraffic()}
+	if s.Traffic != nil {
+		x.UnicastLost = x.UnicastSent - min(x.UnicastSent, s.Traffic.SinkReceived)
+	}
+	if b := r.Gen.Broadcasts(); b > 0 {
+		x.Broadcast = &simBroadcast{Sent: b, CopiesExpected: b * uint64(len(x.Guests)), EchoesOnWire: r.Port.Sink.Stats().Foreign}
+		for _, g := range x.Guests {
+			x.Broadcast.CopiesReceived += g.Broadcasts
+		}
+		for _, n := range s.NICs {
+			x.Broadcast.EchoesSpoofed += n.TxSpoofed
+		}
+	}
+	return x
 }
 
 // simLoop prints a statistics line every period until ctx ends or the
@@ -253,7 +377,11 @@ func siRate(v float64) string {
 }
 
 // printSummary is the human-readable end of a run.
-func printSummary(out io.Writer, s *appliance.Snapshot) {
+func printSummary(out io.Writer, s *appliance.Snapshot) { printSimSummary(out, s, nil) }
+
+// printSimSummary is printSummary with, from x (nil with one guest and no
+// broadcasts), the per-guest and broadcast accounting of zcnet sim.
+func printSimSummary(out io.Writer, s *appliance.Snapshot, x *simExtra) {
 	t := s.Totals()
 	secs := s.UptimeSeconds
 	fmt.Fprintf(out, "summary after %.1fs: NIC rx %d tx %d, guest rx %d tx %d, zero-copy %d, copied %d (%.2f Mpps through the guest)\n",
@@ -261,7 +389,11 @@ func printSummary(out io.Writer, s *appliance.Snapshot) {
 	fmt.Fprintf(out, "drops: NIC packet buffer full %d, no RX descriptor %d, discarded by the NIC %d%s, engine %d%s\n",
 		t.NICMissed, t.NICNoDescriptor, t.NICDiscarded, nicDiscardCauses(s), t.Drops, nonZeroCauses(s))
 	if tr := s.Traffic; tr != nil {
-		if tr.GeneratorSent > 0 {
+		switch {
+		case x != nil && x.Broadcast != nil:
+			fmt.Fprintf(out, "wire: generator sent %d (unicast %d, broadcast %d), sink received %d of the unicast, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
+				tr.GeneratorSent, x.UnicastSent, x.Broadcast.Sent, tr.SinkReceived, x.UnicastLost, tr.SinkBad, tr.LatencyP50Us, tr.LatencyP99Us)
+		case tr.GeneratorSent > 0:
 			fmt.Fprintf(out, "wire: generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
 				tr.GeneratorSent, tr.SinkReceived, tr.GeneratorSent-min(tr.SinkReceived, tr.GeneratorSent), tr.SinkBad, tr.LatencyP50Us, tr.LatencyP99Us)
 		}
@@ -271,8 +403,32 @@ func printSummary(out io.Writer, s *appliance.Snapshot) {
 		if tr.BuiltinGuest {
 			fmt.Fprintf(out, "guest: echoed %d of %d, dropped %d\n", tr.GuestTx, tr.GuestRx, tr.GuestDropped)
 		}
+		if x != nil {
+			printSimGuests(out, x)
+		}
 		fmt.Fprintf(out, "IOMMU faults %d\n", tr.IOMMUFaults)
 	}
+}
+
+// printSimGuests prints the per-guest table and the broadcast accounting.
+func printSimGuests(out io.Writer, x *simExtra) {
+	if b := x.Broadcast; b != nil {
+		fmt.Fprintf(out, "broadcast: sent %d, copies received %d of %d (one per guest), echoes dropped by the NIC as spoofed %d (their source is the broadcast address), echoes on the wire %d\n",
+			b.Sent, b.CopiesReceived, b.CopiesExpected, b.EchoesSpoofed, b.EchoesOnWire)
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "guest\tMAC\taddressed to it\treceived\tbroadcasts\techoed\tdropped\tmisdelivered\t")
+	for i, g := range x.Guests {
+		mac, mis := g.MAC, fmt.Sprint(g.Misdelivered)
+		if mac == "" {
+			mac = "-"
+		}
+		if !g.Checked {
+			mis = "unchecked"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t\n", i, mac, g.Sent, g.Received, g.Broadcasts, g.Echoed, g.Dropped, mis)
+	}
+	w.Flush()
 }
 
 // tapLine is the TAP's counters in one line.

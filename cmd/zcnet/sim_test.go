@@ -7,21 +7,27 @@ import (
 	"testing"
 
 	"github.com/zcnet/zcnet/appliance"
+	"github.com/zcnet/zcnet/sim/rig"
 )
 
 // simJSON runs `zcnet sim` with args and decodes its --json summary.
 func simJSON(t *testing.T, args ...string) appliance.Snapshot {
 	t.Helper()
-	args = append([]string{"sim", "--json", "--stats-period", "0", "--telemetry", ""}, args...)
+	return runJSON[appliance.Snapshot](t, append([]string{"sim", "--json", "--stats-period", "0", "--telemetry", ""}, args...)...)
+}
+
+// runJSON runs zcnet with args and decodes the JSON its output ends with.
+func runJSON[T any](t *testing.T, args ...string) T {
+	t.Helper()
 	out, err := execute(args...)
 	if err != nil {
 		t.Fatalf("zcnet %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	var s appliance.Snapshot
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &s); err != nil {
-		t.Fatalf("summary is not JSON: %v\n%s", err, out)
+	var v T
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &v); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
 	}
-	return s
+	return v
 }
 
 // TestSimEchoesThroughTheGuest runs the whole data path at a rate the
@@ -91,6 +97,13 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--guest-mac", "33:33:00:00:00:01"}, "multicast"},
 		{[]string{"--guest-mac", "00:00:00:00:00:00"}, "all zero"},
 		{[]string{"--guest-mac", "52:54:00:12:34:56:78:9a"}, "6 bytes"},
+		{[]string{"--guests", "0"}, "--guests 0"},
+		{[]string{"--guests", "65"}, "use 1 to 64"},
+		{[]string{"--guests", "2", "--vhost", "/tmp/x.sock"}, "--vhost"},
+		{[]string{"--guests", "2", "--guest-mac", "52:54:00:12:34:56"}, "--guest-mac"},
+		{[]string{"--guests", "2", "--tap", "zc0"}, "--tap"},
+		{[]string{"--broadcast-every", "-1"}, "--broadcast-every"},
+		{[]string{"--broadcast-every", "2", "--tap", "zc0"}, "--broadcast-every"},
 	} {
 		args := append([]string{"sim", "--duration", "10ms", "--telemetry", ""}, c.args...)
 		if _, err := execute(args...); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -113,5 +126,114 @@ func TestSimExternalGuestSummary(t *testing.T) {
 	out, err = execute("sim", "--duration", "300ms", "--rate", "1000", "--stats-period", "0", "--telemetry", "")
 	if err != nil || !strings.Contains(out, "guest: echoed") {
 		t.Errorf("summary with the built-in guest lacks its line (err %v):\n%s", err, out)
+	}
+}
+
+// simGuestsJSON runs `zcnet sim` with args and decodes its --json summary
+// with the per-guest accounting.
+func simGuestsJSON(t *testing.T, args ...string) simSummaryJSON {
+	t.Helper()
+	return runJSON[simSummaryJSON](t, append([]string{"sim", "--json", "--stats-period", "0", "--telemetry", ""}, args...)...)
+}
+
+// TestSimGuestsShareThePort: four built-in guests with their own MACs on
+// one simulated port, the generator addressing each in turn and sending
+// every fifth frame to the broadcast address. Every guest receives
+// exactly the unicast frames addressed to it plus every broadcast, none
+// for another guest (each checks the destination against its own MAC);
+// the echoes of the unicast frames all reach the sink, zero-copy; the
+// echoes of the broadcasts (their source the broadcast address) are
+// dropped by the NIC as spoofed, one per guest and broadcast, and not
+// counted as lost.
+func TestSimGuestsShareThePort(t *testing.T) {
+	const guests, every = 4, 5
+	s := simGuestsJSON(t, "--guests", "4", "--broadcast-every", "5", "--duration", "1s", "--rate", "3000", "--frame-size", "128", "--flows", "4")
+	tr, x := s.Traffic, s.Sim
+	if tr == nil || x == nil || x.Broadcast == nil {
+		t.Fatalf("no traffic, per-guest or broadcast accounting: %+v %+v", tr, x)
+	}
+	if tr.GeneratorSent < 1000 {
+		t.Fatalf("generator barely ran: %+v", tr)
+	}
+	b := x.Broadcast
+	if b.Sent != tr.GeneratorSent/every || x.UnicastSent != tr.GeneratorSent-b.Sent {
+		t.Errorf("generator sent %d: %d broadcasts, %d unicast; want every %dth a broadcast", tr.GeneratorSent, b.Sent, x.UnicastSent, every)
+	}
+	if tr.SinkReceived != x.UnicastSent || x.UnicastLost != 0 || tr.SinkLost != 0 || tr.SinkBad != 0 || tr.IOMMUFaults != 0 {
+		t.Errorf("unicast %d sent, sink got %d (lost %d, sink lost %d, bad %d), IOMMU faults %d",
+			x.UnicastSent, tr.SinkReceived, x.UnicastLost, tr.SinkLost, tr.SinkBad, tr.IOMMUFaults)
+	}
+	if b.CopiesExpected != guests*b.Sent || b.CopiesReceived != b.CopiesExpected || b.EchoesSpoofed != b.CopiesExpected || b.EchoesOnWire != 0 {
+		t.Errorf("broadcast accounting %+v: want a copy of each of %d broadcasts at each of %d guests, every echo dropped as spoofed", *b, b.Sent, guests)
+	}
+	if len(x.Guests) != guests {
+		t.Fatalf("%d guests in the summary, want %d", len(x.Guests), guests)
+	}
+	macs := map[string]bool{}
+	var addressed uint64
+	for i, g := range x.Guests {
+		macs[g.MAC] = true
+		addressed += g.Sent
+		// Round-robin: the shares differ by at most one frame.
+		if share := x.UnicastSent / guests; g.Sent < share || g.Sent > share+1 {
+			t.Errorf("guest %d was addressed %d of %d unicast frames, want its share %d", i, g.Sent, x.UnicastSent, share)
+		}
+		if !g.Checked || g.Misdelivered != 0 {
+			t.Errorf("guest %d (%s): checked %v, misdelivered %d", i, g.MAC, g.Checked, g.Misdelivered)
+		}
+		if g.Received != g.Sent+b.Sent || g.Broadcasts != b.Sent || g.Echoed != g.Received || g.Dropped != 0 {
+			t.Errorf("guest %d: addressed %d, received %d (broadcasts %d of %d), echoed %d, dropped %d",
+				i, g.Sent, g.Received, g.Broadcasts, b.Sent, g.Echoed, g.Dropped)
+		}
+	}
+	if len(macs) != guests || addressed != x.UnicastSent {
+		t.Errorf("guest MACs %v, addressed %d of %d unicast frames", macs, addressed, x.UnicastSent)
+	}
+	tot := s.Totals()
+	if tot.Copied != 0 || tot.ZeroCopy != tot.GuestRx+tot.GuestTx || tot.GuestRx != x.UnicastSent+b.CopiesReceived {
+		t.Errorf("totals %+v: want every frame zero-copy, guest rx %d", tot, x.UnicastSent+b.CopiesReceived)
+	}
+	if s.NICs[0].TxSpoofed != b.EchoesSpoofed {
+		t.Errorf("NIC tx_spoofed %d, summary %d", s.NICs[0].TxSpoofed, b.EchoesSpoofed)
+	}
+}
+
+// TestSimGuestsText: the text summary has a row per guest with its
+// misdelivered count, and with broadcasts the wire line separates them
+// from the unicast frames the sink must get back.
+func TestSimGuestsText(t *testing.T) {
+	out, err := execute("sim", "--guests", "2", "--broadcast-every", "3", "--duration", "400ms", "--rate", "1500", "--stats-period", "0", "--telemetry", "")
+	if err != nil {
+		t.Fatalf("sim --guests 2: %v\n%s", err, out)
+	}
+	for _, want := range []string{"misdelivered", "52:54:00:00:00:01", "52:54:00:00:00:02", "of the unicast, lost 0,", "echoes dropped by the NIC as spoofed", "echoes on the wire 0", "IOMMU faults 0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	// One guest, no broadcasts: today's summary, without the guest table
+	// or a "sim" object in the JSON.
+	out, err = execute("sim", "--duration", "200ms", "--rate", "1000", "--stats-period", "0", "--telemetry", "")
+	if err != nil || strings.Contains(out, "misdelivered") || strings.Contains(out, "broadcast") {
+		t.Errorf("one guest (err %v):\n%s", err, out)
+	}
+	if s := simGuestsJSON(t, "--duration", "200ms", "--rate", "1000"); s.Sim != nil {
+		t.Errorf("one guest: JSON has per-guest accounting %+v", s.Sim)
+	}
+}
+
+// TestSimMisdeliveredFails: a guest that received another guest's frame
+// makes zcnet sim fail, naming it.
+func TestSimMisdeliveredFails(t *testing.T) {
+	x := &simExtra{Guests: []rig.GuestTraffic{{MAC: "52:54:00:00:00:01"}, {MAC: "52:54:00:00:00:02", Misdelivered: 3}}}
+	if err := x.misdelivered(); err == nil || !strings.Contains(err.Error(), "guest 1 (52:54:00:00:00:02) received 3 frames") {
+		t.Errorf("err = %v", err)
+	}
+	x.Guests[1].Misdelivered = 0
+	if err := x.misdelivered(); err != nil {
+		t.Errorf("no misdelivery: %v", err)
+	}
+	if err := (*simExtra)(nil).misdelivered(); err != nil {
+		t.Errorf("one guest: %v", err)
 	}
 }

@@ -23,14 +23,19 @@ type Config struct {
 	// TAP connects the first port's wire to a Linux TAP interface of
 	// this name, both ways, instead of a generator and a sink.
 	TAP string
-	// Generator, if set, feeds the first port's wire. A zero DstMAC
-	// sends to the first guest's configured MAC, else to the port's own.
+	// Generator, if set, feeds the first port's wire. A zero DstMAC and
+	// no DstMACs send to the first guest's configured MAC, else to the
+	// port's own; when the first port has several guests with configured
+	// MACs, to each of those in turn (DstMACs, in the spec's order).
 	Generator *wire.GeneratorConfig
 	// Tx, if set, stands between the first port's transmit side and its
 	// sink: the port transmits into Tx(sink).
 	Tx func(sink wire.Endpoint) wire.Endpoint
-	// Guest starts the built-in echo guest (testpmd's macswap) on the
-	// first guest's socket when the rig runs.
+	// Guest starts the built-in echo guest (testpmd's macswap) on each
+	// of the first NIC port's guest sockets when the rig runs. When the
+	// port has several guests, each one with a configured MAC checks the
+	// destination of every frame it receives against it (a frame for
+	// another guest is counted misdelivered, see guest.StartEchoAs).
 	Guest bool
 }
 
@@ -47,11 +52,17 @@ type Rig struct {
 	// TAP is the first port's TAP (nil without Config.TAP).
 	TAP *wire.TAP
 	// Guest is the built-in echo guest once the rig runs (nil without
-	// Config.Guest).
+	// Config.Guest): the first guest's.
 	Guest *guest.Echo
+	// Guests are the built-in echo guests, one per guest of the first
+	// NIC port in the spec's order (Guests[0] is Guest).
+	Guests []*guest.Echo
 
-	cfg       Config
-	genCfg    wire.GeneratorConfig
+	cfg    Config
+	genCfg wire.GeneratorConfig
+	// dstGuest is, for each of the generator's destinations, the index
+	// of the guest it is (-1: none of them).
+	dstGuest  []int
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -88,23 +99,58 @@ func Open(cfg Config) (_ *Rig, err error) {
 		pf.Attach(cfg.Tx(r.Port.Sink))
 	}
 	if cfg.Generator != nil {
-		r.genCfg = *cfg.Generator
-		if r.genCfg.DstMAC == (wire.MAC{}) {
-			// The generator is the guest's peer on the wire.
-			r.genCfg.DstMAC = wire.MAC(r.Port.MAC)
-			if g := r.App.Guests(); len(g) > 0 && g[0].MACSource == "configured" {
-				m, err := net.ParseMAC(g[0].MAC)
-				if err != nil {
-					return nil, err
-				}
-				r.genCfg.DstMAC = wire.MAC(m)
-			}
-		}
-		if r.Gen, err = wire.NewGenerator(r.genCfg, pf); err != nil {
+		if err := r.openGenerator(*cfg.Generator); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
+}
+
+// openGenerator fills in the generator's destinations and opens it on
+// the first port.
+func (r *Rig) openGenerator(c wire.GeneratorConfig) error {
+	r.genCfg = c
+	r.dstGuest = []int{-1}
+	if c.DstMAC == (wire.MAC{}) && len(c.DstMACs) == 0 {
+		// The generator is the guests' peer on the wire.
+		r.genCfg.DstMAC = wire.MAC(r.Port.MAC)
+		macs, guests, err := r.configuredMACs()
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(macs) > 1:
+			r.genCfg.DstMACs, r.dstGuest = macs, guests
+		case len(macs) == 1 && guests[0] == 0:
+			r.genCfg.DstMAC, r.dstGuest = macs[0], []int{0}
+		case len(r.cfg.Spec.NICs[0].Guests) == 1:
+			r.dstGuest = []int{0} // the port's MAC: the only guest gets it
+		}
+	}
+	var err error
+	r.Gen, err = wire.NewGenerator(r.genCfg, r.Port.PF)
+	return err
+}
+
+// configuredMACs are the configured MACs of the first port's guests and
+// the index of each guest in the spec.
+func (r *Rig) configuredMACs() (macs []wire.MAC, guests []int, err error) {
+	info := map[string]appliance.GuestInfo{}
+	for _, g := range r.App.Guests() {
+		info[g.Socket] = g
+	}
+	for i, gs := range r.cfg.Spec.NICs[0].Guests {
+		g, ok := info[gs.Socket]
+		if !ok || g.MACSource != "configured" {
+			continue
+		}
+		m, err := net.ParseMAC(g.MAC)
+		if err != nil {
+			return nil, nil, err
+		}
+		macs, guests = append(macs, wire.MAC(m)), append(guests, i)
+	}
+	return macs, guests, nil
 }
 
 // Socket is the first guest's vhost-user socket path ("" if the spec has
@@ -114,6 +160,30 @@ func (r *Rig) Socket() string {
 		return g[0].Socket
 	}
 	return ""
+}
+
+// startGuests starts the built-in echo guests on the first port's guest
+// sockets.
+func (r *Rig) startGuests() error {
+	specs := r.cfg.Spec.NICs[0].Guests
+	for _, gs := range specs {
+		var e *guest.Echo
+		var err error
+		m, perr := net.ParseMAC(gs.MAC)
+		if len(specs) > 1 && perr == nil && len(m) == 6 {
+			e, err = guest.StartEchoAs(gs.Socket, [6]byte(m))
+		} else {
+			e, err = guest.StartEcho(gs.Socket)
+		}
+		if err != nil {
+			return err
+		}
+		r.Guests = append(r.Guests, e)
+	}
+	if len(r.Guests) > 0 {
+		r.Guest = r.Guests[0]
+	}
+	return nil
 }
 
 // Run runs the appliance (until Shutdown: ctx ending stops the lcores
@@ -126,22 +196,39 @@ func (r *Rig) Run(ctx context.Context) error {
 	if !r.cfg.Guest {
 		return nil
 	}
-	g, err := guest.StartEcho(r.Socket())
-	if err != nil {
+	if err := r.startGuests(); err != nil {
 		return err
 	}
-	r.Guest = g
 	r.WaitGuestReady(2 * time.Second)
 	return nil
 }
 
 // WaitGuestReady waits (up to timeout) until the first guest's memory is
-// mapped and its receive ring started, then a few polls more, so that the
-// port has posted its buffers and the first frames are not dropped for
-// want of them.
+// mapped and its receive ring started (with several built-in guests,
+// every one's), then a few polls more, so that the port has posted its
+// buffers and the first frames are not dropped for want of them.
 func (r *Rig) WaitGuestReady(timeout time.Duration) {
+	want := map[string]bool{}
+	if len(r.Guests) > 1 {
+		for _, gs := range r.cfg.Spec.NICs[0].Guests {
+			want[gs.Socket] = true
+		}
+	}
+	ready := func() bool {
+		g := r.App.Guests()
+		if len(want) == 0 {
+			return len(g) > 0 && g[0].Ready
+		}
+		n := 0
+		for _, gi := range g {
+			if want[gi.Socket] && gi.Ready {
+				n++
+			}
+		}
+		return n == len(want)
+	}
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if g := r.App.Guests(); len(g) > 0 && g[0].Ready {
+		if ready() {
 			break
 		}
 	}
@@ -164,11 +251,91 @@ func (r *Rig) Regenerate(rate float64) (*wire.Generator, error) {
 }
 
 // Drain waits until the frames the generator sent reach the sink: all of
-// them, or none more for 200 ms.
+// them, or none more for 200 ms. With several built-in guests or
+// broadcasts it also waits for every guest to have received its frames
+// and for every echo to be accounted for (at the sink, or dropped by the
+// NIC as spoofed), or again for 200 ms without progress.
 func (r *Rig) Drain() {
-	if r.Gen != nil && r.Port.Sink != nil {
-		Drain(r.Port.Sink, r.Gen.Sent())
+	if r.Gen == nil || r.Port.Sink == nil {
+		return
 	}
+	if len(r.Guests) <= 1 && r.Gen.Broadcasts() == 0 {
+		Drain(r.Port.Sink, r.Gen.Sent())
+		return
+	}
+	settled := func() (done bool, progress uint64) {
+		st := r.Port.Sink.Stats()
+		spoofed := r.Port.PF.Counters().TxSpoofed
+		done = st.Received >= r.Gen.Probes()
+		var echoed uint64
+		for _, g := range r.GuestTraffic() {
+			done = done && g.Received >= g.Sent+r.Gen.Broadcasts()
+			echoed += g.Echoed
+			progress += g.Received
+		}
+		done = done && st.Frames+spoofed >= echoed
+		return done, progress + st.Frames + spoofed
+	}
+	_, last := settled()
+	for still := 0; still < 20; {
+		time.Sleep(10 * time.Millisecond)
+		done, now := settled()
+		if done {
+			return
+		}
+		if now == last {
+			still++
+		} else {
+			last, still = now, 0
+		}
+	}
+}
+
+// GuestTraffic is one built-in echo guest's counters.
+type GuestTraffic struct {
+	Socket string `json:"socket"`
+	// MAC is the guest's configured MAC ("" if it has none).
+	MAC string `json:"mac,omitempty"`
+	// Sent is how many unicast frames the generator addressed to the
+	// guest (0 without a generator).
+	Sent uint64 `json:"generator_sent"`
+	// Received counts every frame the guest received, its Broadcasts
+	// and Misdelivered included; Echoed what it sent back.
+	Received   uint64 `json:"received"`
+	Broadcasts uint64 `json:"broadcasts_received"`
+	Echoed     uint64 `json:"echoed"`
+	Dropped    uint64 `json:"dropped"`
+	// Misdelivered counts unicast frames for another address: frames the
+	// NIC steered to the wrong guest. Only a guest with a configured MAC
+	// on a port with several guests checks (see Config.Guest).
+	Misdelivered uint64 `json:"misdelivered"`
+	// Checked says the guest checked destinations against MAC.
+	Checked bool `json:"checked_destination"`
+}
+
+// GuestTraffic is the built-in guests' counters, one per guest of the
+// first NIC port in the spec's order (nil without Config.Guest).
+func (r *Rig) GuestTraffic() []GuestTraffic {
+	if len(r.Guests) == 0 {
+		return nil
+	}
+	var sentTo []uint64
+	if r.Gen != nil {
+		sentTo = r.Gen.SentTo()
+	}
+	out := make([]GuestTraffic, len(r.Guests))
+	for i, e := range r.Guests {
+		gs := r.cfg.Spec.NICs[0].Guests[i]
+		_, checked := e.MAC()
+		out[i] = GuestTraffic{Socket: gs.Socket, MAC: gs.MAC, Received: e.Received(), Broadcasts: e.Broadcasts(),
+			Echoed: e.Sent(), Dropped: e.Dropped(), Misdelivered: e.Misdelivered(), Checked: checked}
+	}
+	for d, i := range r.dstGuest {
+		if i >= 0 && i < len(out) && d < len(sentTo) {
+			out[i].Sent = sentTo[d]
+		}
+	}
+	return out
 }
 
 // Drain waits until sent frames reached sink, or none more arrived for
@@ -195,7 +362,7 @@ func (r *Rig) Snapshot(command string) appliance.Snapshot {
 }
 
 // Traffic is the simulated wire's counters: generator, sink, TAP, the
-// built-in guest and the first port's model counters.
+// built-in guests (summed) and the first port's model counters.
 func (r *Rig) Traffic() *appliance.TrafficCounters {
 	t := &appliance.TrafficCounters{}
 	if r.Gen != nil {
@@ -211,9 +378,11 @@ func (r *Rig) Traffic() *appliance.TrafficCounters {
 		t.TAPFromKernel, t.TAPToKernel = ts.RxFrames, ts.TxFrames
 		t.TAPPadded, t.TAPReadErrors, t.TAPWriteErrors = ts.RxPadded, ts.RxErrors, ts.TxErrors
 	}
-	if r.Guest != nil {
+	for _, g := range r.Guests {
 		t.BuiltinGuest = true
-		t.GuestRx, t.GuestTx, t.GuestDropped = r.Guest.Received(), r.Guest.Sent(), r.Guest.Dropped()
+		t.GuestRx += g.Received()
+		t.GuestTx += g.Sent()
+		t.GuestDropped += g.Dropped()
 	}
 	c := r.Port.PF.Counters()
 	t.IOMMUFaults, t.SimRxFIFOFull, t.SimRxQueueOff, t.SimRxNotReady = c.IOMMUFaults, c.RxFIFOFull, c.RxQueueOff, c.RxNotReady
@@ -236,8 +405,8 @@ func (r *Rig) Close() error {
 			r.Gen.Stop()
 		}
 		errs := []error{r.Shutdown()}
-		if r.Guest != nil {
-			errs = append(errs, r.Guest.Close())
+		for _, g := range r.Guests {
+			errs = append(errs, g.Close())
 		}
 		if r.TAP != nil {
 			errs = append(errs, r.TAP.Close())
