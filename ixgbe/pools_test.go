@@ -141,8 +141,44 @@ func TestPoolConfigErrors(t *testing.T) {
 			t.Errorf("%+v accepted", c)
 		}
 	}
+	c64 := Config{Pools: 64}
+	if err := c64.setDefaults(); err != nil || c64.RxQueues != 128 {
+		t.Errorf("64 pools: %v, %d queues; want all 128", err, c64.RxQueues)
+	}
 	c := Config{Pools: 8, PoolQueues: 4}
 	if err := c.setDefaults(); err != nil || c.RxQueues != 32 || c.TxQueues != 32 {
 		t.Errorf("8 pools of 4 queues: %v, %d/%d queues; want 32 each way", err, c.RxQueues, c.TxQueues)
+	}
+}
+
+// TestPoolsAbove32: 64 pools of 2 queues use all 128 queues of the 82599,
+// the upper 64 RX queues in the second register bank; a frame for the
+// last pool lands in its queue.
+func TestPoolsAbove32(t *testing.T) {
+	pf, p, alloc := simPort(t, Config{Pools: 64, RxRingSize: 16, TxRingSize: 16})
+	if p.NumRxQueues() != 128 || p.NumTxQueues() != 128 {
+		t.Fatalf("64 pools: %d RX and %d TX queues, want 128 each", p.NumRxQueues(), p.NumTxQueues())
+	}
+	bufs := newTestBufs(t, pf, p, alloc, 16, 2048)
+	m := poolMAC(63)
+	if err := p.AddPoolMAC(63, net.HardwareAddr(m[:])); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnablePool(63, true); err != nil {
+		t.Fatal(err)
+	}
+	q := p.PoolQueuePair(63, 0).Rx().(*RxQueue)
+	if q.index != 126 {
+		t.Fatalf("pool 63's first queue is %d, want 126", q.index)
+	}
+	if n := q.Post(bufs.rxBufs(t, 8)); n != 8 {
+		t.Fatalf("Post took %d of 8", n)
+	}
+	f := udpFrame(m, 9, 9, payloadBytes(100, 3))
+	fillChecksums(f)
+	pf.Deliver(f)
+	done := harvestN(t, pf, q, 1)
+	if got := bufs.Bytes(uint32(done[0].Cookie))[:done[0].Len]; !bytes.Equal(got, f) {
+		t.Fatalf("pool 63 received %d bytes, not the frame sent to it", len(got))
 	}
 }

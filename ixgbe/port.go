@@ -140,7 +140,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("ixgbe: PoolQueues without Pools")
 	}
 	switch {
-	case c.RxQueues < 1 || c.RxQueues > maxQueues || c.TxQueues < 1 || c.TxQueues > maxQueues:
+	case c.Pools == 0 && (c.RxQueues < 1 || c.RxQueues > maxQueues || c.TxQueues < 1 || c.TxQueues > maxQueues):
 		return fmt.Errorf("ixgbe: %d RX / %d TX queues requested; each must be 1 to %d", c.RxQueues, c.TxQueues, maxQueues)
 	case c.RSS && c.RxQueues > maxRSSQueues:
 		return fmt.Errorf("ixgbe: RSS spreads over at most %d queues, %d requested", maxRSSQueues, c.RxQueues)

@@ -182,7 +182,7 @@ const (
 
 	tdwbalHeadWBEn = 1 << 0
 
-	maxQueues = 64 // what a non-virtualised PF uses in this driver
+	maxQueues = 64 // what a non-virtualised PF uses in this driver; with pools, all 128
 )
 
 func rxQueueReg(q int, reg uint32) uint32 {
