@@ -91,11 +91,17 @@ func TestTelemetryAndMetrics(t *testing.T) {
 	addr := freeAddr(t)
 	startSim(t, "--telemetry", sock, "--metrics-addr", addr)
 
-	first := waitTelemetry(t, sock)
+	waitTelemetry(t, sock)
+	// The scrape comes before the first snapshot, so counters that move
+	// after that snapshot have moved after the scrape too.
+	_, m1 := scrape(t, addr)
+	first, err := readTelemetry(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if first.Command != "sim" || len(first.NICs) != 1 || len(first.Ports) != 1 || len(first.Lcores) != 1 || first.Traffic == nil {
 		t.Fatalf("snapshot lacks parts: %+v", first)
 	}
-	_, m1 := scrape(t, addr)
 	// Every counter must move while traffic flows: wait for it (a fixed
 	// pause would fail on a machine too loaded to move traffic in time).
 	var second appliance.Snapshot
