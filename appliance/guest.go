@@ -184,14 +184,14 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 	if n.port.Pools() > 0 {
 		pool = slot
 	}
-	g.macs = newGuestMACs(n.port, pool)
+	g.macs = newGuestMACs(n.port, pool, cfg.Trusted)
 	var mac net.HardwareAddr
 	if cfg.mac != ([6]byte{}) {
 		mac = cfg.mac[:] // the guest reads it from its config space
 	}
 	g.dev, err = vhost.NewDevice(vhost.Config{
 		Name: cfg.Socket, Features: guestOffer(ns), QueuePairs: ns.QueuePairs, MTU: uint16(ns.MTU),
-		MAC: mac, Hook: g.dma, MemLimit: cfg.memLimit, Logger: g.log,
+		MAC: mac, FixedMAC: mac != nil && !cfg.Trusted, Hook: g.dma, MemLimit: cfg.memLimit, Logger: g.log,
 	})
 	if err != nil {
 		return nil, err
@@ -209,13 +209,6 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 	if pool >= 0 {
 		if err := n.port.EnablePool(pool, true); err != nil {
 			return nil, err
-		}
-		// A configured MAC is the only one the guest may send from (an
-		// untrusted guest may not change it); a learned one is followed.
-		if cfg.mac != ([6]byte{}) {
-			if err := n.port.SetPoolAntiSpoof(pool, true); err != nil {
-				return nil, err
-			}
 		}
 	}
 	a.guests = append(a.guests, g)
@@ -254,7 +247,7 @@ func (a *Appliance) addChannel(g *guest, pair int) error {
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", n.name, q, g.cfg.Socket, pair),
 		Device: g.dev, Pair: pair, NIC: n.port.QueuePair(q), DMA: g.dma,
 		CopyPool: pool.Pool, ForceCopy: ns.Copy, Burst: a.spec.Burst,
-		MACFilter: g.macs, GuestMAC: g.cfg.mac,
+		MACFilter: g.macs, GuestMAC: g.cfg.mac, FollowGuestMAC: g.cfg.Trusted,
 	})
 	if err != nil {
 		return err

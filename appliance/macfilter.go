@@ -18,13 +18,16 @@ import (
 type guestMACs struct {
 	nic  *ixgbe.Port
 	pool int // the guest's pool; -1: the NIC runs no pools
-	own  [6]byte
-	mu   sync.Mutex
-	refs map[[6]byte]int
+	// antiSpoof: while the pool has an address, the NIC drops frames the
+	// guest sends from any other (an untrusted guest on a shared port).
+	antiSpoof bool
+	own       [6]byte
+	mu        sync.Mutex
+	refs      map[[6]byte]int
 }
 
-func newGuestMACs(nic *ixgbe.Port, pool int) *guestMACs {
-	g := &guestMACs{nic: nic, pool: pool, refs: map[[6]byte]int{}}
+func newGuestMACs(nic *ixgbe.Port, pool int, trusted bool) *guestMACs {
+	g := &guestMACs{nic: nic, pool: pool, antiSpoof: pool >= 0 && !trusted, refs: map[[6]byte]int{}}
 	if pool < 0 {
 		copy(g.own[:], nic.MAC())
 	}
@@ -63,7 +66,15 @@ func (g *guestMACs) AcceptGuestMAC(prev, mac [6]byte) error {
 		}
 		g.refs[mac]++
 	}
-	return g.drop(prev)
+	if err := g.drop(prev); err != nil {
+		return err
+	}
+	if g.antiSpoof {
+		// The address is the pool's before the check applies, and the
+		// check goes when the pool has none left (the guest is leaving).
+		return g.nic.SetPoolAntiSpoof(g.pool, len(g.refs) > 0)
+	}
+	return nil
 }
 
 // drop takes one port's claim on mac off (g.mu held).

@@ -156,3 +156,45 @@ func TestGuestsShareANICPort(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustedGuestMaySendFromAnyAddress: on a shared port the NIC drops
+// what an untrusted guest sends from an address not its own, and lets a
+// trusted guest's frames through. Both echo broadcasts, so their echoes
+// carry the broadcast address as source.
+func TestTrustedGuestMaySendFromAnyAddress(t *testing.T) {
+	nics := newSimNICs(t)
+	dir := t.TempDir()
+	spec := testSpec(t, "sim:0")
+	spec.NICs[0].MaxGuests = 2
+	socks := []string{filepath.Join(dir, "trusted.sock"), filepath.Join(dir, "untrusted.sock")}
+	for i, s := range socks {
+		m := guestMAC(i)
+		spec.NICs[0].Guests = append(spec.NICs[0].Guests, GuestSpec{Socket: s, MAC: net.HardwareAddr(m[:]).String(), Trusted: i == 0})
+	}
+	a := openTest(t, spec, nics)
+	if err := a.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := nics.nics["sim:0"]
+	for i, s := range socks {
+		e := startEcho(t, a, s)
+		defer e.Close()
+		echo(t, n, guestMAC(i), 1)
+	}
+	sunk, spoofed := n.sink.Stats().Frames, a.Snapshot("test").NICs[0].TxSpoofed
+	bcast, err := wire.NewGenerator(wire.GeneratorConfig{DstMAC: wire.MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, FrameSize: 128}, n.pf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bcast.Emit(3)
+	testwait.For(t, "3 echoes on the wire and 3 dropped", func() bool {
+		return n.sink.Stats().Frames-sunk >= 3 && a.Snapshot("test").NICs[0].TxSpoofed-spoofed >= 3
+	})
+	time.Sleep(50 * time.Millisecond)
+	if d := n.sink.Stats().Frames - sunk; d != 3 {
+		t.Errorf("%d echoes reached the wire, want the trusted guest's 3", d)
+	}
+	if d := a.Snapshot("test").NICs[0].TxSpoofed - spoofed; d != 3 {
+		t.Errorf("the NIC dropped %d spoofed frames, want the untrusted guest's 3", d)
+	}
+}

@@ -70,6 +70,14 @@ type GuestSpec struct {
 	// guest's MAC from the source address of its first unicast-sourced
 	// frame (ARP, neighbour discovery, DHCP) and follows a change.
 	MAC string `json:"mac,omitempty" yaml:"mac,omitempty"`
+	// Trusted lets the guest change a configured MAC (through its
+	// control queue, or by sending from another address) and send from
+	// any address, as `ip link set PF vf N trust on spoofchk off` does
+	// for a VF. Untrusted (the default) with a MAC: the MAC is fixed and,
+	// on a NIC port shared with other guests, the NIC drops frames the
+	// guest sends from another address (tx_spoofed); without one the
+	// learned MAC is followed and checked the same way.
+	Trusted bool `json:"trusted,omitempty" yaml:"trusted,omitempty"`
 	// Mode (octal, default 0600) and Group of the socket zcnet creates:
 	// whoever can connect is the guest's front end. "0660" with the
 	// group QEMU runs in (libvirt: kvm) lets a QEMU running as another

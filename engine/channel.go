@@ -43,6 +43,10 @@ type ChannelConfig struct {
 	// (every guest sends ARP, neighbour discovery or DHCP before it
 	// expects unicast) and follows a change, as a learning switch does.
 	GuestMAC [6]byte
+	// FollowGuestMAC, with GuestMAC set, starts from GuestMAC but follows
+	// the guest to another source address as without one (a guest trusted
+	// to change its MAC). Without it a configured MAC is fixed.
+	FollowGuestMAC bool
 	// CopyPool supplies host buffers for the copy path. It must be DMA
 	// mapped in the NIC's IOMMU domain, its buffers at least 2048 bytes,
 	// and used by this channel only (one pool per lcore, shared by the channels
@@ -176,7 +180,7 @@ func NewChannel(cfg ChannelConfig) (*Channel, error) {
 	p.rx.init(cfg.Burst, rxCap)
 	p.tx.init(cfg.Burst, cfg.NIC.TxFree()+1)
 	p.drain = make([]ring.Cookie, 0, rxCap+cfg.NIC.TxFree()+1)
-	if err := p.mac.init(cfg.MACFilter, cfg.GuestMAC); err != nil {
+	if err := p.mac.init(cfg.MACFilter, cfg.GuestMAC, cfg.FollowGuestMAC); err != nil {
 		return nil, fmt.Errorf("engine: channel %s: %w", cfg.Name, err)
 	}
 	p.dev.LockDataPath()

@@ -28,16 +28,16 @@ type macState struct {
 	frames int // frames from another source since the last change
 }
 
-func (m *macState) init(f MACFilter, static [6]byte) error {
+func (m *macState) init(f MACFilter, initial [6]byte, follow bool) error {
 	m.filter = f
-	if static == ([6]byte{}) {
+	if initial == ([6]byte{}) {
 		return nil
 	}
-	if static[0]&1 != 0 {
-		return fmt.Errorf("engine: guest MAC %s is a multicast address", net.HardwareAddr(static[:]))
+	if initial[0]&1 != 0 {
+		return fmt.Errorf("engine: guest MAC %s is a multicast address", net.HardwareAddr(initial[:]))
 	}
-	m.static = true
-	return m.set(static)
+	m.static = !follow
+	return m.set(initial)
 }
 
 func (m *macState) set(mac [6]byte) error {

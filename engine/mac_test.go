@@ -117,7 +117,7 @@ func TestGuestMACConfigured(t *testing.T) {
 		t.Fatalf("GuestMAC = %x (static %v), want the configured %x", mac, static, own)
 	}
 	var m macState
-	if err := m.init(nil, [6]byte{0x01, 0, 0x5e, 0, 0, 1}); err == nil || !strings.Contains(err.Error(), "01:00:5e:00:00:01 is a multicast address") {
+	if err := m.init(nil, [6]byte{0x01, 0, 0x5e, 0, 0, 1}, false); err == nil || !strings.Contains(err.Error(), "01:00:5e:00:00:01 is a multicast address") {
 		t.Fatalf("a multicast guest MAC: err = %v, want it refused as multicast", err)
 	}
 }

@@ -1,7 +1,9 @@
 package vhost
 
 import (
+	"bytes"
 	"encoding/binary"
+	"net"
 
 	"go.uber.org/zap"
 )
@@ -113,6 +115,10 @@ func (d *Device) ctrlCommand(class, cmd byte, data []byte) byte {
 		}
 		ok = true
 	case class == ctrlClassMAC && cmd == ctrlMACAddrSet && len(data) == 6:
+		if d.cfg.FixedMAC && !bytes.Equal(data, d.cfg.MAC) {
+			d.log.Info("guest may not change its MAC", zap.Stringer("mac", net.HardwareAddr(data)), zap.Stringer("configured", d.cfg.MAC))
+			return CtrlErr
+		}
 		copy(s.mac[:], data)
 		ok = true
 	case class == ctrlClassMAC && cmd == ctrlMACTableSet:

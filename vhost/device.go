@@ -29,6 +29,10 @@ type Config struct {
 	// MAC and MTU fill the config space (GET_CONFIG, if offered).
 	MAC net.HardwareAddr
 	MTU uint16
+	// FixedMAC refuses (VIRTIO_NET_ERR) a control-queue
+	// VIRTIO_NET_CTRL_MAC_ADDR_SET to any address but MAC: a guest not
+	// trusted to change the MAC the operator gave it.
+	FixedMAC bool
 	// Hook, if set, is told about every guest memory region mapped and
 	// unmapped (for DMA mapping). If it also implements RingHook it is
 	// told, synchronously, before any running ring stops.

@@ -108,13 +108,14 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	return spec, nil
 }
 
-// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,mode=MODE][,group=GROUP]
+// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,trusted=on][,mode=MODE][,group=GROUP]
 // (QEMU's option syntax) into the socket path and its options. Only
 // trailing options are taken, so other commas stay in the path; a
 // trailing ",word=value" that is no option is refused as a likely typo.
 func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 	var s appliance.GuestSpec
-	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group}
+	var trusted string
+	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group, "trusted": &trusted}
 	seen := map[string]bool{}
 	for {
 		i := strings.LastIndexByte(v, ',')
@@ -125,12 +126,19 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		dst := opts[key]
 		switch {
 		case dst == nil:
-			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, mode= or group=)", v, key)
+			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, trusted=, mode= or group=)", v, key)
 		case seen[key]:
 			return s, fmt.Errorf("--vhost %s: %s given twice", v, key)
 		}
 		*dst, seen[key] = val, true
 		v = v[:i]
+	}
+	switch trusted {
+	case "", "off":
+	case "on":
+		s.Trusted = true
+	default:
+		return s, fmt.Errorf("--vhost %s: trusted=%s: give on or off", v, trusted)
 	}
 	s.Socket = v
 	return s, nil

@@ -175,6 +175,25 @@ func TestControlQueue(t *testing.T) {
 	}
 }
 
+// TestControlQueueFixedMAC: a device whose MAC the guest may not change
+// refuses MAC_ADDR_SET to another address (and keeps its MAC), and
+// accepts setting the configured one.
+func TestControlQueueFixedMAC(t *testing.T) {
+	mine := []byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+	b := startBackend(t, vhost.Config{MAC: mine, FixedMAC: true})
+	g := dial(t, b, guest.Options{CtrlQueue: true})
+	poll := func() { b.loop.Poll() }
+	if ack, err := g.Control(1, 1, []byte{0x02, 0, 0, 0xaa, 0xbb, 0xcc}, poll); err != nil || ack != vhost.CtrlErr {
+		t.Fatalf("MAC_ADDR_SET to another MAC: ack %d (%v), want refused", ack, err)
+	}
+	if st := b.dev.Ctrl(); string(st.MAC[:]) != string(mine) {
+		t.Fatalf("refused MAC_ADDR_SET changed the MAC: %+v", st)
+	}
+	if ack, err := g.Control(1, 1, mine, poll); err != nil || ack != vhost.CtrlOK {
+		t.Fatalf("MAC_ADDR_SET to the configured MAC: ack %d (%v), want OK", ack, err)
+	}
+}
+
 func TestCallSuppression(t *testing.T) {
 	t.Run("event-idx", func(t *testing.T) {
 		b := startBackend(t, vhost.Config{})
