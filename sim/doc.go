@@ -72,7 +72,18 @@
 // belongs to pool q/n, n = 2, 4 or 8 as MTQC.NUM_TC_OR_Q says (01b, 10b,
 // 11b; 00b leaves the transmit side unvirtualized). A pool whose PFVFTE
 // bit is clear is not serviced: its descriptors wait (nothing is
-// dropped). PFVFSPOOF(pool/8) bit pool%8 (MAC anti-spoofing) drops a
+// dropped). PFVMVIR(pool) decides the VLAN tag a pool's frames leave
+// with: VLANA (bits 31:30) 00b as the descriptor's VLE asks, 01b always
+// the default tag VLAN_default (bits 15:0: VID, CFI, priority) in place
+// of the descriptor's, 10b never a tag; 11b (reserved) is taken as 00b.
+// A tag already in the frame's data stays as data (with 01b the frame
+// leaves with two tags). Anti-spoofing and the internal switch see the
+// frame as it leaves, the inserted tag included; the datasheet's text on
+// that order was not at hand: Linux turns VLAN anti-spoofing on for a VF
+// with a port VLAN and the VF sends untagged, which works either way.
+// On receive a pool's queue strips the tag when its RXDCTL.VME is set
+// (the descriptor reports it: status VP, the VLAN field), as without
+// pools. PFVFSPOOF(pool/8) bit pool%8 (MAC anti-spoofing) drops a
 // frame whose source address is not one of the pool's (a valid exact
 // filter with the pool's MPSAR bit); bit 8+pool%8 (VLAN anti-spoofing)
 // drops a tagged frame whose VLAN is not one of the pool's (PFVLVF entry
@@ -101,6 +112,6 @@
 // Not modelled: mirroring (PFMRCTL and friends), ETQF pool steering,
 // per-pool VLAN stripping and long-packet limits in VMOLR, PFQDE
 // (queue drop enable), per-pool statistics (PVFGPRC...), PFVMTXSW (kept
-// as storage: its meaning and reset value were not confirmed), PFVMVIR
-// VLAN insertion, and the VF side (VF BARs, the mailbox policy).
+// as storage: its meaning and reset value were not confirmed), the
+// VLANA 11b encoding, and the VF side (VF BARs, the mailbox policy).
 package sim

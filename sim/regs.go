@@ -59,6 +59,7 @@ const (
 	regPFVML2FLT = 0x0F000
 	regPFVFSPOOF = 0x08200
 	regPFDTXGSWC = 0x08220
+	regPFVMVIR0  = 0x08000
 	regPFVLVF0   = 0x0F100
 	regPFVLVFB0  = 0x0F200
 	regPFUTA0    = 0x0F400
@@ -413,7 +414,7 @@ func buildRegMap() *regMap {
 	arr(regPFVFSPOOF, 8, 4, 0)       // PFVFSPOOF
 	rw(regPFDTXGSWC, 0)              // PFDTXGSWC
 	arr(0x05180, 2, 4, 0)            // PFVMTXSW (storage only)
-	arr(0x08000, 64, 4, 0)           // PFVMVIR (storage only)
+	arr(regPFVMVIR0, 64, 4, 0)       // PFVMVIR
 	arr(regPFVLVF0, 64, 4, 0)        // PFVLVF
 	arr(regPFVLVFB0, 128, 4, 0)      // PFVLVFB
 	arr(regPFUTA0, 128, 4, 0)        // PFUTA

@@ -432,12 +432,17 @@ func (p *PF) transmitTSO(q int, ctx *txContext, pkt []byte, paylen int, ixsm, vl
 }
 
 // sendFrame assembles hdr+payload with an optional VLAN tag after the MAC
-// addresses, pads it to the minimum size (HLREG0.TXPADEN), counts it and
+// addresses (the descriptor's, or with virtualization as the pool's
+// PFVMVIR decides, see poolVLAN), pads it to the minimum size (HLREG0.TXPADEN), counts it and
 // hands it to the wire (or back to the receive side in MAC loopback).
 func (p *PF) sendFrame(q int, hdr, payload []byte, vle bool, tag uint16) {
 	if len(hdr) < 14 {
 		p.mc.txMalformed.Add(1)
 		return
+	}
+	qpp := p.txPoolQueues()
+	if qpp != 0 {
+		vle, tag = p.poolVLAN(q/qpp, vle, tag)
 	}
 	out := append(p.tx.out[:0], hdr[:12]...)
 	if vle {
@@ -452,7 +457,7 @@ func (p *PF) sendFrame(q int, hdr, payload []byte, vle bool, tag uint16) {
 	}
 	p.tx.out = out[:0]
 
-	if qpp := p.txPoolQueues(); qpp != 0 {
+	if qpp != 0 {
 		toWire, ok := p.txSwitch(q/qpp, out)
 		if !ok {
 			return

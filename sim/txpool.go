@@ -3,10 +3,20 @@ package sim
 import "encoding/binary"
 
 // Transmit side of virtualization: the pool a TX queue belongs to, the
-// per-pool transmit enable (PFVFTE) and anti-spoofing (PFVFSPOOF,
-// counted in SSVPC when VMECM enables it); veb.go is the internal switch.
+// per-pool transmit enable (PFVFTE), the pool's default VLAN (PFVMVIR)
+// and anti-spoofing (PFVFSPOOF, counted in SSVPC when VMECM enables it);
+// veb.go is the internal switch.
 
-const mtqcVTEna = 1 << 1
+const (
+	mtqcVTEna = 1 << 1
+
+	// PFVMVIR: bits 15:0 the default tag control (VID 11:0, CFI 12, user
+	// priority 15:13), bits 31:30 VLANA, the VLAN action (00b: as the
+	// descriptor's VLE asks).
+	vmvirVLANAShift = 30
+	vmvirAlways     = 1 // 01b: always the default tag
+	vmvirNever      = 2 // 10b: never a tag
+)
 
 // txPoolQueues is the number of TX queues per pool in virtualization
 // mode, from MTQC.NUM_TC_OR_Q (01b: 64 pools of 2, 10b: 32 of 4, 11b: 16
@@ -37,6 +47,25 @@ func (p *PF) txPoolQueues() int {
 // dropped.
 func (p *PF) txPoolEnabled(pool int) bool {
 	return p.reg64(regPFVFTE0, regPFVFTE0+4)&(1<<uint(pool)) != 0
+}
+
+// poolVLAN applies pool's PFVMVIR.VLANA to the tag the descriptor asks
+// for (vle, tag): 00b keeps it, 01b inserts the default tag (bits 15:0)
+// on every frame, in place of the descriptor's, 10b inserts none, even
+// if the descriptor asks. 11b is reserved; the model keeps the
+// descriptor's. A tag already in the frame's data is data: with 01b the
+// frame leaves with two tags, the inserted one outermost. Anti-spoofing
+// and the internal switch see the frame as it leaves, inserted tag
+// included.
+func (p *PF) poolVLAN(pool int, vle bool, tag uint16) (bool, uint16) {
+	v := p.reg(regPFVMVIR0 + 4*uint32(pool))
+	switch v >> vmvirVLANAShift {
+	case vmvirAlways:
+		return true, uint16(v)
+	case vmvirNever:
+		return false, 0
+	}
+	return vle, tag
 }
 
 // txSwitch runs a frame transmitted by pool through anti-spoofing, then
