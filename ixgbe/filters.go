@@ -42,6 +42,7 @@ func (p *Port) initFilters() {
 	for i := range numVFTA {
 		p.write(regVFTA+4*uint32(i), 0)
 	}
+	p.initPoolVLANs()
 	p.write(regMCSTCTRL, mcstctrlMFE)
 	p.clear(regVLNCTRL, vlnctrlVFE)
 	fctrl := p.read(regFCTRL) | fctrlBAM
@@ -247,18 +248,16 @@ func (p *Port) setVLAN(vid uint16, on bool) error {
 	defer p.ctlMu.Unlock()
 	i, bit := vid>>5, uint32(1)<<(vid&31)
 	p.filters.vfta[i] = withBit(p.filters.vfta[i], bit, on)
-	p.write(regVFTA+4*uint32(i), p.filters.vfta[i])
+	p.write(regVFTA+4*uint32(i), p.vftaWord(int(i)))
 	return nil
 }
 
 // SetVLANFilter turns VLAN filtering on (only tagged frames whose ID was
-// added, and untagged frames, are accepted) or off.
+// added, and untagged frames, are accepted) or off. While a pool has a
+// VLAN (SetPoolVLAN) filtering stays on regardless.
 func (p *Port) SetVLANFilter(on bool) {
 	p.ctlMu.Lock()
 	defer p.ctlMu.Unlock()
-	if on {
-		p.set(regVLNCTRL, vlnctrlVFE)
-	} else {
-		p.clear(regVLNCTRL, vlnctrlVFE)
-	}
+	p.pvlan.vfe = on
+	p.writeVLNCTRL()
 }

@@ -67,7 +67,7 @@ func (p *Port) startRxQueue(q *RxQueue) error {
 	p.write(reg(rxqRDH), 0)
 	p.write(reg(rxqRDT), 0)
 	rxdctl := uint32(rxdctlEnable)
-	if p.cfg.VLANStrip {
+	if p.cfg.VLANStrip || q.vme {
 		rxdctl |= rxdctlVME
 	}
 	p.write(reg(rxqRXDCTL), rxdctl)

@@ -179,13 +179,10 @@ func (p *Port) EnablePool(pool int, on bool) error {
 // SetPoolAntiSpoof makes the NIC drop a frame that pool transmits with a
 // source address other than the pool's own (those added with AddPoolMAC),
 // counting it in SSVPC (Stats.TxSpoofed). Turn it on only once the pool
-// has its address.
+// has its address. For a pool on a VLAN (SetPoolVLAN) it checks the VLAN
+// too.
 func (p *Port) SetPoolAntiSpoof(pool int, on bool) error {
-	return p.setPoolBit(&p.pools.spoof, pool, on, func(set uint64) {
-		for n := range uint32(8) {
-			p.write(regPFVFSPOOF+4*n, uint32(set>>(8*n))&0xFF)
-		}
-	})
+	return p.setPoolBit(&p.pools.spoof, pool, on, p.writeSpoof)
 }
 
 // setPoolBit turns pool's bit in the mirrored set on or off and has write

@@ -186,6 +186,7 @@ type Port struct {
 	filters   filterState
 	qpp       int // queues per pool; 0: no pools
 	pools     poolState
+	pvlan     poolVLANState // pools' access VLANs (vlanpool.go)
 }
 
 // Open takes over the 82599 PF behind dev and brings it up as cfg says:

@@ -37,6 +37,7 @@ type RxQueue struct {
 	size     int
 	ringIOVA uint64
 	stopped  bool
+	vme      bool // strip VLAN tags (RXDCTL.VME) even without Config.VLANStrip: its pool has a VLAN
 	released bool // the port is closed: the ring memory is gone
 }
 

@@ -36,7 +36,8 @@ type Stats struct {
 	TxMulticast   uint64 // MPTC
 	TxTotal       uint64 // TPT
 	// TxSpoofed counts frames a pool sent from an address not its own,
-	// dropped by anti-spoofing (SSVPC; ports with pools only).
+	// or on a VLAN not its own, dropped by anti-spoofing (SSVPC; ports
+	// with pools only).
 	TxSpoofed uint64
 
 	// Queues are the 16 per-queue counter sets; queue q counts in set
