@@ -139,7 +139,8 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 }
 
 // openNIC brings one NIC up with QueuePairs queue pairs per guest slot:
-// with more than one slot, each slot is a pool of the NIC.
+// with more than one slot, or a guest on a VLAN, each slot is a pool of
+// the NIC.
 func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
 	name := ns.PCI
 	if name == "" {
@@ -157,7 +158,7 @@ func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
 		RxRingSize: ns.Rxd, TxRingSize: ns.Txd, MTU: ns.MTU,
 		IOVA: alloc, LinkTimeout: timeout, RingMemory: hugepage.Options{PageSize: spec.PageSize},
 	}
-	if ns.MaxGuests > 1 {
+	if ns.MaxGuests > 1 || ns.hasVLAN() {
 		// Each guest a pool: the NIC writes a frame only into buffers of
 		// the guest its destination MAC belongs to, which zero copy
 		// needs (the NIC, not zcnet, picks the buffer).
@@ -263,3 +264,13 @@ func (a *Appliance) NICs() []NICInfo {
 
 // Lcores are the poll cores, whether or not they run yet.
 func (a *Appliance) Lcores() []*pollmode.Lcore { return a.runner.Lcores() }
+
+// hasVLAN reports whether a listed guest is on a VLAN.
+func (ns NICSpec) hasVLAN() bool {
+	for _, g := range ns.Guests {
+		if g.VLAN != 0 {
+			return true
+		}
+	}
+	return false
+}

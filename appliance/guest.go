@@ -55,7 +55,9 @@ type GuestInfo struct {
 	// known), MACSource "configured" or "learned".
 	MAC       string `json:"mac"`
 	MACSource string `json:"mac_source"`
-	MemLimit  string `json:"mem_limit,omitempty"`
+	// VLAN is the guest's access VLAN (0: untagged).
+	VLAN     uint16 `json:"vlan,omitempty"`
+	MemLimit string `json:"mem_limit,omitempty"`
 }
 
 // AddGuest serves a new guest on NIC port pci (empty: the first NIC port
@@ -206,7 +208,13 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 			return nil, err
 		}
 	}
+	if cfg.VLAN != 0 && pool < 0 {
+		return nil, fmt.Errorf("vlan %d: NIC port %s runs without pools (one guest slot, no guest on a VLAN when it opened); give it max_guests 2 or more", cfg.VLAN, n.name)
+	}
 	if pool >= 0 {
+		if err := n.port.SetPoolVLAN(pool, cfg.VLAN); err != nil {
+			return nil, err
+		}
 		if err := n.port.EnablePool(pool, true); err != nil {
 			return nil, err
 		}
@@ -308,7 +316,8 @@ func (g *guest) teardown(a *Appliance) error {
 	if g.macs != nil && g.macs.pool >= 0 && stopped {
 		// The pool's queues are stopped: it takes no more copies of
 		// broadcast, and the next guest on the slot starts clean.
-		errs = append(errs, g.nic.port.SetPoolAntiSpoof(g.macs.pool, false), g.nic.port.EnablePool(g.macs.pool, false))
+		errs = append(errs, g.nic.port.SetPoolAntiSpoof(g.macs.pool, false), g.nic.port.EnablePool(g.macs.pool, false),
+			g.nic.port.SetPoolVLAN(g.macs.pool, 0))
 	}
 	if g.cancel != nil {
 		g.cancel()
@@ -330,7 +339,7 @@ func (g *guest) teardown(a *Appliance) error {
 }
 
 func (g *guest) info() GuestInfo {
-	gi := GuestInfo{Socket: g.cfg.Socket, Mode: "server", NIC: g.nic.name, MemLimit: g.cfg.MemLimit}
+	gi := GuestInfo{Socket: g.cfg.Socket, Mode: "server", NIC: g.nic.name, VLAN: g.cfg.VLAN, MemLimit: g.cfg.MemLimit}
 	if g.cfg.Client {
 		gi.Mode = "client"
 	}

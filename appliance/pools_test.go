@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/zcnet/zcnet/internal/testwait"
 	simguest "github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // guestMAC is the configured MAC of guest i in the pool tests.
@@ -197,4 +199,108 @@ func TestTrustedGuestMaySendFromAnyAddress(t *testing.T) {
 	if d := a.Snapshot("test").NICs[0].TxSpoofed - spoofed; d != 3 {
 		t.Errorf("the NIC dropped %d spoofed frames, want the untrusted guest's 3", d)
 	}
+}
+
+// TestGuestOnAccessVLAN: a guest on VLAN 100 receives frames tagged 100
+// for its MAC untagged, not those tagged 200 or untagged, and what it
+// sends leaves tagged 100; the guest beside it, untagged, is unaffected.
+func TestGuestOnAccessVLAN(t *testing.T) {
+	nics := newSimNICs(t)
+	dir := t.TempDir()
+	spec := testSpec(t, "sim:0")
+	spec.NICs[0].MaxGuests = 2
+	sock := filepath.Join(dir, "vlan.sock")
+	m := guestMAC(0)
+	spec.NICs[0].Guests = []GuestSpec{{Socket: sock, MAC: net.HardwareAddr(m[:]).String(), VLAN: 100}}
+	a := openTest(t, spec, nics)
+	if err := a.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := nics.nics["sim:0"]
+	rec := &frameLog{}
+	n.pf.Attach(rec)
+	g, err := simguest.Dial(sock, simguest.EchoOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.RefillRx(0, 64); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the guest's buffers on the NIC", func() bool {
+		gi, _, err := a.Guest(sock)
+		return err == nil && gi.Ready && gi.VLAN == 100
+	})
+	// Untagged payload after the addresses: EtherType 0x88b5 (local
+	// experimental) and a pattern.
+	payload := make([]byte, 100)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	frame := func(vid uint16) []byte {
+		f := append(append([]byte{}, m[:]...), 0x02, 0, 0, 0, 0, 0x99)
+		if vid != 0 {
+			f = append(f, 0x81, 0x00, byte(vid>>8), byte(vid))
+		}
+		return append(append(f, 0x88, 0xb5), payload...)
+	}
+	var got []simguest.RxFrame
+	receive := func() {
+		f, err := g.ReceiveInPlace(0, make([]simguest.RxFrame, 0, 16))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range f {
+			got = append(got, simguest.RxFrame{Frame: append([]byte(nil), x.Frame...)})
+		}
+	}
+	// Until the channel has the NIC queue running, frames are dropped:
+	// probe with tagged frames until one arrives.
+	testwait.For(t, "a frame tagged 100 at the guest", func() bool {
+		n.pf.Deliver(frame(100))
+		time.Sleep(5 * time.Millisecond)
+		receive()
+		return len(got) > 0
+	})
+	time.Sleep(50 * time.Millisecond)
+	receive()
+	got = got[:0]
+	for _, vid := range []uint16{200, 0, 100} {
+		n.pf.Deliver(frame(vid))
+	}
+	testwait.For(t, "the frame tagged 100", func() bool { receive(); return len(got) >= 1 })
+	time.Sleep(50 * time.Millisecond)
+	receive()
+	if len(got) != 1 || !bytes.Equal(got[0].Frame, frame(0)) {
+		t.Fatalf("the guest received %d frames (first %x); want only the one tagged 100, untagged", len(got), got)
+	}
+	// What the guest sends leaves tagged 100.
+	out := append(append([]byte{0x02, 0, 0, 0, 0, 0x99}, m[:]...), 0x88, 0xb5)
+	out = append(out, payload...)
+	if err := g.Transmit(0, vhost.NetHeader{}, out); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the guest's frame on the wire", func() bool { return len(rec.all()) > 0 })
+	w := rec.all()[0]
+	if len(w) != len(out)+4 || w[12] != 0x81 || w[13] != 0 || uint16(w[14]&0xf)<<8|uint16(w[15]) != 100 || !bytes.Equal(w[16:], out[12:]) {
+		t.Fatalf("on the wire: % x; want the guest's frame tagged 100", w)
+	}
+}
+
+// frameLog keeps what the NIC transmits.
+type frameLog struct {
+	mu     sync.Mutex
+	frames [][]byte
+}
+
+func (l *frameLog) Deliver(f []byte) {
+	l.mu.Lock()
+	l.frames = append(l.frames, append([]byte(nil), f...))
+	l.mu.Unlock()
+}
+
+func (l *frameLog) all() [][]byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.frames
 }

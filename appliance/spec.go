@@ -78,6 +78,13 @@ type GuestSpec struct {
 	// guest sends from another address (tx_spoofed); without one the
 	// learned MAC is followed and checked the same way.
 	Trusted bool `json:"trusted,omitempty" yaml:"trusted,omitempty"`
+	// VLAN (1 to 4094) puts the guest on an access VLAN, as `ip link set
+	// PF vf N vlan V` does: on the wire its frames carry 802.1Q tag VLAN,
+	// the guest sends and receives them untagged, and it receives only
+	// frames tagged VLAN. The NIC port must run pools (the NIC inserts and
+	// strips the tag per pool): a port with a VLAN guest listed, or with
+	// max_guests above 1, does.
+	VLAN uint16 `json:"vlan,omitempty" yaml:"vlan,omitempty"`
 	// Mode (octal, default 0600) and Group of the socket zcnet creates:
 	// whoever can connect is the guest's front end. "0660" with the
 	// group QEMU runs in (libvirt: kvm) lets a QEMU running as another
@@ -214,6 +221,9 @@ func checkGuest(s GuestSpec) (guestConfig, error) {
 			return fail(err)
 		}
 		g.mac = m
+	}
+	if s.VLAN > 4094 {
+		return fail(fmt.Errorf("vlan %d: use 1 to 4094 (0: untagged)", s.VLAN))
 	}
 	if s.Mode != "" || s.Group != "" {
 		if s.Client {

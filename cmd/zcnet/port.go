@@ -64,6 +64,7 @@ memory and closes its socket.`,
 	add.Flags().StringVar(&nic, "nic", "", "NIC port (its --pci address) whose free guest slot to use (default: the first with one)")
 	add.Flags().BoolVar(&g.Client, "client", false, "connect to SOCKET (QEMU server=on) instead of listening on it")
 	add.Flags().StringVar(&g.MAC, "mac", "", "the guest's MAC (default: learned from its frames)")
+	add.Flags().Uint16Var(&g.VLAN, "vlan", 0, "put the guest on this access VLAN (1-4094; the NIC tags and untags its frames)")
 	add.Flags().BoolVar(&g.Trusted, "trusted", false, "let the guest change its MAC and send from other addresses (default: a configured MAC is fixed and, on a shared NIC port, anything else is dropped)")
 	add.Flags().StringVar(&g.MemLimit, "mem-limit", "", "most guest memory zcnet may map and pin for it, e.g. 16G")
 	add.Flags().StringVar(&g.Mode, "mode", "", "mode of the socket zcnet creates (default 0600)")
@@ -131,6 +132,9 @@ func printGuests(w io.Writer, gs []appliance.GuestInfo) {
 			mac = "(not yet learned)"
 		} else {
 			mac += " (" + g.MACSource + ")"
+		}
+		if g.VLAN != 0 {
+			mac += fmt.Sprintf(", vlan %d", g.VLAN)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\n", g.Socket, g.Mode, g.NIC, ints(g.Queues), ints(g.Lcores), g.Connected, mac)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -108,14 +109,14 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	return spec, nil
 }
 
-// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,trusted=on][,mode=MODE][,group=GROUP]
+// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,vlan=VID][,trusted=on][,mode=MODE][,group=GROUP]
 // (QEMU's option syntax) into the socket path and its options. Only
 // trailing options are taken, so other commas stay in the path; a
 // trailing ",word=value" that is no option is refused as a likely typo.
 func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 	var s appliance.GuestSpec
-	var trusted string
-	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group, "trusted": &trusted}
+	var trusted, vlan string
+	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group, "trusted": &trusted, "vlan": &vlan}
 	seen := map[string]bool{}
 	for {
 		i := strings.LastIndexByte(v, ',')
@@ -126,7 +127,7 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		dst := opts[key]
 		switch {
 		case dst == nil:
-			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, trusted=, mode= or group=)", v, key)
+			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, vlan=, trusted=, mode= or group=)", v, key)
 		case seen[key]:
 			return s, fmt.Errorf("--vhost %s: %s given twice", v, key)
 		}
@@ -139,6 +140,13 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		s.Trusted = true
 	default:
 		return s, fmt.Errorf("--vhost %s: trusted=%s: give on or off", v, trusted)
+	}
+	if vlan != "" {
+		n, err := strconv.ParseUint(vlan, 10, 12)
+		if err != nil || n == 0 || n > 4094 {
+			return s, fmt.Errorf("--vhost %s: vlan=%s: give a VLAN ID from 1 to 4094", v, vlan)
+		}
+		s.VLAN = uint16(n)
 	}
 	s.Socket = v
 	return s, nil
