@@ -149,6 +149,9 @@ func (p *PF) flushWriteBacks(wb *writeBacks) {
 }
 
 func (p *PF) readSpecial(off uint32, now uint64) uint32 {
+	if off >= regPFMAILBOX0 && off < regPFMAILBOX0+4*numPools {
+		return p.readPFMailbox(int(off-regPFMAILBOX0) / 4)
+	}
 	switch off {
 	case regSTATUS:
 		v := p.reg(regSTATUS) &^ statusGIO
@@ -212,6 +215,9 @@ func (p *PF) readSpecial(off uint32, now uint64) uint32 {
 }
 
 func (p *PF) writeSpecial(off uint32, v uint32) {
+	if p.writeSRIOV(off, v) { // CTRL_EXT.PFRSTD, PFMAILBOX, PFVFLREC (mailbox.go)
+		return
+	}
 	switch off {
 	case regCTRL:
 		if v&ctrlRST != 0 {

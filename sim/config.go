@@ -39,6 +39,9 @@ type configSpace struct {
 	// flr is called, without mu held, when the driver starts a
 	// function-level reset through the PCI Express device control register.
 	flr func()
+	// wrote, when set, is called without mu held after every write, with
+	// the written offset and width (the PF's SR-IOV control, sriov.go).
+	wrote func(off, n int)
 }
 
 func (c *configSpace) init(flr func()) {
@@ -133,6 +136,9 @@ func (c *configSpace) write(off, n int, v uint32) error {
 	c.mu.Unlock()
 	if flr && c.flr != nil {
 		c.flr()
+	}
+	if c.wrote != nil {
+		c.wrote(off, n)
 	}
 	return nil
 }

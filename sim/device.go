@@ -90,6 +90,8 @@ type PF struct {
 	unknownMu      sync.Mutex
 	unknownOffsets map[uint32]uint64
 
+	sriov sriovState // SR-IOV: the VFs and their mailboxes (sriov.go)
+
 	runMu   sync.Mutex
 	stop    chan struct{}
 	running sync.WaitGroup
@@ -157,6 +159,7 @@ func NewPF(opts Options) *PF {
 		cable:          true,
 	}
 	p.cfg.init(func() { _ = p.Reset() })
+	p.initSRIOV()
 	p.fifo.init(opts.RxFIFOFrames)
 	p.rx.init()
 	p.tx.init()
@@ -289,6 +292,7 @@ func (p *PF) resetLocked() {
 	p.linkUpAt = now + p.opts.LinkDelay
 	p.linkReported = false
 	p.linkState.Store(false)
+	p.resetVFMailboxes() // RSTI on every VF until the PF driver sets PFRSTD
 }
 
 // tick advances model time by one and returns the new time.

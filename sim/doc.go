@@ -113,5 +113,24 @@
 // per-pool VLAN stripping and long-packet limits in VMOLR, PFQDE
 // (queue drop enable), per-pool statistics (PVFGPRC...), PFVMTXSW (kept
 // as storage: its meaning and reset value were not confirmed), the
-// VLANA 11b encoding, and the VF side (VF BARs, the mailbox policy).
+// VLANA 11b encoding.
+//
+// # SR-IOV (sriov.go, vf.go, mailbox.go)
+//
+// The PF's configuration space carries the SR-IOV extended capability
+// (at 0x160, as on an 82599: TotalVFs 64, VF offset 128, stride 2, VF
+// device ID 10ED). Setting VF Enable with NumVFs n (EnableVFs) creates
+// n VFs; each is a vfio.Device of its own (PF.VF) with its own
+// configuration space, its own BAR 0 with the VF register map and its
+// own IOMMU domain. VF v is pool v: its queue i is the PF's queue
+// v*qpp+i (qpp from GCR_EXT.VT_Mode), run by the PF's engines with DMA
+// through the VF's domain, counted in the VF's statistics (VFGPRC...,
+// not cleared by reads) and interrupting through the VF's VTIVAR and
+// VTEIMS. The mailbox hardware (mailbox.go) joins each VF to its PF;
+// the PF side of the protocol is the PF driver's (sim/linuxpf stands in
+// for Linux's). VFLINKS shows the port's link. PF.ResetVF resets a VF
+// from outside. Not modelled: the VF's MSI-X BAR (BAR 3), VF interrupt
+// throttling, VFRSCCTL's effect, the X550-only VF RSS registers, the
+// PVF* PF-side aliases of VF registers, and which EICR cause (if any) a
+// VF reset event raises on the PF.
 package sim

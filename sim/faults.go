@@ -67,6 +67,7 @@ type writeBack struct {
 	size  uint8     // bytes covered: 16, or 4 for a head write-back
 	cause uint32    // interrupt causes raised once it is written
 	due   uint64    // the engine pass at which a held write-back is written
+	dom   *IOMMU    // the domain the write goes through (a VF's); nil: the engine's
 }
 
 // apply writes w into d, the memory at w.iova. The word with DD goes last,
@@ -120,7 +121,11 @@ func (h *writeBacks) flush(u *IOMMU, all bool) (causes uint32) {
 		if !all && w.due > h.pass {
 			break
 		}
-		if d, ok := u.slice(w.iova, int(w.size)); ok {
+		dom := u
+		if w.dom != nil {
+			dom = w.dom
+		}
+		if d, ok := dom.slice(w.iova, int(w.size)); ok {
 			w.apply(d)
 		}
 		causes |= w.cause

@@ -30,6 +30,10 @@ type IOMMU struct {
 	// an access in progress.
 	mu   sync.RWMutex
 	maps []mapping // sorted by iova, non-overlapping
+	// shared, when set, is the lock used in place of mu: a VF's domain
+	// shares its PF's, so the engines' one read lock covers every domain
+	// (sriov.go).
+	shared *sync.RWMutex
 
 	faults    atomic.Uint64
 	lastFault atomic.Uint64
@@ -68,8 +72,9 @@ func (u *IOMMU) MapDMA(iova uint64, mem []byte) error {
 	if iova+size < iova {
 		return fmt.Errorf("sim: map %d bytes at iova %#x: range wraps: %w", size, iova, unix.EINVAL)
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
+	l := u.lock()
+	l.Lock()
+	defer l.Unlock()
 	i := sort.Search(len(u.maps), func(i int) bool { return u.maps[i].end() > iova })
 	if i < len(u.maps) && u.maps[i].iova < iova+size {
 		return fmt.Errorf("sim: map [%#x, %#x): overlaps mapping at %#x: %w", iova, iova+size, u.maps[i].iova, unix.EEXIST)
@@ -84,8 +89,9 @@ func (u *IOMMU) MapDMA(iova uint64, mem []byte) error {
 // for DMA batches in progress, so after it returns the device no longer
 // touches the memory.
 func (u *IOMMU) UnmapDMA(iova uint64, size uint64) error {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+	l := u.lock()
+	l.Lock()
+	defer l.Unlock()
 	for i := range u.maps {
 		if u.maps[i].iova == iova {
 			if uint64(len(u.maps[i].mem)) != size {
@@ -96,6 +102,14 @@ func (u *IOMMU) UnmapDMA(iova uint64, size uint64) error {
 		}
 	}
 	return fmt.Errorf("sim: unmap iova %#x: no mapping starts there: %w", iova, unix.ENOENT)
+}
+
+// lock is the lock that guards maps against DMA in progress.
+func (u *IOMMU) lock() *sync.RWMutex {
+	if u.shared != nil {
+		return u.shared
+	}
+	return &u.mu
 }
 
 // Faults reports how many device accesses fell outside every mapping, and

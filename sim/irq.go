@@ -125,6 +125,10 @@ func vectorFD(fds []int, v int) int {
 // q, or 0 when the entry is not valid or names a vector above 15 (vectors
 // 16-63 live in EICR_EX, which the model does not implement).
 func (p *PF) queueCause(q int, tx bool) uint32 {
+	if vf, i := p.queueVF(q); vf != nil {
+		vf.queueCause(i, tx) // a VF's queue interrupts the VF (VTIVAR), not the PF
+		return 0
+	}
 	ivar := p.reg(regIVAR0 + 4*uint32(q/2))
 	shift := 16 * uint(q%2)
 	if tx {

@@ -262,7 +262,7 @@ func buildRegMap() *regMap {
 	// General control and the EEPROM/flash interface.
 	sp(regCTRL, 0)
 	sp(regSTATUS, statusGIO)
-	rw(regCTRLEXT, 0)
+	sp(regCTRLEXT, 0) // PFRSTD reaches the VF mailboxes (mailbox.go)
 	sp(regESDP, 0)
 	rw(0x00200, 0) // LEDCTL
 	sp(regFRTIMER, 0)
@@ -400,25 +400,25 @@ func buildRegMap() *regMap {
 
 	// Virtualization: pools and the internal switch (pool.go, veb.go act
 	// on these), and mailbox storage (no PF-side VF policy here).
-	rw(regPFVTCTL, 0)                // PFVTCTL
-	arr(regPFVFRE0, 2, 4, 0)         // PFVFRE
-	arr(regPFVFTE0, 2, 4, 0)         // PFVFTE
-	arr(0x04B00, 64, 4, 0)           // PFMAILBOX
-	arr(0x13000, 1024, 4, 0)         // PFMBMEM
-	m.def(0x00710, 4, 4, kindW1C, 0) // PFMBICR
-	arr(0x00720, 4, 4, 0)            // PFMBIMR
-	ro(0x00600, 0)                   // PFVFLRE(0)
-	ro(0x001C0, 0)                   // PFVFLRE(1)
-	m.def(0x00700, 2, 4, kindW1C, 0) // PFVFLREC
-	arr(regPFVML2FLT, 64, 4, 0)      // PFVML2FLT (VMOLR)
-	arr(regPFVFSPOOF, 8, 4, 0)       // PFVFSPOOF
-	rw(regPFDTXGSWC, 0)              // PFDTXGSWC
-	arr(0x05180, 2, 4, 0)            // PFVMTXSW (storage only)
-	arr(regPFVMVIR0, 64, 4, 0)       // PFVMVIR
-	arr(regPFVLVF0, 64, 4, 0)        // PFVLVF
-	arr(regPFVLVFB0, 128, 4, 0)      // PFVLVFB
-	arr(regPFUTA0, 128, 4, 0)        // PFUTA
-	arr(regVMECM0, 2, 4, 0)          // VMECM
+	rw(regPFVTCTL, 0)                           // PFVTCTL
+	arr(regPFVFRE0, 2, 4, 0)                    // PFVFRE
+	arr(regPFVFTE0, 2, 4, 0)                    // PFVFTE
+	m.def(regPFMAILBOX0, 64, 4, kindSpecial, 0) // PFMAILBOX (mailbox.go)
+	arr(regPFMBMEM0, 1024, 4, 0)                // PFMBMEM (also the VFs' VFMBMEM)
+	m.def(regPFMBICR0, 4, 4, kindW1C, 0)        // PFMBICR
+	arr(regPFMBIMR0, 4, 4, 0)                   // PFMBIMR
+	ro(regPFVFLRE0, 0)                          // PFVFLRE(0)
+	ro(regPFVFLRE1, 0)                          // PFVFLRE(1)
+	m.def(regPFVFLREC0, 2, 4, kindSpecial, 0)   // PFVFLREC: write 1 clears PFVFLRE (mailbox.go)
+	arr(regPFVML2FLT, 64, 4, 0)                 // PFVML2FLT (VMOLR)
+	arr(regPFVFSPOOF, 8, 4, 0)                  // PFVFSPOOF
+	rw(regPFDTXGSWC, 0)                         // PFDTXGSWC
+	arr(0x05180, 2, 4, 0)                       // PFVMTXSW (storage only)
+	arr(regPFVMVIR0, 64, 4, 0)                  // PFVMVIR
+	arr(regPFVLVF0, 64, 4, 0)                   // PFVLVF
+	arr(regPFVLVFB0, 128, 4, 0)                 // PFVLVFB
+	arr(regPFUTA0, 128, 4, 0)                   // PFUTA
+	arr(regVMECM0, 2, 4, 0)                     // VMECM
 
 	defineStats(m)
 

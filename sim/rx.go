@@ -286,6 +286,7 @@ func (p *PF) stepRX() int {
 	if causes != 0 {
 		p.raise(causes)
 	}
+	p.deliverVFCauses()
 	return done
 }
 
@@ -320,6 +321,11 @@ func (p *PF) receiveQueue(slot *rxSlot, q int, pi *pktInfo, hash, rssType uint32
 	if !p.rxQueueEnabled(q, now) {
 		p.mc.rxQueueOff.Add(1)
 		p.stats.add(stQPRDC0+set, 1)
+		return true, 0
+	}
+	u, ok := p.dmaDomain(q) // a VF's queue DMAs through the VF's domain
+	if !ok {
+		p.mc.dmaNoBusMaster.Add(1)
 		return true, 0
 	}
 	qb := rxQueueBase(q)
@@ -368,14 +374,14 @@ func (p *PF) receiveQueue(slot *rxSlot, q int, pi *pktInfo, hash, rssType uint32
 	base := (uint64(p.reg(qb+rqRDBAH))<<32 | uint64(p.reg(qb+rqRDBAL))) &^ 0x7F
 	descs := p.rx.descs[:need]
 	for i := range descs {
-		d, ok := p.iommu.slice(base+16*uint64((rdh+uint32(i))%count), 16)
+		d, ok := u.slice(base+16*uint64((rdh+uint32(i))%count), 16)
 		if !ok {
 			p.mc.rxDMAFault.Add(1)
 			return true, 0
 		}
 		descs[i] = d
 		chunk := out[i*bufSize : min((i+1)*bufSize, len(out))]
-		if !p.iommu.dmaWrite(binary.LittleEndian.Uint64(d), chunk) {
+		if !u.dmaWrite(binary.LittleEndian.Uint64(d), chunk) {
 			p.mc.rxDMAFault.Add(1)
 			return true, 0
 		}
@@ -413,7 +419,7 @@ func (p *PF) receiveQueue(slot *rxSlot, q int, pi *pktInfo, hash, rssType uint32
 	for i, d := range descs {
 		n := uint32(min(bufSize, len(out)-i*bufSize))
 		last := i == need-1
-		w := writeBack{iova: base + 16*uint64((rdh+uint32(i))%count), size: 16, set: 0xF, pub: 2}
+		w := writeBack{iova: base + 16*uint64((rdh+uint32(i))%count), size: 16, set: 0xF, pub: 2, dom: u}
 		switch {
 		case legacy:
 			st := uint32(rdStatDD)
@@ -462,6 +468,7 @@ func (p *PF) receiveQueue(slot *rxSlot, q int, pi *pktInfo, hash, rssType uint32
 	p.stats.add(stQBRC0+set, uint64(len(out)))
 	p.stats.add(stRXDGPC, 1)
 	p.stats.add(stRXDGBC, uint64(len(out)))
+	p.countVFRX(q, out)
 	if !hold {
 		*causes |= cause
 	}

@@ -127,6 +127,10 @@ func (p *PF) stepTX() int {
 				p.mc.dmaNoBusMaster.Add(1)
 				continue
 			}
+			if _, ok := p.dmaDomain(q); !ok { // a VF with bus mastering off
+				p.mc.dmaNoBusMaster.Add(1)
+				continue
+			}
 			if !locked {
 				p.iommu.mu.RLock()
 				locked = true
@@ -140,6 +144,7 @@ func (p *PF) stepTX() int {
 	if causes != 0 {
 		p.raise(causes)
 	}
+	p.deliverVFCauses()
 	return frames
 }
 
@@ -155,13 +160,14 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 	wbal := p.reg(tb + tqTDWBAL)
 	headWB := wbal&tdwbalEnable != 0
 	st := &p.tx.queues[q]
+	u, _ := p.dmaDomain(q)
 	frames, used := 0, 0
 	report := false
 	wb := &p.tx.wb
 	hold := wb.holding()
 
 	for head != tail && used < txBudget {
-		d, ok := p.iommu.slice(base+16*uint64(head), 16)
+		d, ok := u.slice(base+16*uint64(head), 16)
 		if !ok {
 			break // the ring itself is unreachable: no progress, no packet lost
 		}
@@ -185,7 +191,7 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 		n, i, eop := 0, head, false
 		for i != tail && n < maxTxDescs {
 			iova := base + 16*uint64(i)
-			dd, ok := p.iommu.slice(iova, 16)
+			dd, ok := u.slice(iova, 16)
 			if !ok {
 				break
 			}
@@ -217,7 +223,7 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 			}
 			// DD in dword 3: over the whole dword in the advanced format,
 			// beside CSS and VLAN in the legacy one.
-			w := writeBack{iova: x.iova, size: 16, set: 1 << 3, pub: 3, or: x.cmd&txCmdDEXT == 0}
+			w := writeBack{iova: x.iova, size: 16, set: 1 << 3, pub: 3, or: x.cmd&txCmdDEXT == 0, dom: u}
 			w.words[3] = txStaDD
 			if hold {
 				wb.hold(&w)
@@ -234,13 +240,13 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 	}
 	cause := p.queueCause(q, true)
 	if headWB {
-		w := writeBack{iova: uint64(p.reg(tb+tqTDWBAH))<<32 | uint64(wbal&^3), size: 4, set: 1, words: [4]uint32{head}}
+		w := writeBack{iova: uint64(p.reg(tb+tqTDWBAH))<<32 | uint64(wbal&^3), size: 4, set: 1, words: [4]uint32{head}, dom: u}
 		if hold {
 			w.cause = cause
 			wb.hold(&w)
 			return frames
 		}
-		if b, ok := p.iommu.slice(w.iova, 4); ok {
+		if b, ok := u.slice(w.iova, 4); ok {
 			w.apply(b)
 		}
 	} else if hold {
@@ -255,13 +261,14 @@ func (p *PF) txQueue(q int, causes *uint32) int {
 func (p *PF) transmitPacket(q int, descs []txDesc) int {
 	pkt := p.tx.pkt
 	total := 0
+	u, _ := p.dmaDomain(q)
 	for _, x := range descs {
 		n := int(x.cmd & 0xFFFF)
 		if total+n > len(pkt) {
 			p.mc.txMalformed.Add(1)
 			return 0
 		}
-		if !p.iommu.dmaRead(x.addr, pkt[total:total+n]) {
+		if !u.dmaRead(x.addr, pkt[total:total+n]) {
 			p.mc.txDMAFault.Add(1)
 			return 0
 		}
@@ -506,4 +513,5 @@ func (p *PF) countTxDMA(q int, out []byte) {
 	st.add(stQBTC0+set, uint64(len(out)))
 	st.add(stTXDGPC, 1)
 	st.add(stTXDGBC, uint64(len(out)))
+	p.countVFTX(q, out)
 }
