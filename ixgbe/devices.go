@@ -1,8 +1,11 @@
-// Package ixgbe drives the physical function (PF) of Intel's 82599 10 GbE
-// controller through the vfio interfaces: bring-up, RX and TX queues on the
-// ring contract, offloads, RSS, address filters, pools (VMDq steering,
-// anti-spoofing, the NIC's internal switch), statistics and link. Virtual
-// functions are not driven yet.
+// Package ixgbe drives Intel's 82599 10 GbE controller through the vfio
+// interfaces. Open takes the physical function (PF): bring-up, RX and TX
+// queues on the ring contract, offloads, RSS, address filters, pools (VMDq
+// steering, anti-spoofing, the NIC's internal switch), statistics and link.
+// OpenVF takes an SR-IOV virtual function (VF) whose PF the host's driver
+// keeps: the reset handshake and requests through the VF<->PF mailbox,
+// its queues on the same ring contract, recovery from resets by the PF,
+// statistics and link. zcnet's appliance does not use VFs yet.
 package ixgbe
 
 import (
@@ -32,11 +35,17 @@ type Model struct {
 	// VF is true for SR-IOV virtual functions (driven through the PF's
 	// mailbox), false for physical functions.
 	VF bool
-	// Supported is true where zcnet's driver is written for the device
-	// (the 82599 PFs; VFs need the mailbox driver, not written yet); the
-	// other family members are recognised so probe can say why not.
+	// Supported is true where Open, and with it zcnet's appliance, drives
+	// the device (the 82599 PFs); the other family members are recognised
+	// so probe can say why not. The 82599 VF is not Supported: OpenVF
+	// drives it (Model.OpenVF), the appliance does not use it yet.
 	Supported bool
 }
+
+// OpenVF reports whether OpenVF drives the device: the 82599 VF, not its
+// Hyper-V form (whose reset goes through config space, not the mailbox)
+// nor later families' VFs.
+func (m Model) OpenVF() bool { return m.VF && m.Family == Family82599 && m.DeviceID == 0x10ED }
 
 func (m Model) String() string {
 	kind := "PF"
@@ -118,12 +127,20 @@ type UnsupportedError struct {
 	// Model is the family member the ID belongs to (Known false: none).
 	Model Model
 	Known bool
+	// WantVF is set when OpenVF refused the device.
+	WantVF bool
 }
 
 func (e *UnsupportedError) Error() string {
 	switch {
 	case !e.Known:
 		return fmt.Sprintf("ixgbe: %04x:%04x is not an 82599-family NIC", e.Vendor, e.Device)
+	case e.WantVF && !e.Model.VF:
+		return fmt.Sprintf("ixgbe: %s is a PF: open it with Open, not OpenVF", e.Model)
+	case e.WantVF:
+		return fmt.Sprintf("ixgbe: %s: OpenVF drives only the 82599 VF (8086:10ed)", e.Model)
+	case e.Model.OpenVF():
+		return fmt.Sprintf("ixgbe: %s: Open drives PFs; open a VF with OpenVF", e.Model)
 	case e.Model.VF:
 		return fmt.Sprintf("ixgbe: %s: zcnet does not drive VFs yet; give it the PF", e.Model)
 	}
@@ -131,8 +148,9 @@ func (e *UnsupportedError) Error() string {
 }
 
 // checkModel reads the device's IDs from its configuration space and
-// refuses any model the driver is not written for.
-func checkModel(cfg vfio.ConfigSpace) error {
+// refuses any model Open (vf false) or OpenVF (vf true) is not written
+// for.
+func checkModel(cfg vfio.ConfigSpace, vf bool) error {
 	vendor, err := cfg.Read16(vfio.PCIVendorID)
 	if err != nil {
 		return fmt.Errorf("read the vendor ID: %w", err)
@@ -142,8 +160,8 @@ func checkModel(cfg vfio.ConfigSpace) error {
 		return fmt.Errorf("read the device ID: %w", err)
 	}
 	m, ok := Lookup(vendor, device)
-	if !ok || !m.Supported {
-		return &UnsupportedError{Vendor: vendor, Device: device, Model: m, Known: ok}
+	if !ok || (!vf && !m.Supported) || (vf && !m.OpenVF()) {
+		return &UnsupportedError{Vendor: vendor, Device: device, Model: m, Known: ok, WantVF: vf}
 	}
 	return nil
 }

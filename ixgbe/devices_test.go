@@ -77,20 +77,15 @@ func TestOpenRefusesOtherModels(t *testing.T) {
 		vendor, device uint16
 		want           string
 	}{
-		{0x8086, 0x10ED, "does not drive VFs yet"},
+		{0x8086, 0x10ED, "open a VF with OpenVF"},
+		{0x8086, 0x1515, "does not drive VFs yet"},
 		{0x8086, 0x1528, "drives only the 82599 PF"},
 		{0x8086, 0x10D3, "not an 82599-family NIC"},
 	} {
-		pf := sim.NewPF(sim.DefaultOptions())
-		_, err := Open(otherModel{pf, c.vendor, c.device}, Config{LinkTimeout: -1})
-		var ue *UnsupportedError
-		if !errors.As(err, &ue) || ue.Device != c.device || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("Open on %04x:%04x: %v; want an UnsupportedError saying %q", c.vendor, c.device, err, c.want)
-		}
-		if cmd, err := pf.Config().Read16(vfio.PCICommand); err != nil || cmd&vfio.PCICommandMaster != 0 {
-			t.Errorf("Open on %04x:%04x enabled bus mastering before refusing (command %#x, %v)", c.vendor, c.device, cmd, err)
-		}
-		pf.Close()
+		expectRefusal(t, "Open", func(d vfio.Device) error {
+			_, err := Open(d, Config{LinkTimeout: -1})
+			return err
+		}, c.vendor, c.device, c.want)
 	}
 	// The real 82599 PF ID still opens.
 	pf := sim.NewPF(sim.DefaultOptions())
@@ -100,4 +95,40 @@ func TestOpenRefusesOtherModels(t *testing.T) {
 		t.Fatalf("Open on 8086:10fb: %v", err)
 	}
 	p.Close()
+}
+
+// TestOpenVFRefusesOtherModels: OpenVF refuses anything but the 82599 VF
+// with a typed error, before it enables bus mastering.
+func TestOpenVFRefusesOtherModels(t *testing.T) {
+	for _, c := range []struct {
+		vendor, device uint16
+		want           string
+	}{
+		{0x8086, 0x10FB, "open it with Open, not OpenVF"},
+		{0x8086, 0x1515, "OpenVF drives only the 82599 VF"},
+		{0x8086, 0x152E, "OpenVF drives only the 82599 VF"},
+		{0x8086, 0x10D3, "not an 82599-family NIC"},
+	} {
+		expectRefusal(t, "OpenVF", func(d vfio.Device) error {
+			_, err := OpenVF(d, VFConfig{})
+			return err
+		}, c.vendor, c.device, c.want)
+	}
+}
+
+// expectRefusal opens a simulated device reporting vendor:device with
+// open and checks the refusal: an UnsupportedError saying want, before
+// bus mastering is enabled.
+func expectRefusal(t *testing.T, name string, open func(vfio.Device) error, vendor, device uint16, want string) {
+	t.Helper()
+	pf := sim.NewPF(sim.DefaultOptions())
+	defer pf.Close()
+	err := open(otherModel{pf, vendor, device})
+	var ue *UnsupportedError
+	if !errors.As(err, &ue) || ue.Device != device || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s on %04x:%04x: %v; want an UnsupportedError saying %q", name, vendor, device, err, want)
+	}
+	if cmd, err := pf.Config().Read16(vfio.PCICommand); err != nil || cmd&vfio.PCICommandMaster != 0 {
+		t.Errorf("%s on %04x:%04x enabled bus mastering before refusing (command %#x, %v)", name, vendor, device, cmd, err)
+	}
 }

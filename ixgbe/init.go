@@ -1,7 +1,5 @@
 package ixgbe
 
-import "fmt"
-
 // initRX is the receive part of datasheet 4.6.7: receiving stays off while
 // the filters, frame size, checksum/RSS settings and queues are set up, and
 // is turned on last.
@@ -53,26 +51,11 @@ func (p *Port) initRX() error {
 
 // startRxQueue programs and enables one receive queue with an empty ring.
 func (p *Port) startRxQueue(q *RxQueue) error {
-	reg := func(r uint32) uint32 { return rxQueueReg(q.index, r) }
-	p.write(reg(rxqRXDCTL), 0)
-	p.write(reg(rxqRDBAL), uint32(q.ringIOVA))
-	p.write(reg(rxqRDBAH), uint32(q.ringIOVA>>32))
-	p.write(reg(rxqRDLEN), uint32(q.size*descSize))
-	srrctl := (q.bufSize>>srrctlBSizePktShift)&srrctlBSizePktMask | srrctlDescAdvOneBuf
-	if !p.cfg.HoldWhenFull {
-		srrctl |= srrctlDropEn
-	}
-	p.write(reg(rxqSRRCTL), srrctl)
-	p.clear(reg(rxqDCA), dcaRxCtrlRelaxedWr)
-	p.write(reg(rxqRDH), 0)
-	p.write(reg(rxqRDT), 0)
-	rxdctl := uint32(rxdctlEnable)
-	if p.cfg.VLANStrip || q.vme {
-		rxdctl |= rxdctlVME
-	}
-	p.write(reg(rxqRXDCTL), rxdctl)
-	// The tail must not move before the queue reports itself enabled.
-	return p.waitSet(reg(rxqRXDCTL), rxdctlEnable, p.cfg.ResetTimeout, fmt.Sprintf("RX queue %d enable", q.index))
+	return regs{p.bar}.startRx(rxQueueReg(q.index, 0), q, rxSetup{
+		dropWhenFull: !p.cfg.HoldWhenFull,
+		vlanStrip:    p.cfg.VLANStrip || q.vme,
+		timeout:      p.cfg.ResetTimeout,
+	})
 }
 
 // enableRX turns receiving on through the security block's handshake:
@@ -108,29 +91,7 @@ func (p *Port) initTX() error {
 }
 
 func (p *Port) startTxQueue(q *TxQueue) error {
-	reg := func(r uint32) uint32 { return txQueueReg(q.index, r) }
-	p.write(reg(txqTXDCTL), 0)
-	p.write(reg(txqTDBAL), uint32(q.ringIOVA))
-	p.write(reg(txqTDBAH), uint32(q.ringIOVA>>32))
-	p.write(reg(txqTDLEN), uint32(q.size*descSize))
-	if q.headWB {
-		// Relaxed ordering could let the head write overtake the data
-		// it reports; keep write-backs strictly ordered.
-		p.clear(reg(txqDCA), dcaTxCtrlWBRelaxed)
-		p.write(reg(txqTDWBAH), uint32(q.headIOVA>>32))
-		p.write(reg(txqTDWBAL), uint32(q.headIOVA)|tdwbalHeadWBEn)
-	} else {
-		p.write(reg(txqTDWBAL), 0)
-		p.write(reg(txqTDWBAH), 0)
-	}
-	p.write(reg(txqTDH), 0)
-	p.write(reg(txqTDT), 0)
-	t := p.cfg.TxThresholds
-	p.write(reg(txqTXDCTL), uint32(t.Prefetch)<<txdctlPThreshShift|
-		uint32(t.Host)<<txdctlHThreshShift|
-		uint32(t.WriteBack)<<txdctlWThreshShift|
-		txdctlEnable)
-	return p.waitSet(reg(txqTXDCTL), txdctlEnable, p.cfg.ResetTimeout, fmt.Sprintf("TX queue %d enable", q.index))
+	return regs{p.bar}.startTx(txQueueReg(q.index, 0), q, p.cfg.TxThresholds, p.cfg.ResetTimeout)
 }
 
 // mapQueueStats maps queue q to per-queue statistics counter q%16 through

@@ -170,8 +170,7 @@ type Port struct {
 	cfg Config
 	mac net.HardwareAddr
 
-	rings     *hugepage.Region
-	ringsIOVA uint64
+	rings     *queueRings
 	iova      *hugepage.IOVAAllocator
 	rx        []*RxQueue
 	tx        []*TxQueue
@@ -196,7 +195,7 @@ func Open(dev vfio.Device, cfg Config) (*Port, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if err := checkModel(dev.Config()); err != nil {
+	if err := checkModel(dev.Config(), false); err != nil {
 		return nil, fmt.Errorf("ixgbe %s: %w", dev.Address(), err)
 	}
 	if err := vfio.EnableBusMaster(dev.Config()); err != nil {
@@ -298,56 +297,18 @@ func (p *Port) readPermanentMAC() net.HardwareAddr {
 // MAC is the port's permanent address.
 func (p *Port) MAC() net.HardwareAddr { return append(net.HardwareAddr(nil), p.mac...) }
 
-// allocRings allocates one region for every descriptor ring plus a page of
-// TX head write-back words, and maps it for the device.
+// allocRings allocates and maps the descriptor rings and makes the
+// queues over them.
 func (p *Port) allocRings() error {
-	size := uint64(0)
-	ringBytes := func(n int) uint64 { return alignUp(uint64(n*descSize), hugepage.IOMMUPage) }
-	for range p.cfg.RxQueues {
-		size += ringBytes(p.cfg.RxRingSize)
-	}
-	for range p.cfg.TxQueues {
-		size += ringBytes(p.cfg.TxRingSize)
-	}
-	size += hugepage.IOMMUPage // head write-back words, 64 bytes per TX queue
-	r, err := hugepage.Alloc(size, p.cfg.RingMemory)
-	if err != nil {
-		return fmt.Errorf("allocate %d bytes of descriptor ring memory: %w", size, err)
-	}
-	p.rings = r
-	iova, err := p.iova.Alloc(uint64(r.Len()), uint64(r.PageSize()))
-	if err != nil {
-		return fmt.Errorf("reserve IOVA space for descriptor rings: %w", err)
-	}
-	p.ringsIOVA = iova
-	if err := r.MapInto(p.dev.DMA(), iova); err != nil {
-		return fmt.Errorf("map descriptor rings for DMA at IOVA %#x: %w", iova, err)
-	}
-	mem := r.Bytes()
-	off := uint64(0)
-	for i := range p.cfg.RxQueues {
-		n := ringBytes(p.cfg.RxRingSize)
-		q, err := newRxQueue(p.bar, i, mem[off:off+n], iova+off, p.cfg.RxRingSize, p.cfg.RxBufSize, p.MaxRxWrite())
-		if err != nil {
-			return err
-		}
-		p.rx = append(p.rx, q)
-		off += n
-	}
-	wb := mem[size-hugepage.IOMMUPage:]
-	for i := range p.cfg.TxQueues {
-		n := ringBytes(p.cfg.TxRingSize)
-		q, err := newTxQueue(p.bar, i, mem[off:off+n], iova+off, p.cfg.TxRingSize)
-		if err != nil {
-			return err
-		}
-		if p.cfg.TxHeadWriteBack {
-			q.useHeadWriteBack(wb[64*i:64*i+64], iova+size-hugepage.IOMMUPage+64*uint64(i))
-		}
-		p.tx = append(p.tx, q)
-		off += n
-	}
-	return nil
+	rs, err := newQueueRings(p.bar, p.dev.DMA(), p.iova, ringSpec{
+		layout:   pfQueues,
+		rxQueues: p.cfg.RxQueues, txQueues: p.cfg.TxQueues,
+		rxSize: p.cfg.RxRingSize, txSize: p.cfg.TxRingSize,
+		rxBufSize: p.cfg.RxBufSize, maxRxWrite: p.MaxRxWrite(),
+		headWB: p.cfg.TxHeadWriteBack, memory: p.cfg.RingMemory,
+	})
+	p.rings, p.rx, p.tx = rs, rs.rx, rs.tx
+	return err
 }
 
 func alignUp(n, a uint64) uint64 { return (n + a - 1) &^ (a - 1) }
@@ -390,11 +351,7 @@ func (p *Port) stopLocked() error {
 }
 
 func (p *Port) stopQueue(reg, enable uint32, what string) error {
-	p.clear(reg, enable)
-	if err := p.waitClear(reg, enable, p.cfg.ResetTimeout, what+" disable"); err != nil {
-		return fmt.Errorf("%w; its buffers may still be written, do not free them", err)
-	}
-	return nil
+	return regs{p.bar}.stopQueue(reg, enable, p.cfg.ResetTimeout, what)
 }
 
 // Close stops the port (if Stop was not called), masks its interrupts,
@@ -428,26 +385,6 @@ func (p *Port) release() error {
 		p.linkIRQ = nil
 	}
 	p.clear(regCTRLEXT, ctrlExtDrvLoad)
-	for _, q := range p.rx {
-		q.released = true
-	}
-	for _, q := range p.tx {
-		q.released = true
-	}
-	if p.rings != nil {
-		if _, mapped := p.rings.IOVA(); mapped {
-			if err := p.rings.Unmap(); err != nil {
-				errs = append(errs, fmt.Errorf("unmap descriptor rings: %w", err))
-			}
-		}
-		if err := p.rings.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("free descriptor rings: %w", err))
-		}
-		p.rings = nil
-		if p.ringsIOVA != 0 {
-			errs = append(errs, p.iova.Free(p.ringsIOVA))
-			p.ringsIOVA = 0
-		}
-	}
+	errs = append(errs, p.rings.free())
 	return errors.Join(errs...)
 }

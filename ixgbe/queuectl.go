@@ -40,20 +40,9 @@ func (p *Port) StartRxQueue(i, bufSize int) error {
 		return errPortStopped
 	}
 	q := p.rx[i]
-	if !q.stopped {
-		return fmt.Errorf("ixgbe: RX queue %d is running; stop it first", i)
+	if err := q.rearm(bufSize, p.MaxRxWrite()); err != nil {
+		return err
 	}
-	if q.next != q.tail {
-		return fmt.Errorf("ixgbe: RX queue %d still has %d posted buffers; Drain them first", i, q.tail-q.next)
-	}
-	if bufSize != 0 {
-		if bufSize%1024 != 0 || bufSize < 1024 || bufSize > 16384 {
-			return fmt.Errorf("ixgbe: RX buffer size %d must be a multiple of 1024 from 1024 to 16384", bufSize)
-		}
-		q.bufSize = uint32(bufSize)
-		q.minBuf = uint32(min(bufSize, p.MaxRxWrite()))
-	}
-	q.next, q.tail = 0, 0
 	if err := p.startRxQueue(q); err != nil {
 		return err
 	}
@@ -100,20 +89,50 @@ func (p *Port) StartTxQueue(i int) error {
 		return errPortStopped
 	}
 	q := p.tx[i]
+	if err := q.rearm(); err != nil {
+		return err
+	}
+	if err := p.startTxQueue(q); err != nil {
+		return err
+	}
+	q.stopped = false
+	return nil
+}
+
+// rearm readies a stopped, drained RX queue for a restart with an empty
+// ring of bufSize-byte buffers (0 keeps the size); maxWrite is the most its
+// function writes for one frame.
+func (q *RxQueue) rearm(bufSize, maxWrite int) error {
 	if !q.stopped {
-		return fmt.Errorf("ixgbe: TX queue %d is running; stop it first", i)
+		return fmt.Errorf("ixgbe: RX queue %d is running; stop it first", q.index)
+	}
+	if q.next != q.tail {
+		return fmt.Errorf("ixgbe: RX queue %d still has %d posted buffers; Drain them first", q.index, q.tail-q.next)
+	}
+	if bufSize != 0 {
+		if bufSize%1024 != 0 || bufSize < 1024 || bufSize > 16384 {
+			return fmt.Errorf("ixgbe: RX buffer size %d must be a multiple of 1024 from 1024 to 16384", bufSize)
+		}
+		q.bufSize = uint32(bufSize)
+		q.minBuf = uint32(min(bufSize, maxWrite))
+	}
+	q.next, q.tail = 0, 0
+	return nil
+}
+
+// rearm readies a stopped, drained TX queue for a restart with an empty
+// ring.
+func (q *TxQueue) rearm() error {
+	if !q.stopped {
+		return fmt.Errorf("ixgbe: TX queue %d is running; stop it first", q.index)
 	}
 	if q.clean != q.tail {
-		return fmt.Errorf("ixgbe: TX queue %d still has packets in flight; Drain them first", i)
+		return fmt.Errorf("ixgbe: TX queue %d still has packets in flight; Drain them first", q.index)
 	}
 	q.tail, q.clean = 0, 0
 	q.memo, q.loaded = txOffload{}, [2]uint64{}
 	if q.headWB {
 		q.head.store(0)
 	}
-	if err := p.startTxQueue(q); err != nil {
-		return err
-	}
-	q.stopped = false
 	return nil
 }

@@ -2,14 +2,24 @@ package ixgbe
 
 import "github.com/zcnet/zcnet/ring"
 
-// QueuePair is RX and TX queue i of a port with their lifecycle: what the
-// zero-copy engine needs of a NIC (ring.QueuePair), so that the
-// engine reaches the 82599 through the ring contract and never names it.
+// QueuePair is RX and TX queue i of a port or a VF with their lifecycle:
+// what the zero-copy engine needs of a NIC (ring.QueuePair), so that the
+// engine reaches the 82599 through the ring contract and never names it,
+// nor whether it has a PF or a VF.
 type QueuePair struct {
-	p  *Port
+	p  queueOwner
 	rx *RxQueue
 	tx *TxQueue
 	i  int
+}
+
+// queueOwner is the function (Port or VF) whose queues a QueuePair are.
+type queueOwner interface {
+	StopRxQueue(i int) error
+	StartRxQueue(i, bufSize int) error
+	StopTxQueue(i int) error
+	StartTxQueue(i int) error
+	MaxRxWrite() int
 }
 
 // QueuePair returns queue pair i.
