@@ -263,7 +263,7 @@ func (p *Channel) guarded(fn func(*Channel) int) int {
 // copy records are swept (resetTxRecords).
 func (p *Channel) contain(v any) bool {
 	f, ok := memfault.FromPanic(v)
-	if !ok || !p.dma.owns(f.Addr) {
+	if !ok || (!p.dma.owns(f.Addr) && !p.dev.InDirtyLog(f.Addr)) {
 		return false
 	}
 	p.st.add(cGuestMemoryFaults, 1)

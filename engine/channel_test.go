@@ -47,6 +47,8 @@ type rigOptions struct {
 	// nic, if set, stands between the channel and the NIC's queue pair
 	// (to watch or disturb what the channel asks of the NIC).
 	nic func(ring.QueuePair) ring.QueuePair
+	// migration offers live migration (dirty logging).
+	migration bool
 }
 
 // recorder keeps copies of frames.
@@ -85,7 +87,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	pool := newCopyPool(t, r.pf, alloc)
 
 	r.dma = NewGuestDMA(r.pf.DMA(), alloc)
-	r.dev, err = vhost.NewDevice(vhost.Config{Name: "g0", Hook: r.dma, Features: o.features})
+	r.dev, err = vhost.NewDevice(vhost.Config{Name: "g0", Hook: r.dma, Features: o.features, Migration: o.migration})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,7 +90,12 @@ func (p *Channel) deliverCopy(f []ring.RxDone) bool {
 	for i := range f {
 		w.write(p.pool.Bytes(uint32(f[i].Cookie))[:f[i].Len])
 	}
+	log := p.dev.DirtyLog()
 	for i := range n {
+		if log != nil {
+			c := &r.chains[i]
+			log.MarkSegments(c.Segs, int(c.ReadLen), int(w.written[i]))
+		}
 		p.rxv.Push(r.chains[i].Head, w.written[i])
 	}
 	// The host buffers go back only now, after the last access to guest

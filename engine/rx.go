@@ -62,6 +62,11 @@ type rxState struct {
 	zcHdr  [][]byte
 	zcData [][]byte
 	zcIOVA []uint64
+	// The guest physical addresses of those pieces, for the dirty log
+	// (they are recorded whether or not logging is on: it can start while
+	// the chains are on the NIC).
+	zcHdrGPA  []uint64
+	zcDataGPA []uint64
 	// Per guest chain head: the ring position it was popped at and the
 	// pop count before it, so that chains never written can be given back
 	// by rewinding the ring (see giveBackRx).
@@ -156,6 +161,8 @@ func (p *Channel) startRx() {
 			r.zcHdr = make([][]byte, n)
 			r.zcData = make([][]byte, n)
 			r.zcIOVA = make([]uint64, n)
+			r.zcHdrGPA = make([]uint64, n)
+			r.zcDataGPA = make([]uint64, n)
 			r.popPos = make([]uint16, n)
 			r.popSeq = make([]uint64, n)
 		}
@@ -363,6 +370,17 @@ func (p *Channel) deliverZeroCopy(f []ring.RxDone) bool {
 	}
 	head := uint16(f[0].Cookie)
 	p.putRxHeader(r.zcHdr[head], &f[len(f)-1], len(f))
+	if log := p.dev.DirtyLog(); log != nil {
+		// The guest is being migrated: every page the NIC wrote (each
+		// buffer's data piece up to its length, moved data included) and
+		// the headers written here are marked before Flush publishes the
+		// used entries.
+		for i := range f {
+			h := uint16(f[i].Cookie)
+			log.Mark(r.zcHdrGPA[h], uint64(len(r.zcHdr[h])))
+			log.Mark(r.zcDataGPA[h], uint64(f[i].Len))
+		}
+	}
 	p.rxv.Push(head, uint32(hl)+f[0].Len)
 	for i := 1; i < len(f); i++ {
 		p.rxv.Push(uint16(f[i].Cookie), f[i].Len)
@@ -378,7 +396,17 @@ func (p *Channel) deliverZeroCopy(f []ring.RxDone) bool {
 // pool, guest chains to be posted again.
 func (p *Channel) release(f []ring.RxDone) {
 	for i := range f {
+		p.markDropped(&f[i])
 		p.releaseCookie(f[i].Cookie)
+	}
+}
+
+// markDropped marks, while the guest is being migrated, what the NIC
+// wrote into a guest buffer whose frame is dropped: the guest gets the
+// buffer back unread, but its page changed all the same.
+func (p *Channel) markDropped(d *ring.RxDone) {
+	if log := p.dev.DirtyLog(); log != nil && d.Cookie&copyCookie == 0 && d.Len > 0 {
+		log.Mark(p.rx.zcDataGPA[uint16(d.Cookie)], uint64(d.Len))
 	}
 }
 
@@ -521,6 +549,14 @@ func (p *Channel) collectGuestBufs(room int) int {
 			continue
 		}
 		r.zcHdr[c.Head], r.zcData[c.Head], r.zcIOVA[c.Head] = hdr, data, iova
+		// rxPieces' layouts: the data right after the header in the first
+		// piece, or the second piece.
+		r.zcHdrGPA[c.Head] = c.Segs[0].GPA
+		if len(c.Segs[0].Buf) >= p.hdrLen+r.need {
+			r.zcDataGPA[c.Head] = c.Segs[0].GPA + uint64(p.hdrLen)
+		} else {
+			r.zcDataGPA[c.Head] = c.Segs[1].GPA
+		}
 		r.bufs[k] = ring.Buf{IOVA: iova, Len: uint32(len(data)), Cookie: ring.Cookie(c.Head)}
 		k++
 	}
@@ -533,8 +569,8 @@ func (p *Channel) recycledChain(c *vhost.Chain, head uint16) {
 	r := &p.rx
 	c.Head = head
 	c.Segs = append(c.Segs[:0],
-		vhost.Segment{Buf: r.zcHdr[head], Writable: true},
-		vhost.Segment{Buf: r.zcData[head], Writable: true})
+		vhost.Segment{GPA: r.zcHdrGPA[head], Buf: r.zcHdr[head], Writable: true},
+		vhost.Segment{GPA: r.zcDataGPA[head], Buf: r.zcData[head], Writable: true})
 	c.ReadLen, c.WriteLen = 0, uint32(len(r.zcHdr[head])+len(r.zcData[head]))
 }
 
@@ -562,6 +598,7 @@ func (p *Channel) quiesceRx(v *vhost.Virtqueue) error {
 	pending := r.pending[r.delivered:]
 	lost, cut := r.frames, len(pending) > 0 && !pending[len(pending)-1].EOP
 	for i := range pending {
+		p.markDropped(&pending[i])
 		take(pending[i].Cookie)
 	}
 	// pending may be full of frames waiting for the guest: the NIC's
@@ -575,6 +612,7 @@ func (p *Channel) quiesceRx(v *vhost.Virtqueue) error {
 				p.st.add(cRxHarvested, 1)
 			}
 			cut = !r.spill[i].EOP
+			p.markDropped(&r.spill[i])
 			take(r.spill[i].Cookie)
 		}
 		if n < len(r.spill) {

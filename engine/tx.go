@@ -335,6 +335,9 @@ func (p *Channel) txOffload(c *vhost.Chain, pk *ring.TxPkt) counter {
 func (p *Channel) patchFrame(c *vhost.Chain, off int, v uint16) {
 	binary.BigEndian.PutUint16(p.tx.patch[:2], v)
 	vhost.Scatter(c.Segs, p.hdrLen+off, p.tx.patch[:2])
+	if log := p.dev.DirtyLog(); log != nil {
+		log.MarkSegments(c.Segs, p.hdrLen+off, 2)
+	}
 }
 
 // quiesceTx stops the NIC TX queue and takes every packet back. Those the

@@ -95,7 +95,11 @@ func (d *Device) PollControl() int {
 			q.Push(c.Head, 0) // no room for the ack: nothing to report
 			continue
 		}
-		w[len(w)-1].Buf[len(w[len(w)-1].Buf)-1] = ack
+		last := &w[len(w)-1]
+		last.Buf[len(last.Buf)-1] = ack
+		if l := q.DirtyLog(); l != nil {
+			l.Mark(last.GPA+uint64(len(last.Buf))-1, 1)
+		}
 		q.Push(c.Head, 1)
 	}
 	q.Flush()

@@ -42,6 +42,12 @@ type Config struct {
 	// means DefaultMemLimit. A table over it is refused before anything
 	// is mapped.
 	MemLimit uint64
+	// Migration offers live migration: VHOST_F_LOG_ALL and the LOG_SHMFD
+	// protocol feature, so that QEMU can have the device log every guest
+	// page it writes (SET_LOG_BASE). The consumer of the queues must mark
+	// what it writes into guest memory itself (DirtyLog); the device marks
+	// its own writes (used rings, control queue acks).
+	Migration bool
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
 }
@@ -97,6 +103,12 @@ type Device struct {
 	retired       []Region // to release once the lock is dropped
 	vrings        []vring
 	ctrl          ctrlState
+	// dirty is the front end's dirty log (SET_LOG_BASE), mapped until
+	// replaced or the session ends; logging is on (activeLog) while it is
+	// mapped and LOG_ALL is acked. logFD is SET_LOG_FD's eventfd.
+	dirty     *DirtyLog
+	activeLog *DirtyLog
+	logFD     int
 }
 
 // NewDevice checks cfg and returns a device waiting for a front end.
@@ -129,11 +141,15 @@ func NewDevice(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("vhost: device %q: MAC %v is not 6 bytes", cfg.Name, cfg.MAC)
 	}
 	cfg.Features |= FProtocolFeatures
+	if cfg.Migration {
+		cfg.Features |= FLogAll
+		cfg.ProtocolFeatures |= ProtoFLogShmfd
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	d := &Device{cfg: cfg, log: log.With(zap.String("device", cfg.Name))}
+	d := &Device{cfg: cfg, log: log.With(zap.String("device", cfg.Name)), logFD: -1}
 	d.rings, _ = cfg.Hook.(RingHook)
 	n := 2 * cfg.QueuePairs
 	if cfg.Features&NetFCtrlVQ != 0 {
@@ -279,6 +295,12 @@ func (d *Device) resetSession() {
 		d.retired = append(d.retired, d.mem.regions...)
 	}
 	d.mem = nil
+	if err := d.dirty.unmap(); err != nil {
+		d.log.Error("unmapping the dirty log", zap.Error(err))
+	}
+	d.dirty, d.activeLog = nil, nil
+	closeFDs([]int{d.logFD})
+	d.logFD = -1
 	d.features, d.protoFeatures, d.owner, d.status = 0, 0, false, 0
 	d.broken.Store(false)
 	d.ctrl = ctrlState{activePairs: 1}
@@ -322,6 +344,7 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 	// clears it) or by it (SET_PROTOCOL_FEATURES).
 	ack := d.protoFeatures&ProtoFReplyAck != 0
 	resp, err := d.handleContained(m, prep)
+	d.applyLog()
 	ack = ack || d.protoFeatures&ProtoFReplyAck != 0
 	retired := d.retired
 	d.retired = nil
@@ -350,6 +373,16 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 			return EncodeU64(1), true, nil
 		}
 		return EncodeU64(0), true, nil
+	case m.Request == ReqSetLogBase:
+		// QEMU waits for a reply to SET_LOG_BASE (with LOG_SHMFD) without
+		// asking for one, and takes any reply of that request for success;
+		// DPDK sends it without a payload, as here. A refusal can only be
+		// told by dropping the connection: QEMU's migration then fails
+		// instead of running with a log we do not fill.
+		if err != nil {
+			return nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
+		}
+		return []byte{}, true, nil
 	}
 	return nil, false, nil
 }
@@ -395,8 +428,20 @@ func (d *Device) handleContained(m *Message, prep preparedMemory) (resp []byte, 
 // InGuestMemory reports whether host address addr lies in guest memory the
 // device has mapped (data-path lock held).
 func (d *Device) InGuestMemory(addr uintptr) bool {
-	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr)
+	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr) || d.dirty.holds(addr)
 }
+
+// InDirtyLog reports whether host address addr lies in the front end's
+// dirty log mapping (data-path lock held): a fault there is the front end
+// truncating its log, to be contained like one on guest memory.
+func (d *Device) InDirtyLog(addr uintptr) bool { return d.dirty.holds(addr) }
+
+// DirtyLog returns the dirty log while the front end has logging on
+// (LOG_ALL acked and a log mapped), nil otherwise. Call it with the
+// data-path lock held; the log is valid until the lock is released. Every
+// write into guest memory the caller makes (or has a device make) must be
+// marked in it before the used entries that cover it are flushed.
+func (d *Device) DirtyLog() *DirtyLog { return d.activeLog }
 
 // handle applies one request with the data-path lock held.
 func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
@@ -441,8 +486,10 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		return nil, nil
 	case ReqSetMemTable:
 		return nil, d.setMemTable(prep)
-	case ReqSetLogBase, ReqSetLogFD:
-		return nil, fmt.Errorf("dirty logging for live migration is not implemented (LOG_ALL/LOG_SHMFD are never offered)")
+	case ReqSetLogBase:
+		return nil, d.setLogBase(m)
+	case ReqSetLogFD:
+		return nil, d.setLogFD(m)
 	case ReqSetVringNum:
 		return nil, d.setVringNum(decodeVringState(p))
 	case ReqSetVringAddr:
@@ -517,11 +564,15 @@ func (d *Device) setFeatures(v uint64) error {
 		return fmt.Errorf("front end acked features %#x that were not offered", extra)
 	}
 	for i := range d.vrings {
-		if d.vrings[i].q != nil && d.features != v {
-			// Only LOG_ALL may change under running rings, and we never
-			// offer it; anything else is a confused front end.
+		if d.vrings[i].q != nil && (d.features^v)&^uint64(FLogAll) != 0 {
+			// Only LOG_ALL may change under running rings (QEMU turns
+			// logging on and off around a migration); anything else is a
+			// confused front end.
 			return fmt.Errorf("SET_FEATURES %#x while vring %d runs with %#x", v, i, d.features)
 		}
+	}
+	if v&FLogAll != 0 && d.dirty != nil && d.dirty.size < logBytesFor(d.mem) {
+		return fmt.Errorf("SET_FEATURES with LOG_ALL: %w: %d bytes, the memory table needs %d", ErrLogTooSmall, d.dirty.size, logBytesFor(d.mem))
 	}
 	d.features = v
 	return nil
@@ -557,6 +608,12 @@ func (d *Device) setVringNum(s VringState) error {
 func (d *Device) setVringAddr(a VringAddr) error {
 	v, err := d.vring(a.Index)
 	if err != nil {
+		return err
+	}
+	if a.Flags&^uint32(VringFLog) != 0 {
+		return fmt.Errorf("SET_VRING_ADDR for vring %d: unknown flags %#x", a.Index, a.Flags)
+	}
+	if err := d.checkLogAddr(a, v.num); err != nil {
 		return err
 	}
 	v.addr, v.addrSet = a, true
@@ -596,6 +653,9 @@ func (d *Device) queueConfig(i int, v *vring) QueueConfig {
 func (d *Device) startVring(i int, v *vring) error {
 	if v.q != nil || !v.kicked || d.mem == nil || v.num == 0 || !v.addrSet {
 		return nil
+	}
+	if err := d.checkLogAddr(v.addr, v.num); err != nil {
+		return err
 	}
 	q, err := NewSplitQueue(d.mem, d.queueConfig(i, v))
 	if err != nil {
@@ -777,7 +837,11 @@ func (d *Device) swapMemory(t *MemoryTable, retired ...Region) {
 			continue
 		}
 		v.q.mem = t
-		if err := v.q.translate(d.queueConfig(i, v)); err != nil {
+		err := v.q.translate(d.queueConfig(i, v))
+		if err == nil {
+			err = d.checkLogAddr(v.addr, v.num)
+		}
+		if err != nil {
 			d.log.Warn("running vring not in the new memory table", zap.Int("vring", i), zap.Error(err))
 			v.q.fail(err)
 		}
@@ -798,6 +862,10 @@ func (d *Device) setMemTable(p preparedMemory) error {
 	if p.err != nil {
 		return p.err
 	}
+	if err := d.logCovers(p.table); err != nil {
+		d.retired = append(d.retired, p.table.regions...)
+		return fmt.Errorf("SET_MEM_TABLE: %w", err)
+	}
 	var old []Region
 	if d.mem != nil {
 		old = d.mem.regions
@@ -814,6 +882,9 @@ func (d *Device) addMemReg(p preparedMemory) error {
 	t, err := d.mem.withRegion(r)
 	if err == nil && len(t.regions) > maxMemSlots {
 		err = fmt.Errorf("more than %d memory slots", maxMemSlots)
+	}
+	if err == nil {
+		err = d.logCovers(t)
 	}
 	if err != nil {
 		d.retired = append(d.retired, r)

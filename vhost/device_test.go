@@ -135,7 +135,7 @@ func TestNewDeviceRejectsBadConfig(t *testing.T) {
 		want string // what the error must name
 	}{
 		{vhost.Config{Features: vhost.NetFCtrlVLAN}, "features 0x80000 are not implemented"},
-		{vhost.Config{ProtocolFeatures: vhost.ProtoFLogShmfd}, "protocol features 0x2 are not implemented"},
+		{vhost.Config{ProtocolFeatures: vhost.ProtoFBackendReq}, "protocol features 0x20 are not implemented"},
 		{vhost.Config{QueuePairs: 4, Features: vhost.FVersion1}, "4 queue pairs need the MQ feature"},
 		{vhost.Config{MAC: net.HardwareAddr{1, 2, 3}}, "MAC 01:02:03 is not 6 bytes"},
 	} {
@@ -169,7 +169,7 @@ func TestMalformedRequestsAreRefused(t *testing.T) {
 		{"fd on a request without fds", vhost.ReqSetOwner, nil, []int{efd}, vhost.ErrBadFDCount.Error()},
 		{"mem table without fds", vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.RegionDesc{{Size: 4096}}), nil, "1 regions but 0 fds"},
 		{"mem table with 9 regions", vhost.ReqSetMemTable, func() []byte { b := vhost.EncodeMemTable(nil); b[0] = 9; return b }(), nil, "9 regions (1-8 allowed)"},
-		{"dirty log base", vhost.ReqSetLogBase, make([]byte, 16), []int{efd}, "dirty logging for live migration is not implemented"},
+		{"dirty log base", vhost.ReqSetLogBase, make([]byte, 16), []int{efd}, "SET_LOG_BASE without the LOG_SHMFD protocol feature"},
 		{"enable value 2", vhost.ReqSetVringEnable, vhost.EncodeVringState(vhost.VringState{Index: 0, Num: 2}), nil, "SET_VRING_ENABLE 2 for vring 0: want 0 or 1"},
 		{"status too large", vhost.ReqSetStatus, vhost.EncodeU64(0x100), nil, "0x100 does not fit the status byte"},
 		{"backend req fd", vhost.ReqSetBackendReqFD, vhost.EncodeU64(0), []int{efd}, "SET_BACKEND_REQ_FD is not implemented"},

@@ -68,8 +68,8 @@ const DefaultFeatures uint64 = FVersion1 | NetFMrgRxbuf | FEventIdx | FIndirectD
 	NetFCtrlRx | NetFCtrlMACAddr
 
 // DefaultProtocolFeatures is the protocol feature set offered by default.
-// LOG_SHMFD (migration), BACKEND_REQ, CONFIG and the rest are not
-// implemented and never offered.
+// LOG_SHMFD (migration) is offered with Config.Migration; BACKEND_REQ and
+// the rest are not implemented and never offered.
 const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus |
 	ProtoFConfigureMemSlots | ProtoFResetDevice
 
@@ -81,9 +81,9 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 // physical, as no IOTLB messages are handled. Consumers that hand guest
 // addresses to hardware may want to treat such guests specially (the
 // zero-copy engine copies for them).
-const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform
+const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform | FLogAll
 
-const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig
+const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd
 
 // Virtio device status bits.
 const (

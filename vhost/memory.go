@@ -522,3 +522,12 @@ func (t *MemoryTable) withoutRegion(d RegionDesc) (*MemoryTable, Region, bool) {
 	}
 	return t, Region{}, false
 }
+
+// gpaOfUVA translates a front-end user address to a guest physical one.
+func (t *MemoryTable) gpaOfUVA(uva uint64) (uint64, bool) {
+	r, _, off, ok := t.find(uva, false)
+	if !ok {
+		return 0, false
+	}
+	return r.GuestPhysAddr + off, true
+}

@@ -250,9 +250,16 @@ func (q *Virtqueue) flushPacked() {
 	if q.pk.firstSlot < 0 {
 		return
 	}
+	logged := q.dirty != nil && q.logRing
+	if logged {
+		q.logPackedSlots()
+	}
 	// Release store of the burst's first flags: every descriptor written
 	// before becomes visible with it.
 	store32(q.desc, descSize*q.pk.firstSlot+12, q.pk.firstWord)
+	if logged {
+		q.dirty.Mark(q.descGPA+descSize*uint64(q.pk.firstSlot), descSize)
+	}
 	q.pk.firstSlot = -1
 	old, oldW := q.pk.published, q.pk.publishedW
 	q.pk.published, q.pk.publishedW = q.pk.usedIdx, q.pk.usedWrap
@@ -271,6 +278,24 @@ func (q *Virtqueue) flushPacked() {
 		}
 	}
 	q.signal()
+}
+
+// logPackedSlots marks the descriptor slots written back since the last
+// Flush: from the published position to the current one, wrapping.
+func (q *Virtqueue) logPackedSlots() {
+	from, to := uint64(q.pk.published), uint64(q.pk.usedIdx)
+	size := uint64(q.size)
+	switch {
+	case from < to:
+		q.dirty.Mark(q.descGPA+descSize*from, descSize*(to-from))
+	case from == to && q.pk.publishedW == q.pk.usedWrap:
+		// nothing written
+	case from == to:
+		q.dirty.Mark(q.descGPA, descSize*size)
+	default:
+		q.dirty.Mark(q.descGPA+descSize*from, descSize*(size-from))
+		q.dirty.Mark(q.descGPA, descSize*to)
+	}
 }
 
 // packedNeedEvent applies the event-index test to a packed ring: indexes

@@ -192,6 +192,19 @@ type ConfigPayload struct {
 	Data   []byte
 }
 
+// VringFLog is SET_VRING_ADDR's flag VHOST_VRING_F_LOG: the device logs
+// its used ring writes at VringAddr.Log (a guest physical address).
+const VringFLog = 1 << 0
+
+// EncodeLog returns a SET_LOG_BASE payload: the log's size in bytes and
+// its offset in the file sent with it.
+func EncodeLog(size, offset uint64) []byte {
+	b := make([]byte, sizeLog)
+	binary.NativeEndian.PutUint64(b, size)
+	binary.NativeEndian.PutUint64(b[8:], offset)
+	return b
+}
+
 // Vring file payload (SET_VRING_KICK/CALL/ERR): index in bits 0-7, "no fd"
 // in bit 8.
 const (
@@ -204,10 +217,10 @@ const (
 func expectedPayload(r Request) int {
 	switch r {
 	case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetQueueNum, ReqGetStatus,
-		ReqGetMaxMemSlots, ReqSetOwner, ReqResetOwner, ReqResetDevice:
+		ReqGetMaxMemSlots, ReqSetOwner, ReqResetOwner, ReqResetDevice, ReqSetLogFD:
 		return -1 // no payload needed; tolerate one (QEMU sends a zero u64 for some)
 	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSetVringKick, ReqSetVringCall,
-		ReqSetVringErr, ReqSetLogFD, ReqSetStatus, ReqSetBackendReqFD:
+		ReqSetVringErr, ReqSetStatus, ReqSetBackendReqFD:
 		return sizeU64
 	case ReqSetVringNum, ReqSetVringBase, ReqGetVringBase, ReqSetVringEnable:
 		return sizeVringState
@@ -230,7 +243,7 @@ func checkSize(m *Message) error {
 	if want < 0 {
 		switch m.Request {
 		case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetQueueNum, ReqGetStatus,
-			ReqGetMaxMemSlots, ReqSetOwner, ReqResetOwner, ReqResetDevice:
+			ReqGetMaxMemSlots, ReqSetOwner, ReqResetOwner, ReqResetDevice, ReqSetLogFD:
 			if m.Size != 0 && m.Size != sizeU64 {
 				return fmt.Errorf("%w: %v carries %d bytes", ErrBadSize, m.Request, m.Size)
 			}

@@ -101,6 +101,15 @@ type Virtqueue struct {
 
 	pk packedState // packed rings only
 
+	// Dirty logging (see Device.applyLog): dirty is the log while the
+	// front end has logging on, nil otherwise; logRing says the used ring
+	// is logged too (VHOST_VRING_F_LOG), at usedGPA (split: the used ring;
+	// packed: the device event area) and, packed, descGPA (the ring).
+	dirty   *DirtyLog
+	logRing bool
+	usedGPA uint64
+	descGPA uint64
+
 	// Used entries pushed but not yet written to the ring (writeStaged):
 	// id in the low half, length in the high half, as the ring holds them.
 	staged  [stagedMax]uint64
@@ -167,6 +176,7 @@ func (q *Virtqueue) translate(cfg QueueConfig) error {
 func (q *Virtqueue) setPolling() {
 	if q.pk.on {
 		store16(q.used, 2, packedEventDisable)
+		q.logUsedArea(0, 4)
 		return
 	}
 	if q.eventIdx {
@@ -176,6 +186,46 @@ func (q *Virtqueue) setPolling() {
 		q.usedFlags = usedFNoNotify
 	}
 	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.published)<<16)
+	q.logUsedArea(0, 4)
+	if q.eventIdx {
+		q.logUsedArea(4+8*uint64(q.size), 2)
+	}
+}
+
+// setLog sets the queue's logging state (data-path lock held).
+func (q *Virtqueue) setLog(l *DirtyLog, ring bool, usedGPA, descGPA uint64) {
+	q.dirty, q.logRing, q.usedGPA, q.descGPA = l, ring, usedGPA, descGPA
+}
+
+// DirtyLog is the device's dirty log while the front end has logging on,
+// nil otherwise (see Device.DirtyLog).
+func (q *Virtqueue) DirtyLog() *DirtyLog { return q.dirty }
+
+// logUsedArea marks n bytes at offset off of the used ring (split) or the
+// device event area (packed) when the ring is logged. Call it after the
+// write.
+func (q *Virtqueue) logUsedArea(off, n uint64) {
+	if q.dirty != nil && q.logRing {
+		q.dirty.Mark(q.usedGPA+off, n)
+	}
+}
+
+// logUsedElems marks the used ring elements of slots [from, to) (ring
+// indexes, wrapping), written since the last Flush.
+func (q *Virtqueue) logUsedElems(from, to uint16) {
+	n := uint64(to - from)
+	if n >= uint64(q.size) {
+		q.dirty.Mark(q.usedGPA+4, 8*uint64(q.size))
+		return
+	}
+	start := uint64(from & q.mask)
+	if start+n <= uint64(q.size) {
+		q.dirty.Mark(q.usedGPA+4+8*start, 8*n)
+		return
+	}
+	first := uint64(q.size) - start
+	q.dirty.Mark(q.usedGPA+4+8*start, 8*first)
+	q.dirty.Mark(q.usedGPA+4, 8*(n-first))
 }
 
 // EnableNotify asks the driver to kick on the next available buffer: for a
@@ -184,11 +234,14 @@ func (q *Virtqueue) setPolling() {
 func (q *Virtqueue) EnableNotify() {
 	if q.pk.on {
 		store16(q.used, 2, packedEventEnable)
+		q.logUsedArea(0, 4)
 	} else if q.eventIdx {
 		store16(q.used, 4+8*int(q.size), q.lastAvail)
+		q.logUsedArea(4+8*uint64(q.size), 2)
 	} else {
 		q.usedFlags = 0
 		store32(q.used, 0, uint32(q.published)<<16)
+		q.logUsedArea(0, 4)
 	}
 	fullFence(&q.fence)
 }
@@ -524,7 +577,18 @@ func (q *Virtqueue) Flush() {
 	q.writeStaged()
 	old := q.published
 	q.published = q.usedIdx
+	logged := q.dirty != nil && q.logRing
+	if logged {
+		// The entries are logged after they are written and before the
+		// driver can see them, used->idx after it is written: QEMU
+		// clears a page's bit before it copies the page, so a mark
+		// must follow the write it covers.
+		q.logUsedElems(old, q.usedIdx)
+	}
 	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedIdx)<<16)
+	if logged {
+		q.dirty.Mark(q.usedGPA, 4)
+	}
 	q.counts.Flushes++
 	if q.call == nil {
 		return

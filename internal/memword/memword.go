@@ -72,3 +72,11 @@ func Load16(b []byte, off int) uint16 {
 func Store16(b []byte, off int, v uint16) {
 	*(*uint16)(unsafe.Pointer(&b[off : off+2][0])) = v
 }
+
+// Or32 atomically ORs v into the 32-bit word at b[off] (4-byte aligned):
+// bits another agent sets in the same word at the same time are kept.
+// It is the dirty log's update (one bit per guest page, the front end
+// clearing bits as it reads them).
+func Or32(b []byte, off int, v uint32) {
+	atomic.OrUint32((*uint32)(unsafe.Pointer(&b[off : off+4][0])), v)
+}

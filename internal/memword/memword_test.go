@@ -50,3 +50,18 @@ func TestAccessesAreBoundsChecked(t *testing.T) {
 		}()
 	}
 }
+
+// Or32 sets bits without clearing others, in place.
+func TestOr32(t *testing.T) {
+	b := make([]byte, 12)
+	Store32(b, 4, 0x0100_0001)
+	Or32(b, 4, 0x8000_0010)
+	if got := Load32(b, 4); got != 0x8100_0011 {
+		t.Fatalf("word: %#x", got)
+	}
+	for i, v := range b {
+		if (i < 4 || i >= 8) && v != 0 {
+			t.Fatalf("byte %d changed: % x", i, b)
+		}
+	}
+}

@@ -56,7 +56,7 @@ const DefaultWanted = vhost.FVersion1 | vhost.NetFMrgRxbuf | vhost.FEventIdx | v
 	vhost.NetFCtrlRx | vhost.NetFCtrlMACAddr | vhost.FProtocolFeatures
 
 const wantedProtocol = vhost.ProtoFMQ | vhost.ProtoFReplyAck | vhost.ProtoFStatus |
-	vhost.ProtoFConfigureMemSlots | vhost.ProtoFConfig | vhost.ProtoFResetDevice
+	vhost.ProtoFConfigureMemSlots | vhost.ProtoFConfig | vhost.ProtoFResetDevice | vhost.ProtoFLogShmfd
 
 // queue is one virtqueue of the guest with its eventfds and buffers.
 type queue struct {
@@ -80,7 +80,15 @@ type Guest struct {
 	queues   []*queue
 	// EmptyRx counts receive buffers the device returned with length 0.
 	EmptyRx int
+	// TrackRxWrites makes Receive record in RxWrites the guest memory
+	// each used receive buffer says the device wrote (for dirty log
+	// checks).
+	TrackRxWrites bool
+	RxWrites      []Extent
 }
+
+// Extent is a range of guest physical memory.
+type Extent struct{ GPA, Len uint64 }
 
 // Packet is one received frame.
 type Packet struct {
@@ -702,6 +710,12 @@ func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
 			return nil, fmt.Errorf("guest: device wrote %d bytes into a chain of %d", length, hl+uint32(q.bufSize-rxDataOffset))
 		}
 		gpa := q.slotGPA(s)
+		if g.TrackRxWrites {
+			g.RxWrites = append(g.RxWrites, Extent{gpa, uint64(min(length, hl))})
+			if length > hl {
+				g.RxWrites = append(g.RxWrites, Extent{gpa + rxDataOffset, uint64(length - hl)})
+			}
+		}
 		b := append([]byte(nil), g.Mem.Bytes(gpa, uint64(min(length, hl)))...)
 		if length > hl {
 			b = append(b, g.Mem.Bytes(gpa+rxDataOffset, uint64(length-hl))...)
@@ -710,6 +724,9 @@ func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
 	}
 	if int(length) > q.bufSize {
 		return nil, fmt.Errorf("guest: device wrote %d bytes into a %d-byte buffer", length, q.bufSize)
+	}
+	if g.TrackRxWrites && length > 0 {
+		g.RxWrites = append(g.RxWrites, Extent{q.slotGPA(s), uint64(length)})
 	}
 	return g.Mem.Bytes(q.slotGPA(s), uint64(length)), nil
 }

@@ -170,7 +170,13 @@ func (l *Loopback) pollPair(p int) int {
 			noRxBuffer++
 		default:
 			if l.copyFrame(l.rx[:nrx], hdrLen, feat) {
+				// While the front end migrates the guest, what was
+				// written is logged before the used entries are published.
+				log := rx.DirtyLog()
 				for i := range nrx {
+					if log != nil {
+						log.MarkSegments(l.rx[i].Segs, int(l.rx[i].ReadLen), int(l.written[i]))
+					}
 					rx.Push(l.rx[i].Head, l.written[i])
 				}
 				frames++

@@ -1,0 +1,285 @@
+package vhost
+
+import (
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/zcnet/zcnet/internal/memword"
+)
+
+// Dirty logging for live migration (VHOST_F_LOG_ALL with
+// VHOST_USER_PROTOCOL_F_LOG_SHMFD). While the front end migrates the guest
+// it hands over a shared bitmap (SET_LOG_BASE) with one bit per 4 KiB
+// guest page, bit p%8 of byte p/8 for page p = gpa/4096 (QEMU reads it as
+// host-endian u64 chunks, bit p%64 of chunk p/64, which is the same on a
+// little-endian host), and acks LOG_ALL. From then on every byte the back
+// end, or a device on its behalf, writes into guest memory must have its
+// page's bit set after the write, so that QEMU sends the page again. QEMU
+// clears bits as it reads them (an atomic exchange per chunk), so bits are
+// set with atomic ORs, never plain stores.
+
+// LogPageSize is the guest page size of the dirty log (VHOST_LOG_PAGE).
+const LogPageSize = 4096
+
+const logPageShift = 12
+
+// maxLogBytes caps a log: one bit per page of a 2^47-byte guest physical
+// space, far above any guest's memory.
+const maxLogBytes = 1 << 32
+
+// Errors refusing a SET_LOG_BASE.
+var (
+	// ErrLogTooSmall: the log has no bit for some page of the memory
+	// table (QEMU sizes it from the highest guest physical address).
+	ErrLogTooSmall = errors.New("vhost: dirty log too small for the guest memory table")
+	// ErrLogBounds: size and offset overflow, exceed the file or are 0.
+	ErrLogBounds = errors.New("vhost: dirty log size or offset out of bounds")
+)
+
+// DirtyLog is a front end's dirty page bitmap mapped into this process.
+// Mark may be called only while the device's data-path lock is held (the
+// log is unmapped under it when replaced); the bits themselves are shared
+// with the front end and updated atomically.
+type DirtyLog struct {
+	mapping []byte // the whole mmap, from file offset 0; length a multiple of 4
+	base    int    // the log's first byte in mapping (SET_LOG_BASE offset)
+	size    uint64 // the log's length in bytes
+	outside uint64 // pages marked that the log has no bit for (see Mark)
+}
+
+// Mark sets the bit of every page of guest physical range [gpa, gpa+n).
+// Pages beyond the log are counted (Outside), not marked: a log too small
+// for the memory table is refused when it arrives or when the table
+// changes, so they are a front end's error, and never touch memory outside
+// the mapping.
+func (l *DirtyLog) Mark(gpa, n uint64) {
+	if n == 0 {
+		return
+	}
+	last := gpa + n - 1
+	if last < gpa {
+		last = ^uint64(0)
+	}
+	first, end := gpa>>logPageShift, last>>logPageShift
+	if limit := l.size * 8; end >= limit {
+		if first >= limit {
+			l.outside += end - first + 1
+			return
+		}
+		l.outside += end - limit + 1
+		end = limit - 1
+	}
+	// Bit b of the mapping (counted from its page-aligned start) is bit
+	// b%32 of the 32-bit word at byte 4*(b/32): the mapping is little
+	// endian like the log's chunks. Set every word's bits in one OR.
+	b := uint64(l.base)*8 + first
+	e := uint64(l.base)*8 + end
+	for w := b >> 5; w <= e>>5; w++ {
+		lo, hi := uint64(0), uint64(31)
+		if w == b>>5 {
+			lo = b & 31
+		}
+		if w == e>>5 {
+			hi = e & 31
+		}
+		mask := uint32((uint64(1)<<(hi-lo+1) - 1) << lo)
+		memword.Or32(l.mapping, int(4*w), mask)
+	}
+}
+
+// MarkSegments marks the pages of bytes [off, off+n) of the buffer segs
+// describes (readable and writable segments in chain order, as Scatter
+// counts them).
+func (l *DirtyLog) MarkSegments(segs []Segment, off, n int) {
+	for i := range segs {
+		if n <= 0 {
+			return
+		}
+		k := len(segs[i].Buf)
+		if off >= k {
+			off -= k
+			continue
+		}
+		m := min(k-off, n)
+		l.Mark(segs[i].GPA+uint64(off), uint64(m))
+		n -= m
+		off = 0
+	}
+}
+
+// Outside counts pages marked beyond the end of the log (none with a log
+// sized for the memory table).
+func (l *DirtyLog) Outside() uint64 { return l.outside }
+
+// Size is the log's length in bytes.
+func (l *DirtyLog) Size() uint64 { return l.size }
+
+// holds reports whether host address addr lies in the log's mapping.
+func (l *DirtyLog) holds(addr uintptr) bool {
+	return l != nil && addr >= hostAddr(l.mapping) && addr-hostAddr(l.mapping) < uintptr(len(l.mapping))
+}
+
+func (l *DirtyLog) unmap() error {
+	if l == nil || l.mapping == nil {
+		return nil
+	}
+	err := unix.Munmap(l.mapping)
+	l.mapping = nil
+	return err
+}
+
+// logBytesFor is the log size, in bytes, that has a bit for every page of
+// memory table t: up to the page of its highest guest physical address.
+func logBytesFor(t *MemoryTable) uint64 {
+	if t == nil || len(t.regions) == 0 {
+		return 0
+	}
+	var top uint64
+	for _, r := range t.regions {
+		top = max(top, r.GuestPhysAddr+r.Size-1)
+	}
+	return top>>logPageShift/8 + 1
+}
+
+// mapDirtyLog checks and maps the log SET_LOG_BASE describes: size bytes
+// at offset off of shared-memory file fd, which needs at least need bytes.
+// fd is always closed.
+func mapDirtyLog(fd int, size, off, need uint64) (*DirtyLog, error) {
+	defer closeFDs([]int{fd})
+	end := off + size
+	if size == 0 || end < off || size > maxLogBytes || end > 1<<47 {
+		return nil, fmt.Errorf("%w: size %#x offset %#x (at most %#x bytes)", ErrLogBounds, size, off, uint64(maxLogBytes))
+	}
+	if size < need {
+		return nil, fmt.Errorf("%w: %d bytes, the memory table needs %d (one bit per 4 KiB page up to its highest address)", ErrLogTooSmall, size, need)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fstat log fd: %w", err)
+	}
+	// The same rules as guest memory: a shared-memory file, a memfd sealed
+	// against shrinking (QEMU seals its log memfd).
+	if err := checkBacking(fd, &st); err != nil {
+		return nil, fmt.Errorf("dirty log: %w", err)
+	}
+	if uint64(st.Size) < end {
+		return nil, fmt.Errorf("%w: file of %d bytes is shorter than offset+size %#x", ErrLogBounds, st.Size, end)
+	}
+	// Whole 32-bit words: the last one may run up to 3 bytes past the
+	// log's end, inside the page of its last byte (which the file holds,
+	// so the access cannot fault).
+	length := (end + 3) &^ 3
+	if align := uint64(st.Blksize); align > 0 && align&(align-1) == 0 {
+		length = (length + align - 1) &^ (align - 1) // hugetlbfs: whole pages
+	}
+	m, err := unix.Mmap(fd, 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes of dirty log: %w", length, err)
+	}
+	_ = unix.Madvise(m, unix.MADV_DONTDUMP)
+	return &DirtyLog{mapping: m, base: int(off), size: size}, nil
+}
+
+// setLogBase handles SET_LOG_BASE: payload {u64 size, u64 offset} and the
+// log's file descriptor. The new log replaces the previous one, which is
+// unmapped (no poller can hold it: the data-path lock is held).
+func (d *Device) setLogBase(m *Message) error {
+	if d.protoFeatures&ProtoFLogShmfd == 0 {
+		return errors.New("SET_LOG_BASE without the LOG_SHMFD protocol feature")
+	}
+	if err := wantFDs(m, 1); err != nil {
+		return err
+	}
+	size, off := u64(m.Payload), u64(m.Payload[8:])
+	l, err := mapDirtyLog(takeFD(m, 0), size, off, logBytesFor(d.mem))
+	if err != nil {
+		return err
+	}
+	old := d.dirty
+	d.dirty = l
+	if err := old.unmap(); err != nil {
+		d.log.Error("unmapping the previous dirty log", zap.Error(err))
+	}
+	d.log.Info("dirty log mapped", zap.Uint64("size", size), zap.Uint64("offset", off))
+	return nil
+}
+
+// setLogFD handles SET_LOG_FD: an eventfd the back end may signal when it
+// changed the log. This back end never needs to (the log is shared
+// memory QEMU reads itself), but keeps it, checked like the call fds, for
+// the session.
+func (d *Device) setLogFD(m *Message) error {
+	if err := wantFDs(m, 1); err != nil {
+		return err
+	}
+	fd := takeFD(m, 0)
+	if err := checkEventfd(fd); err != nil {
+		closeFDs([]int{fd})
+		return fmt.Errorf("SET_LOG_FD: %w", err)
+	}
+	closeFDs([]int{d.logFD})
+	d.logFD = fd
+	return nil
+}
+
+// checkLogAddr checks the used ring log address of a ring that asks for
+// used ring logging (VHOST_VRING_F_LOG), once the memory table is known:
+// the used ring (split: flags, idx, num elements and avail_event; packed:
+// the device event area, which is what QEMU sends as the used address),
+// 4-byte aligned, inside guest memory.
+func (d *Device) checkLogAddr(a VringAddr, num uint16) error {
+	if a.Flags&VringFLog == 0 || d.mem == nil {
+		return nil
+	}
+	n := uint64(4)
+	if d.features&FRingPacked == 0 {
+		n = 6 + 8*uint64(num)
+	}
+	if a.Log%4 != 0 {
+		return fmt.Errorf("vring %d used ring log address %#x is not 4-byte aligned", a.Index, a.Log)
+	}
+	if _, err := d.mem.TranslateGPA(a.Log, n); err != nil {
+		return fmt.Errorf("vring %d used ring log address %#x (+%d bytes): %w", a.Index, a.Log, n, err)
+	}
+	return nil
+}
+
+// logCovers refuses memory table t while logging is on with a log that
+// has no bit for some of t's pages: QEMU grows the log before it sends a
+// larger table.
+func (d *Device) logCovers(t *MemoryTable) error {
+	if d.dirty == nil || d.features&FLogAll == 0 {
+		return nil
+	}
+	if need := logBytesFor(t); d.dirty.size < need {
+		return fmt.Errorf("%w: %d bytes, the new memory table needs %d", ErrLogTooSmall, d.dirty.size, need)
+	}
+	return nil
+}
+
+// applyLog gives every running ring the current logging state; Dispatch
+// calls it after every request (the data-path lock held).
+func (d *Device) applyLog() {
+	d.activeLog = nil
+	if d.features&FLogAll != 0 && d.dirty != nil {
+		d.activeLog = d.dirty
+	}
+	for i := range d.vrings {
+		v := &d.vrings[i]
+		if v.q == nil {
+			continue
+		}
+		ring := d.activeLog != nil && v.addr.Flags&VringFLog != 0
+		var descGPA uint64
+		if ring && v.q.pk.on {
+			// Packed rings take used entries in the descriptor ring, which
+			// the used log address (the device event area) does not
+			// cover: it is logged at its own guest physical address.
+			descGPA, ring = d.mem.gpaOfUVA(v.addr.Desc)
+		}
+		v.q.setLog(d.activeLog, ring, v.addr.Log, descGPA)
+	}
+}
