@@ -403,7 +403,8 @@ func (v *VF) replayFilters() error {
 		}
 	}
 	if v.xcastSet {
-		return v.sendXcast(v.xcast)
+		_, err := v.sendXcast(v.xcast)
+		return err
 	}
 	return nil
 }
@@ -545,9 +546,11 @@ func (v *VF) sendVLAN(vid uint16, on bool) error {
 }
 
 // SetXcastMode asks the PF what to deliver beyond the VF's own addresses
-// (mailbox API 1.2 and later; promiscuous 1.3). An untrusted VF is refused
-// all-multicast and promiscuous; the 82599's PF refuses promiscuous to
-// every VF.
+// (mailbox API 1.2 and later; promiscuous 1.3). Linux's PF grants an
+// untrusted VF at most MULTI and says so only in its reply: a mode below
+// the one asked for is reported as a RefusedError (the granted mode
+// applies and is what a recovery asks for again). The 82599's PF refuses
+// promiscuous to every VF.
 func (v *VF) SetXcastMode(m XcastMode) error {
 	if m > XcastPromisc {
 		return fmt.Errorf("ixgbe VF: xcast mode %d unknown", m)
@@ -557,19 +560,29 @@ func (v *VF) SetXcastMode(m XcastMode) error {
 	if err := v.usable(); err != nil {
 		return err
 	}
-	if err := v.sendXcast(m); err != nil {
+	got, err := v.sendXcast(m)
+	if err != nil {
 		return v.noteErr(err)
 	}
-	v.xcast, v.xcastSet = m, true
+	v.xcast, v.xcastSet = got, true
+	if got < m {
+		hint := "all-multicast needs a trusted VF: ip link set PF vf N trust on"
+		if m == XcastPromisc {
+			hint += "; the 82599 gives no VF promiscuous mode"
+		}
+		return &RefusedError{Request: m.String() + " mode (it granted " + got.String() + ")", Hint: hint}
+	}
 	return nil
 }
 
-func (v *VF) sendXcast(m XcastMode) error {
+// sendXcast asks for mode m and returns the mode the PF applied (word 1
+// of its reply, as ixgbe_update_vf_xcast_mode writes it).
+func (v *VF) sendXcast(m XcastMode) (XcastMode, error) {
 	switch {
 	case v.info.API < API12 || v.info.API == API20:
-		return fmt.Errorf("ixgbe VF: the PF speaks mailbox API %v; UPDATE_XCAST_MODE needs 1.2", v.info.API)
+		return 0, fmt.Errorf("ixgbe VF: the PF speaks mailbox API %v; UPDATE_XCAST_MODE needs 1.2", v.info.API)
 	case m == XcastPromisc && v.info.API < API13:
-		return fmt.Errorf("ixgbe VF: the PF speaks mailbox API %v; promiscuous mode needs 1.3", v.info.API)
+		return 0, fmt.Errorf("ixgbe VF: the PF speaks mailbox API %v; promiscuous mode needs 1.3", v.info.API)
 	}
 	var reply [2]uint32
 	ack, err := v.mbx.exchange([]uint32{msgUpdateXcast, uint32(m)}, reply[:], "UPDATE_XCAST_MODE", false)
@@ -577,7 +590,14 @@ func (v *VF) sendXcast(m XcastMode) error {
 		err = &RefusedError{Request: m.String() + " mode",
 			Hint: "all-multicast and promiscuous need a trusted VF (ip link set PF vf N trust on); the 82599 gives no VF promiscuous mode"}
 	}
-	return err
+	if err != nil {
+		return 0, err
+	}
+	got := XcastMode(reply[1])
+	if got > XcastPromisc {
+		return 0, &MailboxError{"UPDATE_XCAST_MODE", fmt.Sprintf("the PF applied mode %d, which does not exist", reply[1])}
+	}
+	return got, nil
 }
 
 // usable refuses requests while a reset by the PF waits for CheckReset.

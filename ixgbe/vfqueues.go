@@ -28,7 +28,8 @@ func (v *VF) rxSetup() rxSetup {
 }
 
 // startQueues programs the VF's receive queue layout and starts the
-// queues meant to run, with empty rings.
+// queues meant to run, with empty rings: their software indexes go back
+// to slot 0 with the device's (a recovery restarts queues that ran).
 func (v *VF) startQueues() error {
 	psrtype := uint32(0)
 	for n := len(v.rx); n > 1; n >>= 1 {
@@ -39,6 +40,9 @@ func (v *VF) startQueues() error {
 		if !v.running[i] {
 			continue
 		}
+		if err := q.rearm(0, v.MaxRxWrite()); err != nil {
+			return err
+		}
 		if err := v.startRx(vfRxQueueReg(i, 0), q, v.rxSetup()); err != nil {
 			return err
 		}
@@ -47,6 +51,9 @@ func (v *VF) startQueues() error {
 	for i, q := range v.tx {
 		if !v.running[len(v.rx)+i] {
 			continue
+		}
+		if err := q.rearm(); err != nil {
+			return err
 		}
 		if err := v.startTx(vfTxQueueReg(i, 0), q, v.cfg.TxThresholds, v.cfg.ResetTimeout); err != nil {
 			return err

@@ -389,7 +389,9 @@ func (h *Host) setVFLPE(v int, maxFrame uint32) error {
 			err = errRefused
 		}
 	}
-	h.bit64(regPFVFRE, v, err == nil && s.linkEnable && pfMax <= 1514)
+	// Linux sets VFRE on success (a jumbo VF at 1.1 up under a jumbo
+	// PF receives: that is the point of 1.1) and clears it on error.
+	h.bit64(regPFVFRE, v, err == nil && s.linkEnable)
 	if err != nil {
 		return err
 	}
