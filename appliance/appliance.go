@@ -70,6 +70,7 @@ type nic struct {
 	spec  NICSpec
 	dev   vfio.Device
 	port  *ixgbe.Port
+	vf    *vfPort // an SR-IOV VF (port is nil then); see vf.go
 	alloc *hugepage.IOVAAllocator
 	slots []*guest // MaxGuests entries; nil: free
 }
@@ -121,7 +122,7 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", ns.PCI, err)
 		}
-		n, err := openNIC(ns, dev, spec)
+		n, err := openNIC(ns, dev, spec, a.log)
 		if err != nil {
 			dev.Close()
 			return nil, err
@@ -141,7 +142,7 @@ func Open(spec Spec, opener Opener, opts ...Option) (_ *Appliance, err error) {
 // openNIC brings one NIC up with QueuePairs queue pairs per guest slot:
 // with more than one slot, or a guest on a VLAN, each slot is a pool of
 // the NIC.
-func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
+func openNIC(ns NICSpec, dev vfio.Device, spec Spec, log *zap.Logger) (*nic, error) {
 	name := ns.PCI
 	if name == "" {
 		name = dev.Address()
@@ -149,6 +150,11 @@ func openNIC(ns NICSpec, dev vfio.Device, spec Spec) (*nic, error) {
 	alloc, err := hugepage.NewIOVAAllocator(hugepage.DefaultIOVABase, hugepage.DefaultIOVALimit)
 	if err != nil {
 		return nil, err
+	}
+	if vf, err := isVF(dev); err != nil {
+		return nil, fmt.Errorf("NIC port %s: %w", name, err)
+	} else if vf {
+		return openVFNIC(ns, dev, spec, name, alloc, log)
 	}
 	timeout := spec.LinkTimeout
 	if timeout == 0 {
@@ -228,7 +234,7 @@ func (a *Appliance) Shutdown() error {
 		a.guests = nil
 		a.serveCancel()
 		for _, n := range a.nics {
-			if err := n.port.Close(); err != nil {
+			if err := n.close(); err != nil {
 				// Its rings may still be live: leave the device open.
 				errs = append(errs, fmt.Errorf("close NIC port %s: %w", n.name, err))
 				continue
@@ -256,7 +262,7 @@ func (a *Appliance) NICs() []NICInfo {
 	defer a.mu.Unlock()
 	out := make([]NICInfo, 0, len(a.nics))
 	for _, n := range a.nics {
-		out = append(out, NICInfo{Name: n.name, MAC: n.port.MAC().String(), QueuePairs: n.spec.QueuePairs,
+		out = append(out, NICInfo{Name: n.name, MAC: n.mac().String(), QueuePairs: n.spec.QueuePairs,
 			MaxGuests: len(n.slots), Guests: len(n.slots) - countFree(n.slots)})
 	}
 	return out

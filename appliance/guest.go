@@ -171,7 +171,15 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 	}
 	slot := n.freeSlot()
 	if slot < 0 {
+		if n.vf != nil {
+			return nil, fmt.Errorf("NIC port %s is an SR-IOV VF and serves a guest already: one VF per guest (its own IOMMU domain); give this guest another VF", n.name)
+		}
 		return nil, fmt.Errorf("NIC port %s serves %d guests already, its max_guests", n.name, len(n.slots))
+	}
+	if n.vf != nil {
+		if err := n.vfGuestMAC(&cfg); err != nil {
+			return nil, fmt.Errorf("guest %s: %w", cfg.Socket, err)
+		}
 	}
 	ns := n.spec
 	g := &guest{cfg: cfg, nic: n, slot: slot, dma: engine.NewGuestDMA(n.dev.DMA(), n.alloc),
@@ -183,10 +191,10 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 	}()
 	n.slots[slot] = g
 	pool := -1
-	if n.port.Pools() > 0 {
+	if n.pools() > 0 {
 		pool = slot
 	}
-	g.macs = newGuestMACs(n.port, pool, cfg.Trusted)
+	g.macs = n.guestMACs(pool, cfg.Trusted)
 	var mac net.HardwareAddr
 	if cfg.mac != ([6]byte{}) {
 		mac = cfg.mac[:] // the guest reads it from its config space
@@ -253,7 +261,7 @@ func (a *Appliance) addChannel(g *guest, pair int) error {
 	g.pools = append(g.pools, pool)
 	p, err := engine.NewChannel(engine.ChannelConfig{
 		Name:   fmt.Sprintf("%s/%d<->%s/%d", n.name, q, g.cfg.Socket, pair),
-		Device: g.dev, Pair: pair, NIC: n.port.QueuePair(q), DMA: g.dma,
+		Device: g.dev, Pair: pair, NIC: n.queuePair(q), DMA: g.dma,
 		CopyPool: pool.Pool, ForceCopy: ns.Copy, Burst: a.spec.Burst,
 		MACFilter: g.macs, GuestMAC: g.cfg.mac, FollowGuestMAC: g.cfg.Trusted,
 	})
@@ -266,7 +274,7 @@ func (a *Appliance) addChannel(g *guest, pair int) error {
 			l = i
 		}
 	}
-	if err := a.runner.Lcores()[l].AddTask(p); err != nil {
+	if err := a.runner.Lcores()[l].AddTask(n.newTask(g, p)); err != nil {
 		return errors.Join(err, p.Close())
 	}
 	a.tasks[l]++
@@ -305,7 +313,7 @@ func (g *guest) teardown(a *Appliance) error {
 	var errs []error
 	stopped := true
 	for i, p := range g.channels {
-		errs = append(errs, a.runner.Lcores()[g.lcores[i]].RemoveTask(p))
+		errs = append(errs, a.runner.Lcores()[g.lcores[i]].RemoveTask(g.nic.task(p)))
 		a.tasks[g.lcores[i]]--
 		if err := p.Close(); err != nil {
 			stopped = false

@@ -56,8 +56,8 @@ func (a *Appliance) Session(socket string) (Session, error) {
 		s.Features = g.dev.Features()
 		for i, p := range g.channels {
 			q := info.Queues[i]
-			s.Channels = append(s.Channels, ChannelState{Name: p.Name(), NICQueue: q,
-				RxPosted: g.nic.port.RxQueue(q).Posted(), TxInFlight: g.nic.port.TxQueue(q).InFlight()})
+			rxPosted, txInFlight := g.nic.queueUse(q)
+			s.Channels = append(s.Channels, ChannelState{Name: p.Name(), NICQueue: q, RxPosted: rxPosted, TxInFlight: txInFlight})
 		}
 		g.dev.UnlockDataPath()
 		s.Status = g.dev.Status() // takes the data-path lock itself

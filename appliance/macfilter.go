@@ -16,7 +16,10 @@ import (
 // port's, and the NIC's own permanent address, which it accepts anyway,
 // is never added or removed.
 type guestMACs struct {
-	nic  *ixgbe.Port
+	nic *ixgbe.Port
+	// vf, instead of nic: the NIC port is an SR-IOV VF, whose address
+	// the host sets on request (it has one, always the guest's).
+	vf   *ixgbe.VF
 	pool int // the guest's pool; -1: the NIC runs no pools
 	// antiSpoof: while the pool has an address, the NIC drops frames the
 	// guest sends from any other (an untrusted guest on a shared port).
@@ -35,6 +38,9 @@ func newGuestMACs(nic *ixgbe.Port, pool int, trusted bool) *guestMACs {
 }
 
 func (g *guestMACs) add(mac [6]byte) error {
+	if g.vf != nil {
+		return g.vf.SetMAC(mac[:])
+	}
 	if g.pool >= 0 {
 		return g.nic.AddPoolMAC(g.pool, mac[:])
 	}
@@ -42,6 +48,9 @@ func (g *guestMACs) add(mac [6]byte) error {
 }
 
 func (g *guestMACs) remove(mac [6]byte) error {
+	if g.vf != nil {
+		return nil // the VF keeps its address: it has one, always
+	}
 	if g.pool >= 0 {
 		return g.nic.RemovePoolMAC(g.pool, mac[:])
 	}

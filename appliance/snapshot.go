@@ -57,6 +57,9 @@ type NICCounters struct {
 	// The 82599 has no counter for them; the simulated one does, so the
 	// field is there (nil otherwise) only on a simulated NIC.
 	RxFiltered *uint64 `json:"rx_filtered,omitempty"`
+	// VFResets counts the resets of an SR-IOV VF port by its PF (the
+	// host) that the port recovered from; nil on a PF.
+	VFResets *uint64 `json:"vf_resets,omitempty"`
 }
 
 // Discards are the frames the NIC itself discarded before its packet
@@ -200,6 +203,10 @@ func (a *Appliance) Snapshot(command string) Snapshot {
 		s.UptimeSeconds = time.Since(a.start).Seconds()
 	}
 	for _, n := range a.nics {
+		if n.vf != nil {
+			s.NICs = append(s.NICs, n.vfCounters())
+			continue
+		}
 		st := n.port.Stats()
 		var noDesc, queued uint64
 		for _, q := range st.Queues {

@@ -697,6 +697,9 @@ func TestVFE2ELink(t *testing.T) {
 		return hi.ClearToSend
 	})
 	time.Sleep(5 * time.Millisecond)
+	if v.ResetPending() {
+		t.Fatal("ResetPending after a link change")
+	}
 	if seen, err := v.CheckReset(nil); seen || err != nil {
 		t.Fatalf("CheckReset after a link change: %v, %v", seen, err)
 	}
@@ -707,5 +710,63 @@ func TestVFE2ELink(t *testing.T) {
 	}
 	if st := v.Stats(); st.Resets != 0 {
 		t.Fatalf("%d resets counted", st.Resets)
+	}
+}
+
+// TestVFE2EResetOwnerDrains: the path of an owner that takes its buffers
+// back itself (the zero-copy engine): ResetPending sees the reset, the
+// owner stops and drains the pair through ring.QueuePair, CheckReset
+// brings the VF up with nothing to hand back and leaves the queues to the
+// owner, who starts them; traffic flows.
+func TestVFE2EResetOwnerDrains(t *testing.T) {
+	r := newVFRig(t, linuxpf.Config{NumVFs: 1})
+	_ = r.host.SetVFMAC(0, vfMAC0)
+	v := r.mustOpen(0, vfTestConfig())
+	var qp ring.QueuePair = v.QueuePair(0)
+	if v.ResetPending() {
+		t.Fatal("ResetPending without a reset")
+	}
+	posted := v.post(t, 32)
+	if err := r.pf.ResetVF(0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ResetPending", v.ResetPending)
+	if err := qp.StopRx(); err != nil {
+		t.Fatal(err)
+	}
+	if err := qp.StopTx(); err != nil {
+		t.Fatal(err)
+	}
+	rx, _ := qp.DrainRx(nil)
+	tx, _ := qp.DrainTx(nil)
+	if len(rx) != len(posted) || len(tx) != 0 {
+		t.Fatalf("drained %d RX buffers (posted %d) and %d TX packets", len(rx), len(posted), len(tx))
+	}
+	for _, c := range rx {
+		v.bufs.Put([]uint32{uint32(c)})
+	}
+	seen, err := v.CheckReset(func(q int, rx, tx []ring.Cookie) {
+		t.Errorf("CheckReset handed back %d+%d buffers of queue %d the owner had drained", len(rx), len(tx), q)
+	})
+	if !seen || err != nil {
+		t.Fatalf("CheckReset: %v, %v", seen, err)
+	}
+	if v.ResetPending() || v.Stats().Resets != 1 {
+		t.Fatalf("after recovery: pending %v, resets %d", v.ResetPending(), v.Stats().Resets)
+	}
+	if got := v.QueuePair(0).Rx().Post([]ring.Buf{{IOVA: v.bufs.Pool.IOVA(0), Len: 2048}}); got != 0 {
+		t.Fatal("CheckReset restarted a queue its owner had stopped")
+	}
+	if err := qp.StartRx(2048); err != nil {
+		t.Fatal(err)
+	}
+	if err := qp.StartTx(); err != nil {
+		t.Fatal(err)
+	}
+	v.post(t, 8)
+	f := ethFrame(vfMAC0, wireMAC, 1, 300)
+	r.pf.Deliver(f)
+	if got := v.receive(t, 1); !bytes.Equal(got[0], f) {
+		t.Fatal("frame after recovery differs")
 	}
 }

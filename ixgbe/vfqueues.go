@@ -193,14 +193,8 @@ func (v *VF) CheckReset(drained func(queue int, rx, tx []ring.Cookie)) (bool, er
 	if v.closed || v.stopped {
 		return false, nil
 	}
-	if !v.resetting {
-		why := v.resetCause()
-		if why == "" {
-			return false, nil
-		}
-		v.resetting = true
-		v.resets++
-		v.cfg.Logf("ixgbe VF %s: reset by the PF (%s); stopping its queues and bringing it up again", v.dev.Address(), why)
+	if !v.resetting && !v.noteReset() {
+		return false, nil
 	}
 	if v.rx[0].released {
 		return true, errors.New("ixgbe VF: closed")
@@ -238,6 +232,44 @@ func (v *VF) CheckReset(drained func(queue int, rx, tx []ring.Cookie)) (bool, er
 	}
 	v.cfg.Logf("ixgbe VF %s: recovered from the PF's reset (mailbox API %v, MAC %s)", v.dev.Address(), v.info.API, v.mac)
 	return true, nil
+}
+
+// noteReset looks for a reset by the PF and, finding one, marks the VF
+// for recovery, counts and logs it. Under v.mu.
+func (v *VF) noteReset() bool {
+	why := v.resetCause()
+	if why == "" {
+		return false
+	}
+	v.resetting = true
+	v.resets++
+	v.cfg.Logf("ixgbe VF %s: reset by the PF (%s); stopping its queues and bringing it up again", v.dev.Address(), why)
+	return true
+}
+
+// ResetPending reports whether the PF has reset the VF and CheckReset has
+// not yet recovered from it. It is the cheap check for a poll loop: one
+// register read (VFMAILBOX) when nothing happened; a message from the PF
+// that is not a reset (a link change's ping) is read and dropped. A reset
+// it finds is counted and logged, and stays pending for CheckReset.
+//
+// It lets a queue owner that must take its buffers back through its own
+// path (the zero-copy engine: StopRx, DrainRx and StopTx, DrainTx of the
+// QueuePair) do so first; CheckReset then finds the queues stopped and
+// empty, brings the VF up and leaves the queues stopped for the owner to
+// start (StartRx, StartTx). Safe from any goroutine.
+func (v *VF) ResetPending() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.closed || v.stopped:
+		return false
+	case v.resetting:
+		return true
+	case v.mbx.status()&(mbxRSTI|mbxRSTD|mbxPFSTS) == 0:
+		return false
+	}
+	return v.noteReset()
 }
 
 // resetCause says why the VF must be reset, or "" when nothing says so.
