@@ -5,7 +5,7 @@
 // OpenVF takes an SR-IOV virtual function (VF) whose PF the host's driver
 // keeps: the reset handshake and requests through the VF<->PF mailbox,
 // its queues on the same ring contract, recovery from resets by the PF,
-// statistics and link. zcnet's appliance does not use VFs yet.
+// statistics and link. zcnet's appliance serves one guest per VF.
 package ixgbe
 
 import (
@@ -35,10 +35,10 @@ type Model struct {
 	// VF is true for SR-IOV virtual functions (driven through the PF's
 	// mailbox), false for physical functions.
 	VF bool
-	// Supported is true where Open, and with it zcnet's appliance, drives
-	// the device (the 82599 PFs); the other family members are recognised
-	// so probe can say why not. The 82599 VF is not Supported: OpenVF
-	// drives it (Model.OpenVF), the appliance does not use it yet.
+	// Supported is true where zcnet's appliance drives the device: the
+	// 82599 PFs through Open, the 82599 VF through OpenVF (Model.OpenVF;
+	// one guest per VF). The other family members are recognised so
+	// probe can say why not.
 	Supported bool
 }
 
@@ -73,7 +73,7 @@ var models = []Model{
 	{0x10FC, "82599 XAUI LOM", Family82599, false, true},
 	{0x151C, "82599 T3 LOM", Family82599, false, true},
 	{0x154F, "82599 LS", Family82599, false, true},
-	{0x10ED, "82599 VF", Family82599, true, false},
+	{0x10ED, "82599 VF", Family82599, true, true},
 	{0x152E, "82599 VF (Hyper-V)", Family82599, true, false},
 	{0x1528, "X540-T", FamilyX540, false, false},
 	{0x1560, "X540-T1", FamilyX540, false, false},
@@ -142,7 +142,7 @@ func (e *UnsupportedError) Error() string {
 	case e.Model.OpenVF():
 		return fmt.Sprintf("ixgbe: %s: Open drives PFs; open a VF with OpenVF", e.Model)
 	case e.Model.VF:
-		return fmt.Sprintf("ixgbe: %s: zcnet does not drive VFs yet; give it the PF", e.Model)
+		return fmt.Sprintf("ixgbe: %s: of the VFs zcnet drives only the 82599's (8086:10ed, with OpenVF); give it the PF", e.Model)
 	}
 	return fmt.Sprintf("ixgbe: %s: zcnet drives only the 82599 PF", e.Model)
 }
@@ -160,7 +160,7 @@ func checkModel(cfg vfio.ConfigSpace, vf bool) error {
 		return fmt.Errorf("read the device ID: %w", err)
 	}
 	m, ok := Lookup(vendor, device)
-	if !ok || (!vf && !m.Supported) || (vf && !m.OpenVF()) {
+	if !ok || (!vf && (m.VF || !m.Supported)) || (vf && !m.OpenVF()) {
 		return &UnsupportedError{Vendor: vendor, Device: device, Model: m, Known: ok, WantVF: vf}
 	}
 	return nil

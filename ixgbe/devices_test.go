@@ -17,7 +17,7 @@ func TestLookup(t *testing.T) {
 		family         Family
 	}{
 		{0x8086, 0x10FB, true, false, true, Family82599},
-		{0x8086, 0x10ED, true, true, false, Family82599},
+		{0x8086, 0x10ED, true, true, true, Family82599},
 		{0x8086, 0x1528, true, false, false, FamilyX540},
 		{0x8086, 0x15C5, true, true, false, FamilyX550},
 		{0x8086, 0x10D3, false, false, false, ""}, // e1000e
@@ -78,7 +78,7 @@ func TestOpenRefusesOtherModels(t *testing.T) {
 		want           string
 	}{
 		{0x8086, 0x10ED, "open a VF with OpenVF"},
-		{0x8086, 0x1515, "does not drive VFs yet"},
+		{0x8086, 0x1515, "of the VFs zcnet drives only the 82599's"},
 		{0x8086, 0x1528, "drives only the 82599 PF"},
 		{0x8086, 0x10D3, "not an 82599-family NIC"},
 	} {

@@ -157,7 +157,7 @@ func (p prober) device(d *ghw.PCIDevice, h hostReport) deviceReport {
 func verdict(m ixgbe.Model, r deviceReport, h hostReport, groupNode bool) (bool, string) {
 	if !m.Supported {
 		if m.VF {
-			return false, fmt.Sprintf("%s VF: zcnet does not drive VFs yet; give it the PF", m.Family)
+			return false, fmt.Sprintf("%s VF: of the VFs zcnet drives only the 82599's (8086:10ed); give it the PF", m.Family)
 		}
 		return false, fmt.Sprintf("%s is recognised but zcnet drives only the 82599 PF", m.Family)
 	}
@@ -181,6 +181,11 @@ func verdict(m ixgbe.Model, r deviceReport, h hostReport, groupNode bool) (bool,
 		missing = append(missing, "no free hugepages: make hugepages (or echo 1024 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)")
 	}
 	if len(missing) == 0 {
+		if m.VF {
+			// The host's ixgbe driver keeps the PF and sets this VF's
+			// MAC, VLAN and trust; zcnet serves one guest on it.
+			return true, "usable now: one guest on this VF (its MAC, VLAN and trust are the host's: ip link set PF vf N ...)"
+		}
 		return true, "usable now"
 	}
 	return false, "missing: " + strings.Join(missing, "; ")

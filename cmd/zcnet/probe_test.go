@@ -119,8 +119,15 @@ func TestProbeFabricatedHost(t *testing.T) {
 	if vf.Function != "VF" || vf.Driver != "vfio-pci" {
 		t.Errorf("82599 VF report = %+v", vf)
 	}
-	if vf.Usable || !strings.Contains(vf.Verdict, "does not drive VFs yet") {
-		t.Errorf("VF verdict %q: zcnet has no VF driver, the verdict must say so", vf.Verdict)
+	if strings.Contains(vf.Verdict, "does not drive") {
+		t.Errorf("VF verdict %q: zcnet serves a guest on an 82599 VF", vf.Verdict)
+	}
+	if hugepagesFree(t) {
+		if !vf.Usable || !strings.HasPrefix(vf.Verdict, "usable now: one guest on this VF") {
+			t.Errorf("82599 VF bound to vfio-pci with its group node and free hugepages: verdict %q", vf.Verdict)
+		}
+	} else if vf.Usable || !strings.Contains(vf.Verdict, "hugepages") {
+		t.Errorf("no free hugepages here, yet the VF's verdict is %q", vf.Verdict)
 	}
 	ready := byAddr["0000:06:00.0"]
 	if hugepagesFree(t) {
