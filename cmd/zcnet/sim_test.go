@@ -206,7 +206,10 @@ func TestSimGuestsText(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sim --guests 2: %v\n%s", err, out)
 	}
-	for _, want := range []string{"misdelivered", "52:54:00:00:00:01", "52:54:00:00:00:02", "of the unicast, lost 0,", "echoes dropped by the NIC as spoofed", "echoes on the wire 0", "IOMMU faults 0"} {
+	// The format, not the figures: TestSimGuestsShareThePort checks
+	// those. Under -race on a loaded machine a guest may fall behind and
+	// the NIC drop (and count) a few frames for want of its buffers.
+	for _, want := range []string{"misdelivered", "52:54:00:00:00:01", "52:54:00:00:00:02", "of the unicast, lost ", "echoes dropped by the NIC as spoofed", "echoes on the wire 0", "IOMMU faults 0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
