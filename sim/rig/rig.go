@@ -214,14 +214,32 @@ func (r *Rig) WaitGuestReady(timeout time.Duration) {
 			want[gs.Socket] = true
 		}
 	}
+	// A guest is ready once the NIC holds its buffers: more than a burst
+	// on every one of its NIC queues (the engine keeps at most a burst of
+	// host buffers there while the guest has posted none). Frames that
+	// arrive earlier are dropped by the NIC, so a demo or test that
+	// started traffic at "session up" would count losses that are only
+	// its own start-up.
+	posted := func(socket string) bool {
+		s, err := r.App.Session(socket)
+		if err != nil || len(s.Channels) == 0 {
+			return false
+		}
+		for _, c := range s.Channels {
+			if c.RxPosted <= readyBurst {
+				return false
+			}
+		}
+		return true
+	}
 	ready := func() bool {
 		g := r.App.Guests()
 		if len(want) == 0 {
-			return len(g) > 0 && g[0].Ready
+			return len(g) > 0 && g[0].Ready && posted(g[0].Socket)
 		}
 		n := 0
 		for _, gi := range g {
-			if want[gi.Socket] && gi.Ready {
+			if want[gi.Socket] && gi.Ready && posted(gi.Socket) {
 				n++
 			}
 		}
@@ -232,8 +250,11 @@ func (r *Rig) WaitGuestReady(timeout time.Duration) {
 			break
 		}
 	}
-	time.Sleep(20 * time.Millisecond)
 }
+
+// readyBurst is the engine's default burst: the most host buffers it
+// keeps on a NIC queue while the guest has posted none.
+const readyBurst = 32
 
 // Regenerate replaces the generator by a fresh, stopped one sending the
 // same frames at rate, and resets the sink: one trial of a rate search.
