@@ -112,6 +112,10 @@ type PortCounters struct {
 	// the front end truncated it; each stopped the port and dropped the
 	// guest's session (the process and the other guests carry on).
 	GuestMemoryFaults uint64 `json:"guest_memory_faults"`
+	// TxRARP: RARPs sent from the guest's MAC when its front end asked
+	// (after a live migration, so that switches learn the new port); not
+	// in tx_packets.
+	TxRARP uint64 `json:"tx_rarp"`
 	// GuestMAC is the guest's address the NIC's filter accepts for this
 	// port ("" until one is known); GuestMACSource says where it came
 	// from: "configured" (--vhost PATH,mac=, --guest-mac, the config
@@ -245,7 +249,7 @@ func portCounters(p *engine.Channel) PortCounters {
 		ZeroCopy: Dirs{st.RxZeroCopy, st.TxZeroCopy}, Copied: Dirs{st.RxCopied, st.TxCopied},
 		CopyReasons: copyReasons(st.Copy), Drops: dropCauses(st.Drops),
 		GuestErrors: st.GuestErrors, Restarts: st.Restarts, RxRewound: st.RxRewound, MACFilterErrors: st.MACFilterErrors,
-		GuestMemoryFaults: st.GuestMemoryFaults}
+		GuestMemoryFaults: st.GuestMemoryFaults, TxRARP: st.TxRARP}
 	if mac, static := p.GuestMAC(); mac != ([6]byte{}) {
 		pc.GuestMAC, pc.GuestMACSource = net.HardwareAddr(mac[:]).String(), "learned"
 		if static {

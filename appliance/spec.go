@@ -85,6 +85,10 @@ type GuestSpec struct {
 	// strips the tag per pool): a port with a VLAN guest listed, or with
 	// max_guests above 1, does.
 	VLAN uint16 `json:"vlan,omitempty" yaml:"vlan,omitempty"`
+	// Migration offers the guest's front end live migration (vhost-user
+	// dirty logging, VHOST_F_LOG_ALL with LOG_SHMFD, and SEND_RARP):
+	// without it QEMU refuses to migrate the guest.
+	Migration bool `json:"migration,omitempty" yaml:"migration,omitempty"`
 	// Mode (octal, default 0600) and Group of the socket zcnet creates:
 	// whoever can connect is the guest's front end. "0660" with the
 	// group QEMU runs in (libvirt: kvm) lets a QEMU running as another

@@ -41,6 +41,7 @@ const (
 	cTxSignals
 	cGuestMemoryFaults
 	cRxHarvested
+	cTxRARP
 	numCounters
 )
 
@@ -100,6 +101,9 @@ type Stats struct {
 	// because the front end took the memory away (truncated its file):
 	// each stopped the channel's NIC queues and dropped the guest's session.
 	GuestMemoryFaults uint64
+	// TxRARP counts the RARPs sent from the guest's MAC on the front end's
+	// request (vhost SEND_RARP, after a live migration), not in TxPackets.
+	TxRARP uint64
 }
 
 // CopyReasons says why frames were copied instead of moved zero-copy.
@@ -193,5 +197,6 @@ func (s *stats) read() Stats {
 			TxOffload: g(cDropTxOffload), TxNoCopyBuffer: g(cDropTxNoCopyBuffer), TxQuiesce: g(cDropTxQuiesce)},
 		GuestErrors: g(cGuestErrors), MACFilterErrors: g(cMACFilterErrors), BusyPolls: g(cBusyPolls), IdlePolls: g(cIdlePolls),
 		Restarts: g(cRestarts), RxRewound: g(cRxRewound), TxSignals: g(cTxSignals), GuestMemoryFaults: g(cGuestMemoryFaults),
+		TxRARP: g(cTxRARP),
 	}
 }

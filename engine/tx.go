@@ -79,6 +79,9 @@ func (p *Channel) pollTx() int {
 	t := &p.tx
 	p.reclaimTx()
 	free := p.nic.TxFree()
+	if p.cfg.Pair == 0 {
+		free -= p.announce(free)
+	}
 	k := 0
 	for k < len(t.pkts) {
 		ok, err := p.txv.Pop(&t.chain)
@@ -149,6 +152,44 @@ func (p *Channel) pollTx() int {
 	p.st.add(cTxPackets, uint64(m))
 	p.flushTx()
 	return k
+}
+
+// announce puts on the wire the RARP the front end asked for (vhost
+// SEND_RARP: QEMU on the destination of a live migration, for a guest
+// without GUEST_ANNOUNCE), from a host buffer, so that the switches learn
+// the guest's new port. It returns the descriptors used. Pair 0's channel
+// alone sends it.
+func (p *Channel) announce(free int) int {
+	t := &p.tx
+	if free < 2 || len(t.recFree) == 0 {
+		return 0 // next poll
+	}
+	mac, ok := p.dev.TakeRARP()
+	if !ok {
+		return 0
+	}
+	ri := t.recFree[len(t.recFree)-1]
+	rec := &t.rec[ri]
+	if p.pool.Get(rec.bufs[:1]) != 1 {
+		p.st.add(cDropTxNoCopyBuffer, 1)
+		return 0
+	}
+	t.recFree = t.recFree[:len(t.recFree)-1]
+	rec.n = 1
+	vhost.AppendRARP(p.pool.Bytes(rec.bufs[0])[:0], mac)
+	pk := &t.pkts[0]
+	segs := pk.Segs[:1]
+	segs[0] = ring.Segment{IOVA: p.pool.IOVA(rec.bufs[0]), Len: vhost.RARPFrameLen}
+	*pk = ring.TxPkt{Segs: segs, Cookie: copyCookie | ring.Cookie(ri)}
+	m := p.txq.Submit(t.pkts[:1])
+	pk.Segs = segs[:0]
+	if m != 1 {
+		p.freeTxRecord(copyCookie | ring.Cookie(ri))
+		p.st.add(cDropTxOffload, 1)
+		return 0
+	}
+	p.st.add(cTxRARP, 1)
+	return 2
 }
 
 // reclaimTx returns sent packets' buffers: guest chains to the used ring,

@@ -46,7 +46,11 @@ type Config struct {
 	// protocol feature, so that QEMU can have the device log every guest
 	// page it writes (SET_LOG_BASE). The consumer of the queues must mark
 	// what it writes into guest memory itself (DirtyLog); the device marks
-	// its own writes (used rings, control queue acks).
+	// its own writes (used rings, control queue acks). It also offers the
+	// RARP protocol feature: after a migration the destination's QEMU asks
+	// (SEND_RARP) for a RARP from the guest's MAC on the wire, so that
+	// switches learn the guest's new port; the consumer sends it
+	// (TakeRARP).
 	Migration bool
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
@@ -109,6 +113,10 @@ type Device struct {
 	dirty     *DirtyLog
 	activeLog *DirtyLog
 	logFD     int
+	// rarp is the MAC of the last SEND_RARP not yet taken (TakeRARP);
+	// rarpPending says there is one.
+	rarp        [6]byte
+	rarpPending bool
 }
 
 // NewDevice checks cfg and returns a device waiting for a front end.
@@ -143,7 +151,7 @@ func NewDevice(cfg Config) (*Device, error) {
 	cfg.Features |= FProtocolFeatures
 	if cfg.Migration {
 		cfg.Features |= FLogAll
-		cfg.ProtocolFeatures |= ProtoFLogShmfd
+		cfg.ProtocolFeatures |= ProtoFLogShmfd | ProtoFRARP
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -302,6 +310,7 @@ func (d *Device) resetSession() {
 	closeFDs([]int{d.logFD})
 	d.logFD = -1
 	d.features, d.protoFeatures, d.owner, d.status = 0, 0, false, 0
+	d.rarpPending = false
 	d.broken.Store(false)
 	d.ctrl = ctrlState{activePairs: 1}
 	if d.cfg.MAC != nil {
@@ -546,6 +555,8 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		return nil, nil
 	case ReqGetStatus:
 		return EncodeU64(uint64(d.statusLocked())), nil
+	case ReqSendRARP:
+		return nil, d.sendRARP(p)
 	case ReqGetMaxMemSlots:
 		if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
 			return nil, errors.New("GET_MAX_MEM_SLOTS without the CONFIGURE_MEM_SLOTS protocol feature")
@@ -557,6 +568,62 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		return nil, d.remMemReg(m)
 	}
 	return nil, fmt.Errorf("request %v is not implemented by this back end", m.Request)
+}
+
+// sendRARP handles SEND_RARP: the front end (QEMU, on the destination of a
+// migration, for a guest without GUEST_ANNOUNCE) asks for a RARP from the
+// guest's MAC, payload bytes 0-5, so that the switches on the wire learn
+// the guest's new port. The request is kept for the consumer of the
+// queues, which sends the frame (TakeRARP); a second one before it is
+// taken replaces the first.
+func (d *Device) sendRARP(p []byte) error {
+	if d.protoFeatures&ProtoFRARP == 0 {
+		return errors.New("SEND_RARP without the RARP protocol feature")
+	}
+	var mac [6]byte
+	copy(mac[:], p)
+	if mac[0]&1 != 0 || mac == ([6]byte{}) {
+		return fmt.Errorf("SEND_RARP for %v: not a unicast address", net.HardwareAddr(mac[:]))
+	}
+	d.rarp, d.rarpPending = mac, true
+	d.log.Info("SEND_RARP: announcing the guest's MAC on the wire", zap.Stringer("mac", net.HardwareAddr(mac[:])))
+	return nil
+}
+
+// TakeRARP returns the MAC of a SEND_RARP the front end asked for and not
+// yet taken, and forgets it: the caller puts a RARP from that MAC on the
+// wire (see AppendRARP). Call it with the data-path lock held.
+func (d *Device) TakeRARP() (mac [6]byte, ok bool) {
+	mac, ok = d.rarp, d.rarpPending
+	d.rarpPending = false
+	return mac, ok
+}
+
+// RARPFrameLen is the length of a RARP frame (without FCS): the Ethernet
+// minimum, as QEMU's and DPDK's announcements are.
+const RARPFrameLen = 60
+
+// AppendRARP appends to b the frame QEMU announces a migrated guest with
+// (qemu_announce_self, DPDK's make_rarp_packet): a broadcast RARP request
+// (EtherType 0x8035, opcode 3 "request reverse") from mac, with mac as
+// sender and target hardware address and no protocol addresses, padded to
+// RARPFrameLen.
+func AppendRARP(b []byte, mac [6]byte) []byte {
+	b = append(b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	b = append(b, mac[:]...)
+	b = append(b, 0x80, 0x35, // RARP
+		0x00, 0x01, // hardware: Ethernet
+		0x08, 0x00, // protocol: IPv4
+		6, 4, // address lengths
+		0x00, 0x03) // request reverse
+	b = append(b, mac[:]...)
+	b = append(b, 0, 0, 0, 0)
+	b = append(b, mac[:]...)
+	b = append(b, 0, 0, 0, 0)
+	for range RARPFrameLen - 42 {
+		b = append(b, 0)
+	}
+	return b
 }
 
 func (d *Device) setFeatures(v uint64) error {

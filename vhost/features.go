@@ -68,7 +68,7 @@ const DefaultFeatures uint64 = FVersion1 | NetFMrgRxbuf | FEventIdx | FIndirectD
 	NetFCtrlRx | NetFCtrlMACAddr
 
 // DefaultProtocolFeatures is the protocol feature set offered by default.
-// LOG_SHMFD (migration) is offered with Config.Migration; BACKEND_REQ and
+// LOG_SHMFD and RARP (migration) are offered with Config.Migration; BACKEND_REQ and
 // the rest are not implemented and never offered.
 const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus |
 	ProtoFConfigureMemSlots | ProtoFResetDevice
@@ -83,7 +83,7 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 // zero-copy engine copies for them).
 const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform | FLogAll
 
-const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd
+const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd | ProtoFRARP
 
 // Virtio device status bits.
 const (

@@ -220,7 +220,7 @@ func expectedPayload(r Request) int {
 		ReqGetMaxMemSlots, ReqSetOwner, ReqResetOwner, ReqResetDevice, ReqSetLogFD:
 		return -1 // no payload needed; tolerate one (QEMU sends a zero u64 for some)
 	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSetVringKick, ReqSetVringCall,
-		ReqSetVringErr, ReqSetStatus, ReqSetBackendReqFD:
+		ReqSetVringErr, ReqSetStatus, ReqSetBackendReqFD, ReqSendRARP:
 		return sizeU64
 	case ReqSetVringNum, ReqSetVringBase, ReqGetVringBase, ReqSetVringEnable:
 		return sizeVringState

@@ -103,6 +103,8 @@ var (
 			func(p *appliance.PortCounters) uint64 { return p.RxRewound }},
 		{counter("zcnet_port_guest_memory_faults_total", "Accesses to guest memory that faulted because the front end truncated it; each dropped the guest's session.", "port"),
 			func(p *appliance.PortCounters) uint64 { return p.GuestMemoryFaults }},
+		{counter("zcnet_port_tx_rarp_total", "RARPs sent from the guest's MAC at its front end's request after a live migration.", "port"),
+			func(p *appliance.PortCounters) uint64 { return p.TxRARP }},
 		{counter("zcnet_port_restarts_total", "Times the port stopped its NIC queues and took guest buffers back.", "port"),
 			func(p *appliance.PortCounters) uint64 { return p.Restarts }},
 		{counter("zcnet_port_mac_filter_errors_total", "Guest MACs the NIC's address filter refused.", "port"),

@@ -181,8 +181,8 @@ func TestMetricsExposition(t *testing.T) {
 			t.Errorf("%s help %q", name, f.GetHelp())
 		}
 	}
-	if n != 32 {
-		t.Errorf("%d zcnet families, want 32", n)
+	if n != 33 {
+		t.Errorf("%d zcnet families, want 33", n)
 	}
 	// The runtime and process collectors are there for operators.
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes", "process_open_fds"} {

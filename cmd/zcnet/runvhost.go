@@ -109,14 +109,14 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	return spec, nil
 }
 
-// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,vlan=VID][,trusted=on][,mode=MODE][,group=GROUP]
+// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,vlan=VID][,trusted=on][,migration=on][,mode=MODE][,group=GROUP]
 // (QEMU's option syntax) into the socket path and its options. Only
 // trailing options are taken, so other commas stay in the path; a
 // trailing ",word=value" that is no option is refused as a likely typo.
 func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 	var s appliance.GuestSpec
-	var trusted, vlan string
-	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group, "trusted": &trusted, "vlan": &vlan}
+	var trusted, vlan, migration string
+	opts := map[string]*string{"mac": &s.MAC, "mode": &s.Mode, "group": &s.Group, "trusted": &trusted, "vlan": &vlan, "migration": &migration}
 	seen := map[string]bool{}
 	for {
 		i := strings.LastIndexByte(v, ',')
@@ -127,7 +127,7 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		dst := opts[key]
 		switch {
 		case dst == nil:
-			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, vlan=, trusted=, mode= or group=)", v, key)
+			return s, fmt.Errorf("--vhost %s: unknown option %q (give mac=, vlan=, trusted=, migration=, mode= or group=)", v, key)
 		case seen[key]:
 			return s, fmt.Errorf("--vhost %s: %s given twice", v, key)
 		}
@@ -140,6 +140,13 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		s.Trusted = true
 	default:
 		return s, fmt.Errorf("--vhost %s: trusted=%s: give on or off", v, trusted)
+	}
+	switch migration {
+	case "", "off":
+	case "on":
+		s.Migration = true
+	default:
+		return s, fmt.Errorf("--vhost %s: migration=%s: give on or off", v, migration)
 	}
 	if vlan != "" {
 		n, err := strconv.ParseUint(vlan, 10, 12)

@@ -94,7 +94,7 @@ be 0 (zcnet sim fails otherwise).`,
 	f.BoolVar(&o.copy, "copy", false, "force the copy path (to compare with zero-copy)")
 	f.BoolVar(&o.json, "json", false, "print the final summary as JSON on stdout (statistics lines go to stderr)")
 	f.StringVar(&o.tap, "tap", "", "connect the simulated port's wire to a TAP interface of this name instead of the generator and sink")
-	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest; PATH,mode=0660,group=kvm gives the socket (default mode 0600) to a front end running as another user")
+	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest; PATH,migration=on lets QEMU live-migrate it (dirty logging, SEND_RARP); PATH,mode=0660,group=kvm gives the socket (default mode 0600) to a front end running as another user")
 	f.StringVar(&o.guestMAC, "guest-mac", "", "the guest's MAC, accepted by the NIC's filter from the start and reported in the guest's config space (the generator then sends to it); default: learned from the guest's frames")
 	f.BoolVar(&o.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guest; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
@@ -176,7 +176,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	spec := appliance.Spec{
 		Lcores: o.lcores,
 		NICs: []appliance.NICSpec{{PCI: "sim:" + sim.DefaultOptions().Address, Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
-			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group}}}},
+			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group, Migration: vs.Migration}}}},
 		PageSize: o.pageSize,
 	}
 	if o.guests > 1 {

@@ -56,7 +56,8 @@ const DefaultWanted = vhost.FVersion1 | vhost.NetFMrgRxbuf | vhost.FEventIdx | v
 	vhost.NetFCtrlRx | vhost.NetFCtrlMACAddr | vhost.FProtocolFeatures
 
 const wantedProtocol = vhost.ProtoFMQ | vhost.ProtoFReplyAck | vhost.ProtoFStatus |
-	vhost.ProtoFConfigureMemSlots | vhost.ProtoFConfig | vhost.ProtoFResetDevice | vhost.ProtoFLogShmfd
+	vhost.ProtoFConfigureMemSlots | vhost.ProtoFConfig | vhost.ProtoFResetDevice | vhost.ProtoFLogShmfd |
+	vhost.ProtoFRARP
 
 // queue is one virtqueue of the guest with its eventfds and buffers.
 type queue struct {
