@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/vfio"
-	"github.com/zcnet/zcnet/vhost"
 )
 
 // A NIC port that is an 82599 SR-IOV virtual function, the host's Linux
@@ -33,10 +33,17 @@ import (
 // brought up. The lcore polls the guest's channel through vfTask, which
 // every resetCheckEvery polls asks the VF whether it was reset (one
 // register read) and, if so, has the channel stop and drain its queues
-// (engine.Channel.RestartNIC, the path a front end's ring stop takes),
-// then brings the VF up (ixgbe.VF.CheckReset, with nothing left to hand
-// back), and polls the channel again, which starts the queues with the
-// guest's buffers. The channel's per-frame path is unchanged.
+// (engine.Channel.RestartNIC, the path a front end's ring stop takes,
+// under the data-path lock), then hands the bring-up to a goroutine of
+// the VF port (vfPort.bringUp: ixgbe.VF.Recover, mailbox exchanges that
+// wait up to a second each when the host is slow or silent, retried
+// every vfRetry). The lcore does not wait for it: between polls it only
+// reads the port's recovering flag, so the other channels of the lcore
+// keep moving frames, and once the VF is up it polls the channel again,
+// which starts the queues with the guest's buffers. The bring-up touches
+// no queue and no guest buffer (the channel holds them all, or gave them
+// back), so it needs no data-path lock. The channel's per-frame path is
+// unchanged.
 
 // resetCheckEvery is how many polls of a VF's channel pass between two
 // checks for a reset by the PF (one register read each).
@@ -50,6 +57,67 @@ const vfRetry = 100 * time.Millisecond
 type vfPort struct {
 	vf   *ixgbe.VF
 	task *vfTask // the guest's channel; nil without a guest
+
+	// recovering: a goroutine is bringing the VF up after a reset by the
+	// PF (bringUp); the channel's queues stay stopped until it clears.
+	recovering atomic.Bool
+	recoveries atomic.Uint64 // bring-ups completed
+	quit       chan struct{} // closed by close: a bring-up gives up
+	wg         sync.WaitGroup
+}
+
+func newVFPort(vf *ixgbe.VF) *vfPort { return &vfPort{vf: vf, quit: make(chan struct{})} }
+
+// resetPending reports whether the VF needs, or is in, a recovery; it
+// never waits for a bring-up in progress.
+func (p *vfPort) resetPending() bool {
+	return p.recovering.Load() || p.vf.ResetPending()
+}
+
+// startBringUp has a goroutine bring the VF up after a reset whose
+// queues the channel stopped and drained, unless one is at it already.
+func (p *vfPort) startBringUp(log *zap.Logger) {
+	if !p.recovering.CompareAndSwap(false, true) {
+		return
+	}
+	p.wg.Add(1)
+	go p.bringUp(log)
+}
+
+// bringUp brings the VF up, retrying every vfRetry while the PF does not
+// answer or refuses, until it is up or the port closes (the VF then stays
+// marked recovering: its queues are not started again).
+func (p *vfPort) bringUp(log *zap.Logger) {
+	defer p.wg.Done()
+	for attempt := 1; ; attempt++ {
+		err := p.vf.Recover()
+		if err == nil {
+			p.recoveries.Add(1)
+			p.recovering.Store(false)
+			if attempt > 1 {
+				log.Info("the VF is up again after a reset by the PF", zap.Int("attempts", attempt))
+			}
+			return
+		}
+		if attempt == 1 || attempt%50 == 0 {
+			log.Warn("bringing the VF up after a reset by the PF failed; retrying", zap.Int("attempt", attempt), zap.Error(err))
+		}
+		select {
+		case <-p.quit:
+			return
+		case <-time.After(vfRetry):
+		}
+	}
+}
+
+// stop ends a bring-up in progress and waits for it.
+func (p *vfPort) stop() {
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+	p.wg.Wait()
 }
 
 // isVF reports whether dev is an SR-IOV virtual function of an Intel
@@ -103,7 +171,7 @@ func openVFNIC(ns NICSpec, dev vfio.Device, spec Spec, name string, alloc *hugep
 		}
 		return nil, fmt.Errorf("NIC port %s (an SR-IOV VF): %w", name, err)
 	}
-	return &nic{name: name, spec: ns, dev: dev, vf: &vfPort{vf: vf}, alloc: alloc, slots: make([]*guest, 1)}, nil
+	return &nic{name: name, spec: ns, dev: dev, vf: newVFPort(vf), alloc: alloc, slots: make([]*guest, 1)}, nil
 }
 
 // checkVFGuest refuses what a guest on a VF cannot have.
@@ -164,7 +232,7 @@ func (n *nic) newTask(g *guest, p *engine.Channel) pollmode.Task {
 	if n.vf == nil {
 		return p
 	}
-	t := &vfTask{vf: n.vf.vf, ch: p, dev: g.dev, log: g.log.With(zap.String("nic", n.name))}
+	t := &vfTask{port: n.vf, ch: p, log: g.log.With(zap.String("nic", n.name))}
 	n.vf.task = t
 	return t
 }
@@ -196,6 +264,7 @@ func (n *nic) mac() net.HardwareAddr {
 // close stops and closes the NIC port.
 func (n *nic) close() error {
 	if n.vf != nil {
+		n.vf.stop()
 		return n.vf.vf.Close()
 	}
 	return n.port.Close()
@@ -212,17 +281,15 @@ func (n *nic) vfCounters() NICCounters {
 // vfTask polls a VF's guest channel and recovers from resets by the PF
 // between polls (see the top of this file).
 type vfTask struct {
-	vf  *ixgbe.VF
-	ch  *engine.Channel
-	dev *vhost.Device
-	log *zap.Logger
+	port *vfPort
+	ch   *engine.Channel
+	log  *zap.Logger
 
 	polls uint32
 	// down: a reset was seen and the VF is not up again; the channel's
 	// queues are stopped and it is not polled.
 	// (Atomic: Snapshot-time readers and tests look at both.)
-	down  atomic.Bool
-	retry time.Time // no bring-up attempt before
+	down atomic.Bool
 	// leaked counts buffers the VF still held after the channel drained
 	// its queues (a bug if ever nonzero; tests check it).
 	leaked atomic.Int64
@@ -231,37 +298,27 @@ type vfTask struct {
 func (t *vfTask) Name() string { return t.ch.Name() }
 
 func (t *vfTask) Poll() int {
-	if !t.down.Load() {
-		if t.polls++; t.polls%resetCheckEvery != 0 || !t.vf.ResetPending() {
-			return t.ch.Poll()
+	if t.down.Load() {
+		if t.port.recovering.Load() {
+			return 0 // the bring-up goroutine is at it
 		}
-		t.down.Store(true)
-		if err := t.ch.RestartNIC(); err != nil {
-			t.log.Error("stopping the channel's VF queues after a reset by the PF", zap.Error(err))
-		}
+		t.down.Store(false)
+		return t.ch.Poll() // starts the queues
 	}
-	t.recover()
+	if t.polls++; t.polls%resetCheckEvery != 0 || !t.port.resetPending() {
+		return t.ch.Poll()
+	}
+	t.down.Store(true)
+	if err := t.ch.RestartNIC(); err != nil {
+		t.log.Error("stopping the channel's VF queues after a reset by the PF", zap.Error(err))
+	}
+	// The channel took every buffer back: none may be left (the lcore
+	// owns the queues, so it may look).
+	vf := t.port.vf
+	if n := vf.RxQueue(0).Posted() + vf.TxQueue(0).InFlight(); n != 0 {
+		t.leaked.Add(int64(n))
+		t.log.Error("VF queue held buffers after the channel drained it; they are lost to the guest", zap.Int("buffers", n))
+	}
+	t.port.startBringUp(t.log)
 	return 0
-}
-
-// recover brings the VF up again, its queues stopped and drained by the
-// channel already; the next poll of the channel starts them.
-func (t *vfTask) recover() {
-	if time.Now().Before(t.retry) {
-		return
-	}
-	t.dev.LockDataPath() // the guest's ring stops drain the queues under it too
-	_, err := t.vf.CheckReset(func(q int, rx, tx []ring.Cookie) {
-		// The channel took every buffer back before: none may be left.
-		t.leaked.Add(int64(len(rx) + len(tx)))
-		t.log.Error("VF queue held buffers after the channel drained it; they are lost to the guest",
-			zap.Int("queue", q), zap.Int("rx", len(rx)), zap.Int("tx", len(tx)))
-	})
-	t.dev.UnlockDataPath()
-	if err != nil {
-		t.retry = time.Now().Add(vfRetry)
-		t.log.Warn("bringing the VF up after a reset by the PF failed; retrying", zap.Error(err))
-		return
-	}
-	t.down.Store(false)
 }

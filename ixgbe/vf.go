@@ -240,13 +240,19 @@ func (v *VF) bringUp() error {
 func (v *VF) stopHW() {
 	v.write(vfEIMC, vfEIMCAll)
 	v.read(vfEICR)
+	// A queue its owner stopped already is not written to: Recover runs
+	// beside the owners' goroutines.
 	for i := range v.rx {
 		v.clear(vfRxQueueReg(i, rxqRXDCTL), rxdctlEnable)
-		v.rx[i].stopped = true
+		if !v.rx[i].stopped {
+			v.rx[i].stopped = true
+		}
 	}
 	for i := range v.tx {
 		v.clear(vfTxQueueReg(i, txqTXDCTL), txdctlEnable)
-		v.tx[i].stopped = true
+		if !v.tx[i].stopped {
+			v.tx[i].stopped = true
+		}
 	}
 	v.write(vfPSRTYPE, 0)
 }

@@ -713,6 +713,38 @@ func TestVFE2ELink(t *testing.T) {
 	}
 }
 
+// ownerDrains stops queue pair qp and takes its buffers back as the
+// zero-copy engine does after ResetPending: posted RX buffers, no TX.
+func (v *testVF) ownerDrains(t *testing.T, qp ring.QueuePair, posted int) {
+	t.Helper()
+	if err := errors.Join(qp.StopRx(), qp.StopTx()); err != nil {
+		t.Fatal(err)
+	}
+	rx, _ := qp.DrainRx(nil)
+	tx, _ := qp.DrainTx(nil)
+	if len(rx) != posted || len(tx) != 0 {
+		t.Fatalf("drained %d RX buffers (posted %d) and %d TX packets", len(rx), posted, len(tx))
+	}
+	for _, c := range rx {
+		v.bufs.Put([]uint32{uint32(c)})
+	}
+}
+
+// ownerRestarts starts queue pair qp again after a recovery and checks
+// that a frame arrives.
+func (v *testVF) ownerRestarts(t *testing.T, r *vfRig, qp ring.QueuePair) {
+	t.Helper()
+	if err := errors.Join(qp.StartRx(2048), qp.StartTx()); err != nil {
+		t.Fatal(err)
+	}
+	v.post(t, 8)
+	f := ethFrame(vfMAC0, wireMAC, 1, 300)
+	r.pf.Deliver(f)
+	if got := v.receive(t, 1); !bytes.Equal(got[0], f) {
+		t.Fatal("frame after recovery differs")
+	}
+}
+
 // TestVFE2EResetOwnerDrains: the path of an owner that takes its buffers
 // back itself (the zero-copy engine): ResetPending sees the reset, the
 // owner stops and drains the pair through ring.QueuePair, CheckReset
@@ -731,20 +763,7 @@ func TestVFE2EResetOwnerDrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "ResetPending", v.ResetPending)
-	if err := qp.StopRx(); err != nil {
-		t.Fatal(err)
-	}
-	if err := qp.StopTx(); err != nil {
-		t.Fatal(err)
-	}
-	rx, _ := qp.DrainRx(nil)
-	tx, _ := qp.DrainTx(nil)
-	if len(rx) != len(posted) || len(tx) != 0 {
-		t.Fatalf("drained %d RX buffers (posted %d) and %d TX packets", len(rx), len(posted), len(tx))
-	}
-	for _, c := range rx {
-		v.bufs.Put([]uint32{uint32(c)})
-	}
+	v.ownerDrains(t, qp, len(posted))
 	seen, err := v.CheckReset(func(q int, rx, tx []ring.Cookie) {
 		t.Errorf("CheckReset handed back %d+%d buffers of queue %d the owner had drained", len(rx), len(tx), q)
 	})
@@ -757,16 +776,55 @@ func TestVFE2EResetOwnerDrains(t *testing.T) {
 	if got := v.QueuePair(0).Rx().Post([]ring.Buf{{IOVA: v.bufs.Pool.IOVA(0), Len: 2048}}); got != 0 {
 		t.Fatal("CheckReset restarted a queue its owner had stopped")
 	}
-	if err := qp.StartRx(2048); err != nil {
+	v.ownerRestarts(t, r, qp)
+}
+
+// TestVFE2ERecoverBesideOwner: the two halves of a recovery on two
+// goroutines, as the appliance runs them: the owner sees the reset
+// (ResetPending), stops and drains its pair; Recover (another goroutine)
+// refuses while a queue still runs, fails with the host silent (the
+// queues stay stopped: StartRx refuses with ErrVFReset), and succeeds
+// once the host answers again; the owner starts the pair and traffic
+// flows.
+func TestVFE2ERecoverBesideOwner(t *testing.T) {
+	r := newVFRig(t, linuxpf.Config{NumVFs: 1})
+	_ = r.host.SetVFMAC(0, vfMAC0)
+	cfg := vfTestConfig()
+	cfg.MailboxTimeout = 50 * time.Millisecond
+	cfg.ResetTimeout = 50 * time.Millisecond
+	v := r.mustOpen(0, cfg)
+	var qp ring.QueuePair = v.QueuePair(0)
+	if err := v.Recover(); err != nil {
+		t.Fatalf("Recover without a reset: %v", err)
+	}
+	posted := v.post(t, 16)
+	r.host.Stop()
+	if err := r.pf.ResetVF(0); err != nil {
 		t.Fatal(err)
 	}
-	if err := qp.StartTx(); err != nil {
-		t.Fatal(err)
+	eventually(t, "ResetPending", v.ResetPending)
+	if err := v.Recover(); err == nil || !strings.Contains(err.Error(), "RX queue 0 still runs") {
+		t.Fatalf("Recover with the owner's queues running: %v", err)
 	}
-	v.post(t, 8)
-	f := ethFrame(vfMAC0, wireMAC, 1, 300)
-	r.pf.Deliver(f)
-	if got := v.receive(t, 1); !bytes.Equal(got[0], f) {
-		t.Fatal("frame after recovery differs")
+	v.ownerDrains(t, qp, len(posted))
+	for range 2 {
+		var me *MailboxError
+		var te *TimeoutError
+		if err := v.Recover(); !errors.As(err, &me) && !errors.As(err, &te) {
+			t.Fatalf("Recover with the host silent: %v, want a mailbox timeout", err)
+		}
+		if err := qp.StartRx(2048); !errors.Is(err, ErrVFReset) {
+			t.Fatalf("StartRx before the VF is up: %v", err)
+		}
 	}
+	r.host.Run()
+	done := make(chan error)
+	go func() { done <- v.Recover() }()
+	if err := <-done; err != nil {
+		t.Fatalf("Recover with the host back: %v", err)
+	}
+	if v.ResetPending() || v.Stats().Resets != 1 {
+		t.Fatalf("after recovery: pending %v, resets %d", v.ResetPending(), v.Stats().Resets)
+	}
+	v.ownerRestarts(t, r, qp)
 }

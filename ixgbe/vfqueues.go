@@ -234,6 +234,52 @@ func (v *VF) CheckReset(drained func(queue int, rx, tx []ring.Cookie)) (bool, er
 	return true, nil
 }
 
+// Recover brings the VF up again after a reset by the PF whose queues
+// the owner stopped and drained itself (ResetPending, then StopRx, DrainRx,
+// StopTx, DrainTx of each pair): the bring-up of CheckReset without its
+// queue work. The queues stay stopped for the owner to start. It is the
+// slow half of a recovery, mailbox exchanges that wait up to
+// VFConfig.MailboxTimeout (and ResetTimeout for the PF's own reset) each,
+// so it is meant for a goroutine of its own rather than a poll loop: it
+// touches no queue's ring, only the VF's registers and mailbox, and is
+// safe to call while the owners' goroutines run (they must not start a
+// queue before it succeeds; StartRxQueue and StartTxQueue refuse with
+// ErrVFReset until then).
+//
+// It returns nil when the VF is up (or no reset was pending), an error
+// naming the queue when one still runs (its owner has not stopped it:
+// bringing the VF up would restart it over buffers it holds), and the
+// bring-up's error when the PF does not answer or refuses: the VF stays
+// marked for recovery and the next call tries again.
+func (v *VF) Recover() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.closed:
+		return errors.New("ixgbe VF: closed")
+	case v.stopped:
+		return nil
+	case !v.resetting && !v.noteReset():
+		return nil
+	}
+	for i, run := range v.running {
+		if run {
+			kind, q := "RX", i
+			if i >= len(v.rx) {
+				kind, q = "TX", i-len(v.rx)
+			}
+			return fmt.Errorf("ixgbe VF %s: %s queue %d still runs; its owner stops and drains it before Recover (or calls CheckReset)", v.dev.Address(), kind, q)
+		}
+	}
+	v.stats.update(v.regs)
+	if err := v.bringUp(); err != nil {
+		v.cfg.Logf("ixgbe VF %s: bring-up after the PF's reset failed, will retry: %v", v.dev.Address(), err)
+		return fmt.Errorf("ixgbe VF %s: bring-up after the PF's reset: %w", v.dev.Address(), err)
+	}
+	v.cfg.Logf("ixgbe VF %s: recovered from the PF's reset (mailbox API %v, MAC %s)", v.dev.Address(), v.info.API, v.mac)
+	return nil
+}
+
 // noteReset looks for a reset by the PF and, finding one, marks the VF
 // for recovery, counts and logs it. Under v.mu.
 func (v *VF) noteReset() bool {
