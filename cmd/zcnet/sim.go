@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,6 +44,7 @@ type simOptions struct {
 	metricsAddr string
 	memLimit    string // --vhost-mem-limit
 	guests      int
+	vfs         int
 	bcastEvery  int // --broadcast-every
 
 	pageSize hugepage.PageSize // tests: 4 KiB pages instead of hugepages
@@ -76,7 +78,13 @@ anti-spoofing drops it (tx_spoofed): those echoes are not lost frames. The
 summary prints per guest what the generator addressed to it, what it
 received (broadcasts among them) and echoed, and misdelivered: unicast
 frames that reached a guest whose MAC is not their destination, which must
-be 0 (zcnet sim fails otherwise).`,
+be 0 (zcnet sim fails otherwise).
+
+--vfs N is the usual SR-IOV deployment instead: the simulated port's PF is
+kept by the host's Linux driver (simulated), and N built-in guests are each
+on a VF of their own (NIC ports sim:...:00.0/vf0, /vf1, ...), with their own
+IOMMU domain and the MAC the host assigned the VF. The generator addresses
+them in turn; the summary is the per-guest one of --guests.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -103,6 +111,7 @@ be 0 (zcnet sim fails otherwise).`,
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9464)")
 	f.StringVar(&o.memLimit, "vhost-mem-limit", "", memLimitHelp)
 	f.IntVar(&o.guests, "guests", 1, "built-in guests on the simulated port (1 to 64), each with its own MAC (52:54:00:00:00:01, ...02, ...); the generator addresses them in turn")
+	f.IntVar(&o.vfs, "vfs", 0, "built-in guests each on its own SR-IOV VF of the simulated port (1 to 63), whose PF the host's Linux driver keeps (simulated) and whose MACs it assigns; the generator addresses them in turn")
 	f.IntVar(&o.bcastEvery, "broadcast-every", 0, "send every K-th generated frame to the broadcast address ff:ff:ff:ff:ff:ff (0: none)")
 	return cmd
 }
@@ -121,6 +130,10 @@ func (o *simOptions) check() error {
 		return fmt.Errorf("--guests %d: use 1 to %d", o.guests, maxSimGuests)
 	case o.guests > 1 && (o.vhost != "" || o.tap != "" || o.guestMAC != ""):
 		return fmt.Errorf("--guests %d: the guests are built in and their MACs derived (52:54:00:00:00:01, ...), fed by the generator: not with --vhost, --tap or --guest-mac", o.guests)
+	case o.vfs < 0 || o.vfs > maxSimVFs:
+		return fmt.Errorf("--vfs %d: use 1 to %d", o.vfs, maxSimVFs)
+	case o.vfs > 0 && (o.guests > 1 || o.vhost != "" || o.tap != "" || o.guestMAC != "" || o.bcastEvery > 0):
+		return fmt.Errorf("--vfs %d: the guests are built in, one per VF with the MAC the host gave it, fed by the generator: not with --guests, --vhost, --tap, --guest-mac or --broadcast-every", o.vfs)
 	case o.bcastEvery < 0:
 		return fmt.Errorf("--broadcast-every %d must not be negative", o.bcastEvery)
 	case o.bcastEvery > 0 && o.tap != "":
@@ -132,6 +145,25 @@ func (o *simOptions) check() error {
 // maxSimGuests is the most built-in guests on one simulated port: the
 // 82599's 64 pools of 2 queues.
 const maxSimGuests = 64
+
+// maxSimVFs is the most VFs of the simulated port (Linux keeps one of
+// the 82599's 64 pools for the PF).
+const maxSimVFs = 63
+
+// simVFNICs are the NIC ports of zcnet sim --vfs n: VF i of the
+// simulated port with its built-in guest (socket guest<i>.sock in dir,
+// the MAC the host assigned the VF).
+func simVFNICs(pf string, dir string, n int, base appliance.NICSpec) []appliance.NICSpec {
+	nics := make([]appliance.NICSpec, n)
+	for i := range nics {
+		addr := fmt.Sprintf("%s/vf%d", pf, i)
+		mac := rig.VFMAC(addr)
+		nics[i] = base
+		nics[i].PCI = addr
+		nics[i].Guests = []appliance.GuestSpec{{Socket: filepath.Join(dir, fmt.Sprintf("guest%d.sock", i)), MAC: net.HardwareAddr(mac[:]).String()}}
+	}
+	return nics
+}
 
 // simGuests are the n built-in guests of zcnet sim and bench --guests n
 // (n > 1): sockets guest0.sock, guest1.sock, ... in dir, MACs
@@ -183,6 +215,9 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		spec.NICs[0].MaxGuests = o.guests
 		spec.NICs[0].Guests = simGuests(filepath.Dir(socket), o.guests)
 	}
+	if o.vfs > 0 {
+		spec.NICs = simVFNICs(spec.NICs[0].PCI, filepath.Dir(socket), o.vfs, spec.NICs[0])
+	}
 	applyMemLimitFlag(&spec, o.memLimit)
 	cfg := rig.Config{Spec: spec, Options: []appliance.Option{appliance.WithLogger(log)}, TAP: o.tap, Guest: o.vhost == ""}
 	if o.tap == "" {
@@ -223,7 +258,7 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		r.Drain()
 	}
 	final := snapshot()
-	extra := simGuestSummary(r, &final, o.guests)
+	extra := simGuestSummary(r, &final, max(o.guests, o.vfs))
 	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,7 +33,9 @@ type Config struct {
 	// sink: the port transmits into Tx(sink).
 	Tx func(sink wire.Endpoint) wire.Endpoint
 	// Guest starts the built-in echo guest (testpmd's macswap) on each
-	// of the first NIC port's guest sockets when the rig runs. When the
+	// of the first NIC port's guest sockets when the rig runs (when that
+	// port is a VF, on those of every VF port of its PF too, which the
+	// generator then addresses as the first port's). When the
 	// port has several guests, each one with a configured MAC checks the
 	// destination of every frame it receives against it (a frame for
 	// another guest is counted misdelivered, see guest.StartEchoAs).
@@ -123,7 +126,7 @@ func (r *Rig) openGenerator(c wire.GeneratorConfig) error {
 			r.genCfg.DstMACs, r.dstGuest = macs, guests
 		case len(macs) == 1 && guests[0] == 0:
 			r.genCfg.DstMAC, r.dstGuest = macs[0], []int{0}
-		case len(r.cfg.Spec.NICs[0].Guests) == 1:
+		case len(r.wireGuests()) == 1:
 			r.dstGuest = []int{0} // the port's MAC: the only guest gets it
 		}
 	}
@@ -139,7 +142,7 @@ func (r *Rig) configuredMACs() (macs []wire.MAC, guests []int, err error) {
 	for _, g := range r.App.Guests() {
 		info[g.Socket] = g
 	}
-	for i, gs := range r.cfg.Spec.NICs[0].Guests {
+	for i, gs := range r.wireGuests() {
 		g, ok := info[gs.Socket]
 		if !ok || g.MACSource != "configured" {
 			continue
@@ -151,6 +154,26 @@ func (r *Rig) configuredMACs() (macs []wire.MAC, guests []int, err error) {
 		macs, guests = append(macs, wire.MAC(m)), append(guests, i)
 	}
 	return macs, guests, nil
+}
+
+// wireGuests are the guests on the first NIC port's wire, in the spec's
+// order: the first port's, and when it is a VF (PF+"/vfN"), those of
+// every other NIC port on a VF of the same PF too (one guest per VF, the
+// usual SR-IOV deployment, fed by the one generator).
+func (r *Rig) wireGuests() []appliance.GuestSpec {
+	nics := r.cfg.Spec.NICs
+	gs := nics[0].Guests
+	pf, _, ok := SplitVF(nics[0].PCI)
+	if !ok {
+		return gs
+	}
+	gs = slices.Clone(gs)
+	for _, n := range nics[1:] {
+		if p, _, ok := SplitVF(n.PCI); ok && p == pf {
+			gs = append(gs, n.Guests...)
+		}
+	}
+	return gs
 }
 
 // Socket is the first guest's vhost-user socket path ("" if the spec has
@@ -165,7 +188,7 @@ func (r *Rig) Socket() string {
 // startGuests starts the built-in echo guests on the first port's guest
 // sockets.
 func (r *Rig) startGuests() error {
-	specs := r.cfg.Spec.NICs[0].Guests
+	specs := r.wireGuests()
 	for _, gs := range specs {
 		var e *guest.Echo
 		var err error
@@ -210,7 +233,7 @@ func (r *Rig) Run(ctx context.Context) error {
 func (r *Rig) WaitGuestReady(timeout time.Duration) {
 	want := map[string]bool{}
 	if len(r.Guests) > 1 {
-		for _, gs := range r.cfg.Spec.NICs[0].Guests {
+		for _, gs := range r.wireGuests() {
 			want[gs.Socket] = true
 		}
 	}
@@ -346,7 +369,7 @@ func (r *Rig) GuestTraffic() []GuestTraffic {
 	}
 	out := make([]GuestTraffic, len(r.Guests))
 	for i, e := range r.Guests {
-		gs := r.cfg.Spec.NICs[0].Guests[i]
+		gs := r.wireGuests()[i]
 		_, checked := e.MAC()
 		out[i] = GuestTraffic{Socket: gs.Socket, MAC: gs.MAC, Received: e.Received(), Broadcasts: e.Broadcasts(),
 			Echoed: e.Sent(), Dropped: e.Dropped(), Misdelivered: e.Misdelivered(), Checked: checked}
