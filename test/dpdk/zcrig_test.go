@@ -56,6 +56,9 @@ const (
 	genSrcMAC = "02:00:00:00:00:01"
 	// zcPCI is the simulated NIC port's address.
 	zcPCI = "sim:0000:01:00.0"
+	// zcVFPCI is VF 0 of that port, for a rig whose NIC port is a VF
+	// (the PF is then the host's Linux driver's, sim/linuxpf).
+	zcVFPCI = zcPCI + "/vf0"
 )
 
 type zcRigOptions struct {
@@ -66,6 +69,11 @@ type zcRigOptions struct {
 	// which then shares the NIC port with another guest slot (the NIC in
 	// pool mode): the generator addresses the guest, not the NIC.
 	guestMAC string
+	// vf: the NIC port is zcVFPCI, the guest has the MAC the host
+	// assigned the VF and the generator addresses it.
+	vf bool
+	// count stops the generator after that many frames (0: no limit).
+	count uint64
 }
 
 // newZcRig has the rig open the appliance and starts the simulator, the
@@ -86,7 +94,10 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 		return zapcore.NewTee(c, warnCore)
 	}))).With(zap.String("rig", o.name))
 	r := &zcRig{sock: filepath.Join(t.TempDir(), "vhost.sock"), warnings: warnings}
-	dst, maxGuests := rig.PortMAC(zcPCI), 1
+	pci, dst, maxGuests := zcPCI, rig.PortMAC(zcPCI), 1
+	if o.vf {
+		pci, dst = zcVFPCI, rig.VFMAC(zcVFPCI)
+	}
 	if o.guestMAC != "" {
 		copy(dst[:], mustMAC(o.guestMAC))
 		maxGuests = 2
@@ -94,10 +105,10 @@ func newZcRig(t *testing.T, h host, o zcRigOptions) *zcRig {
 	var err error
 	r.Rig, err = rig.Open(rig.Config{
 		Spec: appliance.Spec{Lcores: fmt.Sprint(h.backendCPU), PageSize: hugepage.Page4K, LinkTimeout: 2 * time.Second,
-			NICs: []appliance.NICSpec{{PCI: zcPCI, Rxd: zcNICRing, Txd: zcNICRing, NoPacked: o.features&vhost.FRingPacked == 0,
+			NICs: []appliance.NICSpec{{PCI: pci, Rxd: zcNICRing, Txd: zcNICRing, NoPacked: o.features&vhost.FRingPacked == 0,
 				MaxGuests: maxGuests, Guests: []appliance.GuestSpec{{Socket: r.sock, MAC: o.guestMAC}}}}},
 		Options:   []appliance.Option{appliance.WithLogger(logger)},
-		Generator: &wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), DstMAC: wire.MAC(dst), FrameSize: zcFrameSize, Rate: o.rate},
+		Generator: &wire.GeneratorConfig{SrcMAC: wire.MAC(mustMAC(genSrcMAC)), DstMAC: wire.MAC(dst), FrameSize: zcFrameSize, Rate: o.rate, Count: o.count},
 		Tx: func(sink wire.Endpoint) wire.Endpoint {
 			r.swap = &swapCheck{next: sink, dst: mustMAC(genSrcMAC), src: dst[:]}
 			return r.swap

@@ -52,6 +52,11 @@ type zcScenario struct {
 	// port's configured MAC) on a NIC port that serves two guest slots,
 	// so the NIC steers by it (pools) and frames are addressed to it.
 	guestMAC string
+	// vf: the NIC port is VF 0 of a PF the host's driver keeps (see
+	// zcRigOptions.vf); frames: the generator sends exactly this many
+	// (0: as many as zcTraffic at zcRate).
+	vf     bool
+	frames uint64
 }
 
 func (sc zcScenario) features() uint64 {
@@ -104,8 +109,8 @@ func TestZeroCopyTestpmd(t *testing.T) {
 	}
 }
 
-func runZeroCopy(t *testing.T, h host, sc zcScenario) {
-	r := newZcRig(t, h, zcRigOptions{name: sc.name, features: sc.features(), rate: zcRate, guestMAC: sc.guestMAC})
+func runZeroCopy(t *testing.T, h host, sc zcScenario) *zcRig {
+	r := newZcRig(t, h, zcRigOptions{name: sc.name, features: sc.features(), rate: zcRate, guestMAC: sc.guestMAC, vf: sc.vf, count: sc.frames})
 	guest := startTestpmd(t, h, virtioUserLabel, eal(h.backendCPU, h.frontendCPU, "zc-"+sc.name, sc.vdev(r.sock)), sc.app())
 	guest.waitForwarding()
 	r.waitGuestBuffers(t)
@@ -114,7 +119,13 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	if err := r.gen.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(zcTraffic)
+	if sc.frames == 0 {
+		time.Sleep(zcTraffic)
+	} else {
+		for deadline := time.Now().Add(4 * zcTraffic); r.gen.Sent() < sc.frames && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	r.gen.Stop()
 	r.drain()
 	sent := r.gen.Sent()
@@ -124,6 +135,9 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	t.Logf("NIC %+v", nc)
 
 	// Every frame back, intact, in order, once.
+	if sc.frames != 0 && sent != sc.frames {
+		t.Errorf("the generator sent %d frames, want %d", sent, sc.frames)
+	}
 	if sent < uint64(zcRate*zcTraffic.Seconds()/2) {
 		t.Errorf("the generator sent only %d frames in %v at %d/s", sent, zcTraffic, zcRate)
 	}
@@ -165,6 +179,7 @@ func runZeroCopy(t *testing.T, h host, sc zcScenario) {
 	if err := r.channel(t).Err; err != nil {
 		t.Errorf("port: %v", err)
 	}
+	return r
 }
 
 // checkEngine asserts how the engine moved sent frames each way: every one
