@@ -25,25 +25,8 @@ func (r *rig) phyGuestPhy(burst int) (frames int, pmd time.Duration) {
 	start := time.Now()
 	r.channel.Poll()
 	pmd = time.Since(start)
-	rx, tx := r.g.Ring(0), r.g.Ring(1)
-	n := 0
-	for {
-		head, _, ok := rx.Used()
-		if !ok {
-			break
-		}
-		rx.Repost(head)
-		n++
-	}
-	for {
-		head, _, ok := tx.Used()
-		if !ok {
-			break
-		}
-		tx.Repost(head)
-	}
-	rx.Publish()
-	tx.Publish()
+	n := r.recycle(0)
+	r.recycle(1)
 	start = time.Now()
 	r.channel.Poll()
 	pmd += time.Since(start)
@@ -128,16 +111,7 @@ func BenchmarkChannelPhyGuestPhy(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/%dB", c.name, size), func(b *testing.B) {
 				r := newBenchRig(b, c.copy, size)
 				start := r.channel.Stats()
-				b.ReportAllocs()
-				b.ResetTimer()
-				frames := 0
-				var pmd time.Duration
-				for b.Loop() {
-					n, t := r.phyGuestPhy(32)
-					frames += n
-					pmd += t
-				}
-				b.StopTimer()
+				frames := timeRounds(b, "packet", func() (int, time.Duration) { return r.phyGuestPhy(32) })
 				st := r.channel.Stats()
 				if frames == 0 || st.TxPackets == start.TxPackets {
 					b.Fatalf("no traffic: %+v", st)
@@ -145,9 +119,29 @@ func BenchmarkChannelPhyGuestPhy(b *testing.B) {
 				if !c.copy && st.RxCopied+st.TxCopied != start.RxCopied+start.TxCopied {
 					b.Fatalf("zero-copy run copied frames: %+v", st)
 				}
-				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(frames), "ns/packet")
-				b.ReportMetric(float64(pmd.Nanoseconds())/float64(frames), "pmd-ns/packet")
 			})
 		}
 	}
+}
+
+// timeRounds runs round, which returns the frames it moved and the time
+// of the channel's polls in it, for the benchmark's time, and reports
+// ns/unit (the whole round) and pmd-ns/unit (the polls) per frame. It
+// returns the frames moved.
+func timeRounds(b *testing.B, unit string, round func() (int, time.Duration)) int {
+	b.ReportAllocs()
+	b.ResetTimer()
+	frames := 0
+	var pmd time.Duration
+	for b.Loop() {
+		n, t := round()
+		frames += n
+		pmd += t
+	}
+	b.StopTimer()
+	if frames > 0 {
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(frames), "ns/"+unit)
+		b.ReportMetric(float64(pmd.Nanoseconds())/float64(frames), "pmd-ns/"+unit)
+	}
+	return frames
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
+	"github.com/zcnet/zcnet/vfio"
 	"github.com/zcnet/zcnet/vhost"
 )
 
@@ -49,6 +50,9 @@ type rigOptions struct {
 	nic func(ring.QueuePair) ring.QueuePair
 	// migration offers live migration (dirty logging).
 	migration bool
+	// device, if set, is what the NIC driver opens in place of the
+	// simulated PF itself (to watch its registers and DMA mappings).
+	device func(*sim.PF) vfio.Device
 }
 
 // recorder keeps copies of frames.
@@ -78,7 +82,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.nic, err = ixgbe.Open(r.pf, ixgbe.Config{IOVA: alloc, LinkTimeout: 2 * time.Second,
+	var dev vfio.Device = r.pf
+	if o.device != nil {
+		dev = o.device(r.pf)
+	}
+	r.nic, err = ixgbe.Open(dev, ixgbe.Config{IOVA: alloc, LinkTimeout: 2 * time.Second,
 		RxRingSize: 128, TxRingSize: 128, RingMemory: hugepage.Options{PageSize: hugepage.Page4K}})
 	if err != nil {
 		t.Fatalf("ixgbe.Open on the simulator: %v", err)
