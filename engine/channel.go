@@ -131,6 +131,9 @@ type Channel struct {
 
 	drain []ring.Cookie
 	st    stats
+	// view is the guest's DMA regions as of this polling round (see
+	// guarded).
+	view dmaView
 
 	mac macState
 }
@@ -138,7 +141,7 @@ type Channel struct {
 // iova translates a guest buffer for the NIC and records, in *holds, the
 // region it lies in (UnmapRegion stops only channels holding buffers there).
 func (p *Channel) iova(b []byte, holds *uint64) (uint64, bool) {
-	iova, slot, ok := p.dma.iovaOf(b)
+	iova, slot, ok := p.view.iovaOf(b)
 	*holds |= slot
 	return iova, ok
 }
@@ -228,6 +231,7 @@ func (p *Channel) Poll() int {
 // a function of the channel rather than a closure so that Poll allocates
 // nothing.
 func (p *Channel) guarded(fn func(*Channel) int) int {
+	p.view.load(p.dma)
 	prev := memfault.Enable()
 	completed := false
 	defer func() {

@@ -263,20 +263,40 @@ func (g *GuestDMA) StopRing(q *vhost.Virtqueue) {
 // goroutine.
 func (g *GuestDMA) Mapped() int { return len(*g.regions.Load()) }
 
+// dmaView is a channel's view of the guest's DMA regions for one polling
+// round: the snapshot, loaded once with the data-path lock held, and the
+// region the last buffer lay in, tried first (a guest's buffers nearly
+// always come from one region). Loading the snapshot after the lock is
+// taken sees every region a ring can hand a buffer from: the device maps
+// a region before it swaps the memory table in, with the lock held.
+type dmaView struct {
+	regions []dmaRegion
+	hint    int
+}
+
+// load takes the current snapshot of g's regions.
+func (v *dmaView) load(g *GuestDMA) { v.regions = *g.regions.Load() }
+
 // iovaOf translates guest memory b (a slice the virtqueue produced from
 // the memory table, hence already validated against it) to the IOVA the
 // device reaches it at, and the region's slot bit. It reports false if b
 // is not inside one mapped region, which the caller treats as an unusable
 // buffer.
-func (g *GuestDMA) iovaOf(b []byte) (iova, slot uint64, ok bool) {
+func (v *dmaView) iovaOf(b []byte) (iova, slot uint64, ok bool) {
 	if len(b) == 0 {
 		return 0, 0, false
 	}
-	a := uint64(addrOf(b))
-	regions := *g.regions.Load()
-	for i := range regions {
-		m := &regions[i]
-		if off := a - m.host; a >= m.host && off < m.size && uint64(len(b)) <= m.size-off {
+	a, n := uint64(addrOf(b)), uint64(len(b))
+	if i := v.hint; uint(i) < uint(len(v.regions)) {
+		m := &v.regions[i]
+		if off := a - m.host; a >= m.host && off < m.size && n <= m.size-off {
+			return m.iova + off, m.slot, true
+		}
+	}
+	for i := range v.regions {
+		m := &v.regions[i]
+		if off := a - m.host; a >= m.host && off < m.size && n <= m.size-off {
+			v.hint = i
 			return m.iova + off, m.slot, true
 		}
 	}

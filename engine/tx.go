@@ -136,6 +136,10 @@ func (p *Channel) pollTx() int {
 		p.st.add(cTxBytes, uint64(c.ReadLen)-uint64(p.hdrLen))
 		k++
 	}
+	if k == 0 {
+		p.flushTx()
+		return 0
+	}
 	m := p.txq.Submit(t.pkts[:k])
 	for i := range t.pkts[:k] {
 		pk := &t.pkts[i]
