@@ -315,10 +315,32 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 		return false, q.fail(errHeadRange)
 	}
 	c.Head = head
-	if q.popDirect(c, head) {
-		q.lastAvail++
-		q.counts.Popped++
-		return true, nil
+	// The common chain, one direct descriptor whose buffer lies in the
+	// memory region of the previous one (what a poll-mode driver posts for
+	// every frame up to its buffer size), is filled in here, without
+	// walk's loop and calls (written out rather than in a function: the
+	// call cost a few ns per chain). Everything walk would check for such
+	// a chain is checked: no NEXT or INDIRECT, a non-empty buffer wholly
+	// inside one region, room for one segment (a 32-bit length cannot
+	// overflow the total on its own). Anything else goes to walk, which
+	// checks it in full; only Segs' contents may have changed.
+	d := q.desc[descSize*int(head) : descSize*int(head)+descSize]
+	if flags := binary.LittleEndian.Uint16(d[12:]); flags&(descFNext|descFIndirect) == 0 && cap(c.Segs) != 0 && q.mem != nil {
+		addr := binary.LittleEndian.Uint64(d)
+		length := binary.LittleEndian.Uint32(d[8:])
+		if buf, ok := q.mem.hinted(addr, uint64(length), q.regionHint); ok {
+			writable := flags&descFWrite != 0
+			c.Segs = c.Segs[:1]
+			setSegment(&c.Segs[0], addr, buf, writable)
+			if writable {
+				c.ReadLen, c.WriteLen = 0, length
+			} else {
+				c.ReadLen, c.WriteLen = length, 0
+			}
+			q.lastAvail++
+			q.counts.Popped++
+			return true, nil
+		}
 	}
 	c.Segs = c.Segs[:0]
 	c.ReadLen, c.WriteLen = 0, 0
@@ -333,38 +355,6 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	q.lastAvail++
 	q.counts.Popped++
 	return true, nil
-}
-
-// popDirect is Pop's fast path for the common chain, one direct
-// descriptor whose buffer lies in the memory region of the previous one
-// (what a poll-mode driver posts for every frame up to its buffer size):
-// it fills c without walk's loop and calls. It reports false, having
-// changed nothing in c but possibly Segs' contents, for anything else,
-// which walk then checks in full. Everything walk would check for such a
-// chain is checked here: no NEXT or INDIRECT, a non-empty buffer wholly
-// inside one region, room for one segment (a 32-bit length cannot
-// overflow the total on its own).
-func (q *Virtqueue) popDirect(c *Chain, head uint16) bool {
-	d := q.desc[descSize*int(head) : descSize*int(head)+descSize]
-	flags := binary.LittleEndian.Uint16(d[12:])
-	if flags&(descFNext|descFIndirect) != 0 || cap(c.Segs) == 0 || q.mem == nil {
-		return false
-	}
-	addr := binary.LittleEndian.Uint64(d)
-	length := binary.LittleEndian.Uint32(d[8:])
-	buf, ok := q.mem.hinted(addr, uint64(length), q.regionHint)
-	if !ok {
-		return false
-	}
-	writable := flags&descFWrite != 0
-	c.Segs = c.Segs[:1]
-	setSegment(&c.Segs[0], addr, buf, writable)
-	if writable {
-		c.ReadLen, c.WriteLen = 0, length
-	} else {
-		c.ReadLen, c.WriteLen = length, 0
-	}
-	return true
 }
 
 // warmDepth is how many newly available chains warm touches: a burst.
