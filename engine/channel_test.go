@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"net"
 	"path/filepath"
@@ -53,6 +54,11 @@ type rigOptions struct {
 	// device, if set, is what the NIC driver opens in place of the
 	// simulated PF itself (to watch its registers and DMA mappings).
 	device func(*sim.PF) vfio.Device
+	// rxRing is the NIC's RX ring size (default 128).
+	rxRing int
+	// noGuest leaves r.g nil: the test attaches a guest itself (to
+	// migrate one from another rig).
+	noGuest bool
 }
 
 // recorder keeps copies of frames.
@@ -87,7 +93,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		dev = o.device(r.pf)
 	}
 	r.nic, err = ixgbe.Open(dev, ixgbe.Config{IOVA: alloc, LinkTimeout: 2 * time.Second,
-		RxRingSize: 128, TxRingSize: 128, RingMemory: hugepage.Options{PageSize: hugepage.Page4K}})
+		RxRingSize: cmp.Or(o.rxRing, 128), TxRingSize: 128, RingMemory: hugepage.Options{PageSize: hugepage.Page4K}})
 	if err != nil {
 		t.Fatalf("ixgbe.Open on the simulator: %v", err)
 	}
@@ -125,9 +131,10 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.g, err = guest.Dial(r.path, o.guest)
-	if err != nil {
-		t.Fatal(err)
+	if !o.noGuest {
+		if r.g, err = guest.Dial(r.path, o.guest); err != nil {
+			t.Fatal(err)
+		}
 	}
 	size := o.frame
 	if size == 0 {
@@ -200,8 +207,16 @@ func (r *rig) postRx(t testing.TB, n int) {
 	r.channel.Poll()
 }
 
-// receive runs until the guest got n frames (or fails).
+// receive runs until the guest got n frames (or fails), posting the
+// buffers of each step's frames again.
 func (r *rig) receive(t testing.TB, n int) []guest.Packet {
+	t.Helper()
+	return r.receiveFor(t, n, true)
+}
+
+// receiveFor is receive; with repost false the guest keeps the buffers of
+// the frames it read.
+func (r *rig) receiveFor(t testing.TB, n int, repost bool) []guest.Packet {
 	t.Helper()
 	var got []guest.Packet
 	for i := 0; i < 20000 && len(got) < n; i++ {
@@ -215,7 +230,7 @@ func (r *rig) receive(t testing.TB, n int) []guest.Packet {
 		for _, p := range pk {
 			used += max(1, int(p.Hdr.NumBuffers))
 		}
-		if used > 0 {
+		if used > 0 && repost {
 			if err := r.g.PostRx(0, used); err != nil {
 				t.Fatal(err)
 			}

@@ -760,6 +760,9 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 		if v.q.pk.on {
 			v.base = v.q.PackedBase()
 		}
+		c := v.q.Counters()
+		d.log.Debug("vring stopped", zap.Uint32("vring", index), zap.Uint32("base", v.base),
+			zap.Uint64("popped", c.Popped), zap.Uint64("pushed", c.Pushed))
 		v.q = nil
 	}
 	closeFDs([]int{v.kickFD})

@@ -69,6 +69,7 @@ type queue struct {
 	bufSize   int
 	slotOf    map[uint16]int // head -> buffer slot
 	freeSlots []int
+	poisoned  map[int]bool // slots filled with rxPoison when returned (PoisonRx)
 }
 
 // Guest is a virtio-net driver on top of a vhost-user front end.
@@ -86,7 +87,25 @@ type Guest struct {
 	// checks).
 	TrackRxWrites bool
 	RxWrites      []Extent
+	// PoisonRx fills every receive buffer the driver gets back with a
+	// pattern and checks it when the buffer is posted again: a device
+	// that writes into a buffer after returning it (or returns a buffer
+	// it still holds) is caught there (PostRx fails with
+	// ErrWrittenAfterReturn).
+	PoisonRx bool
+
+	// bases are the ring positions GET_VRING_BASE last reported (StopRing),
+	// which the next start of the ring sends back with SET_VRING_BASE as
+	// QEMU does (its virtqueue state, migrated with the guest).
+	bases map[int]uint32
 }
+
+// ErrWrittenAfterReturn means the device wrote into a receive buffer after
+// it gave it back to the driver (see Guest.PoisonRx).
+var ErrWrittenAfterReturn = errors.New("guest: device wrote into a receive buffer after returning it")
+
+// rxPoison is the byte PoisonRx fills returned receive buffers with.
+const rxPoison = 0xa5
 
 // Extent is a range of guest physical memory.
 type Extent struct{ GPA, Len uint64 }
@@ -242,6 +261,7 @@ func (g *Guest) Close() error {
 // as a QEMU whose back end went away does.
 func (g *Guest) Disconnect() error {
 	err := g.FE.Close()
+	g.bases = nil
 	g.FE = nil
 	return err
 }
@@ -446,7 +466,12 @@ func (g *Guest) ringSetup(i int, q *queue) error {
 	if _, err := fe.Request(vhost.ReqSetVringNum, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: uint32(r.Size())})); err != nil {
 		return err
 	}
-	if _, err := fe.Request(vhost.ReqSetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: r.Restart()})); err != nil {
+	base, ok := g.bases[i]
+	if !ok {
+		base = r.Restart()
+	}
+	delete(g.bases, i)
+	if _, err := fe.Request(vhost.ReqSetVringBase, vhost.EncodeVringState(vhost.VringState{Index: uint32(i), Num: base})); err != nil {
 		return err
 	}
 	desc, avail, used := r.Addrs()
@@ -482,11 +507,39 @@ func (g *Guest) StopRing(i int) (uint32, error) {
 	if s.Index != uint32(i) {
 		return 0, fmt.Errorf("guest: GET_VRING_BASE reply for vring %d, asked %d", s.Index, i)
 	}
+	if g.bases == nil {
+		g.bases = map[int]uint32{}
+	}
+	g.bases[i] = s.Num
 	return s.Num, nil
 }
 
-// ResumeRing restarts ring i after StopRing, where the device left it
-// (SET_VRING_NUM, _BASE = used->idx, _ADDR, _KICK, _CALL, and ENABLE).
+// Migrate moves the guest to the back end on uc as QEMU's live migration
+// does: every ring is stopped on the current back end (GET_VRING_BASE, as
+// the source QEMU does when the guest pauses), the connection is closed,
+// and the new back end is set up with each ring starting where the old
+// one reported (SET_VRING_BASE with the GET_VRING_BASE value: avail and
+// used positions with their wrap counters on a packed ring), guest memory
+// and the driver's state unchanged.
+func (g *Guest) Migrate(uc *net.UnixConn) error {
+	for i := range g.queues {
+		if _, err := g.StopRing(i); err != nil {
+			uc.Close()
+			return fmt.Errorf("guest: stopping vring %d on the source: %w", i, err)
+		}
+	}
+	err := g.FE.Close()
+	g.FE = nil
+	if err != nil {
+		uc.Close()
+		return err
+	}
+	return g.Attach(uc)
+}
+
+// ResumeRing restarts ring i after StopRing where the device left it
+// (SET_VRING_NUM, _BASE = what GET_VRING_BASE reported, _ADDR, _KICK,
+// _CALL, and ENABLE).
 func (g *Guest) ResumeRing(i int) error {
 	if err := g.startRing(i, g.queues[i]); err != nil {
 		return err
@@ -572,6 +625,9 @@ func (g *Guest) PostRx(pair, n int) error {
 		s, ok := q.takeSlot()
 		if !ok {
 			return errors.Join(ErrRingFull, g.publish(i))
+		}
+		if err := g.checkPoison(q, s); err != nil {
+			return errors.Join(err, g.publish(i))
 		}
 		bufs := g.rxChain(q, s, make([]Buf, 0, max(2, g.opt.RxChainDescs)))
 		head, err := q.ring.Add(bufs, false)
@@ -698,17 +754,49 @@ func (g *Guest) Receive(pair int) ([]Packet, error) {
 	}
 }
 
+// checkPoison checks, with PoisonRx, that receive buffer slot s of q still
+// holds the pattern it was filled with when the device returned it.
+func (g *Guest) checkPoison(q *queue, s int) error {
+	if !q.poisoned[s] {
+		return nil
+	}
+	delete(q.poisoned, s)
+	b := g.Mem.Bytes(q.slotGPA(s), uint64(q.bufSize))
+	for k, v := range b {
+		if v != rxPoison {
+			return fmt.Errorf("%w: buffer at %#x, byte %d is %#x", ErrWrittenAfterReturn, q.slotGPA(s), k, v)
+		}
+	}
+	return nil
+}
+
 func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
+	b, s, err := g.rxRead(q, head, length)
+	if err == nil && g.PoisonRx {
+		b = append([]byte(nil), b...)
+		buf := g.Mem.Bytes(q.slotGPA(s), uint64(q.bufSize))
+		for k := range buf {
+			buf[k] = rxPoison
+		}
+		if q.poisoned == nil {
+			q.poisoned = map[int]bool{}
+		}
+		q.poisoned[s] = true
+	}
+	return b, err
+}
+
+func (g *Guest) rxRead(q *queue, head uint16, length uint32) ([]byte, int, error) {
 	s, ok := q.slotOf[head]
 	if !ok {
-		return nil, fmt.Errorf("guest: device used unknown RX head %d", head)
+		return nil, 0, fmt.Errorf("guest: device used unknown RX head %d", head)
 	}
 	delete(q.slotOf, head)
 	q.freeSlots = append(q.freeSlots, s)
 	if g.opt.RxHeaderApart { // rxData serves receive queues only
 		hl := uint32(g.HdrLen())
 		if length > hl+uint32(q.bufSize-rxDataOffset) {
-			return nil, fmt.Errorf("guest: device wrote %d bytes into a chain of %d", length, hl+uint32(q.bufSize-rxDataOffset))
+			return nil, s, fmt.Errorf("guest: device wrote %d bytes into a chain of %d", length, hl+uint32(q.bufSize-rxDataOffset))
 		}
 		gpa := q.slotGPA(s)
 		if g.TrackRxWrites {
@@ -721,15 +809,15 @@ func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
 		if length > hl {
 			b = append(b, g.Mem.Bytes(gpa+rxDataOffset, uint64(length-hl))...)
 		}
-		return b, nil
+		return b, s, nil
 	}
 	if int(length) > q.bufSize {
-		return nil, fmt.Errorf("guest: device wrote %d bytes into a %d-byte buffer", length, q.bufSize)
+		return nil, s, fmt.Errorf("guest: device wrote %d bytes into a %d-byte buffer", length, q.bufSize)
 	}
 	if g.TrackRxWrites && length > 0 {
 		g.RxWrites = append(g.RxWrites, Extent{q.slotGPA(s), uint64(length)})
 	}
-	return g.Mem.Bytes(q.slotGPA(s), uint64(length)), nil
+	return g.Mem.Bytes(q.slotGPA(s), uint64(length)), s, nil
 }
 
 // rxDataOffset is where the data descriptor of an RxHeaderApart buffer

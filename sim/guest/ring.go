@@ -96,8 +96,13 @@ func (r *Ring) Reset() {
 // Size is the number of descriptors.
 func (r *Ring) Size() uint16 { return r.size }
 
-// Free is the number of free descriptors.
-func (r *Ring) Free() int { return len(r.free) }
+// Free is the number of free descriptors (ring slots of a packed ring).
+func (r *Ring) Free() int {
+	if r.packed {
+		return r.pk.freeSlots
+	}
+	return len(r.free)
+}
 
 // Addrs returns the ring's addresses as the front end reports them
 // (SET_VRING_ADDR: user addresses).
