@@ -1,5 +1,6 @@
 // Package lib holds the Go side shared by the QEMU harnesses' host tests
-// (test/qemu-vhost, test/qemu-zerocopy); the shell side is qemu-guest.sh
+// (test/qemu-vhost, test/qemu-zerocopy, test/qemu-migration): the QEMU
+// process and its console, commands; the shell side is qemu-guest.sh
 // and guest-init.sh next to it.
 package lib
 

@@ -109,22 +109,13 @@ type network struct {
 	a, b     *zcnet
 }
 
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	b, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, b)
-	}
-	return string(b)
-}
-
 func nsRun(t *testing.T, ns string, args ...string) string {
 	t.Helper()
-	return run(t, append([]string{"ip", "netns", "exec", ns}, args...)...)
+	return lib.Run(t, append([]string{"ip", "netns", "exec", ns}, args...)...)
 }
 
 func addNamespace(t *testing.T, ns string) {
-	run(t, "ip", "netns", "add", ns)
+	lib.Run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() {
 		if b, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", ns, err, b)
@@ -215,11 +206,11 @@ func startZcnet(t *testing.T, s *setup, ns, tap, out string) *zcnet {
 		select {
 		case err := <-z.done:
 			z.exited = true
-			t.Fatalf("%s exited before it was ready (%v); its log:\n%s", z.name, err, tail(out+".log", 30))
+			t.Fatalf("%s exited before it was ready (%v); its log:\n%s", z.name, err, lib.TailFile(out+".log", 30))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after 20 s (TAP %v, socket %v, telemetry %v); its log:\n%s", z.name, tapOK, e1, e2, tail(out+".log", 30))
+			t.Fatalf("%s not ready after 20 s (TAP %v, socket %v, telemetry %v); its log:\n%s", z.name, tapOK, e1, e2, lib.TailFile(out+".log", 30))
 		}
 	}
 }
@@ -264,7 +255,7 @@ func (z *zcnet) stop(t *testing.T) appliance.Snapshot {
 	case err := <-z.done:
 		z.exited = true
 		if err != nil {
-			t.Errorf("%s exited with %v after SIGINT; its log:\n%s", z.name, err, tail(z.out+".log", 30))
+			t.Errorf("%s exited with %v after SIGINT; its log:\n%s", z.name, err, lib.TailFile(z.out+".log", 30))
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%s still running 30 s after SIGINT", z.name)
@@ -363,17 +354,10 @@ func (l ledger) String() string {
 
 // --- QEMU and its console ---------------------------------------------------
 
+// qemu is one QEMU of the migration, with its QMP connection.
 type qemu struct {
-	name    string
-	cmd     *exec.Cmd
-	stderr  bytes.Buffer
-	mu      sync.Mutex
-	console bytes.Buffer
-	lines   chan string
-	done    chan error
-	over    bool
-	out     string
-	qmp     *qmp
+	*lib.Console
+	qmp *qmp
 }
 
 func startQEMU(t *testing.T, s *setup, c tcase, name, sock, qmpSock, out string, extra ...string) *qemu {
@@ -390,67 +374,18 @@ func startQEMU(t *testing.T, s *setup, c tcase, name, sock, qmpSock, out string,
 		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
 	}
 	args = append(args, extra...)
-	t.Logf("%s: %s %s", name, s.qemu, strings.Join(args, " "))
-	q := &qemu{name: name, lines: make(chan string, 65536), done: make(chan error, 1), out: out}
-	q.cmd = exec.Command(s.qemu, args...)
-	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	q.cmd.Stderr = &q.stderr
-	stdout, err := q.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		defer close(q.lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			q.mu.Lock()
-			q.console.WriteString(line + "\n")
-			q.mu.Unlock()
-			select {
-			case q.lines <- line:
-			default:
-			}
-		}
-	}()
-	go func() {
-		<-read
-		q.done <- q.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		q.kill()
-		q.save()
-	})
+	q := &qemu{Console: lib.StartConsole(t, name, s.qemu, args, out, 65536)}
+	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if q.qmp, err = dialQMP(qmpSock, out+"-qmp.log"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			q.fatal(t, "QMP on %s: %v", qmpSock, err)
+			q.Fatalf(t, "QMP on %s: %v", qmpSock, err)
 		}
 	}
 	t.Cleanup(q.qmp.close)
 	return q
-}
-
-func (q *qemu) kill() {
-	if !q.over {
-		_ = q.cmd.Process.Kill()
-		<-q.done
-		q.over = true
-	}
-}
-
-func (q *qemu) save() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	_ = os.WriteFile(q.out+"-console.log", q.console.Bytes(), 0o644)
-	_ = os.WriteFile(q.out+"-qemu-stderr.log", q.stderr.Bytes(), 0o644)
 }
 
 // await returns the rest of the first console line that starts with prefix
@@ -461,32 +396,21 @@ func (q *qemu) await(t *testing.T, prefix, what string, d time.Duration, ok func
 	defer timer.Stop()
 	for {
 		select {
-		case line, open := <-q.lines:
+		case line, open := <-q.Lines:
 			switch {
 			case !open:
-				q.fatal(t, "%s's console closed before the guest %s (no %q line)", q.name, what, prefix)
+				q.Fatalf(t, "%s's console closed before the guest %s (no %q line)", q.Name, what, prefix)
 			case strings.HasPrefix(line, "ZCM-BAD "):
 				t.Errorf("the guest found a bad datagram: %s", line)
 			case strings.HasPrefix(line, prefix) && (ok == nil || ok(strings.TrimPrefix(line, prefix))):
 				return strings.TrimPrefix(line, prefix)
 			case strings.HasPrefix(line, setupErr), strings.HasPrefix(line, marker) && prefix != marker:
-				q.fatal(t, "the guest stopped before it %s: %s", what, line)
+				q.Fatalf(t, "the guest stopped before it %s: %s", what, line)
 			}
 		case <-timer.C:
-			q.fatal(t, "the guest has not %s after %v on %s (no %q line)", what, d, q.name, prefix)
+			q.Fatalf(t, "the guest has not %s after %v on %s (no %q line)", what, d, q.Name, prefix)
 		}
 	}
-}
-
-func (q *qemu) fatal(t *testing.T, format string, args ...any) {
-	t.Helper()
-	q.kill()
-	q.save()
-	q.mu.Lock()
-	console := q.console.String()
-	q.mu.Unlock()
-	t.Fatalf("%s\n%s console (%s-console.log):\n%s\nQEMU stderr:\n%s", fmt.Sprintf(format, args...),
-		q.name, q.out, lib.Tail(console, 40), q.stderr.String())
 }
 
 // --- QMP -----------------------------------------------------------------------
@@ -755,7 +679,7 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 			break
 		}
 		if time.Now().After(deadline) {
-			dst.fatal(t, "the destination QEMU has not made %s after 10 s", migSock)
+			dst.Fatalf(t, "the destination QEMU has not made %s after 10 s", migSock)
 		}
 	}
 	src.qmp.must(t, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth})
@@ -771,7 +695,7 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 		}
 		if st == "failed" || st == "cancelled" || time.Now().After(deadline) {
 			b, _ := json.Marshal(info)
-			src.fatal(t, "migration %s after %v: %s", st, time.Since(migStart), b)
+			src.Fatalf(t, "migration %s after %v: %s", st, time.Since(migStart), b)
 		}
 	}
 	migDone := time.Now()
@@ -784,7 +708,7 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 			break
 		}
 		if time.Now().After(deadline) {
-			dst.fatal(t, "the destination QEMU did not resume 30 s after the migration completed")
+			dst.Fatalf(t, "the destination QEMU did not resume 30 s after the migration completed")
 		}
 	}
 	if e, ok := src.qmp.event("STOP"); ok {
@@ -800,13 +724,10 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 	if _, err := src.qmp.cmd("quit", nil); err != nil {
 		t.Logf("quit on the source: %v", err)
 	}
-	select {
-	case <-src.done:
-		src.over = true
-	case <-time.After(20 * time.Second):
+	if !src.Wait(20 * time.Second) {
 		t.Errorf("the source QEMU did not quit within 20 s")
 	}
-	src.save()
+	src.Save()
 
 	// The stream goes on at the destination.
 	after := sn.seqAt(time.Now()) + streamAfter*rate
@@ -820,15 +741,12 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 	udp := fields(dst.await(t, "ZCM-UDP ", "reported its UDP counters", 10*time.Second, nil))
 	stats := fields(dst.await(t, "ZCM-STATS ", "reported eth0's statistics", 30*time.Second, nil))
 	if rc := dst.await(t, marker, "finished", 30*time.Second, nil); rc != "0" {
-		dst.fatal(t, "the guest finished with rc=%s", rc)
+		dst.Fatalf(t, "the guest finished with rc=%s", rc)
 	}
-	select {
-	case <-dst.done:
-		dst.over = true
-	case <-time.After(30 * time.Second):
+	if !dst.Wait(30 * time.Second) {
 		t.Errorf("the destination QEMU did not exit 30 s after the guest powered off")
 	}
-	dst.save()
+	dst.Save()
 
 	la, lb := ledgerOf(n.a.settle(t)), ledgerOf(n.b.settle(t))
 	fa, fb := ledgerOf(n.a.stop(t)), ledgerOf(n.b.stop(t))
@@ -933,12 +851,4 @@ func sortStrings(s []string) []string {
 		}
 	}
 	return s
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	return lib.Tail(string(b), n)
 }

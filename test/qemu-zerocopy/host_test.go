@@ -3,7 +3,6 @@
 package qemuzerocopy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,7 +16,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -266,7 +264,7 @@ func startRig(t *testing.T, s *setup, out, ns string) *rig {
 	dir := t.TempDir()
 	r.sock, r.tele = filepath.Join(dir, "vhost.sock"), filepath.Join(dir, "telemetry.sock")
 
-	run(t, "ip", "netns", "add", ns)
+	lib.Run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() {
 		if b, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", ns, err, b)
@@ -311,12 +309,12 @@ func startRig(t *testing.T, s *setup, out, ns string) *rig {
 		select {
 		case err := <-r.zcDone:
 			r.exited = true
-			t.Fatalf("zcnet exited before it was ready (%v); its log:\n%s", err, readTail(filepath.Join(out, "zcnet.log"), 30))
+			t.Fatalf("zcnet exited before it was ready (%v); its log:\n%s", err, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after 20 s zcnet has not made its TAP %s in %s (%v), vhost socket (%v) and telemetry socket (%v); its log:\n%s",
-				tapName, ns, tapOK, sockErr, teleErr, readTail(filepath.Join(out, "zcnet.log"), 30))
+				tapName, ns, tapOK, sockErr, teleErr, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
 		}
 	}
 	r.nsRun(t, "ip", "addr", "add", nsAddr+"/24", "dev", tapName)
@@ -327,16 +325,7 @@ func startRig(t *testing.T, s *setup, out, ns string) *rig {
 // nsRun runs a command in the namespace and fails the test if it fails.
 func (r *rig) nsRun(t *testing.T, args ...string) string {
 	t.Helper()
-	return run(t, append([]string{"ip", "netns", "exec", r.ns}, args...)...)
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	b, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, b)
-	}
-	return string(b)
+	return lib.Run(t, append([]string{"ip", "netns", "exec", r.ns}, args...)...)
 }
 
 // snapshot reads zcnet's counters through `zcnet stats --json`.
@@ -389,7 +378,7 @@ func (r *rig) stop(t *testing.T) counters {
 	case err := <-r.zcDone:
 		r.exited = true
 		if err != nil {
-			t.Errorf("zcnet exited with %v after SIGINT; its log:\n%s", err, readTail(filepath.Join(r.out, "zcnet.log"), 30))
+			t.Errorf("zcnet exited with %v after SIGINT; its log:\n%s", err, lib.TailFile(filepath.Join(r.out, "zcnet.log"), 30))
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("zcnet still running 30 s after SIGINT")
@@ -476,16 +465,7 @@ func (p *peer) wait(d time.Duration) bool {
 // --- the guest ----------------------------------------------------------------
 
 // guest is one QEMU process and its serial console.
-type guest struct {
-	cmd     *exec.Cmd
-	stderr  bytes.Buffer
-	mu      sync.Mutex
-	console bytes.Buffer
-	lines   chan string
-	done    chan error
-	over    bool
-	out     string
-}
+type guest struct{ *lib.Console }
 
 func bootGuest(t *testing.T, s *setup, r *rig, c tcase, mode, out string) *guest {
 	mem := fmt.Sprintf("memory-backend-memfd,id=mem,size=%d,share=on", guestRAM)
@@ -504,58 +484,7 @@ func bootGuest(t *testing.T, s *setup, r *rig, c tcase, mode, out string) *guest
 		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet ZCQ_MIB=%d ZCQ_MODE=%s", s.mib, mode),
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
 	}
-	t.Logf("%s %s", s.qemu, strings.Join(args, " "))
-	g := &guest{lines: make(chan string, 8192), done: make(chan error, 1), out: out}
-	g.cmd = exec.Command(s.qemu, args...)
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	g.cmd.Stderr = &g.stderr
-	stdout, err := g.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		defer close(g.lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			g.mu.Lock()
-			g.console.WriteString(line + "\n")
-			g.mu.Unlock()
-			select {
-			case g.lines <- line:
-			default: // nobody waits for that many lines
-			}
-		}
-	}()
-	go func() {
-		<-read
-		g.done <- g.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		g.kill()
-		g.save()
-	})
-	return g
-}
-
-func (g *guest) kill() {
-	if !g.over {
-		_ = g.cmd.Process.Kill()
-		<-g.done
-		g.over = true
-	}
-}
-
-func (g *guest) save() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	_ = os.WriteFile(g.out+"-console.log", g.console.Bytes(), 0o644)
-	_ = os.WriteFile(g.out+"-qemu-stderr.log", g.stderr.Bytes(), 0o644)
+	return &guest{lib.StartConsole(t, "guest", s.qemu, args, out, 8192)}
 }
 
 // await returns the rest of the first console line starting with prefix,
@@ -567,30 +496,19 @@ func (g *guest) await(t *testing.T, prefix, what string, d time.Duration) string
 	defer timer.Stop()
 	for {
 		select {
-		case line, ok := <-g.lines:
+		case line, ok := <-g.Lines:
 			switch {
 			case !ok:
-				g.fatal(t, "QEMU's console closed before the guest %s (no %q line)", what, prefix)
+				g.Fatalf(t, "QEMU's console closed before the guest %s (no %q line)", what, prefix)
 			case strings.HasPrefix(line, prefix):
 				return strings.TrimPrefix(line, prefix)
 			case strings.HasPrefix(line, setupErr), strings.HasPrefix(line, marker):
-				g.fatal(t, "the guest stopped before it %s: %s", what, line)
+				g.Fatalf(t, "the guest stopped before it %s: %s", what, line)
 			}
 		case <-timer.C:
-			g.fatal(t, "the guest has not %s after %v (no %q line)", what, d, prefix)
+			g.Fatalf(t, "the guest has not %s after %v (no %q line)", what, d, prefix)
 		}
 	}
-}
-
-func (g *guest) fatal(t *testing.T, format string, args ...any) {
-	t.Helper()
-	g.kill()
-	g.save()
-	g.mu.Lock()
-	console := g.console.String()
-	g.mu.Unlock()
-	t.Fatalf("%s\nguest console (%s-console.log):\n%s\nQEMU stderr:\n%s",
-		fmt.Sprintf(format, args...), g.out, lib.Tail(console, 40), g.stderr.String())
 }
 
 // result is what a full guest run reported.
@@ -615,7 +533,7 @@ func startGuest(t *testing.T, s *setup, r *rig, c tcase, mode, out string) (*gue
 	ping := g.await(t, "ZCQ-PING-HOST received=", "pinged the namespace", 60*time.Second)
 	res.pingHost, _ = strconv.Atoi(ping)
 	if res.pingHost != 3 {
-		g.fatal(t, "the guest's ping to the namespace (ARP from the guest's own MAC) got %q of 3 replies", ping)
+		g.Fatalf(t, "the guest's ping to the namespace (ARP from the guest's own MAC) got %q of 3 replies", ping)
 	}
 	_ = g.await(t, "ZCQ-UP", "was ready to be pinged", 30*time.Second)
 	pout, err := exec.Command("ip", "netns", "exec", r.ns, "ping", "-c", "3", "-W", "10", guestAddr).CombinedOutput()
@@ -623,7 +541,7 @@ func startGuest(t *testing.T, s *setup, r *rig, c tcase, mode, out string) (*gue
 		res.pingGuest, _ = strconv.Atoi(string(m[1]))
 	}
 	if err != nil || res.pingGuest != 3 {
-		g.fatal(t, "ping from the namespace to the guest (ARP for %s from the namespace): %v\n%s", guestAddr, err, pout)
+		g.Fatalf(t, "ping from the namespace to the guest (ARP for %s from the namespace): %v\n%s", guestAddr, err, pout)
 	}
 	// Tell the guest to go on: a TCP connection from the namespace. The
 	// guest's nc may not be listening yet; retry.
@@ -638,7 +556,7 @@ func startGuest(t *testing.T, s *setup, r *rig, c tcase, mode, out string) (*gue
 		goErr = fmt.Errorf("%v: %s", goErr, b)
 	}
 	if goErr != nil {
-		g.fatal(t, "connecting from the namespace to the guest's port %d: %v", goPort, goErr)
+		g.Fatalf(t, "connecting from the namespace to the guest's port %d: %v", goPort, goErr)
 	}
 	return g, res
 }
@@ -657,15 +575,12 @@ func runGuest(t *testing.T, s *setup, r *rig, c tcase, out, sendFile, sendSum st
 	res.statsLine = g.await(t, "ZCQ-STATS ", "reported eth0's statistics", 30*time.Second)
 	rc := g.await(t, marker, "finished", 30*time.Second)
 	if rc != "0" {
-		g.fatal(t, "the guest finished with rc=%s", rc)
+		g.Fatalf(t, "the guest finished with rc=%s", rc)
 	}
-	select {
-	case <-g.done:
-		g.over = true
-	case <-time.After(30 * time.Second):
+	if !g.Wait(30 * time.Second) {
 		t.Errorf("QEMU did not exit 30 s after the guest powered off")
 	}
-	g.save()
+	g.Save()
 
 	if !recv.wait(20 * time.Second) {
 		t.Errorf("the namespace's receiving nc did not see the end of the guest's stream within 20 s")
@@ -716,19 +631,16 @@ func streamAndKill(t *testing.T, s *setup, r *rig, c tcase, out string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			g.fatal(t, "after 60 s of streaming the namespace got %d bytes from the guest and zcnet delivered %d bytes to it; want a MiB each way before the kill", fromGuest, toGuest)
+			g.Fatalf(t, "after 60 s of streaming the namespace got %d bytes from the guest and zcnet delivered %d bytes to it; want a MiB each way before the kill", fromGuest, toGuest)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Logf("killing QEMU (SIGKILL) mid-transfer: %d bytes from the guest so far, %d delivered to it", fromGuest, toGuest)
-	_ = g.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-g.done:
-		g.over = true
-	case <-time.After(10 * time.Second):
+	_ = g.Signal(syscall.SIGKILL)
+	if !g.Wait(10 * time.Second) {
 		t.Fatalf("QEMU did not die 10 s after SIGKILL")
 	}
-	g.save()
+	g.Save()
 	// The namespace's ends of the dead connections.
 	recv.kill()
 	send.kill()
@@ -736,7 +648,7 @@ func streamAndKill(t *testing.T, s *setup, r *rig, c tcase, out string) {
 	select {
 	case err := <-r.zcDone:
 		r.exited = true
-		t.Fatalf("zcnet exited (%v) when QEMU was killed; its log:\n%s", err, readTail(filepath.Join(out, "zcnet.log"), 30))
+		t.Fatalf("zcnet exited (%v) when QEMU was killed; its log:\n%s", err, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
 	case <-time.After(2 * time.Second):
 	}
 }
@@ -1041,12 +953,4 @@ func hugePagesFree(t *testing.T) int {
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return n
-}
-
-func readTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	return lib.Tail(string(b), n)
 }
