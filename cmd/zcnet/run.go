@@ -69,7 +69,7 @@ the control plane and configuration can be tried without a NIC.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of an 82599 port (its PF, bound to vfio-pci); repeat for each port")
+	f.StringArrayVar(&o.pci, "pci", nil, "PCI address of an 82599 port bound to vfio-pci: its PF, or an SR-IOV VF (one guest per VF); repeat for each port")
 	f.BoolVar(&o.simulate, "sim", false, "the --pci ports are simulated 82599s with unconnected wires (no NIC needed)")
 	o.commonFlags(f)
 	v := &o.vhostOpts

@@ -53,7 +53,7 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	var spec appliance.Spec
 	switch {
 	case len(o.pci) == 0:
-		return spec, errors.New("give the NIC with --pci ADDRESS (an 82599 PF bound to vfio-pci; see zcnet probe)")
+		return spec, errors.New("give the NIC with --pci ADDRESS (an 82599 PF or VF bound to vfio-pci; see zcnet probe)")
 	case len(v.vhost) == 0:
 		return spec, errors.New("give at least one vhost-user socket with --vhost PATH")
 	case len(o.pci) > 1 && len(o.pci) != len(v.vhost):
