@@ -52,6 +52,15 @@ type Config struct {
 	// switches learn the guest's new port; the consumer sends it
 	// (TakeRARP).
 	Migration bool
+	// Inflight offers the INFLIGHT_SHMFD protocol feature: the front end
+	// gets a buffer (GET_INFLIGHT_FD) in which the device records the
+	// chains it has taken and not completed, and hands it back
+	// (SET_INFLIGHT_FD) after the back end restarted, which then resumes
+	// every ring with those chains first (see inflight.go). Split rings
+	// only: a packed ring refuses to start with a buffer set. That is why
+	// it is not a default protocol feature, and QEMU's vhost-user-net and
+	// DPDK's virtio-user never ask for it.
+	Inflight bool
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
 }
@@ -117,6 +126,12 @@ type Device struct {
 	// rarpPending says there is one.
 	rarp        [6]byte
 	rarpPending bool
+	// inflight is the front end's inflight buffer (SET_INFLIGHT_FD),
+	// mapped until replaced or the session ends; rings starting while it
+	// is set track their chains in it. replyFDs are descriptors the
+	// request being handled returns (GET_INFLIGHT_FD's buffer).
+	inflight *inflightBuffer
+	replyFDs []int
 }
 
 // NewDevice checks cfg and returns a device waiting for a front end.
@@ -152,6 +167,9 @@ func NewDevice(cfg Config) (*Device, error) {
 	if cfg.Migration {
 		cfg.Features |= FLogAll
 		cfg.ProtocolFeatures |= ProtoFLogShmfd | ProtoFRARP
+	}
+	if cfg.Inflight {
+		cfg.ProtocolFeatures |= ProtoFInflightShmfd
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -307,6 +325,10 @@ func (d *Device) resetSession() {
 		d.log.Error("unmapping the dirty log", zap.Error(err))
 	}
 	d.dirty, d.activeLog = nil, nil
+	if err := d.inflight.unmap(); err != nil {
+		d.log.Error("unmapping the inflight buffer", zap.Error(err))
+	}
+	d.inflight = nil
 	closeFDs([]int{d.logFD})
 	d.logFD = -1
 	d.features, d.protoFeatures, d.owner, d.status = 0, 0, false, 0
@@ -336,7 +358,7 @@ func (e errFatal) Unwrap() error { return e.error }
 func needsReply(r Request) bool {
 	switch r {
 	case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetVringBase, ReqGetQueueNum,
-		ReqGetConfig, ReqGetStatus, ReqGetMaxMemSlots:
+		ReqGetConfig, ReqGetStatus, ReqGetMaxMemSlots, ReqGetInflightFD:
 		return true
 	}
 	return false
@@ -344,8 +366,18 @@ func needsReply(r Request) bool {
 
 // Dispatch handles one message and returns the reply payload, whether a
 // reply must be sent, and a non-nil error if the connection must be
-// dropped. It closes every descriptor of m that it did not keep.
+// dropped. It closes every descriptor of m that it did not keep, and those
+// a reply would carry (GET_INFLIGHT_FD's buffer): DispatchFDs returns them.
 func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) {
+	reply, fds, respond, fatal := d.DispatchFDs(m)
+	closeFDs(fds)
+	return reply, respond, fatal
+}
+
+// DispatchFDs is Dispatch that also returns the descriptors the reply
+// carries (as SCM_RIGHTS, with the payload); the caller owns and closes
+// them once sent.
+func (d *Device) DispatchFDs(m *Message) (reply []byte, fds []int, respond bool, fatal error) {
 	defer closeFDs(m.FDs)
 	prep := d.prepareMemory(m)
 	d.dp.Lock()
@@ -353,6 +385,7 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 	// clears it) or by it (SET_PROTOCOL_FEATURES).
 	ack := d.protoFeatures&ProtoFReplyAck != 0
 	resp, err := d.handleContained(m, prep)
+	fds, d.replyFDs = d.replyFDs, nil
 	d.applyLog()
 	ack = ack || d.protoFeatures&ProtoFReplyAck != 0
 	retired := d.retired
@@ -364,24 +397,31 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 	} else {
 		d.log.Debug("vhost-user request", zap.Stringer("request", m.Request))
 	}
+	if err != nil {
+		closeFDs(fds) // a reply that carries descriptors is one of success
+		fds = nil
+	}
 	var fe errFatal
 	if errors.As(err, &fe) {
-		return nil, false, fe
+		return nil, nil, false, fe
 	}
 	switch {
 	case needsReply(m.Request):
 		if err != nil {
-			if m.Request == ReqGetConfig {
-				return nil, true, nil // an empty config reply means failure
+			switch m.Request {
+			case ReqGetConfig:
+				return nil, nil, true, nil // an empty config reply means failure
+			case ReqGetInflightFD:
+				return inflightRefusal(m.Payload), nil, true, nil // mmap_size 0: no buffer
 			}
-			return nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
+			return nil, nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
 		}
-		return resp, true, nil
+		return resp, fds, true, nil
 	case m.Flags&FlagNeedReply != 0 && ack:
 		if err != nil {
-			return EncodeU64(1), true, nil
+			return EncodeU64(1), nil, true, nil
 		}
-		return EncodeU64(0), true, nil
+		return EncodeU64(0), nil, true, nil
 	case m.Request == ReqSetLogBase:
 		// QEMU waits for a reply to SET_LOG_BASE (with LOG_SHMFD) without
 		// asking for one, and takes any reply of that request for success;
@@ -389,11 +429,11 @@ func (d *Device) Dispatch(m *Message) (reply []byte, respond bool, fatal error) 
 		// told by dropping the connection: QEMU's migration then fails
 		// instead of running with a log we do not fill.
 		if err != nil {
-			return nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
+			return nil, nil, false, errFatal{fmt.Errorf("%v: %w", m.Request, err)}
 		}
-		return []byte{}, true, nil
+		return []byte{}, nil, true, nil
 	}
-	return nil, false, nil
+	return nil, nil, false, nil
 }
 
 // takeFD removes fd i from m so the dispatcher does not close it.
@@ -437,7 +477,8 @@ func (d *Device) handleContained(m *Message, prep preparedMemory) (resp []byte, 
 // InGuestMemory reports whether host address addr lies in guest memory the
 // device has mapped (data-path lock held).
 func (d *Device) InGuestMemory(addr uintptr) bool {
-	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr) || d.dirty.holds(addr)
+	return d.mem.holds(addr) || (&MemoryTable{regions: d.retired}).holds(addr) || d.dirty.holds(addr) ||
+		d.inflight.holds(addr)
 }
 
 // InDirtyLog reports whether host address addr lies in the front end's
@@ -557,6 +598,10 @@ func (d *Device) handle(m *Message, prep preparedMemory) ([]byte, error) {
 		return EncodeU64(uint64(d.statusLocked())), nil
 	case ReqSendRARP:
 		return nil, d.sendRARP(p)
+	case ReqGetInflightFD:
+		return d.getInflightFD(m)
+	case ReqSetInflightFD:
+		return nil, d.setInflightFD(m)
 	case ReqGetMaxMemSlots:
 		if d.protoFeatures&ProtoFConfigureMemSlots == 0 {
 			return nil, errors.New("GET_MAX_MEM_SLOTS without the CONFIGURE_MEM_SLOTS protocol feature")
@@ -728,6 +773,9 @@ func (d *Device) startVring(i int, v *vring) error {
 	if err != nil {
 		return err
 	}
+	if err := d.trackInflight(i, q); err != nil {
+		return err
+	}
 	q.call, q.errN, q.onBroken = v.call, v.errN, d.queueBroken
 	v.q = q
 	d.log.Debug("vring started", zap.Int("vring", i), zap.Uint16("size", v.num), zap.Uint32("base", v.base))
@@ -759,6 +807,9 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 		v.base = uint32(v.q.lastAvail)
 		if v.q.pk.on {
 			v.base = v.q.PackedBase()
+		}
+		if v.q.infl != nil {
+			v.base = uint32(v.q.infl.availBase(v.q))
 		}
 		c := v.q.Counters()
 		d.log.Debug("vring stopped", zap.Uint32("vring", index), zap.Uint32("base", v.base),

@@ -68,8 +68,9 @@ const DefaultFeatures uint64 = FVersion1 | NetFMrgRxbuf | FEventIdx | FIndirectD
 	NetFCtrlRx | NetFCtrlMACAddr
 
 // DefaultProtocolFeatures is the protocol feature set offered by default.
-// LOG_SHMFD and RARP (migration) are offered with Config.Migration; BACKEND_REQ and
-// the rest are not implemented and never offered.
+// LOG_SHMFD and RARP (migration) are offered with Config.Migration;
+// INFLIGHT_SHMFD (split rings only, see inflight.go) with Config.Inflight;
+// BACKEND_REQ and the rest are not implemented and never offered.
 const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus |
 	ProtoFConfigureMemSlots | ProtoFResetDevice
 
@@ -83,7 +84,7 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 // zero-copy engine copies for them).
 const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform | FLogAll
 
-const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd | ProtoFRARP
+const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd | ProtoFRARP | ProtoFInflightShmfd
 
 // Virtio device status bits.
 const (

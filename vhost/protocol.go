@@ -230,6 +230,8 @@ func expectedPayload(r Request) int {
 		return sizeLog
 	case ReqAddMemReg, ReqRemMemReg:
 		return sizeMemRegMsg
+	case ReqGetInflightFD, ReqSetInflightFD:
+		return sizeInflight
 	}
 	return -1
 }

@@ -82,9 +82,11 @@ func (d *Device) Serve(ctx context.Context, uc *net.UnixConn, opts ...ServeOptio
 			d.log.Warn("dropping front end after a malformed or partial message", zap.Error(err))
 			return fmt.Errorf("vhost: device %q: %w", d.cfg.Name, err)
 		}
-		reply, respond, fatal := d.Dispatch(&m)
+		reply, fds, respond, fatal := d.DispatchFDs(&m)
 		if respond {
-			if err := c.WriteMessage(Header{Request: m.Request, Flags: FlagVersion | FlagReply}, reply, nil); err != nil {
+			err := c.WriteMessage(Header{Request: m.Request, Flags: FlagVersion | FlagReply}, reply, fds)
+			closeFDs(fds) // the peer has its own copies once sent
+			if err != nil {
 				if isClosed(err) {
 					return nil
 				}

@@ -101,6 +101,11 @@ type Virtqueue struct {
 
 	pk packedState // packed rings only
 
+	// infl is the ring's region of the front end's inflight buffer
+	// (inflight.go), nil when none is set: the data path's only cost
+	// without one is a nil check in Pop, Push and Flush.
+	infl *splitInflight
+
 	// Dirty logging (see Device.applyLog): dirty is the log while the
 	// front end has logging on, nil otherwise; logRing says the used ring
 	// is logged too (VHOST_VRING_F_LOG), at usedGPA (split: the used ring;
@@ -297,6 +302,9 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	if q.broken {
 		return false, ErrQueueBroken
 	}
+	if q.infl != nil {
+		return q.popTracked(c)
+	}
 	if q.pk.on {
 		return q.popPacked(c)
 	}
@@ -386,6 +394,9 @@ func (q *Virtqueue) Unpop(n int) {
 		q.unpopPacked(n)
 		return
 	}
+	if q.infl != nil {
+		q.infl.rewound(q, q.lastAvail-uint16(n))
+	}
 	q.lastAvail -= uint16(n)
 }
 
@@ -415,6 +426,9 @@ func (q *Virtqueue) RewindTo(pos uint16) {
 		q.lastAvail, q.pk.availWrap = pos&^wrapBit, pos&wrapBit != 0
 		q.pk.nhist = 0 // the Unpop history no longer describes the ring
 		return
+	}
+	if q.infl != nil {
+		q.infl.rewound(q, pos)
 	}
 	q.lastAvail = pos
 }
@@ -517,6 +531,9 @@ func (q *Virtqueue) fail(reason error) error {
 // Push stages a used entry: chain head id and the number of bytes the
 // device wrote into it. Nothing is visible to the driver until Flush.
 func (q *Virtqueue) Push(head uint16, written uint32) {
+	if q.infl != nil {
+		q.infl.pushed(head)
+	}
 	if q.pk.on {
 		q.pushPacked(head, written)
 		return
@@ -578,6 +595,9 @@ func (q *Virtqueue) Flush() {
 	store32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedIdx)<<16)
 	if logged {
 		q.dirty.Mark(q.usedGPA, 4)
+	}
+	if q.infl != nil {
+		q.infl.published(q.usedIdx)
 	}
 	q.counts.Flushes++
 	if q.call == nil {
