@@ -127,7 +127,7 @@ const (
 )
 
 const sessionFeatures = vhost.DefaultFeatures | vhost.FRingPacked | vhost.FInOrder
-const sessionProtocol = vhost.DefaultProtocolFeatures | vhost.ProtoFConfig
+const sessionProtocol = vhost.DefaultProtocolFeatures | vhost.ProtoFConfig | vhost.ProtoFInflightShmfd
 
 // argReader hands out argument bytes, zeros once they run out.
 type argReader struct{ b []byte }
@@ -298,7 +298,7 @@ func sensiblePayload(req vhost.Request, r *argReader) ([]byte, []int) {
 		offered := uint64(sessionFeatures | vhost.FProtocolFeatures)
 		wanted := uint64(guest.DefaultWanted)
 		if req == vhost.ReqSetProtocolFeatures {
-			offered, wanted = sessionProtocol, vhost.ProtoFReplyAck|vhost.ProtoFMQ|vhost.ProtoFStatus
+			offered, wanted = sessionProtocol, vhost.ProtoFReplyAck|vhost.ProtoFMQ|vhost.ProtoFStatus|vhost.ProtoFInflightShmfd
 		}
 		var v uint64
 		switch r.u8() % 4 {
@@ -386,14 +386,24 @@ func sensiblePayload(req vhost.Request, r *argReader) ([]byte, []int) {
 	case vhost.ReqSetBackendReqFD:
 		return vhost.EncodeU64(0), []int{fdSocket}
 	case vhost.ReqGetInflightFD, vhost.ReqSetInflightFD:
-		p := make([]byte, 24) // mmap size, offset, num queues, queue size
-		binary.NativeEndian.PutUint64(p, sessionSmall)
-		binary.NativeEndian.PutUint16(p[16:], sessionVrings)
-		binary.NativeEndian.PutUint16(p[18:], 256)
-		if req == vhost.ReqSetInflightFD {
-			return p, []int{fdSealedSmall}
+		// Without arguments: every vring, 256 descriptors, the whole small
+		// memfd (which holds the 5*4160 bytes that needs). Arguments
+		// change the queue count (too many with 6 and 7, none with 5),
+		// the queue size (up to 1024, or not a power of two), the offset
+		// and the size (too small past 0x2c).
+		d := vhost.InflightDesc{MmapSize: sessionSmall, NumQueues: sessionVrings ^ uint16(r.u8()&7), QueueSize: 256}
+		switch v := r.u8(); {
+		case v&0x80 != 0:
+			d.QueueSize = uint16(v) // 128 and up, a power of two only for 128
+		default:
+			d.QueueSize <<= v % 3
 		}
-		return p, nil
+		d.MmapOffset = 64 * uint64(r.u8())
+		d.MmapSize -= 1024 * uint64(r.u8())
+		if req == vhost.ReqSetInflightFD {
+			return vhost.EncodeInflight(d), []int{fdSealedSmall}
+		}
+		return vhost.EncodeInflight(d), nil
 	case vhost.ReqGetConfig, vhost.ReqSetConfig:
 		off, n := uint32(r.u8()%14), int(r.u8()%14)
 		data := make([]byte, n)
@@ -945,6 +955,19 @@ func sessionSeeds() []sessionSeed {
 			{op: mem, mode: modeNeedReply | modeSplitSend, args: []byte{0, 1}},
 			{op: int(vhost.ReqSetVringCall), mode: modeNeedReply | modeSplitSend, args: []byte{0, 0}},
 			{op: mem, mode: modeNeedReply | modeHangUp, args: []byte{0, 0}},
+		})},
+		{"inflight", join(qemuSetup()[:18], []seedStep{
+			{op: int(vhost.ReqGetInflightFD)},
+			{op: int(vhost.ReqGetInflightFD), args: []byte{6, 1}},                               // too many queues
+			{op: int(vhost.ReqSetInflightFD), mode: modeNeedReply, args: []byte{0, 0, 1, 0x30}}, // too small
+			{op: int(vhost.ReqSetInflightFD), mode: modeNeedReply},
+		}, qemuSetup()[18:], []seedStep{
+			txDesc, txAvail, poll, poll,
+			{op: int(vhost.ReqSetInflightFD), mode: modeNeedReply}, // rings running: refused
+			{op: int(vhost.ReqGetVringBase), args: []byte{1}},
+			{op: opPwrite, args: []byte{0x08, 0, 7}}, // corrupt a region's version byte
+			{op: int(vhost.ReqSetVringKick), mode: modeNeedReply, args: []byte{1, 0}},
+			poll,
 		})},
 		{"bad-header-after-setup", join(qemuSetup(), []seedStep{
 			{op: int(vhost.ReqGetFeatures), mode: modeBadFlags},

@@ -37,7 +37,8 @@ func (f *Frontend) EnableReplyAck(on bool) { f.replyAck = on }
 func expectsReply(r vhost.Request) bool {
 	switch r {
 	case vhost.ReqGetFeatures, vhost.ReqGetProtocolFeatures, vhost.ReqGetVringBase,
-		vhost.ReqGetQueueNum, vhost.ReqGetConfig, vhost.ReqGetStatus, vhost.ReqGetMaxMemSlots:
+		vhost.ReqGetQueueNum, vhost.ReqGetConfig, vhost.ReqGetStatus, vhost.ReqGetMaxMemSlots,
+		vhost.ReqGetInflightFD:
 		return true
 	}
 	return false
@@ -46,6 +47,14 @@ func expectsReply(r vhost.Request) bool {
 // Request sends one message and returns the reply payload (for requests
 // that have one) or checks the REPLY_ACK status.
 func (f *Frontend) Request(r vhost.Request, payload []byte, fds ...int) ([]byte, error) {
+	p, got, err := f.RequestFDs(r, payload, fds...)
+	closeAll(got)
+	return p, err
+}
+
+// RequestFDs is Request that also returns the descriptors the reply
+// carried (GET_INFLIGHT_FD's buffer); the caller owns them.
+func (f *Frontend) RequestFDs(r vhost.Request, payload []byte, fds ...int) (reply []byte, replyFDs []int, err error) {
 	flags := uint32(vhost.FlagVersion)
 	ack := f.replyAck && !expectsReply(r)
 	if ack {
@@ -53,29 +62,33 @@ func (f *Frontend) Request(r vhost.Request, payload []byte, fds ...int) ([]byte,
 	}
 	f.Log = append(f.Log, r)
 	if err := f.c.WriteMessage(vhost.Header{Request: r, Flags: flags}, payload, fds); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !ack && !expectsReply(r) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	m, err := f.c.ReadMessage()
 	if err != nil {
-		return nil, fmt.Errorf("guest: reply to %v: %w", r, err)
+		return nil, nil, fmt.Errorf("guest: reply to %v: %w", r, err)
 	}
-	defer closeAll(m.FDs)
+	defer func() {
+		if err != nil {
+			closeAll(m.FDs)
+		}
+	}()
 	if m.Request != r || m.Flags&vhost.FlagReply == 0 {
-		return nil, fmt.Errorf("guest: reply to %v came as %v flags %#x", r, m.Request, m.Flags)
+		return nil, nil, fmt.Errorf("guest: reply to %v came as %v flags %#x", r, m.Request, m.Flags)
 	}
 	if ack {
 		st, err := vhost.DecodeU64(m.Payload)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if st != 0 {
-			return nil, fmt.Errorf("guest: back end refused %v (status %d)", r, st)
+			return nil, nil, fmt.Errorf("guest: back end refused %v (status %d)", r, st)
 		}
 	}
-	return m.Payload, nil
+	return m.Payload, m.FDs, nil
 }
 
 // U64 sends a request whose reply is a u64.

@@ -47,6 +47,12 @@ type Options struct {
 	DPDKOrder bool
 	// NoCallFD tells the back end "no call fd" (the driver polls).
 	NoCallFD bool
+	// Inflight negotiates INFLIGHT_SHMFD if offered and hands the back end
+	// an inflight buffer before the rings start, as QEMU's vhost-user-blk
+	// does (vhost_dev_prepare_inflight, then GET_INFLIGHT_FD on the first
+	// start only, then SET_INFLIGHT_FD on every start): the buffer is kept
+	// across Disconnect and Attach.
+	Inflight bool
 }
 
 // DefaultWanted is what a Linux guest driver would take.
@@ -98,6 +104,11 @@ type Guest struct {
 	// which the next start of the ring sends back with SET_VRING_BASE as
 	// QEMU does (its virtqueue state, migrated with the guest).
 	bases map[int]uint32
+
+	// InflightFD is the inflight buffer GET_INFLIGHT_FD returned (-1:
+	// none yet), InflightSize its size; see Options.Inflight.
+	InflightFD   int
+	InflightSize uint64
 }
 
 // ErrWrittenAfterReturn means the device wrote into a receive buffer after
@@ -176,7 +187,7 @@ func New(opt Options) (*Guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guest{opt: opt, Mem: mem}
+	g := &Guest{opt: opt, Mem: mem, InflightFD: -1}
 	n := 2 * opt.QueuePairs
 	if opt.CtrlQueue {
 		n++
@@ -253,6 +264,10 @@ func (g *Guest) Close() error {
 	for _, q := range g.queues {
 		q.close()
 	}
+	if g.InflightFD >= 0 {
+		unix.Close(g.InflightFD)
+		g.InflightFD = -1
+	}
 	errs = append(errs, g.Mem.Close())
 	return errors.Join(errs...)
 }
@@ -300,7 +315,11 @@ func (g *Guest) setup() error {
 		if err != nil {
 			return err
 		}
-		g.Protocol = proto & wantedProtocol
+		want := uint64(wantedProtocol)
+		if g.opt.Inflight {
+			want |= vhost.ProtoFInflightShmfd
+		}
+		g.Protocol = proto & want
 		if _, err := fe.Request(vhost.ReqSetProtocolFeatures, vhost.EncodeU64(g.Protocol)); err != nil {
 			return err
 		}
@@ -342,6 +361,9 @@ func (g *Guest) setup() error {
 	if err := g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK); err != nil {
 		return err
 	}
+	if err := g.setInflight(); err != nil {
+		return err
+	}
 	if _, err := fe.Request(vhost.ReqSetMemTable, vhost.EncodeMemTable(g.Mem.regions), repeat(g.Mem.fd, len(g.Mem.regions))...); err != nil {
 		return err
 	}
@@ -358,6 +380,33 @@ func (g *Guest) setup() error {
 		}
 	}
 	return g.status(vhost.StatusAcknowledge | vhost.StatusDriver | vhost.StatusFeaturesOK | vhost.StatusDriverOK)
+}
+
+// setInflight gets an inflight buffer from the back end the first time and
+// sends it back (SET_INFLIGHT_FD) every time, as QEMU's vhost-user-blk does.
+func (g *Guest) setInflight() error {
+	if g.Protocol&vhost.ProtoFInflightShmfd == 0 {
+		return nil
+	}
+	d := vhost.InflightDesc{NumQueues: uint16(len(g.queues)), QueueSize: g.opt.QueueSize}
+	if g.InflightFD < 0 {
+		p, fds, err := g.FE.RequestFDs(vhost.ReqGetInflightFD, vhost.EncodeInflight(d))
+		if err != nil {
+			return err
+		}
+		got, err := vhost.DecodeInflight(p)
+		if err == nil && got.MmapSize == 0 && len(fds) == 0 {
+			return nil // the back end has no buffer to give: no tracking, as QEMU goes on
+		}
+		if err != nil || got.MmapSize == 0 || len(fds) != 1 {
+			closeAll(fds)
+			return fmt.Errorf("guest: GET_INFLIGHT_FD gave %+v with %d descriptors (%v)", got, len(fds), err)
+		}
+		g.InflightFD, g.InflightSize = fds[0], got.MmapSize
+	}
+	d.MmapSize = g.InflightSize
+	_, err := g.FE.Request(vhost.ReqSetInflightFD, vhost.EncodeInflight(d), g.InflightFD)
+	return err
 }
 
 // checkLayout refuses a back end that does not offer the ring layout the
