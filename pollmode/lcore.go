@@ -30,9 +30,19 @@ const (
 	// IdleSpin polls again at once: the lowest latency, and the lcore's CPU
 	// is 100% busy whatever the load, as with DPDK.
 	IdleSpin IdlePolicy = iota
-	// IdleYield calls runtime.Gosched after an idle round, letting other
-	// goroutines use this lcore's P (each lcore holds one of GOMAXPROCS
-	// while it spins) at the cost of a few microseconds of latency.
+	// IdleYield offers the CPU to other threads after an idle round
+	// (sched_yield): on a CPU the lcore has to itself the call returns at
+	// once, and on a shared one (a small machine, the simulator) the
+	// kernel runs whatever else is waiting there first. The lcore keeps
+	// its goroutine, thread and P throughout.
+	//
+	// It does not call runtime.Gosched: an lcore's goroutine is locked to
+	// its thread, and a locked goroutine that yields to the Go scheduler
+	// hands its P to another thread and sleeps until a third hands it
+	// back, two futex wake-ups and two context switches per idle round.
+	// Measured with one idle lcore (BenchmarkIdleRound): a round every
+	// 8.5 us with Gosched, the thread switching burning a second CPU,
+	// against one every 0.23 us with sched_yield, on one CPU.
 	IdleYield
 )
 
@@ -57,9 +67,11 @@ type RunnerOptions struct {
 // Runner is a group of lcores started and stopped together.
 //
 // Each lcore is a goroutine locked to its own OS thread, which is pinned to
-// one CPU. While it spins it also occupies one of the runtime's GOMAXPROCS
-// Ps, so GOMAXPROCS should exceed the number of IdleSpin lcores, or the rest
-// of the program runs only when the scheduler preempts an lcore.
+// one CPU. It holds one of the runtime's GOMAXPROCS Ps for as long as it
+// polls, whatever its idle policy, so while a group runs it raises
+// GOMAXPROCS by its number of lcores (see reserveProcs): the rest of the
+// program keeps the Ps it had, instead of running only when the scheduler
+// preempts an lcore.
 type Runner struct {
 	lcores []*Lcore
 	idle   IdlePolicy
@@ -175,7 +187,14 @@ func (r *Runner) Start(ctx context.Context) error {
 		_ = r.Wait() // lcores that never polled have nothing to report
 		return errors.Join(errs...)
 	}
+	reserveProcs(len(r.lcores))
 	close(begin)
+	go func() {
+		for _, l := range r.lcores {
+			<-l.done
+		}
+		releaseProcs(len(r.lcores))
+	}()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -184,6 +203,37 @@ func (r *Runner) Start(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// procs counts the Ps reserved by running lcore groups.
+var procs struct {
+	mu sync.Mutex
+	// base is GOMAXPROCS as it was when the first group started; the
+	// runtime runs with base+reserved while any group runs.
+	base, reserved int
+}
+
+// reserveProcs raises GOMAXPROCS by n for n lcores about to poll. Groups
+// may start and stop in any order (tests run several at once): the count
+// is shared, and GOMAXPROCS returns to its value from before the first
+// group when the last one stops. A program that sets GOMAXPROCS itself
+// while groups run has it overwritten at the next start or stop.
+func reserveProcs(n int) {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	if procs.reserved == 0 {
+		procs.base = runtime.GOMAXPROCS(0)
+	}
+	procs.reserved += n
+	runtime.GOMAXPROCS(procs.base + procs.reserved)
+}
+
+// releaseProcs undoes reserveProcs(n) once those lcores have exited.
+func releaseProcs(n int) {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	procs.reserved -= n
+	runtime.GOMAXPROCS(procs.base + procs.reserved)
 }
 
 // Stop tells every lcore to leave its loop after the round it is in, waits
@@ -602,7 +652,11 @@ func (l *Lcore) loop(idle IdlePolicy) {
 			l.ctl.Unlock()
 		}
 		if !l.round() && yield {
-			runtime.Gosched()
+			// Raw: an ordinary system call would tell the runtime the
+			// thread is blocked, and if the kernel runs another thread
+			// here for a while, sysmon would hand the lcore's P to
+			// another thread and the lcore would have to win it back.
+			_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 			// The time spent away is idle: left to the next round it
 			// would be charged to that round's first busy poll.
 			now := l.clock()

@@ -763,3 +763,92 @@ func TestTaskChangesRefused(t *testing.T) {
 	}
 	check("after stop")
 }
+
+// BenchmarkIdleRound measures how often an idle lcore polls under each
+// idle policy: ns/op is the time from one idle round to the next on a
+// running lcore (its thread pinned, as in production), the longest a
+// frame arriving on an idle port waits before a poll sees it.
+// cpu-ns/op is the process's CPU time (user+system, every thread) over
+// the same rounds: an idle policy that makes other threads work shows
+// there and not in ns/op.
+func BenchmarkIdleRound(b *testing.B) {
+	for _, policy := range []struct {
+		name string
+		idle IdlePolicy
+	}{{"spin", IdleSpin}, {"yield", IdleYield}} {
+		b.Run(policy.name, func(b *testing.B) {
+			task := &idleTask{name: "idle"}
+			cpus, err := AllowedCPUs()
+			if err != nil {
+				b.Fatal(err)
+			}
+			run, err := NewRunner(RunnerOptions{Idle: policy.idle}, []LcoreConfig{{ID: 0, CPU: cpus[len(cpus)-1], Tasks: []Task{task}}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := run.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			defer run.Stop()
+			testwait.For(b, "the lcore to poll", func() bool { return task.polls.Load() > 0 })
+			cpuBefore := processCPU(b)
+			b.ResetTimer()
+			for start := task.polls.Load(); task.polls.Load()-start < uint64(b.N); {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU(b)-cpuBefore).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// processCPU is the CPU time all of the process's threads have used.
+func processCPU(tb testing.TB) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestGroupReservesProcs: a running group holds one P per lcore, so it
+// raises GOMAXPROCS by its lcore count while it runs, and the value from
+// before comes back once its lcores have exited, also when two groups
+// overlap.
+func TestGroupReservesProcs(t *testing.T) {
+	cpus := allowedCPUs(t)
+	// Groups of earlier tests stopped through their context may still be
+	// exiting, and their release would move GOMAXPROCS under this test.
+	testwait.For(t, "earlier tests' lcore groups to exit", func() bool {
+		procs.mu.Lock()
+		defer procs.mu.Unlock()
+		return procs.reserved == 0
+	})
+	base := runtime.GOMAXPROCS(0)
+	start := func() *Runner {
+		r, err := NewRunner(RunnerOptions{Idle: IdleYield}, []LcoreConfig{{ID: 0, CPU: cpus[0], Tasks: []Task{&idleTask{name: "idle"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a := start()
+	if got := runtime.GOMAXPROCS(0); got != base+1 {
+		t.Errorf("one lcore running: GOMAXPROCS %d, want %d", got, base+1)
+	}
+	b := start()
+	if got := runtime.GOMAXPROCS(0); got != base+2 {
+		t.Errorf("two lcores in two groups running: GOMAXPROCS %d, want %d", got, base+2)
+	}
+	if err := stopWithin(t, a); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "GOMAXPROCS to drop by the stopped group's lcore", func() bool { return runtime.GOMAXPROCS(0) == base+1 })
+	if err := stopWithin(t, b); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "GOMAXPROCS to return to its value", func() bool { return runtime.GOMAXPROCS(0) == base })
+}
