@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -20,6 +22,10 @@ var version = "dev"
 type app struct {
 	logLevel string
 	log      *zap.Logger
+	// cpuProfile is --cpuprofile's path; profile is open while the
+	// command runs.
+	cpuProfile string
+	profile    *os.File
 	// open opens the NIC functions `zcnet run` serves: vfio.Open, or in
 	// tests simulated devices.
 	open appliance.Opener
@@ -47,11 +53,16 @@ with no copy, polled by pinned cores.`,
 				return err
 			}
 			a.log = log
-			return nil
+			return a.startProfile()
 		},
-		PersistentPostRun: func(*cobra.Command, []string) { _ = a.log.Sync() },
+		PersistentPostRunE: func(*cobra.Command, []string) error {
+			_ = a.log.Sync()
+			return a.stopProfile()
+		},
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "",
+		"write a CPU profile of the whole process (poll cores, simulator, guests) to this file, for go tool pprof")
 	root.AddCommand(
 		newVersionCommand(),
 		newProbeCommand(a),
@@ -66,6 +77,39 @@ with no copy, polled by pinned cores.`,
 		newReloadCommand(),
 	)
 	return root
+}
+
+// startProfile starts --cpuprofile's CPU profile, if asked for.
+func (a *app) startProfile() error {
+	if a.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(a.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	a.profile = f
+	return nil
+}
+
+// stopProfile ends the CPU profile and closes its file. Cobra runs it
+// only after a command succeeded; a failed command's profile is cut short
+// when the process exits, as Go's profiler leaves it.
+func (a *app) stopProfile() error {
+	if a.profile == nil {
+		return nil
+	}
+	pprof.StopCPUProfile()
+	err := a.profile.Close()
+	a.profile = nil
+	if err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return nil
 }
 
 // newLogger builds a console logger on stderr at the named level.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -20,6 +22,27 @@ func TestVersion(t *testing.T) {
 	out, err := execute("version")
 	if err != nil || !strings.HasPrefix(out, "zcnet "+version+" (commit ") {
 		t.Errorf("version: %q, %v", out, err)
+	}
+}
+
+// TestCPUProfile: --cpuprofile leaves a CPU profile (gzip, as pprof writes it),
+// and a path it cannot create is an error before the command runs.
+func TestCPUProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpu.prof")
+	if _, err := execute("--cpuprofile", path, "version"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A profile is a gzip-compressed protocol buffer.
+	if len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--cpuprofile wrote %d bytes that are not a gzip stream: % x", len(b), b[:min(len(b), 8)])
+	}
+	_, err = execute("--cpuprofile", filepath.Join(t.TempDir(), "missing", "cpu.prof"), "version")
+	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
+		t.Errorf("--cpuprofile into a missing directory: err = %v, want a --cpuprofile error", err)
 	}
 }
 
