@@ -105,8 +105,8 @@ func BenchmarkVirtioUser(b *testing.B) {
 					}
 					// Printed, not logged: a benchmark's log is cut at ten
 					// lines, and testpmd's command lines come first.
-					fmt.Printf("    %s round %d: zcnet %.3f Mpps %.0f ns/pkt (lcore busy %.0f%%, Go scheduler wait %v), net_vhost %.3f Mpps %.0f ns/pkt, ratio %.2f; %s\n",
-						m.name, r, z.mpps, z.nsPerPkt, 100*z.busy, z.schedWait.Round(time.Microsecond),
+					fmt.Printf("    %s round %d: zcnet %.3f Mpps %.0f ns/pkt %.1f pkts/poll (lcore busy %.0f%%, Go scheduler wait %v), net_vhost %.3f Mpps %.0f ns/pkt, ratio %.2f; %s\n",
+						m.name, r, z.mpps, z.nsPerPkt, z.perPoll, 100*z.busy, z.schedWait.Round(time.Microsecond),
 						v.mpps, v.nsPerPkt, z.mpps/v.mpps, loadAverage())
 					zc, vh, busy = append(zc, z.mpps), append(vh, v.mpps), append(busy, 100*z.busy)
 					zcNs, vhNs = append(zcNs, z.nsPerPkt), append(vhNs, v.nsPerPkt)
@@ -134,6 +134,9 @@ type benchResult struct {
 	// middle of a busy poll is still charged to it.
 	nsPerPkt float64
 	busy     float64 // zcnet: lcore busy fraction, 0..1
+	// perPoll is zcnet's frames per poll that moved any: the burst the
+	// guest's pace leaves it, over which each poll's fixed cost is spread.
+	perPoll float64
 	// schedWait is how long the process's goroutines waited to be run by
 	// the Go scheduler during the measurement (see schedWait).
 	schedWait time.Duration
@@ -214,8 +217,10 @@ func benchZcnet(b *testing.B, h host, m benchMode, round int) benchResult {
 	idle := after.IdleTime - before.IdleTime
 	task := after.Tasks[0].BusyTime - before.Tasks[0].BusyTime
 	work := after.Tasks[0].Work - before.Tasks[0].Work
+	polls := after.Tasks[0].BusyPolls - before.Tasks[0].BusyPolls
 	return benchResult{mpps: mpps(m.rate(guest.stop())), busy: float64(busy) / float64(busy+idle),
-		nsPerPkt: float64(task) / float64(max(work, 1)), schedWait: waitAfter - waitBefore}
+		nsPerPkt: float64(task) / float64(max(work, 1)), perPoll: float64(work) / float64(max(polls, 1)),
+		schedWait: waitAfter - waitBefore}
 }
 
 // schedWait estimates the total time this process's goroutines have spent
