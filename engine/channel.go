@@ -345,7 +345,7 @@ func (p *Channel) pollLocked() int {
 	if n > 0 {
 		p.st.add(cBusyPolls, 1)
 	} else {
-		p.st.add(cIdlePolls, 1)
+		p.st.idlePoll()
 	}
 	p.publish()
 	return n
