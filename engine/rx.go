@@ -57,22 +57,12 @@ type rxState struct {
 	// contained guest memory fault) must not give their buffers back twice.
 	delivered int
 	recycle   []uint16 // guest chains taken back from dropped frames, to post again
-	// Per guest chain head: its header piece (hdrLen bytes), its data
-	// piece (what the NIC writes into) and the data piece's IOVA.
-	zcHdr  [][]byte
-	zcData [][]byte
-	zcIOVA []uint64
-	// The guest physical addresses of those pieces, for the dirty log
-	// (they are recorded whether or not logging is on: it can start while
-	// the chains are on the NIC).
-	zcHdrGPA  []uint64
-	zcDataGPA []uint64
-	// Per guest chain head: the ring position it was popped at and the
-	// pop count before it, so that chains never written can be given back
-	// by rewinding the ring (see giveBackRx).
-	popPos []uint16
-	popSeq []uint64
-	pops   uint64
+	// zc holds, per guest chain head, what the channel keeps of a chain it
+	// posted zero-copy (see zcChain): one record per head, so that posting
+	// and delivering a chain touch one or two cache lines, not one per
+	// field.
+	zc   []zcChain
+	pops uint64
 
 	chain  vhost.Chain
 	chains []vhost.Chain
@@ -81,6 +71,23 @@ type rxState struct {
 	// guest has posted enough for the whole frame.
 	held int
 	hdr  [vhost.NetHeaderSize]byte
+}
+
+// zcChain is what the channel keeps of a guest RX chain posted zero-copy.
+type zcChain struct {
+	// hdr is the header piece (hdrLen bytes), data the piece the NIC
+	// writes into, iova data's IOVA.
+	hdr, data []byte
+	iova      uint64
+	// The guest physical addresses of those pieces, for the dirty log
+	// (recorded whether or not logging is on: it can start while the
+	// chain is on the NIC).
+	hdrGPA, dataGPA uint64
+	// popSeq is the pop count before the chain was popped, popPos the
+	// ring position it was popped at, so that chains never written can be
+	// given back by rewinding the ring (see giveBackRx).
+	popSeq uint64
+	popPos uint16
 }
 
 func (r *rxState) init(burst, capacity int) {
@@ -157,14 +164,8 @@ func (p *Channel) startRx() {
 		nicBuf = poolBuf
 	} else {
 		nicBuf, r.hostFallback = zeroCopyBufSize(nicBuf, maxWrite, poolBuf, mrg)
-		if n := p.rxv.Size(); len(r.zcData) < n {
-			r.zcHdr = make([][]byte, n)
-			r.zcData = make([][]byte, n)
-			r.zcIOVA = make([]uint64, n)
-			r.zcHdrGPA = make([]uint64, n)
-			r.zcDataGPA = make([]uint64, n)
-			r.popPos = make([]uint16, n)
-			r.popSeq = make([]uint64, n)
+		if n := p.rxv.Size(); len(r.zc) < n {
+			r.zc = make([]zcChain, n)
 		}
 	}
 	r.need = min(nicBuf, maxWrite)
@@ -305,7 +306,7 @@ func (p *Channel) deliver(f []ring.RxDone) bool {
 		// migration under way. deliverZeroCopy's work for it, less its
 		// loops.
 		head := uint16(eop.Cookie)
-		p.putRxHeader(p.rx.zcHdr[head], eop, 1)
+		p.putRxHeader(p.rx.zc[head].hdr, eop, 1)
 		p.rxv.Push(head, uint32(p.hdrLen)+eop.Len)
 		p.st.add(cRxZeroCopy, 1)
 		p.st.add(cRxPackets, 1)
@@ -373,24 +374,24 @@ func (p *Channel) deliverZeroCopy(f []ring.RxDone) bool {
 			// where the header piece begins: move the data down over it.
 			// (The pieces are adjacent in the one-piece layout, so the
 			// same two copies serve both layouts.)
-			h := uint16(f[i].Cookie)
-			hdr, data := r.zcHdr[h], r.zcData[h]
+			z := &r.zc[uint16(f[i].Cookie)]
+			hdr, data := z.hdr, z.data
 			n := int(f[i].Len)
 			k := copy(hdr[:min(hl, n)], data[:n])
 			copy(data[:n-k], data[k:n])
 		}
 	}
 	head := uint16(f[0].Cookie)
-	p.putRxHeader(r.zcHdr[head], &f[len(f)-1], len(f))
+	p.putRxHeader(r.zc[head].hdr, &f[len(f)-1], len(f))
 	if log := p.dev.DirtyLog(); log != nil {
 		// The guest is being migrated: every page the NIC wrote (each
 		// buffer's data piece up to its length, moved data included) and
 		// the headers written here are marked before Flush publishes the
 		// used entries.
 		for i := range f {
-			h := uint16(f[i].Cookie)
-			log.Mark(r.zcHdrGPA[h], uint64(len(r.zcHdr[h])))
-			log.Mark(r.zcDataGPA[h], uint64(f[i].Len))
+			z := &r.zc[uint16(f[i].Cookie)]
+			log.Mark(z.hdrGPA, uint64(len(z.hdr)))
+			log.Mark(z.dataGPA, uint64(f[i].Len))
 		}
 	}
 	p.rxv.Push(head, uint32(hl)+f[0].Len)
@@ -418,7 +419,7 @@ func (p *Channel) release(f []ring.RxDone) {
 // buffer back unread, but its page changed all the same.
 func (p *Channel) markDropped(d *ring.RxDone) {
 	if log := p.dev.DirtyLog(); log != nil && d.Cookie&copyCookie == 0 && d.Len > 0 {
-		log.Mark(p.rx.zcDataGPA[uint16(d.Cookie)], uint64(d.Len))
+		log.Mark(p.rx.zc[uint16(d.Cookie)].dataGPA, uint64(d.Len))
 	}
 }
 
@@ -520,7 +521,8 @@ func (p *Channel) popRx(c *vhost.Chain) (bool, error) {
 	pos := p.rxv.AvailPos()
 	ok, err := p.rxv.Pop(c)
 	if ok && r.zeroCopy {
-		r.popPos[c.Head], r.popSeq[c.Head] = pos, r.pops
+		z := &r.zc[c.Head]
+		z.popPos, z.popSeq = pos, r.pops
 		r.pops++
 	}
 	return ok, err
@@ -534,7 +536,8 @@ func (p *Channel) collectGuestBufs(room int) int {
 	for k < room && len(r.recycle) > 0 {
 		head := r.recycle[len(r.recycle)-1]
 		r.recycle = r.recycle[:len(r.recycle)-1]
-		r.bufs[k] = ring.Buf{IOVA: r.zcIOVA[head], Len: uint32(len(r.zcData[head])), Cookie: ring.Cookie(head)}
+		z := &r.zc[head]
+		r.bufs[k] = ring.Buf{IOVA: z.iova, Len: uint32(len(z.data)), Cookie: ring.Cookie(head)}
 		k++
 	}
 	for k < room {
@@ -560,14 +563,15 @@ func (p *Channel) collectGuestBufs(room int) int {
 			p.st.add(cDropRxChainUnusable, 1)
 			continue
 		}
-		r.zcHdr[c.Head], r.zcData[c.Head], r.zcIOVA[c.Head] = hdr, data, iova
+		z := &r.zc[c.Head]
+		z.hdr, z.data, z.iova = hdr, data, iova
 		// rxPieces' layouts: the data right after the header in the first
 		// piece, or the second piece.
-		r.zcHdrGPA[c.Head] = c.Segs[0].GPA
+		z.hdrGPA = c.Segs[0].GPA
 		if len(c.Segs[0].Buf) >= p.hdrLen+r.need {
-			r.zcDataGPA[c.Head] = c.Segs[0].GPA + uint64(p.hdrLen)
+			z.dataGPA = c.Segs[0].GPA + uint64(p.hdrLen)
 		} else {
-			r.zcDataGPA[c.Head] = c.Segs[1].GPA
+			z.dataGPA = c.Segs[1].GPA
 		}
 		r.bufs[k] = ring.Buf{IOVA: iova, Len: uint32(len(data)), Cookie: ring.Cookie(c.Head)}
 		k++
@@ -580,10 +584,11 @@ func (p *Channel) collectGuestBufs(room int) int {
 func (p *Channel) recycledChain(c *vhost.Chain, head uint16) {
 	r := &p.rx
 	c.Head = head
+	z := &r.zc[head]
 	c.Segs = append(c.Segs[:0],
-		vhost.Segment{GPA: r.zcHdrGPA[head], Buf: r.zcHdr[head], Writable: true},
-		vhost.Segment{GPA: r.zcDataGPA[head], Buf: r.zcData[head], Writable: true})
-	c.ReadLen, c.WriteLen = 0, uint32(len(r.zcHdr[head])+len(r.zcData[head]))
+		vhost.Segment{GPA: z.hdrGPA, Buf: z.hdr, Writable: true},
+		vhost.Segment{GPA: z.dataGPA, Buf: z.data, Writable: true})
+	c.ReadLen, c.WriteLen = 0, uint32(len(z.hdr)+len(z.data))
 }
 
 // quiesceRx stops the NIC RX queue and takes every buffer back: host
@@ -675,13 +680,13 @@ func (p *Channel) giveBackRx(v *vhost.Virtqueue) {
 	if r.zeroCopy {
 		first := r.recycle[0]
 		for _, h := range r.recycle {
-			if r.popSeq[h] < r.popSeq[first] {
+			if r.zc[h].popSeq < r.zc[first].popSeq {
 				first = h
 			}
 		}
-		if r.pops-r.popSeq[first] == uint64(len(r.recycle)) {
-			v.RewindTo(r.popPos[first])
-			r.pops = r.popSeq[first]
+		if f := &r.zc[first]; r.pops-f.popSeq == uint64(len(r.recycle)) {
+			v.RewindTo(f.popPos)
+			r.pops = f.popSeq
 			p.st.add(cRxRewound, uint64(len(r.recycle)))
 			return
 		}
