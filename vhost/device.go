@@ -52,14 +52,6 @@ type Config struct {
 	// switches learn the guest's new port; the consumer sends it
 	// (TakeRARP).
 	Migration bool
-	// Inflight offers the INFLIGHT_SHMFD protocol feature: the front end
-	// gets a buffer (GET_INFLIGHT_FD) in which the device records the
-	// chains it has taken and not completed, and hands it back
-	// (SET_INFLIGHT_FD) after the back end restarted, which then resumes
-	// every ring with those chains first (see inflight.go and
-	// inflight_packed.go), split or packed. QEMU's vhost-user-net and
-	// DPDK's virtio-user never ask for it.
-	Inflight bool
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
 }
@@ -166,9 +158,6 @@ func NewDevice(cfg Config) (*Device, error) {
 	if cfg.Migration {
 		cfg.Features |= FLogAll
 		cfg.ProtocolFeatures |= ProtoFLogShmfd | ProtoFRARP
-	}
-	if cfg.Inflight {
-		cfg.ProtocolFeatures |= ProtoFInflightShmfd
 	}
 	log := cfg.Logger
 	if log == nil {

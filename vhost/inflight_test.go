@@ -58,7 +58,7 @@ func closeInflightFDs(fds []int) {
 
 func TestInflightGetFD(t *testing.T) {
 	// One queue pair and the control queue: 3 virtqueues.
-	s := vhosttest.Serve(t, vhost.Config{Inflight: true})
+	s := vhosttest.Serve(t, vhost.Config{})
 	fe := inflightFrontend(t, s.Path, vhost.ProtoFInflightShmfd)
 	d, fd := getInflight(t, fe, 3, 256)
 	// 16-byte header and 16 bytes per descriptor, each queue's region
@@ -110,9 +110,17 @@ func TestInflightGetFD(t *testing.T) {
 	}
 }
 
-func TestInflightNotOfferedByDefault(t *testing.T) {
-	if vhost.DefaultProtocolFeatures&vhost.ProtoFInflightShmfd != 0 {
-		t.Fatal("INFLIGHT_SHMFD is a default protocol feature, but packed rings do not implement it")
+// TestInflightOfferedByDefault: split and packed rings both track
+// inflight chains, and a front end that never sends SET_INFLIGHT_FD pays
+// nothing for it, so the feature is offered unless a port opts out.
+func TestInflightOfferedByDefault(t *testing.T) {
+	if vhost.DefaultProtocolFeatures&vhost.ProtoFInflightShmfd == 0 {
+		t.Fatal("INFLIGHT_SHMFD is not a default protocol feature")
+	}
+	s := vhosttest.Serve(t, vhost.Config{})
+	fe := rawFrontend(t, s.Path)
+	if p, err := fe.U64(vhost.ReqGetProtocolFeatures); err != nil || p&vhost.ProtoFInflightShmfd == 0 {
+		t.Fatalf("GET_PROTOCOL_FEATURES %#x (%v): no INFLIGHT_SHMFD", p, err)
 	}
 }
 
@@ -136,7 +144,7 @@ func sealedMemfd(t *testing.T, size int64, seals int) int {
 }
 
 func TestInflightSetRefused(t *testing.T) {
-	cfg, refusals := withRefusalLog(vhost.Config{Inflight: true})
+	cfg, refusals := withRefusalLog(vhost.Config{})
 	s := vhosttest.Serve(t, cfg)
 	fe := inflightFrontend(t, s.Path, vhost.ProtoFInflightShmfd)
 	good := vhost.InflightDesc{MmapSize: vhost.InflightBytes(3, 256), NumQueues: 3, QueueSize: 256}
@@ -293,7 +301,7 @@ func restartSessionWith(t *testing.T, opt guest.Options, n, unpop int, done ...i
 func startSession(t *testing.T, opt guest.Options, n, unpop int) *inflightSession {
 	t.Helper()
 	packed := opt.Features&vhost.FRingPacked != 0
-	cfg := vhost.Config{Inflight: true, Features: vhost.DefaultFeatures &^ vhost.NetFCtrlVQ}
+	cfg := vhost.Config{Features: vhost.DefaultFeatures &^ vhost.NetFCtrlVQ}
 	if packed {
 		cfg.Features |= vhost.FRingPacked
 	}
