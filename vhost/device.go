@@ -52,15 +52,6 @@ type Config struct {
 	// switches learn the guest's new port; the consumer sends it
 	// (TakeRARP).
 	Migration bool
-	// Inflight offers the INFLIGHT_SHMFD protocol feature: the front end
-	// gets a buffer (GET_INFLIGHT_FD) in which the device records the
-	// chains it has taken and not completed, and hands it back
-	// (SET_INFLIGHT_FD) after the back end restarted, which then resumes
-	// every ring with those chains first (see inflight.go). Split rings
-	// only: a packed ring refuses to start with a buffer set. That is why
-	// it is not a default protocol feature, and QEMU's vhost-user-net and
-	// DPDK's virtio-user never ask for it.
-	Inflight bool
 	// Logger receives protocol events; nil means no logging.
 	Logger *zap.Logger
 }
@@ -167,9 +158,6 @@ func NewDevice(cfg Config) (*Device, error) {
 	if cfg.Migration {
 		cfg.Features |= FLogAll
 		cfg.ProtocolFeatures |= ProtoFLogShmfd | ProtoFRARP
-	}
-	if cfg.Inflight {
-		cfg.ProtocolFeatures |= ProtoFInflightShmfd
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -809,7 +797,7 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 			v.base = v.q.PackedBase()
 		}
 		if v.q.infl != nil {
-			v.base = uint32(v.q.infl.availBase(v.q))
+			v.base = v.q.infl.availBase(v.q)
 		}
 		c := v.q.Counters()
 		d.log.Debug("vring stopped", zap.Uint32("vring", index), zap.Uint32("base", v.base),

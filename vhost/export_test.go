@@ -14,3 +14,15 @@ func (d *Device) TryLockDataPathForTest() bool {
 // region of an inflight buffer) as a ring started with SET_INFLIGHT_FD
 // does, for tests and benchmarks of a queue without a device.
 func (q *Virtqueue) AttachInflightForTest(region []byte) error { return q.attachInflight(region) }
+
+// FlushCrashForTest is a packed ring's Flush cut short by a crash of the
+// back end: before the used descriptors are published (published false)
+// or just after, before the inflight region records that they are. The
+// queue then forgets the burst and its region, as a dead process would.
+func (q *Virtqueue) FlushCrashForTest(published bool) {
+	q.infl.publishing(q)
+	if published {
+		store32(q.desc, descSize*q.pk.firstSlot+12, q.pk.firstWord)
+	}
+	q.pk.firstSlot, q.infl = -1, nil
+}

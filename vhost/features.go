@@ -68,11 +68,13 @@ const DefaultFeatures uint64 = FVersion1 | NetFMrgRxbuf | FEventIdx | FIndirectD
 	NetFCtrlRx | NetFCtrlMACAddr
 
 // DefaultProtocolFeatures is the protocol feature set offered by default.
-// LOG_SHMFD and RARP (migration) are offered with Config.Migration;
-// INFLIGHT_SHMFD (split rings only, see inflight.go) with Config.Inflight;
-// BACKEND_REQ and the rest are not implemented and never offered.
+// INFLIGHT_SHMFD (split and packed rings, see inflight.go) costs nothing
+// when a front end does not use it: without SET_INFLIGHT_FD the data path
+// pays one nil check per Pop, Push and Flush. LOG_SHMFD and RARP
+// (migration) are offered with Config.Migration; BACKEND_REQ and the rest
+// are not implemented and never offered.
 const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus |
-	ProtoFConfigureMemSlots | ProtoFResetDevice
+	ProtoFConfigureMemSlots | ProtoFResetDevice | ProtoFInflightShmfd
 
 // supportedFeatures is what this package can honour at all; Config.Features
 // must stay within it.
@@ -84,7 +86,7 @@ const DefaultProtocolFeatures uint64 = ProtoFMQ | ProtoFReplyAck | ProtoFStatus 
 // zero-copy engine copies for them).
 const supportedFeatures = DefaultFeatures | FInOrder | FAnyLayout | NetFGuestAnnounce | FRingPacked | FAccessPlatform | FLogAll
 
-const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd | ProtoFRARP | ProtoFInflightShmfd
+const supportedProtocolFeatures = DefaultProtocolFeatures | ProtoFConfig | ProtoFLogShmfd | ProtoFRARP
 
 // Virtio device status bits.
 const (

@@ -31,22 +31,23 @@ import (
 // (drivers/net/virtio/virtio_user/vhost_user.c) has no inflight requests
 // either (it negotiates MQ, REPLY_ACK and STATUS only). For a network
 // device a lost frame is the guest's TCP's problem; the feature is here for
-// front ends that do use it (libvhost-user-based and custom ones) and is
-// offered only on request (Config.Inflight).
+// front ends that do use it (libvhost-user-based and custom ones), and is
+// among the default protocol features because a front end that never sends
+// SET_INFLIGHT_FD costs the data path one nil check per Pop, Push and Flush.
 //
 // Layout of the buffer: one region per virtqueue, each region
-// inflightRegionBytes(queue size) long (aligned to 64 bytes as
+// inflightRegionBytes(queue size, packed) long (aligned to 64 bytes as
 // libvhost-user and DPDK align them; both compute the same size for every
 // power-of-two queue size). A split ring's region (QueueRegionSplit):
 //
 //	u64 features; u16 version; u16 desc_num; u16 last_batch_head; u16 used_idx;
 //	desc[desc_num] { u8 inflight; u8 padding[5]; u16 next; u64 counter }
 //
-// Packed rings have a different region (QueueRegionPacked: copies of the
-// descriptors, a free list and old/new used positions) that is not
-// implemented: a packed ring refuses to start with an inflight buffer set,
-// which is why ProtoFInflightShmfd is not among the default protocol
-// features.
+// A packed ring's region (QueueRegionPacked) keeps copies of the
+// descriptors taken, a free list and old/new used positions; it is in
+// inflight_packed.go. Which layout a buffer has follows RING_PACKED as
+// negotiated when the buffer is created and set (QEMU sends SET_FEATURES
+// before GET_INFLIGHT_FD for that reason: vhost_dev_prepare_inflight).
 
 // Errors refusing an inflight buffer.
 var (
@@ -81,8 +82,12 @@ const (
 
 // inflightRegionBytes is the size of one queue's region for a ring of qs
 // descriptors.
-func inflightRegionBytes(qs uint16) uint64 {
-	return (inflightHdrSize + inflightDescSize*uint64(qs) + inflightAlign - 1) &^ (inflightAlign - 1)
+func inflightRegionBytes(qs uint16, packed bool) uint64 {
+	hdr, desc := uint64(inflightHdrSize), uint64(inflightDescSize)
+	if packed {
+		hdr, desc = pkInflHdrSize, pkInflDescSize
+	}
+	return (hdr + desc*uint64(qs) + inflightAlign - 1) &^ (inflightAlign - 1)
 }
 
 // InflightDesc is the payload of GET_INFLIGHT_FD and SET_INFLIGHT_FD.
@@ -113,7 +118,18 @@ func DecodeInflight(p []byte) (InflightDesc, error) {
 // InflightBytes is the buffer GET_INFLIGHT_FD returns for numQueues split
 // rings of queueSize descriptors.
 func InflightBytes(numQueues, queueSize uint16) uint64 {
-	return uint64(numQueues) * inflightRegionBytes(queueSize)
+	return uint64(numQueues) * inflightRegionBytes(queueSize, false)
+}
+
+// InflightBytesPacked is the buffer GET_INFLIGHT_FD returns for numQueues
+// packed rings of queueSize descriptors (32-byte header, 32 bytes per
+// descriptor, each region 64-byte aligned, as DPDK sizes it).
+func InflightBytesPacked(numQueues, queueSize uint16) uint64 {
+	return uint64(numQueues) * inflightRegionBytes(queueSize, true)
+}
+
+func inflightBytes(numQueues, queueSize uint16, packed bool) uint64 {
+	return uint64(numQueues) * inflightRegionBytes(queueSize, packed)
 }
 
 // checkInflightShape checks num_queues and queue_size against a device of
@@ -137,6 +153,7 @@ type inflightBuffer struct {
 	buf       []byte // the buffer: num_queues regions
 	numQueues uint16
 	queueSize uint16
+	packed    bool // regions laid out for packed rings (QueueRegionPacked)
 }
 
 // region returns queue i's region, or nil if the buffer has none for it.
@@ -144,7 +161,7 @@ func (b *inflightBuffer) region(i int) []byte {
 	if b == nil || i >= int(b.numQueues) {
 		return nil
 	}
-	n := int(inflightRegionBytes(b.queueSize))
+	n := int(inflightRegionBytes(b.queueSize, b.packed))
 	return b.buf[i*n : (i+1)*n : (i+1)*n]
 }
 
@@ -166,14 +183,14 @@ func (b *inflightBuffer) unmap() error {
 // descriptors need (about 135 MB).
 const maxInflightBytes = 1 << 32
 
-// mapInflight checks and maps the buffer SET_INFLIGHT_FD describes. fd is
-// always closed.
-func mapInflight(fd int, d InflightDesc, nrings int) (*inflightBuffer, error) {
+// mapInflight checks and maps the buffer SET_INFLIGHT_FD describes, laid
+// out for packed rings if packed. fd is always closed.
+func mapInflight(fd int, d InflightDesc, nrings int, packed bool) (*inflightBuffer, error) {
 	defer closeFDs([]int{fd})
 	if err := checkInflightShape(d, nrings); err != nil {
 		return nil, err
 	}
-	need := InflightBytes(d.NumQueues, d.QueueSize)
+	need := inflightBytes(d.NumQueues, d.QueueSize, packed)
 	if d.MmapSize < need || d.MmapSize > maxInflightBytes {
 		return nil, fmt.Errorf("%w: mmap_size %d, but %d queues of %d descriptors need %d bytes (at most %d)",
 			ErrInflightBounds, d.MmapSize, d.NumQueues, d.QueueSize, need, uint64(maxInflightBytes))
@@ -208,7 +225,7 @@ func mapInflight(fd int, d InflightDesc, nrings int) (*inflightBuffer, error) {
 	}
 	_ = unix.Madvise(m, unix.MADV_DONTDUMP)
 	lo, hi := int(d.MmapOffset), int(d.MmapOffset+need)
-	return &inflightBuffer{mapping: m, buf: m[lo:hi:hi], numQueues: d.NumQueues, queueSize: d.QueueSize}, nil
+	return &inflightBuffer{mapping: m, buf: m[lo:hi:hi], numQueues: d.NumQueues, queueSize: d.QueueSize, packed: packed}, nil
 }
 
 // newInflightFD makes the zeroed buffer GET_INFLIGHT_FD returns: a memfd
@@ -238,9 +255,6 @@ func (d *Device) getInflightFD(m *Message) ([]byte, error) {
 	if d.protoFeatures&ProtoFInflightShmfd == 0 {
 		return nil, errors.New("GET_INFLIGHT_FD without the INFLIGHT_SHMFD protocol feature")
 	}
-	if d.features&FRingPacked != 0 {
-		return nil, errors.New("GET_INFLIGHT_FD: inflight tracking is implemented for split rings only, and RING_PACKED was negotiated")
-	}
 	req, err := DecodeInflight(m.Payload)
 	if err != nil {
 		return nil, err
@@ -248,13 +262,18 @@ func (d *Device) getInflightFD(m *Message) ([]byte, error) {
 	if err := checkInflightShape(req, len(d.vrings)); err != nil {
 		return nil, fmt.Errorf("GET_INFLIGHT_FD: %w", err)
 	}
-	size := InflightBytes(req.NumQueues, req.QueueSize)
+	// Zeroed whatever the layout: version 0 means "never used", and the
+	// back end lays a region out when its ring first starts, from the
+	// ring's actual position (DPDK also links a packed region's free
+	// list here, assuming a ring that starts at 0).
+	size := inflightBytes(req.NumQueues, req.QueueSize, d.features&FRingPacked != 0)
 	fd, err := newInflightFD(size)
 	if err != nil {
 		return nil, fmt.Errorf("GET_INFLIGHT_FD: %w", err)
 	}
 	d.replyFDs = append(d.replyFDs, fd)
-	d.log.Info("inflight buffer created", zap.Uint16("queues", req.NumQueues), zap.Uint16("queue_size", req.QueueSize), zap.Uint64("size", size))
+	d.log.Info("inflight buffer created", zap.Uint16("queues", req.NumQueues), zap.Uint16("queue_size", req.QueueSize),
+		zap.Uint64("size", size), zap.Bool("packed", d.features&FRingPacked != 0))
 	return EncodeInflight(InflightDesc{MmapSize: size, NumQueues: req.NumQueues, QueueSize: req.QueueSize}), nil
 }
 
@@ -281,15 +300,12 @@ func (d *Device) setInflightFD(m *Message) error {
 	if err != nil {
 		return err
 	}
-	if d.features&FRingPacked != 0 {
-		return errors.New("SET_INFLIGHT_FD: inflight tracking is implemented for split rings only, and RING_PACKED was negotiated")
-	}
 	for i := range d.vrings {
 		if d.vrings[i].q != nil {
 			return fmt.Errorf("SET_INFLIGHT_FD while vring %d runs; stop it with GET_VRING_BASE first", i)
 		}
 	}
-	b, err := mapInflight(takeFD(m, 0), req, len(d.vrings))
+	b, err := mapInflight(takeFD(m, 0), req, len(d.vrings), d.features&FRingPacked != 0)
 	if err != nil {
 		return fmt.Errorf("SET_INFLIGHT_FD: %w", err)
 	}
@@ -298,7 +314,7 @@ func (d *Device) setInflightFD(m *Message) error {
 	}
 	d.inflight = b
 	d.log.Info("inflight buffer mapped", zap.Uint16("queues", req.NumQueues), zap.Uint16("queue_size", req.QueueSize),
-		zap.Uint64("size", req.MmapSize), zap.Uint64("offset", req.MmapOffset))
+		zap.Uint64("size", req.MmapSize), zap.Uint64("offset", req.MmapOffset), zap.Bool("packed", b.packed))
 	return nil
 }
 
@@ -309,22 +325,78 @@ func (d *Device) trackInflight(i int, q *Virtqueue) error {
 	if r == nil {
 		return nil
 	}
-	if q.pk.on {
-		return fmt.Errorf("vring %d: %w: inflight tracking is implemented for split rings only", i, ErrInflightCorrupt)
+	// SET_FEATURES may have changed RING_PACKED since SET_INFLIGHT_FD.
+	if q.pk.on != d.inflight.packed {
+		return fmt.Errorf("vring %d: %w: the inflight buffer is laid out for %s rings, the ring is %s",
+			i, ErrInflightCorrupt, ringKind(d.inflight.packed), ringKind(q.pk.on))
 	}
 	if d.inflight.queueSize != q.size {
 		return fmt.Errorf("vring %d: %w: the inflight buffer is laid out for %d descriptors per queue, the ring has %d",
 			i, ErrInflightCorrupt, d.inflight.queueSize, q.size)
 	}
-	base := q.lastAvail
+	base := q.AvailPos()
 	if err := q.attachInflight(r); err != nil {
 		return fmt.Errorf("vring %d: %w", i, err)
 	}
-	if n := len(q.infl.resubmit); n > 0 || base != q.lastAvail {
+	if n := q.infl.resubmitted(); n > 0 || base != q.AvailPos() {
 		d.log.Info("resuming vring from the inflight buffer", zap.Int("vring", i), zap.Int("resubmitted", n),
-			zap.Uint16("base", base), zap.Uint16("last_avail", q.lastAvail+uint16(n)))
+			zap.Uint16("base", base), zap.Uint32("resumed_base", q.infl.availBase(q)))
 	}
 	return nil
+}
+
+func ringKind(packed bool) string {
+	if packed {
+		return "packed"
+	}
+	return "split"
+}
+
+// ringInflight is a running ring's inflight tracking (splitInflight or
+// packedInflight), called from the data path only while a region is
+// attached.
+type ringInflight interface {
+	// pop is Pop: resubmitted chains first, then new ones, recorded.
+	pop(q *Virtqueue, c *Chain) (bool, error)
+	// pushed records a used entry about to be staged.
+	pushed(head uint16)
+	// publishing runs just before Flush's store that makes the used
+	// entries visible (packed only), published just after it.
+	publishing(q *Virtqueue)
+	published(q *Virtqueue)
+	// rewound runs before the ring moves back from its position to pos.
+	rewound(q *Virtqueue, pos uint16)
+	// availBase is what GET_VRING_BASE reports.
+	availBase(q *Virtqueue) uint32
+	// resubmitted is how many chains were found inflight at the start.
+	resubmitted() int
+}
+
+// checkRegionHeader reads a region's version (at offVers) and desc_num (at
+// offNum), the same fields in both layouts: fresh for version 0 (a buffer
+// no back end has written), ErrInflightCorrupt for a version this back
+// end does not know or a region for another ring size.
+func checkRegionHeader(r []byte, offVers, offNum int, size uint16) (fresh bool, err error) {
+	switch v := load16(r, offVers); v {
+	case 0:
+		return true, nil
+	case inflightVersion:
+	default:
+		return false, fmt.Errorf("%w: version %d (this back end knows %d)", ErrInflightCorrupt, v, inflightVersion)
+	}
+	if n := load16(r, offNum); n != size {
+		return false, fmt.Errorf("%w: desc_num %d, the ring has %d descriptors", ErrInflightCorrupt, n, size)
+	}
+	return false, nil
+}
+
+// attachInflight starts tracking q (about to start) in region r, resuming
+// from it (see attachSplit and attachPacked).
+func (q *Virtqueue) attachInflight(r []byte) error {
+	if q.pk.on {
+		return q.attachPacked(r)
+	}
+	return q.attachSplit(r)
 }
 
 // splitInflight is a split ring's tracking state: its region of the
@@ -345,7 +417,9 @@ type splitInflight struct {
 
 func (t *splitInflight) desc(head uint16) int { return inflightHdrSize + inflightDescSize*int(head) }
 
-// attachInflight starts tracking q (split, about to start) in region r and
+func (t *splitInflight) resubmitted() int { return len(t.resubmit) }
+
+// attachSplit starts tracking q (split, about to start) in region r and
 // resumes from it as the spec's "When reconnecting" says: a batch the
 // previous back end published in the used ring but had not finished
 // clearing is cleared (used_idx behind used->idx), then every head still
@@ -354,11 +428,14 @@ func (t *splitInflight) desc(head uint16) int { return inflightHdrSize + infligh
 // the available ring is either used or inflight). Anything in r that no
 // correct back end writes is refused with ErrInflightCorrupt, before q
 // takes anything from it.
-func (q *Virtqueue) attachInflight(r []byte) error {
+func (q *Virtqueue) attachSplit(r []byte) error {
 	t := &splitInflight{r: r, size: q.size, batch: make([]uint16, 0, q.size)}
 	used := q.usedIdx // read from the ring as it started
-	switch v := load16(r, inflightOffVers); v {
-	case 0:
+	fresh, err := checkRegionHeader(r, inflightOffVers, inflightOffNum, q.size)
+	if err != nil {
+		return err
+	}
+	if fresh {
 		// A new buffer: nothing to resume. Whatever a front end left in
 		// it is cleared rather than trusted.
 		clear(r)
@@ -367,12 +444,6 @@ func (q *Virtqueue) attachInflight(r []byte) error {
 		store16(r, inflightOffVers, inflightVersion)
 		q.infl = t
 		return nil
-	case inflightVersion:
-	default:
-		return fmt.Errorf("%w: version %d (this back end knows %d)", ErrInflightCorrupt, v, inflightVersion)
-	}
-	if n := load16(r, inflightOffNum); n != q.size {
-		return fmt.Errorf("%w: desc_num %d, the ring has %d descriptors", ErrInflightCorrupt, n, q.size)
 	}
 	// The crash-consistency rule: used_idx is written after the batch's
 	// inflight flags are cleared, so if it lags used->idx the last batch
@@ -437,11 +508,10 @@ func (q *Virtqueue) attachInflight(r []byte) error {
 	return nil
 }
 
-// popTracked is Pop while an inflight region is attached: resubmitted
-// chains first, then new available ones, each marked inflight with the
-// next counter value before it is returned.
-func (q *Virtqueue) popTracked(c *Chain) (bool, error) {
-	t := q.infl
+// pop is Pop while an inflight region is attached: resubmitted chains
+// first, then new available ones, each marked inflight with the next
+// counter value before it is returned.
+func (t *splitInflight) pop(q *Virtqueue, c *Chain) (bool, error) {
 	if k := q.lastAvail - t.rsStart; int(k) < len(t.resubmit) {
 		head := t.resubmit[k]
 		c.Head = head
@@ -495,27 +565,32 @@ func (t *splitInflight) pushed(head uint16) {
 	t.batch = append(t.batch, head)
 }
 
-// published runs after Flush stored used->idx = usedIdx: the batch's
-// flags are cleared, then used_idx records that they are (a back end
-// that finds used_idx behind used->idx clears the batch itself).
-func (t *splitInflight) published(usedIdx uint16) {
+func (t *splitInflight) publishing(*Virtqueue) {}
+
+// published runs after Flush stored used->idx: the batch's flags are
+// cleared, then used_idx records that they are (a back end that finds
+// used_idx behind used->idx clears the batch itself).
+func (t *splitInflight) published(q *Virtqueue) {
 	for _, h := range t.batch {
 		store16(t.r, t.desc(h), 0)
 	}
 	t.batch = t.batch[:0]
-	store16(t.r, inflightOffUsed, usedIdx)
+	store16(t.r, inflightOffUsed, q.usedIdx)
 }
 
 // rewound runs before a split ring moves back from its position to pos
 // (Unpop, RewindTo): chains taken from the available ring since pos will
 // be taken again, so they are no longer inflight. Resubmitted chains in
 // the range stay marked: they are offered again from the resubmit list.
+// Flags are cleared newest first, so that a crash part way leaves the
+// oldest still marked: the resumed position (used->idx plus the number
+// marked) then still ends right after the marked ones.
 func (t *splitInflight) rewound(q *Virtqueue, pos uint16) {
 	n := q.lastAvail - pos
 	if n > q.size {
 		return // not a rewind Pop's positions allow
 	}
-	for p := pos; p != q.lastAvail; p++ {
+	for p := q.lastAvail - 1; p != pos-1; p-- {
 		if int(p-t.rsStart) < len(t.resubmit) {
 			continue
 		}
@@ -528,9 +603,9 @@ func (t *splitInflight) rewound(q *Virtqueue, pos uint16) {
 // availBase is the split ring's position GET_VRING_BASE reports while a
 // region is attached: resubmitted chains not popped again yet still count
 // as taken from the available ring (they are inflight in the region).
-func (t *splitInflight) availBase(q *Virtqueue) uint16 {
+func (t *splitInflight) availBase(q *Virtqueue) uint32 {
 	if k := q.lastAvail - t.rsStart; int(k) < len(t.resubmit) {
-		return t.rsStart + uint16(len(t.resubmit))
+		return uint32(t.rsStart + uint16(len(t.resubmit)))
 	}
-	return q.lastAvail
+	return uint32(q.lastAvail)
 }

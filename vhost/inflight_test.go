@@ -58,7 +58,7 @@ func closeInflightFDs(fds []int) {
 
 func TestInflightGetFD(t *testing.T) {
 	// One queue pair and the control queue: 3 virtqueues.
-	s := vhosttest.Serve(t, vhost.Config{Inflight: true})
+	s := vhosttest.Serve(t, vhost.Config{})
 	fe := inflightFrontend(t, s.Path, vhost.ProtoFInflightShmfd)
 	d, fd := getInflight(t, fe, 3, 256)
 	// 16-byte header and 16 bytes per descriptor, each queue's region
@@ -110,9 +110,17 @@ func TestInflightGetFD(t *testing.T) {
 	}
 }
 
-func TestInflightNotOfferedByDefault(t *testing.T) {
-	if vhost.DefaultProtocolFeatures&vhost.ProtoFInflightShmfd != 0 {
-		t.Fatal("INFLIGHT_SHMFD is a default protocol feature, but packed rings do not implement it")
+// TestInflightOfferedByDefault: split and packed rings both track
+// inflight chains, and a front end that never sends SET_INFLIGHT_FD pays
+// nothing for it, so the feature is offered unless a port opts out.
+func TestInflightOfferedByDefault(t *testing.T) {
+	if vhost.DefaultProtocolFeatures&vhost.ProtoFInflightShmfd == 0 {
+		t.Fatal("INFLIGHT_SHMFD is not a default protocol feature")
+	}
+	s := vhosttest.Serve(t, vhost.Config{})
+	fe := rawFrontend(t, s.Path)
+	if p, err := fe.U64(vhost.ReqGetProtocolFeatures); err != nil || p&vhost.ProtoFInflightShmfd == 0 {
+		t.Fatalf("GET_PROTOCOL_FEATURES %#x (%v): no INFLIGHT_SHMFD", p, err)
 	}
 }
 
@@ -136,7 +144,7 @@ func sealedMemfd(t *testing.T, size int64, seals int) int {
 }
 
 func TestInflightSetRefused(t *testing.T) {
-	cfg, refusals := withRefusalLog(vhost.Config{Inflight: true})
+	cfg, refusals := withRefusalLog(vhost.Config{})
 	s := vhosttest.Serve(t, cfg)
 	fe := inflightFrontend(t, s.Path, vhost.ProtoFInflightShmfd)
 	good := vhost.InflightDesc{MmapSize: vhost.InflightBytes(3, 256), NumQueues: 3, QueueSize: 256}
@@ -259,6 +267,8 @@ type inflightSession struct {
 	first    []popped
 	unpopped []popped // taken by the first back end, then given back
 	hdrLen   int
+	packed   bool
+	first1   *vhost.Device // the first back end
 }
 
 // restartSession sends frames 0..n-1, has the first back end pop them all
@@ -266,9 +276,38 @@ type inflightSession struct {
 // disconnects the guest, as a back end that crashes does.
 func restartSession(t *testing.T, n, unpop int, done ...int) *inflightSession {
 	t.Helper()
-	cfg := vhost.Config{Inflight: true, Features: vhost.DefaultFeatures &^ vhost.NetFCtrlVQ}
+	return restartSessionWith(t, guest.Options{}, n, unpop, done...)
+}
+
+// restartSessionWith is restartSession with a guest of options opt (its
+// Features with RING_PACKED: a packed ring).
+func restartSessionWith(t *testing.T, opt guest.Options, n, unpop int, done ...int) *inflightSession {
+	t.Helper()
+	s := startSession(t, opt, n, unpop)
+	var heads []uint16
+	for _, i := range done {
+		heads = append(heads, s.first[i].head)
+	}
+	pushTx(s.first1, heads...)
+	if got := s.g.ReclaimTx(0); got != len(done) {
+		t.Fatalf("the guest got %d transmit buffers back, want %d", got, len(done))
+	}
+	s.crash(t)
+	return s
+}
+
+// startSession is restartSessionWith up to the unpop: nothing completed,
+// the guest still attached to the first back end.
+func startSession(t *testing.T, opt guest.Options, n, unpop int) *inflightSession {
+	t.Helper()
+	packed := opt.Features&vhost.FRingPacked != 0
+	cfg := vhost.Config{Features: vhost.DefaultFeatures &^ vhost.NetFCtrlVQ}
+	if packed {
+		cfg.Features |= vhost.FRingPacked
+	}
+	opt.Inflight, opt.QueueSize = true, 64
 	a := vhosttest.Serve(t, cfg)
-	g, err := guest.Dial(a.Path, guest.Options{Inflight: true, QueueSize: 64})
+	g, err := guest.Dial(a.Path, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +320,7 @@ func restartSession(t *testing.T, n, unpop int, done ...int) *inflightSession {
 			t.Fatal(err)
 		}
 	}
-	s := &inflightSession{g: g, cfg: cfg, hdrLen: g.HdrLen()}
+	s := &inflightSession{g: g, cfg: cfg, hdrLen: g.HdrLen(), packed: packed, first1: a.Dev}
 	s.first = popTx(t, a.Dev, s.hdrLen, n)
 	if len(s.first) != n {
 		t.Fatalf("the first back end popped %d chains, want %d", len(s.first), n)
@@ -290,21 +329,19 @@ func restartSession(t *testing.T, n, unpop int, done ...int) *inflightSession {
 	a.Dev.TxQueue(0).Unpop(unpop)
 	a.Dev.UnlockDataPath()
 	s.first, s.unpopped = s.first[:n-unpop], s.first[n-unpop:]
-	var heads []uint16
-	for _, i := range done {
-		heads = append(heads, s.first[i].head)
-	}
-	pushTx(a.Dev, heads...)
-	if got := g.ReclaimTx(0); got != len(done) {
-		t.Fatalf("the guest got %d transmit buffers back, want %d", got, len(done))
-	}
-	if err := g.Disconnect(); err != nil {
+	return s
+}
+
+// crash disconnects the guest from the first back end, as a back end that
+// dies does.
+func (s *inflightSession) crash(t *testing.T) {
+	t.Helper()
+	if err := s.g.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(func() bool { return !a.Dev.Connected() }) {
+	if !waitFor(func() bool { return !s.first1.Connected() }) {
 		t.Fatal("the first back end still has the guest")
 	}
-	return s
 }
 
 // attach serves a new device (the restarted back end) and attaches the
@@ -319,6 +356,72 @@ func (s *inflightSession) attach(t *testing.T) (*vhost.Device, error) {
 	return b.Dev, s.g.Attach(uc)
 }
 
+// resumeTen attaches a session of restartSession(t, 10, 1, 6, 1, 4) to a
+// restarted back end, sends frames 10 and 11, and checks what the back
+// end pops: the six chains not completed, in the order they were first
+// taken, then the one given back (9), then the new ones; nothing twice.
+func (s *inflightSession) resumeTen(t *testing.T) (*vhost.Device, []popped) {
+	t.Helper()
+	dev, err := s.attach(t)
+	if err != nil {
+		t.Fatalf("attaching to the restarted back end: %v", err)
+	}
+	for i := 10; i < 12; i++ {
+		if err := s.g.Transmit(0, vhost.NetHeader{}, txFrame(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := popTx(t, dev, s.hdrLen, 100)
+	want := s.unfinished(1, 4, 6)
+	if len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+		t.Fatalf("the restarted back end popped %v, want %v first", got, want)
+	}
+	var ids []int
+	for _, p := range got[len(want):] {
+		ids = append(ids, p.id)
+	}
+	if !slices.Equal(ids, []int{9, 10, 11}) {
+		t.Fatalf("after the resubmitted chains came frames %v, want [9 10 11]", ids)
+	}
+	return dev, got
+}
+
+// unfinished is s.first without the chains at indexes done.
+func (s *inflightSession) unfinished(done ...int) []popped {
+	var want []popped
+	for i, p := range s.first {
+		if !slices.Contains(done, i) {
+			want = append(want, p)
+		}
+	}
+	return want
+}
+
+// attachHostile attaches the guest to a restarted back end after a test
+// rewrote its inflight buffer: with want "" the rings must start (the
+// device is returned), otherwise the back end must refuse the transmit
+// ring for a reason mentioning want, and not run it (nil is returned).
+func (s *inflightSession) attachHostile(t *testing.T, want string) *vhost.Device {
+	t.Helper()
+	var refusals refusalLog
+	s.cfg, refusals = withRefusalLog(s.cfg)
+	dev, err := s.attach(t)
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dev
+	}
+	refusals.refused(t, err, want)
+	dev.LockDataPath()
+	q := dev.TxQueue(0)
+	dev.UnlockDataPath()
+	if q != nil {
+		t.Fatal("the transmit ring runs on a corrupt inflight region")
+	}
+	return nil
+}
+
 // txRegion maps the guest's inflight buffer and returns the transmit
 // queue's region (queue 1 of 2, 64 descriptors).
 func (s *inflightSession) txRegion(t *testing.T) []byte {
@@ -329,6 +432,9 @@ func (s *inflightSession) txRegion(t *testing.T) []byte {
 	}
 	t.Cleanup(func() { unix.Munmap(m) })
 	per := vhost.InflightBytes(1, 64)
+	if s.packed {
+		per = vhost.InflightBytesPacked(1, 64)
+	}
 	return m[per : 2*per]
 }
 
@@ -348,34 +454,7 @@ func TestInflightResumeSplit(t *testing.T) {
 			t.Errorf("chain %d (head %d) has inflight flag %d, want %d", i, p.head, f, want)
 		}
 	}
-	dev, err := s.attach(t)
-	if err != nil {
-		t.Fatalf("attaching to the restarted back end: %v", err)
-	}
-	for i := 10; i < 12; i++ {
-		if err := s.g.Transmit(0, vhost.NetHeader{}, txFrame(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := popTx(t, dev, s.hdrLen, 100)
-	// The six not completed, in the order they were first taken, then
-	// the one given back, then the new ones; nothing twice.
-	var want []popped
-	for i, p := range s.first {
-		if i != 1 && i != 4 && i != 6 {
-			want = append(want, p)
-		}
-	}
-	if len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
-		t.Fatalf("the restarted back end popped %v, want %v first", got, want)
-	}
-	var ids []int
-	for _, p := range got[len(want):] {
-		ids = append(ids, p.id)
-	}
-	if !slices.Equal(ids, []int{9, 10, 11}) {
-		t.Fatalf("after the resubmitted chains came frames %v, want [9 10 11]", ids)
-	}
+	dev, got := s.resumeTen(t)
 	var heads []uint16
 	for _, p := range got {
 		heads = append(heads, p.head)
@@ -392,7 +471,7 @@ func TestInflightResumeSplit(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(func() bool { return !dev.Connected() })
-	dev, err = s.attach(t)
+	dev, err := s.attach(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -465,21 +544,9 @@ func TestInflightHostileRegion(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := restartSession(t, 6, 0, 0, 3, 5)
 			c.corrupt(s.txRegion(t), s)
-			var refusals refusalLog
-			s.cfg, refusals = withRefusalLog(s.cfg)
-			dev, err := s.attach(t)
-			if c.want != "" {
-				refusals.refused(t, err, c.want)
-				dev.LockDataPath()
-				q := dev.TxQueue(0)
-				dev.UnlockDataPath()
-				if q != nil {
-					t.Fatal("the transmit ring runs on a corrupt inflight region")
-				}
+			dev := s.attachHostile(t, c.want)
+			if dev == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			got := popTx(t, dev, s.hdrLen, 100)
 			var heads, want []uint16
@@ -496,29 +563,6 @@ func TestInflightHostileRegion(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestInflightPackedRefused: a packed ring has no inflight tracking; the
-// back end says so by giving no buffer (the guest goes on without, as
-// QEMU does) and by refusing one.
-func TestInflightPackedRefused(t *testing.T) {
-	cfg, refusals := withRefusalLog(vhost.Config{Inflight: true, Features: vhost.DefaultFeatures | vhost.FRingPacked})
-	s := vhosttest.Serve(t, cfg)
-	g, err := guest.Dial(s.Path, guest.Options{Inflight: true, Features: guest.DefaultWanted | vhost.FRingPacked})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	if g.Protocol&vhost.ProtoFInflightShmfd == 0 {
-		t.Fatal("INFLIGHT_SHMFD not negotiated")
-	}
-	if g.InflightFD >= 0 {
-		t.Fatal("a packed device handed out an inflight buffer")
-	}
-	refusals.logs.TakeAll()
-	fd := sealedMemfd(t, int64(vhost.InflightBytes(2, 256)), unix.F_SEAL_SHRINK)
-	_, err = g.FE.Request(vhost.ReqSetInflightFD, vhost.EncodeInflight(vhost.InflightDesc{MmapSize: vhost.InflightBytes(2, 256), NumQueues: 2, QueueSize: 256}), fd)
-	refusals.refused(t, err, "split rings only")
 }
 
 // BenchmarkSplitPopPushInflight is BenchmarkSplitPopPush with an inflight

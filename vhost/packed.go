@@ -217,6 +217,7 @@ func (q *Virtqueue) unpopPacked(n int) {
 	}
 	q.pk.nhist -= n
 	pos := q.pk.hist[q.pk.nhist%unpopDepth]
+	q.inflightRewound(pos)
 	q.lastAvail, q.pk.availWrap = pos&^wrapBit, pos&wrapBit != 0
 }
 
@@ -254,9 +255,11 @@ func (q *Virtqueue) flushPacked() {
 	if logged {
 		q.logPackedSlots()
 	}
+	q.inflightPublishing()
 	// Release store of the burst's first flags: every descriptor written
 	// before becomes visible with it.
 	store32(q.desc, descSize*q.pk.firstSlot+12, q.pk.firstWord)
+	q.inflightPublished()
 	if logged {
 		q.dirty.Mark(q.descGPA+descSize*uint64(q.pk.firstSlot), descSize)
 	}

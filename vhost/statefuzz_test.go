@@ -127,7 +127,7 @@ const (
 )
 
 const sessionFeatures = vhost.DefaultFeatures | vhost.FRingPacked | vhost.FInOrder
-const sessionProtocol = vhost.DefaultProtocolFeatures | vhost.ProtoFConfig | vhost.ProtoFInflightShmfd
+const sessionProtocol = vhost.DefaultProtocolFeatures | vhost.ProtoFConfig
 
 // argReader hands out argument bytes, zeros once they run out.
 type argReader struct{ b []byte }

@@ -101,10 +101,11 @@ type Virtqueue struct {
 
 	pk packedState // packed rings only
 
-	// infl is the ring's region of the front end's inflight buffer
-	// (inflight.go), nil when none is set: the data path's only cost
-	// without one is a nil check in Pop, Push and Flush.
-	infl *splitInflight
+	// infl tracks the ring in its region of the front end's inflight
+	// buffer (inflight.go, inflight_packed.go), nil when none is set: the
+	// data path's only cost without one is a nil check in Pop, Push and
+	// Flush (packed: two per Flush, around the publishing store).
+	infl ringInflight
 
 	// Dirty logging (see Device.applyLog): dirty is the log while the
 	// front end has logging on, nil otherwise; logRing says the used ring
@@ -303,7 +304,7 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 		return false, ErrQueueBroken
 	}
 	if q.infl != nil {
-		return q.popTracked(c)
+		return q.infl.pop(q, c)
 	}
 	if q.pk.on {
 		return q.popPacked(c)
@@ -423,6 +424,7 @@ func (q *Virtqueue) AvailPos() uint16 {
 // must not have pushed any chain popped since pos.
 func (q *Virtqueue) RewindTo(pos uint16) {
 	if q.pk.on {
+		q.inflightRewound(pos)
 		q.lastAvail, q.pk.availWrap = pos&^wrapBit, pos&wrapBit != 0
 		q.pk.nhist = 0 // the Unpop history no longer describes the ring
 		return
@@ -597,7 +599,7 @@ func (q *Virtqueue) Flush() {
 		q.dirty.Mark(q.usedGPA, 4)
 	}
 	if q.infl != nil {
-		q.infl.published(q.usedIdx)
+		q.infl.published(q)
 	}
 	q.counts.Flushes++
 	if q.call == nil {
