@@ -40,7 +40,7 @@ test-qemu-zerocopy: hugepages
 	bash test/qemu-zerocopy/run.sh
 
 ## test-migration: live migration of a guest served zero-copy (issue 15): a
-## QEMU/TCG Linux guest on `zcnet sim --tap --vhost PATH,migration=on`
+## QEMU/TCG Linux guest on `zcnet sim --tap --vhost PATH` (migration on by default)
 ## verifies a UDP stream byte for byte (checksum offload reported, so a page
 ## the dirty log missed cannot hide) while QEMU migrates it to a second QEMU
 ## on a second zcnet sim on the same bridge (SEND_RARP moves the bridge);

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,6 +22,7 @@ import (
 	simguest "github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
+	"github.com/zcnet/zcnet/vhost"
 )
 
 // simNIC is a started simulated 82599 whose wire ends in a verifying sink.
@@ -453,5 +455,51 @@ func TestApplyChangesOnlyWhatChanged(t *testing.T) {
 	}
 	if after := a.Guests(); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("a refused Apply changed the guests: %+v, before %+v", after, before)
+	}
+}
+
+// TestGuestsOfferMigrationByDefault: a guest is offered live migration
+// (VHOST_F_LOG_ALL, and the LOG_SHMFD and RARP protocol features) unless
+// its spec says migration: false, as QEMU needs all three to migrate it;
+// Equal treats an unset Migration as true.
+func TestGuestsOfferMigrationByDefault(t *testing.T) {
+	nics := newSimNICs(t)
+	dir := t.TempDir()
+	spec := testSpec(t, "sim:0")
+	spec.NICs[0].MaxGuests = 2
+	off, on := false, true
+	byDefault, refused := filepath.Join(dir, "default.sock"), filepath.Join(dir, "off.sock")
+	spec.NICs[0].Guests = []GuestSpec{{Socket: byDefault}, {Socket: refused, Migration: &off}}
+	a := openTest(t, spec, nics)
+	if err := a.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	offered := func(sock string) (features, protocol uint64) {
+		uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fe, err := simguest.NewFrontend(uc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fe.Close()
+		if features, err = fe.U64(vhost.ReqGetFeatures); err != nil {
+			t.Fatal(err)
+		}
+		if protocol, err = fe.U64(vhost.ReqGetProtocolFeatures); err != nil {
+			t.Fatal(err)
+		}
+		return features, protocol
+	}
+	const migrationProto = vhost.ProtoFLogShmfd | vhost.ProtoFRARP
+	if f, p := offered(byDefault); f&vhost.FLogAll == 0 || p&migrationProto != migrationProto {
+		t.Errorf("guest with migration unset: features %#x, protocol features %#x: want LOG_ALL, LOG_SHMFD and RARP offered", f, p)
+	}
+	if f, p := offered(refused); f&vhost.FLogAll != 0 || p&migrationProto != 0 {
+		t.Errorf("guest with migration: false: features %#x, protocol features %#x: want neither LOG_ALL nor LOG_SHMFD nor RARP", f, p)
+	}
+	if !(GuestSpec{Socket: "a"}).Equal(GuestSpec{Socket: "a", Migration: &on}) || (GuestSpec{Socket: "a"}).Equal(GuestSpec{Socket: "a", Migration: &off}) {
+		t.Error("Equal: an unset Migration must equal true and differ from false")
 	}
 }

@@ -42,7 +42,7 @@ func (a *Appliance) Apply(spec Spec) ([]string, error) {
 	readd := map[string]bool{}
 	for _, g := range append([]*guest(nil), a.guests...) {
 		w, keep := want[g.cfg.Socket]
-		if keep && w.nic == g.nic.name && w.spec == g.cfg.GuestSpec {
+		if keep && w.nic == g.nic.name && w.spec.Equal(g.cfg.GuestSpec) {
 			delete(want, g.cfg.Socket)
 			continue
 		}

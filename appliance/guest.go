@@ -202,7 +202,7 @@ func (a *Appliance) addGuest(n *nic, gs GuestSpec) (_ *guest, err error) {
 	g.dev, err = vhost.NewDevice(vhost.Config{
 		Name: cfg.Socket, Features: guestOffer(ns), QueuePairs: ns.QueuePairs, MTU: uint16(ns.MTU),
 		MAC: mac, FixedMAC: mac != nil && !cfg.Trusted, Hook: g.dma, MemLimit: cfg.memLimit, Logger: g.log,
-		Migration: cfg.Migration,
+		Migration: cfg.Migrates(),
 	})
 	if err != nil {
 		return nil, err

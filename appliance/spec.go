@@ -86,15 +86,32 @@ type GuestSpec struct {
 	// max_guests above 1, does.
 	VLAN uint16 `json:"vlan,omitempty" yaml:"vlan,omitempty"`
 	// Migration offers the guest's front end live migration (vhost-user
-	// dirty logging, VHOST_F_LOG_ALL with LOG_SHMFD, and SEND_RARP):
-	// without it QEMU refuses to migrate the guest.
-	Migration bool `json:"migration,omitempty" yaml:"migration,omitempty"`
+	// dirty logging, VHOST_F_LOG_ALL with LOG_SHMFD, and SEND_RARP); unset
+	// means on, false turns it off, and QEMU then refuses to migrate the
+	// guest. Offering it changes nothing on the data path until QEMU
+	// starts a migration (the engine looks for a dirty log whether or not
+	// it is offered). Compare specs with Equal, which treats unset and
+	// true alike.
+	Migration *bool `json:"migration,omitempty" yaml:"migration,omitempty"`
 	// Mode (octal, default 0600) and Group of the socket zcnet creates:
 	// whoever can connect is the guest's front end. "0660" with the
 	// group QEMU runs in (libvirt: kvm) lets a QEMU running as another
 	// user connect. Not for Client, where the front end creates it.
 	Mode  string `json:"mode,omitempty" yaml:"mode,omitempty"`
 	Group string `json:"group,omitempty" yaml:"group,omitempty"`
+}
+
+// Migrates reports whether the guest is offered live migration (see
+// Migration).
+func (s GuestSpec) Migrates() bool { return s.Migration == nil || *s.Migration }
+
+// Equal reports whether s and o configure a guest the same way.
+func (s GuestSpec) Equal(o GuestSpec) bool {
+	if s.Migrates() != o.Migrates() {
+		return false
+	}
+	s.Migration, o.Migration = nil, nil
+	return s == o
 }
 
 // guestConfig is a GuestSpec checked and parsed.

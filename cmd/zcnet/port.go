@@ -65,6 +65,13 @@ memory and closes its socket.`,
 	add.Flags().BoolVar(&g.Client, "client", false, "connect to SOCKET (QEMU server=on) instead of listening on it")
 	add.Flags().StringVar(&g.MAC, "mac", "", "the guest's MAC (default: learned from its frames)")
 	add.Flags().Uint16Var(&g.VLAN, "vlan", 0, "put the guest on this access VLAN (1-4094; the NIC tags and untags its frames)")
+	var migration bool
+	add.Flags().BoolVar(&migration, "migration", true, "let QEMU live-migrate the guest (dirty logging, SEND_RARP); --migration=false refuses it")
+	add.PreRun = func(cmd *cobra.Command, _ []string) {
+		if cmd.Flags().Changed("migration") {
+			g.Migration = &migration
+		}
+	}
 	add.Flags().BoolVar(&g.Trusted, "trusted", false, "let the guest change its MAC and send from other addresses (default: a configured MAC is fixed and, on a shared NIC port, anything else is dropped)")
 	add.Flags().StringVar(&g.MemLimit, "mem-limit", "", "most guest memory zcnet may map and pin for it, e.g. 16G")
 	add.Flags().StringVar(&g.Mode, "mode", "", "mode of the socket zcnet creates (default 0600)")

@@ -73,7 +73,7 @@ the control plane and configuration can be tried without a NIC.`,
 	f.BoolVar(&o.simulate, "sim", false, "the --pci ports are simulated 82599s with unconnected wires (no NIC needed)")
 	o.commonFlags(f)
 	v := &o.vhostOpts
-	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port, optionally with the guest's MAC as PATH,mac=52:54:00:12:34:56 (without it the port learns the MAC from the guest's frames; a configured MAC is fixed unless ,trusted=on), ,migration=on to let QEMU live-migrate the guest (dirty logging, SEND_RARP) and the socket's mode and group as PATH,mode=0660,group=kvm (default 0600, zcnet's own group); repeat for each guest")
+	f.StringArrayVar(&v.vhost, "vhost", nil, "vhost-user socket path of a guest port, optionally with the guest's MAC as PATH,mac=52:54:00:12:34:56 (without it the port learns the MAC from the guest's frames; a configured MAC is fixed unless ,trusted=on), ,migration=off to keep QEMU from live-migrating the guest (on by default: dirty logging, SEND_RARP) and the socket's mode and group as PATH,mode=0660,group=kvm (default 0600, zcnet's own group); repeat for each guest")
 	f.BoolVar(&v.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guests; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.BoolVar(&v.client, "vhost-client", false, "connect to the --vhost sockets (QEMU server=on) and reconnect when the front end goes away")
 	f.IntVar(&v.rxq, "rxq", 1, "RX queues (queue pairs) per vhost port")

@@ -109,7 +109,7 @@ func specFromFlags(o *runOptions) (appliance.Spec, error) {
 	return spec, nil
 }
 
-// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,vlan=VID][,trusted=on][,migration=on][,mode=MODE][,group=GROUP]
+// parseVhostFlag splits a --vhost value PATH[,mac=MAC][,vlan=VID][,trusted=on][,migration=off][,mode=MODE][,group=GROUP]
 // (QEMU's option syntax) into the socket path and its options. Only
 // trailing options are taken, so other commas stay in the path; a
 // trailing ",word=value" that is no option is refused as a likely typo.
@@ -142,9 +142,10 @@ func parseVhostFlag(v string) (appliance.GuestSpec, error) {
 		return s, fmt.Errorf("--vhost %s: trusted=%s: give on or off", v, trusted)
 	}
 	switch migration {
-	case "", "off":
-	case "on":
-		s.Migration = true
+	case "":
+	case "on", "off":
+		on := migration == "on"
+		s.Migration = &on
 	default:
 		return s, fmt.Errorf("--vhost %s: migration=%s: give on or off", v, migration)
 	}

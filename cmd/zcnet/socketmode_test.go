@@ -100,6 +100,7 @@ func TestSocketModeFlagErrors(t *testing.T) {
 }
 
 func TestParseVhostFlag(t *testing.T) {
+	on, off := true, false
 	for in, want := range map[string]appliance.GuestSpec{
 		"/run/vm.sock":                                    {Socket: "/run/vm.sock"},
 		"/run/vm.sock,mac=52:54:00:12:34:56":              {Socket: "/run/vm.sock", MAC: "52:54:00:12:34:56"},
@@ -109,13 +110,19 @@ func TestParseVhostFlag(t *testing.T) {
 		"/run/x=1,y/vm.sock,mode=0600":                    {Socket: "/run/x=1,y/vm.sock", Mode: "0600"},
 		"/run/vm,1.sock":                                  {Socket: "/run/vm,1.sock"},
 		"/run/vm.sock,mode=0660,group=kvm,mac=52:54:0:0":  {Socket: "/run/vm.sock", Mode: "0660", Group: "kvm", MAC: "52:54:0:0"},
-		"/run/vm.sock,migration=on,mac=52:54:00:12:34:56": {Socket: "/run/vm.sock", MAC: "52:54:00:12:34:56", Migration: true},
-		"/run/vm.sock,migration=off":                      {Socket: "/run/vm.sock"},
+		"/run/vm.sock,migration=on,mac=52:54:00:12:34:56": {Socket: "/run/vm.sock", MAC: "52:54:00:12:34:56", Migration: &on},
+		"/run/vm.sock,migration=off":                      {Socket: "/run/vm.sock", Migration: &off},
 	} {
 		got, err := parseVhostFlag(in)
-		if err != nil || got != want {
+		if err != nil || !got.Equal(want) || got.Migrates() != want.Migrates() {
 			t.Errorf("parseVhostFlag(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
+	}
+	if g, _ := parseVhostFlag("/run/vm.sock"); !g.Migrates() {
+		t.Error("a guest is not offered live migration by default")
+	}
+	if g, _ := parseVhostFlag("/run/vm.sock,migration=off"); g.Migrates() {
+		t.Error("migration=off still offers live migration")
 	}
 	if _, err := parseVhostFlag("/run/vm.sock,migration=yes"); err == nil || !strings.Contains(err.Error(), "migration=yes") {
 		t.Errorf("parseVhostFlag with migration=yes: %v; want an error naming it", err)

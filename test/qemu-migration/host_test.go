@@ -182,7 +182,8 @@ func startZcnet(t *testing.T, s *setup, ns, tap, out string) *zcnet {
 	}
 	t.Cleanup(func() { z.logFile.Close() })
 	z.cmd = exec.Command("ip", "netns", "exec", ns, s.zcnet, "sim", "--tap", tap,
-		"--vhost", z.sock+",mac="+guestMAC+",migration=on", "--telemetry", z.tele, "--stats-period", "0", "--json", "--log-level", "debug")
+		// No migration=on: live migration is offered by default.
+		"--vhost", z.sock+",mac="+guestMAC, "--telemetry", z.tele, "--stats-period", "0", "--json", "--log-level", "debug")
 	z.cmd.Stdout, z.cmd.Stderr = &z.stdout, z.logFile
 	z.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	t.Logf("ip netns exec %s %s", ns, strings.Join(z.cmd.Args[4:], " "))

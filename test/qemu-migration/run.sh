@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Live migration of a guest served zero-copy (issue 15): the host test
 # (host_test.go, build tag qemumigration) runs two `zcnet sim --tap --vhost
-# PATH,migration=on` instances in a network namespace, their TAPs on one
+# PATH` instances (migration offered by default) in a network namespace, their TAPs on one
 # bridge with a veth to a peer namespace, boots a QEMU/TCG Linux guest on
 # the first, streams verified UDP from the peer to it, and migrates it with
 # QMP to a second QEMU (-incoming) served by the second zcnet. The guest
