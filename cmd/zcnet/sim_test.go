@@ -159,8 +159,11 @@ func TestSimPollCoreFigures(t *testing.T) {
 // TestSimAutoRate: --rate auto ramps in a throwaway appliance (trials
 // of 1000, 2000 and 4000 pps, then 8000 is above --max-rate), then runs
 // a new one at --auto-fraction of the highest loss-free rate. The run's
-// counters and uptime are its own: the ramp's 1050 frames and 0.9 s are
-// not in them. Nothing is lost at these rates, even under -race.
+// counters and uptime are its own: the ramp's frames (1050 with those
+// three trials) and time (0.9 s and more) are not in them. Nothing is
+// lost at these rates, even under -race; on a machine loaded enough to
+// lose frames in a trial the ramp bisects below 4000, still above the
+// start rate.
 func TestSimAutoRate(t *testing.T) {
 	const dur, trial = 700 * time.Millisecond, 300 * time.Millisecond
 	s, out := runJSONOut[simSummaryJSON](t, "sim", "--json", "--stats-period", "0", "--telemetry", "", "--rate", "auto", "--start-rate", "1000", "--max-rate", "4000",
@@ -169,10 +172,11 @@ func TestSimAutoRate(t *testing.T) {
 	if a == nil || tr == nil || p == nil {
 		t.Fatalf("no ramp, traffic or poll core figures: %+v %+v %+v\n%s", a, tr, p, out)
 	}
-	if a.LossFreePps != 4000 || a.Trials != 3 || a.Fraction != 0.75 || a.OfferedPps != 3000 || a.TrialSeconds != trial.Seconds() {
-		t.Errorf("ramp %+v: want 3 trials, 4000 pps loss-free, run at 3000\n%s", *a, out)
+	if a.LossFreePps <= 1000 || a.LossFreePps > 4000 || a.Trials < 3 || a.Fraction != 0.75 || a.OfferedPps != 0.75*a.LossFreePps || a.TrialSeconds != trial.Seconds() {
+		t.Errorf("ramp %+v: want at least 3 trials, a loss-free rate above --start-rate 1000 and at most --max-rate 4000, the run at 0.75 of it\n%s", *a, out)
 	}
-	for _, want := range []string{"rate auto: trial 1000 pps", "rate auto: trial 4000 pps", "rate auto: highest loss-free rate 4000 pps (3 trials of 300ms); running at 0.75 of it: 3000 pps"} {
+	summary := fmt.Sprintf("rate auto: highest loss-free rate %.0f pps (%d trials of 300ms); running at 0.75 of it: %.0f pps", a.LossFreePps, a.Trials, a.OfferedPps)
+	for _, want := range []string{"rate auto: trial 1000 pps", "rate auto: trial 4000 pps", summary} {
 		if !strings.Contains(out, want) {
 			t.Errorf("progress lacks %q:\n%s", want, out)
 		}
