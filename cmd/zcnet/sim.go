@@ -102,13 +102,14 @@ scheduling stalls. The per-second lines, counters, uptime and summary
 cover only that measured run. Not with --tap or --vhost: the ramp drives
 the built-in generator and counts the built-in guest's echoes.
 
-The summary's poll core line gives Mpps through the guest (frames the guest
-sent back to the engine per second the generator sent, as zcnet bench's
-Mpps), and over the lcore's whole run: lcore busy % (time in rounds that
-moved frames over all polling time) and ns per frame moved: the poll lcore's busy time (its per-task
-clock, read only around polls that moved frames) over the frames it moved
-in both directions, wire->guest plus guest->wire, so an echoed frame counts
-twice (zcnet bench's ns/pkt). The wire line gives the round-trip latency
+The summary's poll core line gives Mpps through the guest: frames the
+guest sent back to the engine per second the generator sent (zcnet bench's
+Mpps counts the sink's frames over the same seconds). Over the lcore's
+whole run it gives lcore busy %, the time in rounds that moved frames over
+all polling time, and ns per frame moved: the lcore's busy time (its
+per-task clock, read only around polls that moved frames) over the frames
+it moved in both directions, wire->guest plus guest->wire, so an echoed
+frame counts twice (zcnet bench's ns/pkt). The wire line gives the round-trip latency
 from the generator's stamp to the sink: p50, p99, p99.9 and max.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
