@@ -97,11 +97,14 @@ soak: build hugepages
 	SOAK_DURATION=$(SOAK_DURATION) ZCNET_BIN=$(CURDIR)/$(BIN)/zcnet \
 	  $(GO) test -tags soak -count=1 -timeout 0 -v -run '^TestSoak$$' ./test/soak/
 
-## demo: ten seconds of the whole data path on the simulator: an 82599 model,
-## the zero-copy engine on a pinned lcore and a vhost-user guest (over a real
-## unix socket) echoing a generator's frames back to a verifying sink.
+## demo: the whole data path on the simulator: an 82599 model, the zero-copy
+## engine on a pinned lcore and a vhost-user guest (over a real unix socket)
+## echoing a generator's frames back to a verifying sink. A ramp of 0.5 s
+## trials first finds the highest loss-free rate (some 6 s), then 10 s run at
+## 0.8 of it; the summary gives Mpps through the guest, the lcore's busy %
+## and ns per frame moved, and latency p50/p99/p99.9/max.
 demo: build hugepages
-	$(BIN)/zcnet sim --duration 10s
+	$(BIN)/zcnet sim --rate auto --duration 10s
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \

@@ -152,6 +152,10 @@ type TrafficCounters struct {
 	SinkBad       uint64  `json:"sink_bad_checksums"`
 	LatencyP50Us  float64 `json:"latency_p50_us"`
 	LatencyP99Us  float64 `json:"latency_p99_us"`
+	// LatencyP999Us and LatencyMaxUs are the tail of the same round
+	// trips (generator stamp to sink), from the sink's histogram.
+	LatencyP999Us float64 `json:"latency_p999_us"`
+	LatencyMaxUs  float64 `json:"latency_max_us"`
 	GuestRx       uint64  `json:"guest_rx"`
 	GuestTx       uint64  `json:"guest_tx"`
 	GuestDropped  uint64  `json:"guest_dropped"`

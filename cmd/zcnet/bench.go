@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -31,20 +32,18 @@ import (
 
 // benchOptions are the flags of `zcnet bench`.
 type benchOptions struct {
-	lcores    string
-	sizes     []int
-	modes     []string
-	duration  time.Duration
-	warmup    time.Duration
-	rate      string // a frame rate, or "auto"
-	startRate float64
-	maxRate   float64
-	trial     time.Duration
-	flows     int
-	rxd, txd  int
-	ghz       float64
-	json      bool
-	guests    int
+	lcores   string
+	sizes    []int
+	modes    []string
+	duration time.Duration
+	warmup   time.Duration
+	rate     string // a frame rate, or "auto"
+	ramp     rampOptions
+	flows    int
+	rxd, txd int
+	ghz      float64
+	json     bool
+	guests   int
 
 	pageSize hugepage.PageSize // tests: 4 KiB pages instead of hugepages
 }
@@ -105,9 +104,7 @@ With --rate auto (the default) each configuration first ramps the generator
 	f.DurationVar(&o.duration, "duration", 3*time.Second, "measurement per configuration")
 	f.DurationVar(&o.warmup, "warmup", 300*time.Millisecond, "unmeasured traffic before a fixed-rate measurement")
 	f.StringVar(&o.rate, "rate", "auto", `generator rate in frames per second, or "auto": the highest loss-free rate found by ramping`)
-	f.Float64Var(&o.startRate, "start-rate", 25000, "auto: first rate tried")
-	f.Float64Var(&o.maxRate, "max-rate", 20e6, "auto: highest rate tried")
-	f.DurationVar(&o.trial, "trial", 500*time.Millisecond, "auto: length of each ramp trial")
+	o.ramp.addFlags(f)
 	f.IntVar(&o.flows, "flows", 1, "number of UDP flows the generator cycles through")
 	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
 	f.IntVar(&o.txd, "txd", 2048, "NIC TX descriptors")
@@ -117,20 +114,49 @@ With --rate auto (the default) each configuration first ramps the generator
 	return cmd
 }
 
-// fixedRate returns the --rate value, or 0 for auto.
-func (o *benchOptions) fixedRate() (float64, error) {
-	if o.rate == "auto" {
+// rampOptions are the flags of the rate ramp that zcnet bench and zcnet
+// sim --rate auto share.
+type rampOptions struct {
+	startRate, maxRate float64
+	trial              time.Duration
+}
+
+// addFlags defines --start-rate, --max-rate and --trial, with the same
+// defaults for both commands: on the 2-CPU machine the ramp takes about
+// ten trials, some 6 s.
+func (p *rampOptions) addFlags(f *pflag.FlagSet) {
+	f.Float64Var(&p.startRate, "start-rate", 25000, "auto: first rate tried")
+	f.Float64Var(&p.maxRate, "max-rate", 20e6, "auto: highest rate tried")
+	f.DurationVar(&p.trial, "trial", 500*time.Millisecond, "auto: length of each ramp trial")
+}
+
+func (p *rampOptions) check() error {
+	switch {
+	case p.trial <= 0:
+		return fmt.Errorf("--trial %s must be positive", p.trial)
+	case p.startRate <= 0 || p.maxRate < p.startRate:
+		return fmt.Errorf("--start-rate %g and --max-rate %g: give 0 < start <= max", p.startRate, p.maxRate)
+	}
+	return nil
+}
+
+// parseRate reads a --rate value: a positive frame rate, or 0 for "auto".
+func parseRate(s string) (float64, error) {
+	if s == "auto" {
 		return 0, nil
 	}
-	r, err := strconv.ParseFloat(o.rate, 64)
+	r, err := strconv.ParseFloat(s, 64)
 	if err != nil || r <= 0 {
-		return 0, fmt.Errorf(`--rate %q: give a positive frame rate or "auto"`, o.rate)
+		return 0, fmt.Errorf(`--rate %q: give a positive frame rate or "auto"`, s)
 	}
 	return r, nil
 }
 
 func (o *benchOptions) check() error {
-	if _, err := o.fixedRate(); err != nil {
+	if _, err := parseRate(o.rate); err != nil {
+		return err
+	}
+	if err := o.ramp.check(); err != nil {
 		return err
 	}
 	if len(o.sizes) == 0 || len(o.modes) == 0 {
@@ -147,10 +173,8 @@ func (o *benchOptions) check() error {
 		}
 	}
 	switch {
-	case o.duration <= 0 || o.trial <= 0 || o.warmup < 0:
-		return errors.New("--duration and --trial must be positive, --warmup not negative")
-	case o.startRate <= 0 || o.maxRate < o.startRate:
-		return fmt.Errorf("--start-rate %g and --max-rate %g: give 0 < start <= max", o.startRate, o.maxRate)
+	case o.duration <= 0 || o.warmup < 0:
+		return errors.New("--duration must be positive, --warmup not negative")
 	case o.flows < 1 || o.flows > 65536:
 		return fmt.Errorf("--flows %d: use 1 to 65536", o.flows)
 	case o.ghz < 0:
@@ -287,13 +311,15 @@ func runBench(ctx context.Context, log *zap.Logger, o *benchOptions, out, errOut
 	return ctx.Err()
 }
 
-// benchRun is the appliance of one configuration, between trials.
+// benchRun is the appliance of one configuration, between trials (of
+// zcnet bench, or of the ramp of zcnet sim --rate auto).
 type benchRun struct {
 	*rig.Rig
-	o         *benchOptions
 	frameSize int
 	progress  io.Writer
 	label     string
+	trials    int     // how many trials search ran
+	best      float64 // the highest rate a trial of search forwarded without loss
 }
 
 // benchCase has the rig assemble a fresh appliance for one configuration,
@@ -327,14 +353,14 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 		return benchResult{}, err
 	}
 
-	b := &benchRun{Rig: r, o: o, frameSize: size, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
-	rate, err := o.fixedRate()
+	b := &benchRun{Rig: r, frameSize: size, progress: progress, label: fmt.Sprintf("%s %dB", mode, size)}
+	rate, err := parseRate(o.rate)
 	if err != nil {
 		return benchResult{}, err
 	}
 	auto := rate == 0
 	if auto {
-		rate = b.search(ctx, o)
+		rate = b.search(ctx, o.ramp)
 	} else if o.warmup > 0 {
 		b.trial(ctx, rate, o.warmup)
 	}
@@ -360,10 +386,14 @@ func benchCase(ctx context.Context, log *zap.Logger, o *benchOptions, copyPath b
 // nothing, then bisects between the last loss-free and the first lossy
 // rate to within 5%. It returns the highest loss-free rate seen (or, if even
 // the lowest rate tried lost frames, that rate).
-func (b *benchRun) search(ctx context.Context, o *benchOptions) float64 {
+func (b *benchRun) search(ctx context.Context, o rampOptions) float64 {
 	lossFree := func(rate float64) bool {
 		t := b.trial(ctx, rate, o.trial)
+		b.trials++
 		ok := t.Lost == 0 && t.Received > 0
+		if ok {
+			b.best = max(b.best, rate)
+		}
 		fmt.Fprintf(b.progress, "%s: trial %.0f pps: %.3f Mpps, lost %d\n", b.label, rate, t.Mpps, t.Lost)
 		return ok
 	}
@@ -425,7 +455,11 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	res := benchResult{FrameSize: b.frameSize, Lcore: lc.ID(), CPU: lc.CPU(), RateOffered: rate, Seconds: secs}
 	st := b.Port.Sink.Stats()
 	res.Sent, res.Received = gen.Sent(), st.Received
-	res.Lost = res.Sent - min(res.Sent, res.Received)
+	// Only frames with a probe come back to the sink: with zcnet sim
+	// --broadcast-every the guests' echoes of broadcasts are dropped by
+	// the NIC as spoofed, and are not lost. Without broadcasts Probes is
+	// Sent.
+	res.Lost = gen.Probes() - min(gen.Probes(), res.Received)
 	res.Mpps = float64(res.Received) / secs / 1e6
 	res.GbpsL1 = res.Mpps * 1e6 * float64(b.frameSize+20) * 8 / 1e9
 	res.LatencyP50Us = float64(st.Latency.P50) / 1e3
@@ -435,11 +469,10 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	// is work done, which on the copy path need not be one per frame).
 	tb, ta := snapBefore.Totals(), snapAfter.Totals()
 	res.PMDPackets = (ta.GuestRx - tb.GuestRx) + (ta.GuestTx - tb.GuestTx)
-	var busy time.Duration
-	for i := range after.Tasks {
-		busy += after.Tasks[i].BusyTime - before.Tasks[i].BusyTime
-		res.PMDBusyPolls += after.Tasks[i].BusyPolls - before.Tasks[i].BusyPolls
-	}
+	busyBefore, pollsBefore := taskBusy(before)
+	busy, polls := taskBusy(after)
+	busy -= busyBefore
+	res.PMDBusyPolls = polls - pollsBefore
 	res.PMDBusySeconds = busy.Seconds()
 	if res.PMDPackets > 0 {
 		res.NsPerPacket = float64(busy.Nanoseconds()) / float64(res.PMDPackets)
@@ -461,6 +494,16 @@ func (b *benchRun) trial(ctx context.Context, rate float64, d time.Duration) ben
 	res.NICMissed, res.NICNoDesc = ta.NICMissed-tb.NICMissed, ta.NICNoDescriptor-tb.NICNoDescriptor
 	res.EngineDrops = ta.Drops - tb.Drops
 	return res
+}
+
+// taskBusy is an lcore's PMD clock: its tasks' time in polls that moved
+// frames, and how many such polls.
+func taskBusy(st pollmode.LcoreStats) (busy time.Duration, polls uint64) {
+	for _, t := range st.Tasks {
+		busy += t.BusyTime
+		polls += t.BusyPolls
+	}
+	return busy, polls
 }
 
 // printBench prints the report as a table with its method notes.

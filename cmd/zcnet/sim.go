@@ -20,6 +20,7 @@ import (
 
 	"github.com/zcnet/zcnet/appliance"
 	"github.com/zcnet/zcnet/hugepage"
+	"github.com/zcnet/zcnet/pollmode"
 	"github.com/zcnet/zcnet/sim"
 	"github.com/zcnet/zcnet/sim/rig"
 	"github.com/zcnet/zcnet/sim/wire"
@@ -30,7 +31,9 @@ type simOptions struct {
 	lcores      string
 	duration    time.Duration
 	period      time.Duration
-	rate        float64
+	rate        string // a frame rate, or "auto"
+	ramp        rampOptions
+	autoFrac    float64 // --auto-fraction
 	frameSize   int
 	flows       int
 	copy        bool
@@ -84,7 +87,30 @@ be 0 (zcnet sim fails otherwise).
 kept by the host's Linux driver (simulated), and N built-in guests are each
 on a VF of their own (NIC ports sim:...:00.0/vf0, /vf1, ...), with their own
 IOMMU domain and the MAC the host assigned the VF. The generator addresses
-them in turn; the summary is the per-guest one of --guests.`,
+them in turn; the summary is the per-guest one of --guests.
+
+--rate auto first finds the highest rate the built-in generator and guest
+sustain without loss, with zcnet bench's ramp (doubling from --start-rate,
+then bisecting to within 5%, each trial --trial long, never above
+--max-rate), in a throwaway appliance opened with the same configuration,
+one progress line per trial (on stderr with --json); then it runs a new
+appliance at --auto-fraction of that rate (or of the lowest rate tried if
+no trial was loss-free). The default 0.8 leaves room because the found
+rate is a peak: the simulator, generator, sink and guest share the CPUs
+the lcore leaves, and a run longer than a trial meets more of their
+scheduling stalls. The per-second lines, counters, uptime and summary
+cover only that measured run. Not with --tap or --vhost: the ramp drives
+the built-in generator and counts the built-in guest's echoes.
+
+The summary's poll core line gives Mpps through the guest: frames the
+guest sent back to the engine per second the generator sent (zcnet bench's
+Mpps counts the sink's frames over the same seconds). Over the lcore's
+whole run it gives lcore busy %, the time in rounds that moved frames over
+all polling time, and ns per frame moved: the lcore's busy time (its
+per-task clock, read only around polls that moved frames) over the frames
+it moved in both directions, wire->guest plus guest->wire, so an echoed
+frame counts twice (zcnet bench's ns/pkt). The wire line gives the round-trip latency
+from the generator's stamp to the sink: p50, p99, p99.9 and max.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -96,7 +122,9 @@ them in turn; the summary is the per-guest one of --guests.`,
 	f.StringVarP(&o.lcores, "lcores", "l", "", "poll core, DPDK -l syntax; default: the last allowed CPU")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until SIGINT/SIGTERM)")
 	f.DurationVar(&o.period, "stats-period", time.Second, "print a statistics line this often (0: only the summary)")
-	f.Float64Var(&o.rate, "rate", 50000, "generator rate in frames per second")
+	f.StringVar(&o.rate, "rate", "50000", `generator rate in frames per second, or "auto": the highest loss-free rate found by a ramp before the run, times --auto-fraction`)
+	o.ramp.addFlags(f)
+	f.Float64Var(&o.autoFrac, "auto-fraction", 0.8, "auto: run at this fraction (0 to 1] of the highest loss-free rate the ramp found")
 	f.IntVar(&o.frameSize, "frame-size", 64, "frame size on the wire, FCS included (64 to 1518)")
 	f.IntVar(&o.flows, "flows", 1, "number of UDP flows the generator cycles through")
 	f.BoolVar(&o.copy, "copy", false, "force the copy path (to compare with zero-copy)")
@@ -117,9 +145,16 @@ them in turn; the summary is the per-guest one of --guests.`,
 }
 
 func (o *simOptions) check() error {
+	rate, err := parseRate(o.rate)
+	if err != nil {
+		return err
+	}
+	if rate == 0 {
+		if err := o.checkAuto(); err != nil {
+			return err
+		}
+	}
 	switch {
-	case o.rate <= 0:
-		return fmt.Errorf("--rate %g: give a positive frame rate", o.rate)
 	case o.frameSize < wire.MinFrameSize || o.frameSize > 1518:
 		return fmt.Errorf("--frame-size %d: use %d to 1518", o.frameSize, wire.MinFrameSize)
 	case o.flows < 1 || o.flows > 65536:
@@ -140,6 +175,20 @@ func (o *simOptions) check() error {
 		return errors.New("--broadcast-every: the generator sends the broadcasts, and --tap replaces it")
 	}
 	return nil
+}
+
+// checkAuto refuses what --rate auto cannot ramp: the ramp drives the
+// built-in generator and counts what the built-in guest echoes back.
+func (o *simOptions) checkAuto() error {
+	switch {
+	case o.tap != "":
+		return errors.New("--rate auto: the ramp drives the built-in traffic generator, which --tap replaces with a TAP interface: not with --tap")
+	case o.vhost != "":
+		return errors.New("--rate auto: the ramp counts the frames the built-in guest echoes, and --vhost serves an external front end instead: not with --vhost")
+	case !(o.autoFrac > 0 && o.autoFrac <= 1):
+		return fmt.Errorf("--auto-fraction %g: give a fraction in (0, 1]", o.autoFrac)
+	}
+	return o.ramp.check()
 }
 
 // maxSimGuests is the most built-in guests on one simulated port: the
@@ -191,39 +240,43 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	} else if vs.MAC == "" {
 		vs.MAC = o.guestMAC
 	}
+	lines := out // statistics and ramp progress
+	if o.json {
+		lines = errOut
+	}
 	tel, err := openTelemetry(log, o.telemetry, o.metricsAddr)
 	if err != nil {
 		return err
 	}
 	defer tel.close()
 	socket := vs.Socket
+	var dir string
 	if socket == "" {
-		dir, err := os.MkdirTemp("", "zcnet-sim-")
+		dir, err = os.MkdirTemp("", "zcnet-sim-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
 		socket = filepath.Join(dir, "guest.sock")
 	}
-	spec := appliance.Spec{
-		Lcores: o.lcores,
-		NICs: []appliance.NICSpec{{PCI: "sim:" + sim.DefaultOptions().Address, Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
-			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group, Migration: vs.Migration}}}},
-		PageSize: o.pageSize,
+	rate, _ := parseRate(o.rate) // checked: 0 is auto
+	var auto *simAutoRate
+	if rate == 0 {
+		// The ramp's appliance is a separate one with its own sockets
+		// (check refused --vhost, so dir is ours), closed before the
+		// measured one opens: its counters, uptime and lcore clocks start
+		// with the run.
+		rampDir := filepath.Join(dir, "ramp")
+		if err := os.Mkdir(rampDir, 0o700); err != nil {
+			return err
+		}
+		cfg := simRigConfig(log, o, vs, filepath.Join(rampDir, "guest.sock"), 0)
+		if auto, err = simRamp(ctx, o, cfg, lines); err != nil {
+			return err
+		}
+		rate = auto.OfferedPps
 	}
-	if o.guests > 1 {
-		spec.NICs[0].MaxGuests = o.guests
-		spec.NICs[0].Guests = simGuests(filepath.Dir(socket), o.guests)
-	}
-	if o.vfs > 0 {
-		spec.NICs = simVFNICs(spec.NICs[0].PCI, filepath.Dir(socket), o.vfs, spec.NICs[0])
-	}
-	applyMemLimitFlag(&spec, o.memLimit)
-	cfg := rig.Config{Spec: spec, Options: []appliance.Option{appliance.WithLogger(log)}, TAP: o.tap, Guest: o.vhost == ""}
-	if o.tap == "" {
-		cfg.Generator = &wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: o.rate, BroadcastEvery: o.bcastEvery}
-	}
-	r, err := rig.Open(cfg)
+	r, err := rig.Open(simRigConfig(log, o, vs, socket, rate))
 	if err != nil {
 		return err
 	}
@@ -241,24 +294,29 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 	if r.Guest == nil {
 		log.Info("waiting for a vhost-user front end", zap.String("socket", socket))
 	}
+	start := time.Now()
 	if r.Gen != nil {
 		if err := r.Gen.Start(); err != nil {
 			return err
 		}
 	}
-	lines := out
-	if o.json {
-		lines = errOut
-	}
 	if err := simLoop(ctx, log, o, r.App, snapshot, lines); err != nil {
 		return err // the deferred close stops the generator and the rest
 	}
+	// The poll core's rate is over the time the generator sent (as
+	// zcnet bench's Mpps): the frames still in flight when it stops were
+	// sent within it, and the drain's wait for them is not throughput.
+	var sending time.Duration
 	if r.Gen != nil {
 		r.Gen.Stop()
+		sending = time.Since(start)
 		r.Drain()
+	} else {
+		sending = time.Since(start)
 	}
 	final := snapshot()
-	extra := simGuestSummary(r, &final, max(o.guests, o.vfs))
+	sum := simSummaryJSON{Sim: simGuestSummary(r, &final, max(o.guests, o.vfs)), AutoRate: auto,
+		PollCore: simPollFigures(&final, r.App.Lcores(), sending)}
 	tel.close()
 	// Shut down before reporting faults: an unmap under a live DMA would
 	// show up as an IOMMU fault only now.
@@ -266,23 +324,138 @@ func runSim(ctx context.Context, log *zap.Logger, o *simOptions, out, errOut io.
 		return err
 	}
 	final.Traffic.IOMMUFaults = r.Port.PF.Counters().IOMMUFaults
+	sum.Snapshot = final
 	if o.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		var v any = final
-		if extra != nil {
-			v = simSummaryJSON{Snapshot: final, Sim: extra}
-		}
-		if err := enc.Encode(v); err != nil {
+		if err := enc.Encode(&sum); err != nil {
 			return err
 		}
 	} else {
-		printSimSummary(out, &final, extra)
+		printSimSummary(out, &sum)
 	}
 	if n := final.Traffic.IOMMUFaults; n != 0 {
 		return fmt.Errorf("the simulated NIC counted %d IOMMU faults: DMA outside the mapped memory", n)
 	}
-	return extra.misdelivered()
+	return sum.Sim.misdelivered()
+}
+
+// simRigConfig is the rig of zcnet sim's flags, its first guest's socket
+// at socket, its generator (unless --tap) sending at rate (0: a ramp's
+// rig, whose trials set the rate).
+func simRigConfig(log *zap.Logger, o *simOptions, vs appliance.GuestSpec, socket string, rate float64) rig.Config {
+	spec := appliance.Spec{
+		Lcores: o.lcores,
+		NICs: []appliance.NICSpec{{PCI: "sim:" + sim.DefaultOptions().Address, Rxd: o.rxd, Txd: o.txd, Copy: o.copy, NoPacked: o.noPacked,
+			Guests: []appliance.GuestSpec{{Socket: socket, MAC: vs.MAC, Mode: vs.Mode, Group: vs.Group, Migration: vs.Migration}}}},
+		PageSize: o.pageSize,
+	}
+	if o.guests > 1 {
+		spec.NICs[0].MaxGuests = o.guests
+		spec.NICs[0].Guests = simGuests(filepath.Dir(socket), o.guests)
+	}
+	if o.vfs > 0 {
+		spec.NICs = simVFNICs(spec.NICs[0].PCI, filepath.Dir(socket), o.vfs, spec.NICs[0])
+	}
+	applyMemLimitFlag(&spec, o.memLimit)
+	cfg := rig.Config{Spec: spec, Options: []appliance.Option{appliance.WithLogger(log)}, TAP: o.tap, Guest: o.vhost == ""}
+	if o.tap == "" {
+		cfg.Generator = &wire.GeneratorConfig{FrameSize: o.frameSize, Flows: o.flows, Rate: rate, BroadcastEvery: o.bcastEvery}
+	}
+	return cfg
+}
+
+// simAutoRate is what the ramp of zcnet sim --rate auto found, in the
+// --json summary.
+type simAutoRate struct {
+	// LossFreePps is the highest rate a trial forwarded without loss (0
+	// if none did, down to the ramp's floor); OfferedPps is the rate the
+	// run's generator was given: Fraction of it, or of the lowest rate
+	// tried when none was loss-free.
+	LossFreePps  float64 `json:"loss_free_pps"`
+	Fraction     float64 `json:"fraction"`
+	OfferedPps   float64 `json:"offered_pps"`
+	Trials       int     `json:"trials"`
+	TrialSeconds float64 `json:"trial_seconds"`
+}
+
+// simRamp finds the rate of zcnet sim --rate auto with zcnet bench's
+// search, on a rig of its own (cfg) that it closes before returning,
+// printing a line per trial to progress.
+func simRamp(ctx context.Context, o *simOptions, cfg rig.Config, progress io.Writer) (*simAutoRate, error) {
+	r, err := rig.Open(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--rate auto: open the ramp's appliance: %w", err)
+	}
+	defer r.Close()
+	if err := r.Run(ctx); err != nil {
+		return nil, fmt.Errorf("--rate auto: run the ramp's appliance: %w", err)
+	}
+	b := &benchRun{Rig: r, frameSize: o.frameSize, progress: progress, label: "rate auto"}
+	found := b.search(ctx, o.ramp)
+	// Close reports the IOMMU faults of the ramp's simulated ports: a
+	// fault there is as much a bug as one in the run.
+	if err := r.Close(); err != nil {
+		return nil, fmt.Errorf("--rate auto: the ramp's appliance: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("--rate auto: interrupted during the ramp: %w", err)
+	}
+	a := &simAutoRate{LossFreePps: b.best, Fraction: o.autoFrac, OfferedPps: found * o.autoFrac,
+		Trials: b.trials, TrialSeconds: o.ramp.trial.Seconds()}
+	if b.best > 0 {
+		fmt.Fprintf(progress, "rate auto: highest loss-free rate %.0f pps (%d trials of %s); running at %g of it: %.0f pps\n",
+			b.best, b.trials, o.ramp.trial, o.autoFrac, a.OfferedPps)
+	} else {
+		fmt.Fprintf(progress, "rate auto: no trial was loss-free, down to %.0f pps (%d trials of %s); running at %g of that: %.0f pps\n",
+			found, b.trials, o.ramp.trial, o.autoFrac, a.OfferedPps)
+	}
+	return a, nil
+}
+
+// simPollCore is the poll lcores' figures of the run, as zcnet bench
+// reports them per configuration.
+type simPollCore struct {
+	// Seconds is how long the generator sent (without one, the run from
+	// its start to --duration or the signal): what MppsThroughGuest is
+	// over. The lcore figures are over the lcores' whole run.
+	Seconds float64 `json:"seconds"`
+	// MppsThroughGuest: frames the guests sent back to the engine (the
+	// ports' tx_packets) per second, in millions.
+	MppsThroughGuest float64 `json:"mpps_through_guest"`
+	// LcoreBusyPct: time in rounds that moved frames over all polling
+	// time, the lcores together.
+	LcoreBusyPct float64 `json:"lcore_busy_percent"`
+	// PMDPackets: frames the lcores moved, both directions (an echoed
+	// frame twice); PMDBusySeconds: the busy polls' time (the lcore
+	// runner's per-task clock); NsPerPacket the one over the other.
+	PMDPackets     uint64  `json:"pmd_packets"`
+	PMDBusySeconds float64 `json:"pmd_busy_seconds"`
+	NsPerPacket    float64 `json:"pmd_ns_per_packet"`
+}
+
+// simPollFigures computes the poll core's figures of a run from its
+// final snapshot, its lcores' task clocks and how long traffic was sent
+// (the run's length without a generator).
+func simPollFigures(s *appliance.Snapshot, lcores []*pollmode.Lcore, sending time.Duration) *simPollCore {
+	t := s.Totals()
+	p := &simPollCore{Seconds: sending.Seconds(), PMDPackets: t.GuestRx + t.GuestTx}
+	if p.Seconds > 0 {
+		p.MppsThroughGuest = float64(t.GuestTx) / p.Seconds / 1e6
+	}
+	if all := t.BusySeconds + t.IdleSeconds; all > 0 {
+		p.LcoreBusyPct = 100 * t.BusySeconds / all
+	}
+	var busy time.Duration
+	for _, lc := range lcores {
+		b, _ := taskBusy(lc.Stats())
+		busy += b
+	}
+	p.PMDBusySeconds = busy.Seconds()
+	if p.PMDPackets > 0 {
+		p.NsPerPacket = float64(busy.Nanoseconds()) / float64(p.PMDPackets)
+	}
+	return p
 }
 
 // misdelivered is an error if a guest received unicast frames for
@@ -300,13 +473,15 @@ func (x *simExtra) misdelivered() error {
 	return errors.Join(errs...)
 }
 
-// simSummaryJSON is zcnet sim's --json summary with several guests or
-// broadcasts: the snapshot and, under "sim", the per-guest and broadcast
-// accounting. With one guest and no broadcasts the summary is the
-// snapshot alone.
+// simSummaryJSON is zcnet sim's summary, and its --json output: the
+// snapshot; under "sim", with several guests or broadcasts, the per-guest
+// and broadcast accounting; the poll core's figures; and with --rate auto
+// what the ramp found.
 type simSummaryJSON struct {
 	appliance.Snapshot
-	Sim *simExtra `json:"sim"`
+	Sim      *simExtra    `json:"sim,omitempty"`
+	PollCore *simPollCore `json:"poll_core,omitempty"`
+	AutoRate *simAutoRate `json:"auto_rate,omitempty"`
 }
 
 // simExtra is the accounting of zcnet sim --guests N and
@@ -412,25 +587,38 @@ func siRate(v float64) string {
 }
 
 // printSummary is the human-readable end of a run.
-func printSummary(out io.Writer, s *appliance.Snapshot) { printSimSummary(out, s, nil) }
+func printSummary(out io.Writer, s *appliance.Snapshot) {
+	printSimSummary(out, &simSummaryJSON{Snapshot: *s})
+}
 
-// printSimSummary is printSummary with, from x (nil with one guest and no
-// broadcasts), the per-guest and broadcast accounting of zcnet sim.
-func printSimSummary(out io.Writer, s *appliance.Snapshot, x *simExtra) {
+// printSimSummary is printSummary with zcnet sim's additions: the poll
+// core's line and (sum.Sim, nil with one guest and no broadcasts) the
+// per-guest and broadcast accounting.
+func printSimSummary(out io.Writer, sum *simSummaryJSON) {
+	s, x, p := &sum.Snapshot, sum.Sim, sum.PollCore
 	t := s.Totals()
 	secs := s.UptimeSeconds
-	fmt.Fprintf(out, "summary after %.1fs: NIC rx %d tx %d, guest rx %d tx %d, zero-copy %d, copied %d (%.2f Mpps through the guest)\n",
-		secs, t.NICRx, t.NICTx, t.GuestRx, t.GuestTx, t.ZeroCopy, t.Copied, float64(t.GuestTx)/max(secs, 1e-9)/1e6)
+	// The rate through the guest is in the poll core's line when there
+	// is one, so that a summary states it once.
+	mpps := fmt.Sprintf(" (%.2f Mpps through the guest)", float64(t.GuestTx)/max(secs, 1e-9)/1e6)
+	if p != nil {
+		mpps = ""
+	}
+	fmt.Fprintf(out, "summary after %.1fs: NIC rx %d tx %d, guest rx %d tx %d, zero-copy %d, copied %d%s\n",
+		secs, t.NICRx, t.NICTx, t.GuestRx, t.GuestTx, t.ZeroCopy, t.Copied, mpps)
+	if p != nil {
+		fmt.Fprintln(out, pollCoreLine(p))
+	}
 	fmt.Fprintf(out, "drops: NIC packet buffer full %d, no RX descriptor %d, discarded by the NIC %d%s, engine %d%s\n",
 		t.NICMissed, t.NICNoDescriptor, t.NICDiscarded, nicDiscardCauses(s), t.Drops, nonZeroCauses(s))
 	if tr := s.Traffic; tr != nil {
 		switch {
 		case x != nil && x.Broadcast != nil:
-			fmt.Fprintf(out, "wire: generator sent %d (unicast %d, broadcast %d), sink received %d of the unicast, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
-				tr.GeneratorSent, x.UnicastSent, x.Broadcast.Sent, tr.SinkReceived, x.UnicastLost, tr.SinkBad, tr.LatencyP50Us, tr.LatencyP99Us)
+			fmt.Fprintf(out, "wire: generator sent %d (unicast %d, broadcast %d), sink received %d of the unicast, lost %d, bad checksums %d, %s\n",
+				tr.GeneratorSent, x.UnicastSent, x.Broadcast.Sent, tr.SinkReceived, x.UnicastLost, tr.SinkBad, latencies(tr))
 		case tr.GeneratorSent > 0:
-			fmt.Fprintf(out, "wire: generator sent %d, sink received %d, lost %d, bad checksums %d, latency p50 %.0fus p99 %.0fus\n",
-				tr.GeneratorSent, tr.SinkReceived, tr.GeneratorSent-min(tr.SinkReceived, tr.GeneratorSent), tr.SinkBad, tr.LatencyP50Us, tr.LatencyP99Us)
+			fmt.Fprintf(out, "wire: generator sent %d, sink received %d, lost %d, bad checksums %d, %s\n",
+				tr.GeneratorSent, tr.SinkReceived, tr.GeneratorSent-min(tr.SinkReceived, tr.GeneratorSent), tr.SinkBad, latencies(tr))
 		}
 		if tr.TAPFromKernel+tr.TAPToKernel > 0 {
 			fmt.Fprintln(out, tapLine(tr))
@@ -443,6 +631,19 @@ func printSimSummary(out io.Writer, s *appliance.Snapshot, x *simExtra) {
 		}
 		fmt.Fprintf(out, "IOMMU faults %d\n", tr.IOMMUFaults)
 	}
+}
+
+// pollCoreLine is the poll core's figures of the run in one line.
+func pollCoreLine(p *simPollCore) string {
+	return fmt.Sprintf("poll core: %.3f Mpps through the guest, lcore busy %.0f%%, %.1f ns per frame moved (busy %.3fs over %d frames, both directions)",
+		p.MppsThroughGuest, p.LcoreBusyPct, p.NsPerPacket, p.PMDBusySeconds, p.PMDPackets)
+}
+
+// latencies is the round-trip latency from the generator's stamp to the
+// sink: percentiles (within 1/16 of the value, from the sink's
+// log-linear histogram) and the exact maximum.
+func latencies(tr *appliance.TrafficCounters) string {
+	return fmt.Sprintf("latency p50 %.0fus p99 %.0fus p99.9 %.0fus max %.0fus", tr.LatencyP50Us, tr.LatencyP99Us, tr.LatencyP999Us, tr.LatencyMaxUs)
 }
 
 // printSimGuests prints the per-guest table and the broadcast accounting.

@@ -416,6 +416,8 @@ func (r *Rig) Traffic() *appliance.TrafficCounters {
 		t.SinkBad = st.BadIPChecksum + st.BadUDPChecksum
 		t.LatencyP50Us = float64(st.Latency.P50) / 1e3
 		t.LatencyP99Us = float64(st.Latency.P99) / 1e3
+		t.LatencyP999Us = float64(st.Latency.P999) / 1e3
+		t.LatencyMaxUs = float64(st.Latency.Max) / 1e3
 	}
 	if r.TAP != nil {
 		ts := r.TAP.Stats()
