@@ -107,7 +107,7 @@ func (g *Guest) RefillRx(pair, n int) error {
 			q.freeSlots = append(q.freeSlots, s)
 			return g.publishAfter(i, err)
 		}
-		q.slotOf[head] = s
+		q.slotOf.set(head, s)
 	}
 	return g.publish(i)
 }
@@ -167,7 +167,7 @@ func (g *Guest) QueueTx(pair int, hdr vhost.NetHeader, frame []byte) error {
 		q.freeSlots = append(q.freeSlots, s)
 		return err
 	}
-	q.slotOf[head] = s
+	q.slotOf.set(head, s)
 	return nil
 }
 

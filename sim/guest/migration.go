@@ -160,6 +160,6 @@ func (g *Guest) SetLogging(on bool) error {
 // tests that check what the device wrote where.
 func (g *Guest) RxBufferGPA(pair int, head uint16) (uint64, bool) {
 	q := g.queues[2*pair]
-	s, ok := q.slotOf[head]
+	s, ok := q.slotOf.get(head)
 	return q.slotGPA(s), ok
 }

@@ -73,7 +73,7 @@ type queue struct {
 	err       int
 	bufGPA    uint64 // size slots of bufSize bytes, indexed by head
 	bufSize   int
-	slotOf    map[uint16]int // head -> buffer slot
+	slotOf    slotTable // head -> buffer slot
 	freeSlots []int
 	poisoned  map[int]bool // slots filled with rxPoison when returned (PoisonRx)
 }
@@ -220,7 +220,7 @@ func (g *Guest) newQueue(i int) (*queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &queue{ring: r, kick: -1, call: -1, err: -1, slotOf: map[uint16]int{}}
+	q := &queue{ring: r, kick: -1, call: -1, err: -1, slotOf: newSlotTable(int(g.opt.QueueSize))}
 	for _, p := range []*int{&q.kick, &q.call, &q.err} {
 		if *p, err = eventfd(); err != nil {
 			q.close()
@@ -684,7 +684,7 @@ func (g *Guest) PostRx(pair, n int) error {
 			q.freeSlots = append(q.freeSlots, s)
 			return errors.Join(err, g.publish(i))
 		}
-		q.slotOf[head] = s
+		q.slotOf.set(head, s)
 	}
 	return g.publish(i)
 }
@@ -737,7 +737,7 @@ func (g *Guest) Transmit(pair int, hdr vhost.NetHeader, frame []byte) error {
 		q.freeSlots = append(q.freeSlots, s)
 		return err
 	}
-	q.slotOf[head] = s
+	q.slotOf.set(head, s)
 	return g.publish(i)
 }
 
@@ -749,8 +749,9 @@ func (g *Guest) reclaim(q *queue) int {
 		if !ok {
 			return n
 		}
-		q.freeSlots = append(q.freeSlots, q.slotOf[head])
-		delete(q.slotOf, head)
+		if s, ok := q.slotOf.take(head); ok {
+			q.freeSlots = append(q.freeSlots, s)
+		}
 		n++
 	}
 }
@@ -836,11 +837,10 @@ func (g *Guest) rxData(q *queue, head uint16, length uint32) ([]byte, error) {
 }
 
 func (g *Guest) rxRead(q *queue, head uint16, length uint32) ([]byte, int, error) {
-	s, ok := q.slotOf[head]
+	s, ok := q.slotOf.take(head)
 	if !ok {
 		return nil, 0, fmt.Errorf("guest: device used unknown RX head %d", head)
 	}
-	delete(q.slotOf, head)
 	q.freeSlots = append(q.freeSlots, s)
 	if g.opt.RxHeaderApart { // rxData serves receive queues only
 		hl := uint32(g.HdrLen())
@@ -919,7 +919,7 @@ func (g *Guest) ResetQueue(i int) error {
 	}
 	q := g.queues[i]
 	q.ring.Reset()
-	clear(q.slotOf)
+	q.slotOf.reset()
 	q.freeSlots = q.freeSlots[:0]
 	for s := int(g.opt.QueueSize) - 1; s >= 0; s-- {
 		q.freeSlots = append(q.freeSlots, s)

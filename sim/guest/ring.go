@@ -34,7 +34,7 @@ type Ring struct {
 	indirectGPA                uint64 // size tables of maxIndirect descriptors
 
 	free     []uint16
-	chainLen map[uint16]int // head -> descriptors it holds in the table
+	chainLen []uint16 // by head: descriptors its chain holds in the table (0: no chain)
 
 	packed    bool
 	pk        packedDriver
@@ -52,7 +52,7 @@ func NewRing(mem *Memory, size uint16, eventIdx bool) (*Ring, error) {
 		return nil, fmt.Errorf("guest: ring size %d not a power of two", size)
 	}
 	n := uint64(size)
-	r := &Ring{mem: mem, size: size, eventIdx: eventIdx, chainLen: map[uint16]int{}}
+	r := &Ring{mem: mem, size: size, eventIdx: eventIdx, chainLen: make([]uint16, size)}
 	var err error
 	alloc := func(sz uint64) uint64 {
 		if err != nil {
@@ -167,7 +167,7 @@ func (r *Ring) Add(bufs []Buf, indirect bool) (uint16, error) {
 			putDesc(r.Desc(id), bufs[i], fl, next)
 		}
 	}
-	r.chainLen[head] = need
+	r.chainLen[head] = uint16(need)
 	r.avail[4+2*int(r.availIdx&(r.size-1))] = byte(head)
 	r.avail[5+2*int(r.availIdx&(r.size-1))] = byte(head >> 8)
 	r.availIdx++
@@ -245,8 +245,11 @@ func (r *Ring) Used() (head uint16, length uint32, ok bool) {
 	head = uint16(binary.LittleEndian.Uint32(e))
 	length = binary.LittleEndian.Uint32(e[4:])
 	r.lastUsed++
-	n := r.chainLen[head]
-	delete(r.chainLen, head)
+	// The head is the device's word: one that is no chain's frees nothing.
+	var n uint16
+	if int(head) < len(r.chainLen) {
+		n, r.chainLen[head] = r.chainLen[head], 0
+	}
 	id := head
 	for range n {
 		r.free = append(r.free, id)
@@ -290,4 +293,41 @@ func (r *Ring) SkipUsed() int {
 // make the driver misbehave).
 func (r *Ring) PublishRaw(idx uint16) {
 	store32(r.avail, 0, uint32(load16(r.avail, 0))|uint32(idx)<<16)
+}
+
+// slotTable maps the heads of chains on a ring (below the ring's size) to
+// the buffer slots they use. A slice, not a map: it is looked up for every
+// frame the built-in guest sends and receives, and heads come from the
+// device, so a head the table does not hold (out of range, or no chain's)
+// reads as absent.
+type slotTable []int32
+
+func newSlotTable(size int) slotTable {
+	t := make(slotTable, size)
+	t.reset()
+	return t
+}
+
+func (t slotTable) get(head uint16) (int, bool) {
+	if int(head) >= len(t) || t[head] < 0 {
+		return 0, false
+	}
+	return int(t[head]), true
+}
+
+// take is get, removing the head.
+func (t slotTable) take(head uint16) (int, bool) {
+	s, ok := t.get(head)
+	if ok {
+		t[head] = -1
+	}
+	return s, ok
+}
+
+func (t slotTable) set(head uint16, slot int) { t[head] = int32(slot) }
+
+func (t slotTable) reset() {
+	for i := range t {
+		t[i] = -1
+	}
 }
