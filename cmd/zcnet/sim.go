@@ -130,7 +130,7 @@ from the generator's stamp to the sink: p50, p99, p99.9 and max.`,
 	f.BoolVar(&o.copy, "copy", false, "force the copy path (to compare with zero-copy)")
 	f.BoolVar(&o.json, "json", false, "print the final summary as JSON on stdout (statistics lines go to stderr)")
 	f.StringVar(&o.tap, "tap", "", "connect the simulated port's wire to a TAP interface of this name instead of the generator and sink")
-	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest; PATH,migration=on lets QEMU live-migrate it (dirty logging, SEND_RARP); PATH,mode=0660,group=kvm gives the socket (default mode 0600) to a front end running as another user")
+	f.StringVar(&o.vhost, "vhost", "", "serve an external vhost-user front end on this socket path instead of the built-in guest; QEMU may live-migrate it (dirty logging, SEND_RARP) unless PATH,migration=off; PATH,mode=0660,group=kvm gives the socket (default mode 0600) to a front end running as another user")
 	f.StringVar(&o.guestMAC, "guest-mac", "", "the guest's MAC, accepted by the NIC's filter from the start and reported in the guest's config space (the generator then sends to it); default: learned from the guest's frames")
 	f.BoolVar(&o.noPacked, "no-packed", false, "do not offer packed virtqueues (VIRTIO_F_RING_PACKED) to the guest; IN_ORDER is never offered, as the zero-copy engine completes RX buffers out of order")
 	f.IntVar(&o.rxd, "rxd", 2048, "NIC RX descriptors")
