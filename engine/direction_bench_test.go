@@ -139,12 +139,22 @@ type dirRig struct {
 
 // newDirRig sets a channel up for one direction: rx, 255 guest receive
 // buffers (127 of them on the NIC); otherwise 128 guest frames of size
-// bytes on the wire (FCS included) to transmit again and again.
-func newDirRig(tb testing.TB, rx bool, size int) *dirRig {
+// bytes on the wire (FCS included) to transmit again and again. The
+// device offers live migration; migrating has the guest's front end turn
+// dirty logging on (as QEMU does for the whole of a migration), so that
+// every page the channel writes is marked.
+func newDirRig(tb testing.TB, rx bool, size int, migrating bool) *dirRig {
 	d := &dirRig{frame: uint64(size - 4)}
-	d.rig = newRig(tb, rigOptions{guest: guest.Options{RxBufSize: 4096, QueueSize: 256}, frame: size,
+	d.rig = newRig(tb, rigOptions{guest: guest.Options{RxBufSize: 4096, QueueSize: 256}, frame: size, migration: true,
 		device: func(pf *sim.PF) vfio.Device { d.nicDev = newWBDevice(pf); return d.nicDev }})
 	d.pf.Attach(nil)
+	if migrating {
+		log, err := d.g.StartMigration()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { log.Close() })
+	}
 	if rx {
 		d.postRx(tb, 255)
 		d.rx = d.nicDev.ring(tb, wbRDBAL, wbRDBAH, wbRDLEN, wbRDH, wbRDT)
@@ -222,7 +232,7 @@ func (d *dirRig) round(rx bool) (int, time.Duration) {
 func TestDirectionRigs(t *testing.T) {
 	for _, rx := range []bool{true, false} {
 		for _, size := range []int{64, 1518} {
-			d := newDirRig(t, rx, size)
+			d := newDirRig(t, rx, size, false)
 			start := d.channel.Stats()
 			frames := 0
 			allocs := testing.AllocsPerRun(100, func() {
@@ -262,21 +272,30 @@ func TestDirectionRigs(t *testing.T) {
 // pmd-ns/frame is the channel's poll (what the poll core spends: NIC
 // driver, vhost ring and engine; the two clock reads per poll add about
 // 1 ns/frame), ns/frame the whole round with the test's NIC and guest.
+// The -migrating cases run with the front end's dirty log on, as during a
+// live migration: every guest page written is marked before it is
+// published.
 func BenchmarkChannelWireToGuest(b *testing.B) { benchDirection(b, true) }
 
 func BenchmarkChannelGuestToWire(b *testing.B) { benchDirection(b, false) }
 
 func benchDirection(b *testing.B, rx bool) {
-	for _, size := range []int{64, 1518} {
-		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
-			d := newDirRig(b, rx, size)
-			start := d.channel.Stats()
-			frames := timeRounds(b, "frame", func() (int, time.Duration) { return d.round(rx) })
-			st := d.channel.Stats()
-			if frames == 0 || st.RxCopied+st.TxCopied != start.RxCopied+start.TxCopied {
-				b.Fatalf("%d frames, copies: %+v", frames, st)
+	for _, migrating := range []bool{false, true} {
+		for _, size := range []int{64, 1518} {
+			name := fmt.Sprintf("%dB", size)
+			if migrating {
+				name += "-migrating"
 			}
-		})
+			b.Run(name, func(b *testing.B) {
+				d := newDirRig(b, rx, size, migrating)
+				start := d.channel.Stats()
+				frames := timeRounds(b, "frame", func() (int, time.Duration) { return d.round(rx) })
+				st := d.channel.Stats()
+				if frames == 0 || st.RxCopied+st.TxCopied != start.RxCopied+start.TxCopied {
+					b.Fatalf("%d frames, copies: %+v", frames, st)
+				}
+			})
+		}
 	}
 }
 
@@ -285,7 +304,7 @@ func benchDirection(b *testing.B, rx bool) {
 // the data-path lock alone (taken and released, uncontended), a part of
 // every poll.
 func BenchmarkChannelIdlePoll(b *testing.B) {
-	d := newDirRig(b, true, 64)
+	d := newDirRig(b, true, 64, false)
 	b.Run("poll", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
