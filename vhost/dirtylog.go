@@ -156,17 +156,11 @@ func mapDirtyLog(fd int, size, off, need uint64) (*DirtyLog, error) {
 	if size < need {
 		return nil, fmt.Errorf("%w: %d bytes, the memory table needs %d (one bit per 4 KiB page up to its highest address)", ErrLogTooSmall, size, need)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("fstat log fd: %w", err)
-	}
 	// The same rules as guest memory: a shared-memory file, a memfd sealed
 	// against shrinking (QEMU seals its log memfd).
-	if err := checkBacking(fd, &st); err != nil {
-		return nil, fmt.Errorf("dirty log: %w", err)
-	}
-	if uint64(st.Size) < end {
-		return nil, fmt.Errorf("%w: file of %d bytes is shorter than offset+size %#x", ErrLogBounds, st.Size, end)
+	st, err := statSharedFile(fd, "dirty log", end, "offset+size", ErrLogBounds)
+	if err != nil {
+		return nil, err
 	}
 	// Whole 32-bit words: the last one may run up to 3 bytes past the
 	// log's end, inside the page of its last byte (which the file holds,

@@ -201,17 +201,11 @@ func mapInflight(fd int, d InflightDesc, nrings int, packed bool) (*inflightBuff
 		return nil, fmt.Errorf("%w: mmap_offset %#x is not a multiple of %d below 2^47", ErrInflightBounds, d.MmapOffset, inflightAlign)
 	}
 	end := d.MmapOffset + d.MmapSize
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("fstat inflight fd: %w", err)
-	}
 	// The same rules as guest memory: a shared-memory file, a memfd sealed
 	// against shrinking, so that it cannot be cut under the mapping.
-	if err := checkBacking(fd, &st); err != nil {
-		return nil, fmt.Errorf("inflight buffer: %w", err)
-	}
-	if uint64(st.Size) < end {
-		return nil, fmt.Errorf("%w: file of %d bytes is shorter than mmap_offset+mmap_size %#x", ErrInflightBounds, st.Size, end)
+	st, err := statSharedFile(fd, "inflight buffer", end, "mmap_offset+mmap_size", ErrInflightBounds)
+	if err != nil {
+		return nil, err
 	}
 	// Only what the regions take is mapped (and ever touched), all of it
 	// inside the file.

@@ -437,6 +437,25 @@ func checkBacking(fd int, st *unix.Stat_t) error {
 	return nil
 }
 
+// statSharedFile checks that fd, a buffer the front end shares with the
+// back end beside guest memory (the dirty log, the inflight buffer), is
+// shared memory as checkBacking requires and holds at least end bytes, and
+// returns its stat. what names the buffer in errors, endName what end is
+// (the message's fields); short wraps a file too short for end.
+func statSharedFile(fd int, what string, end uint64, endName string, short error) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, fmt.Errorf("fstat %s fd: %w", what, err)
+	}
+	if err := checkBacking(fd, &st); err != nil {
+		return st, fmt.Errorf("%s: %w", what, err)
+	}
+	if uint64(st.Size) < end {
+		return st, fmt.Errorf("%w: %s file of %d bytes is shorter than %s %#x", short, what, st.Size, endName, end)
+	}
+	return st, nil
+}
+
 // describeFD names what a refused region descriptor is, for the error the
 // front end and the log get.
 func describeFD(fd int, st *unix.Stat_t) string {
