@@ -2,12 +2,11 @@ package sim
 
 import (
 	"fmt"
-	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/zcnet/zcnet/internal/idlepoll"
 	"github.com/zcnet/zcnet/sim/wire"
 	"github.com/zcnet/zcnet/vfio"
 )
@@ -353,26 +352,7 @@ func (p *PF) Stop() {
 
 func (p *PF) run(stop <-chan struct{}, step func() int) {
 	defer p.running.Done()
-	idle := 0
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		if step() > 0 {
-			idle = 0
-			continue
-		}
-		// Poll hard for a while, then back off so an idle model does not
-		// burn a core.
-		idle++
-		if idle < 256 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(20 * time.Microsecond)
-		}
-	}
+	idlepoll.Run(stop, step)
 }
 
 // Counters returns a snapshot of the model's own counters.

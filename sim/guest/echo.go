@@ -5,8 +5,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/zcnet/zcnet/internal/idlepoll"
 	"github.com/zcnet/zcnet/vhost"
 )
 
@@ -98,26 +98,7 @@ func runEcho(g *Guest, own *[6]byte) (*Echo, error) {
 // end never needs to signal it.
 func (e *Echo) loop() {
 	defer close(e.done)
-	idle := 0
-	for {
-		select {
-		case <-e.stop:
-			return
-		default:
-		}
-		if e.round() > 0 {
-			idle = 0
-			continue
-		}
-		// Nothing to do: yield first, then back off to short sleeps so an
-		// idle guest leaves the CPUs to the simulator and the lcores.
-		idle++
-		if idle < 256 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(20 * time.Microsecond)
-		}
-	}
+	idlepoll.Run(e.stop, e.round)
 }
 
 // round echoes what arrived since the last round and refills the receive

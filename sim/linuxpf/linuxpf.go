@@ -23,10 +23,9 @@ package linuxpf
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
-	"time"
 
+	"github.com/zcnet/zcnet/internal/idlepoll"
 	"github.com/zcnet/zcnet/vfio"
 )
 
@@ -228,23 +227,7 @@ func (h *Host) Run() {
 	h.running.Add(1)
 	go func() {
 		defer h.running.Done()
-		idle := 0
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if h.Step() > 0 {
-				idle = 0
-				continue
-			}
-			if idle++; idle < 64 {
-				runtime.Gosched()
-			} else {
-				time.Sleep(20 * time.Microsecond)
-			}
-		}
+		idlepoll.Run(stop, h.Step)
 	}()
 }
 
