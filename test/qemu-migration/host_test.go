@@ -164,56 +164,25 @@ type zcnet struct {
 	s          *setup
 	name, out  string
 	sock, tele string
-	cmd        *exec.Cmd
+	proc       *lib.Process
 	stdout     bytes.Buffer
-	done       chan error
-	exited     bool
 	summary    appliance.Snapshot
-	logFile    *os.File
 }
 
 func startZcnet(t *testing.T, s *setup, ns, tap, out string) *zcnet {
 	dir := t.TempDir()
 	z := &zcnet{s: s, name: filepath.Base(out), out: out, sock: filepath.Join(dir, "vhost.sock"),
-		tele: filepath.Join(dir, "telemetry.sock"), done: make(chan error, 1)}
-	var err error
-	if z.logFile, err = os.Create(out + ".log"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { z.logFile.Close() })
-	z.cmd = exec.Command("ip", "netns", "exec", ns, s.zcnet, "sim", "--tap", tap,
+		tele: filepath.Join(dir, "telemetry.sock")}
+	z.proc = lib.StartProcess(t, z.name, out+".log", &z.stdout, "ip", "netns", "exec", ns, s.zcnet, "sim", "--tap", tap,
 		// No migration=on: live migration is offered by default.
 		"--vhost", z.sock+",mac="+guestMAC, "--telemetry", z.tele, "--stats-period", "0", "--json", "--log-level", "debug")
-	z.cmd.Stdout, z.cmd.Stderr = &z.stdout, z.logFile
-	z.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	t.Logf("ip netns exec %s %s", ns, strings.Join(z.cmd.Args[4:], " "))
-	if err := z.cmd.Start(); err != nil {
-		t.Fatalf("start zcnet: %v", err)
-	}
-	go func() { z.done <- z.cmd.Wait() }()
-	t.Cleanup(func() {
-		if !z.exited {
-			_ = z.cmd.Process.Kill()
-			<-z.done
-		}
-	})
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	z.proc.WaitReady(t, 20*time.Second, func() (bool, string) {
 		tapOK := exec.Command("ip", "netns", "exec", ns, "ip", "link", "show", tap).Run() == nil
 		_, e1 := os.Stat(z.sock)
 		_, e2 := os.Stat(z.tele)
-		if tapOK && e1 == nil && e2 == nil {
-			return z
-		}
-		select {
-		case err := <-z.done:
-			z.exited = true
-			t.Fatalf("%s exited before it was ready (%v); its log:\n%s", z.name, err, lib.TailFile(out+".log", 30))
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after 20 s (TAP %v, socket %v, telemetry %v); its log:\n%s", z.name, tapOK, e1, e2, lib.TailFile(out+".log", 30))
-		}
-	}
+		return tapOK && e1 == nil && e2 == nil, fmt.Sprintf("TAP %v, socket %v, telemetry %v", tapOK, e1, e2)
+	})
+	return z
 }
 
 func (z *zcnet) snapshot(t *testing.T) appliance.Snapshot {
@@ -249,18 +218,7 @@ func (z *zcnet) settle(t *testing.T) appliance.Snapshot {
 
 // stop ends zcnet with SIGINT and reads its JSON summary.
 func (z *zcnet) stop(t *testing.T) appliance.Snapshot {
-	if err := z.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatalf("SIGINT to %s: %v", z.name, err)
-	}
-	select {
-	case err := <-z.done:
-		z.exited = true
-		if err != nil {
-			t.Errorf("%s exited with %v after SIGINT; its log:\n%s", z.name, err, lib.TailFile(z.out+".log", 30))
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s still running 30 s after SIGINT", z.name)
-	}
+	z.proc.Interrupt(t, 30*time.Second)
 	_ = os.WriteFile(z.out+"-summary.json", z.stdout.Bytes(), 0o644)
 	if err := json.Unmarshal(z.stdout.Bytes(), &z.summary); err != nil {
 		t.Fatalf("%s's summary: %v: %s", z.name, err, z.stdout.Bytes())
@@ -641,7 +599,7 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, z := range []*zcnet{n.a, n.b} {
-				if !z.exited {
+				if !z.proc.HasExited() {
 					t.Logf("%s at the failure: %s", z.name, ledgerOf(z.snapshot(t)))
 				}
 			}

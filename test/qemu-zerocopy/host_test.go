@@ -183,7 +183,7 @@ func runCase(t *testing.T, s *setup, c tcase, idx int) {
 	r := startRig(t, s, out, fmt.Sprintf("zcq%d-%d", os.Getpid(), idx))
 	// On a failure while zcnet runs, its counters tell where frames went.
 	t.Cleanup(func() {
-		if t.Failed() && !r.exited {
+		if t.Failed() && !r.zc.HasExited() {
 			if c, err := r.trySnapshot(); err == nil {
 				t.Logf("zcnet's counters at the failure:\n%s", c.table())
 			}
@@ -253,14 +253,12 @@ type rig struct {
 	s          *setup
 	ns, out    string
 	sock, tele string
-	zc         *exec.Cmd
+	zc         *lib.Process
 	zcOut      bytes.Buffer
-	zcDone     chan error
-	exited     bool
 }
 
 func startRig(t *testing.T, s *setup, out, ns string) *rig {
-	r := &rig{s: s, ns: ns, out: out, zcDone: make(chan error, 1)}
+	r := &rig{s: s, ns: ns, out: out}
 	dir := t.TempDir()
 	r.sock, r.tele = filepath.Join(dir, "vhost.sock"), filepath.Join(dir, "telemetry.sock")
 
@@ -275,48 +273,17 @@ func startRig(t *testing.T, s *setup, out, ns string) *rig {
 	// router solicitations and MLD reports are frames it did not make.
 	r.nsRun(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6")
 
-	logFile, err := os.Create(filepath.Join(out, "zcnet.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { logFile.Close() })
-	r.zc = exec.Command("ip", "netns", "exec", ns, s.zcnet, "sim", "--tap", tapName, "--vhost", r.sock,
-		"--telemetry", r.tele, "--stats-period", "0", "--json")
-	r.zc.Stdout, r.zc.Stderr = &r.zcOut, logFile
-	r.zc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	t.Logf("ip netns exec %s %s", ns, strings.Join(r.zc.Args[4:], " "))
-	if err := r.zc.Start(); err != nil {
-		t.Fatalf("start zcnet: %v", err)
-	}
-	go func() { r.zcDone <- r.zc.Wait() }()
-	t.Cleanup(func() {
-		if !r.exited {
-			_ = r.zc.Process.Kill()
-			<-r.zcDone
-		}
-	})
-
+	r.zc = lib.StartProcess(t, "zcnet", filepath.Join(out, "zcnet.log"), &r.zcOut, "ip", "netns", "exec", ns, s.zcnet, "sim",
+		"--tap", tapName, "--vhost", r.sock, "--telemetry", r.tele, "--stats-period", "0", "--json")
 	// The TAP, the vhost-user socket and the telemetry socket appear once
 	// zcnet is up.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	r.zc.WaitReady(t, 20*time.Second, func() (bool, string) {
 		tapOK := exec.Command("ip", "netns", "exec", ns, "ip", "link", "show", tapName).Run() == nil
 		_, sockErr := os.Stat(r.sock)
 		_, teleErr := os.Stat(r.tele)
-		if tapOK && sockErr == nil && teleErr == nil {
-			break
-		}
-		select {
-		case err := <-r.zcDone:
-			r.exited = true
-			t.Fatalf("zcnet exited before it was ready (%v); its log:\n%s", err, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s zcnet has not made its TAP %s in %s (%v), vhost socket (%v) and telemetry socket (%v); its log:\n%s",
-				tapName, ns, tapOK, sockErr, teleErr, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
-		}
-	}
+		return tapOK && sockErr == nil && teleErr == nil,
+			fmt.Sprintf("TAP %s in %s: %v, vhost socket: %v, telemetry socket: %v", tapName, ns, tapOK, sockErr, teleErr)
+	})
 	r.nsRun(t, "ip", "addr", "add", nsAddr+"/24", "dev", tapName)
 	r.nsRun(t, "ip", "link", "set", tapName, "up")
 	return r
@@ -371,18 +338,7 @@ func (r *rig) settle(t *testing.T, when string) counters {
 // summary it prints. zcnet must exit 0: it fails on an IOMMU fault.
 func (r *rig) stop(t *testing.T) counters {
 	t.Helper()
-	if err := r.zc.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatalf("SIGINT to zcnet: %v", err)
-	}
-	select {
-	case err := <-r.zcDone:
-		r.exited = true
-		if err != nil {
-			t.Errorf("zcnet exited with %v after SIGINT; its log:\n%s", err, lib.TailFile(filepath.Join(r.out, "zcnet.log"), 30))
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("zcnet still running 30 s after SIGINT")
-	}
+	r.zc.Interrupt(t, 30*time.Second)
 	_ = os.WriteFile(filepath.Join(r.out, "summary.json"), r.zcOut.Bytes(), 0o644)
 	c, err := parseCounters(r.zcOut.Bytes(), "zcnet sim --json summary")
 	if err != nil {
@@ -646,9 +602,8 @@ func streamAndKill(t *testing.T, s *setup, r *rig, c tcase, out string) {
 	send.kill()
 	// zcnet must have survived the front end's death.
 	select {
-	case err := <-r.zcDone:
-		r.exited = true
-		t.Fatalf("zcnet exited (%v) when QEMU was killed; its log:\n%s", err, lib.TailFile(filepath.Join(out, "zcnet.log"), 30))
+	case <-r.zc.Exited():
+		t.Fatalf("zcnet exited (%v) when QEMU was killed; its log:\n%s", r.zc.Err(), r.zc.LogTail(30))
 	case <-time.After(2 * time.Second):
 	}
 }
