@@ -53,7 +53,10 @@ const (
 // modelled, so they are not offered by default.
 var LinuxAPIs = []API{API10, API11, API12, API13, API14}
 
-// Mailbox message IDs and flags (ixgbe_mbx.h).
+// Mailbox message IDs and flags (ixgbe_mbx.h). They repeat package
+// ixgbe's VF-side constants on purpose: written from the Linux source
+// independently of the driver under test, a wrong value in either side
+// makes the VF tests fail instead of agreeing with itself.
 const (
 	msgReset           = 0x01
 	msgSetMACAddr      = 0x02
