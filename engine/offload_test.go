@@ -256,3 +256,36 @@ func TestTxChecksumRequestOutsideFrame(t *testing.T) {
 		})
 	}
 }
+
+// TestRxHeaderFollowsEachFrame: the channel stores a receive header only
+// where the buffer does not already hold it (putRxHeader), so a buffer
+// used again must still get each frame's own header. The guest posts one
+// receive buffer at a time and takes the same slot back each time, so an
+// intact frame, a frame with a bad IPv4 header checksum and an intact one
+// arrive in buffers that held a header before: DATA_VALID set, cleared,
+// set again. (Comparing num_buffers alone fails here.)
+func TestRxHeaderFollowsEachFrame(t *testing.T) {
+	r := newRig(t, rigOptions{guest: guest.Options{RxBufSize: 4096}, frame: 200})
+	r.postRx(t, 1)
+	r.gen.Emit(1)
+	first := r.receive(t, 1)[0]
+	sent := r.input.take()[0]
+	bad := append([]byte(nil), sent...)
+	bad[14+10] ^= 0xff // the IPv4 header checksum
+	r.pf.Deliver(bad)
+	second := r.receive(t, 1)[0]
+	r.pf.Deliver(sent)
+	third := r.receive(t, 1)[0]
+	for i, c := range []struct {
+		got   vhost.NetHeader
+		valid bool
+	}{{first.Hdr, true}, {second.Hdr, false}, {third.Hdr, true}} {
+		want := vhost.NetHeader{NumBuffers: 1}
+		if c.valid {
+			want.Flags = vhost.NetHdrFDataValid
+		}
+		if c.got != want {
+			t.Errorf("frame %d: header %+v, want %+v", i+1, c.got, want)
+		}
+	}
+}

@@ -339,21 +339,37 @@ func (p *Channel) deliver(f []ring.RxDone) bool {
 
 // putRxHeader writes the virtio-net header for a received frame of
 // buffers buffers, whose last completion is eop, into b (at least hdrLen
-// bytes). It stores the fields one by one into b: building a
-// vhost.NetHeader and encoding it cost a stack copy of the header per frame
-// on the hot path.
+// bytes), as two words built in registers (building a vhost.NetHeader and
+// encoding it cost a stack copy of the header per frame). A header b
+// already holds is not stored again, as DPDK's vhost does not store
+// unchanged fields (ASSIGN_UNLESS_EQUAL): the guest's driver reads every
+// header it receives, and a buffer's header is usually what it was the
+// last time the buffer was used, so the line need not move to the poll
+// core and back. In make bench-vhost's rxonly mode, where the back end
+// alone writes the buffers, that took testpmd's time per packet from 39
+// to 27 ns. Here the NIC writes the frame's first bytes into the same
+// line, so what it saves with a card is not measured; the engine
+// benchmark shows no cost.
 func (p *Channel) putRxHeader(b []byte, eop *ring.RxDone, buffers int) {
-	b = b[:p.hdrLen]
-	flags := uint8(0)
+	// flags (byte 0), gso_type NONE (byte 1), and hdr_len, gso_size,
+	// csum_start, csum_offset all zero (bytes 2-9).
+	var lo uint64
 	if p.features&vhost.NetFGuestCsum != 0 && eop.L4Csum == ring.CsumGood && eop.IPCsum != ring.CsumBad {
-		flags = vhost.NetHdrFDataValid
+		lo = vhost.NetHdrFDataValid
 	}
-	b[0] = flags
-	b[1] = vhost.NetHdrGSONone
-	// hdr_len, gso_size, csum_start and csum_offset: all zero.
-	binary.LittleEndian.PutUint64(b[2:10], 0)
-	if len(b) >= vhost.NetHeaderSize {
-		binary.LittleEndian.PutUint16(b[10:12], uint16(buffers))
+	if p.hdrLen >= vhost.NetHeaderSize {
+		b = b[:vhost.NetHeaderSize]
+		hi := uint32(buffers) << 16 // num_buffers (bytes 10-11)
+		if binary.LittleEndian.Uint64(b) != lo || binary.LittleEndian.Uint32(b[8:]) != hi {
+			binary.LittleEndian.PutUint64(b, lo)
+			binary.LittleEndian.PutUint32(b[8:], hi)
+		}
+		return
+	}
+	b = b[:vhost.LegacyNetHeaderSize]
+	if binary.LittleEndian.Uint64(b) != lo || binary.LittleEndian.Uint16(b[8:]) != 0 {
+		binary.LittleEndian.PutUint64(b, lo)
+		binary.LittleEndian.PutUint16(b[8:], 0)
 	}
 }
 

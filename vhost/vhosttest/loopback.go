@@ -23,6 +23,11 @@ type Loopback struct {
 	rx      []vhost.Chain
 	written []uint32
 
+	// copies are the burst's frames whose copy copyContiguous left for
+	// the end of the poll (writeCopies).
+	copies  [loopbackBurst]pendingCopy
+	ncopies int
+
 	counts loopbackCounters
 
 	// faulted: guest memory went away in session faultSession, which
@@ -98,6 +103,7 @@ func (l *Loopback) Poll() (n int) {
 				panic(v)
 			}
 			l.faulted, l.faultSession = true, l.d.Session()
+			l.ncopies = 0
 			l.counts.faults.Add(1)
 			l.d.Drop(fmt.Errorf("%w (loopback: %w)", vhost.ErrGuestMemoryFault, f))
 			n = 0
@@ -119,6 +125,13 @@ func (l *Loopback) pollPair(p int) int {
 	feat := l.d.Features()
 	hdrLen := vhost.NetHeaderLen(feat)
 	mrg := feat&vhost.NetFMrgRxbuf != 0
+	// While the front end migrates the guest, what is written must be
+	// logged after it is written and before the used entries are
+	// published: such a poll copies each frame at once.
+	var log *vhost.DirtyLog
+	if rx != nil {
+		log = rx.DirtyLog()
+	}
 	// Counted locally and published once per call: an atomic add per
 	// frame would cost a locked instruction each.
 	n, frames, dropped, noRxBuffer := 0, uint64(0), uint64(0), uint64(0)
@@ -169,10 +182,7 @@ func (l *Loopback) pollPair(p int) int {
 			n--
 			noRxBuffer++
 		default:
-			if l.copyFrame(l.rx[:nrx], hdrLen, feat) {
-				// While the front end migrates the guest, what was
-				// written is logged before the used entries are published.
-				log := rx.DirtyLog()
+			if l.copyFrame(l.rx[:nrx], hdrLen, feat, log == nil) {
 				for i := range nrx {
 					if log != nil {
 						log.MarkSegments(l.rx[i].Segs, int(l.rx[i].ReadLen), int(l.written[i]))
@@ -189,6 +199,7 @@ func (l *Loopback) pollPair(p int) int {
 		}
 		break
 	}
+	l.writeCopies(hdrLen)
 	// RX first: the guest is polling for these frames, while the TX
 	// completions only let it reuse buffers.
 	if rx != nil {
@@ -208,11 +219,23 @@ func (l *Loopback) pollPair(p int) int {
 }
 
 // copyFrame copies l.tx's frame into chains with MACs swapped and the
-// header adapted to what the guest accepts. It reports false for a frame
+// header adapted to what the guest accepts; with later it may leave the
+// copy of a contiguous frame to writeCopies. It reports false for a frame
 // the loopback cannot deliver (GSO to a guest without GUEST_TSO).
-func (l *Loopback) copyFrame(chains []vhost.Chain, hdrLen int, feat uint64) bool {
-	if len(chains) == 1 && headerPassesAsIs(l.tx.Segs[0].Buf, feat) && l.copyContiguous(chains, hdrLen, nil) {
-		return true
+func (l *Loopback) copyFrame(chains []vhost.Chain, hdrLen int, feat uint64, later bool) bool {
+	if len(chains) == 1 {
+		// A driver without host offloads cannot ask for anything in its
+		// header (virtio 1.2, 5.1.6.2: flags 0 without VIRTIO_NET_F_CSUM,
+		// gso_type NONE without a HOST_ GSO feature), so it is not read,
+		// as DPDK's vhost does not read it: the driver's core has just
+		// written that cache line, and reading it costs a transfer.
+		if feat&hostOffloads == 0 {
+			if l.copyContiguous(chains, hdrLen, nil, later) {
+				return true
+			}
+		} else if b := l.tx.Segs[0].Buf; headerPassesAsIs(b, feat) && l.copyContiguous(chains, hdrLen, b, later) {
+			return true
+		}
 	}
 	var hb [vhost.NetHeaderSize]byte
 	r := segReader{segs: l.tx.Segs}
@@ -245,8 +268,11 @@ func (l *Loopback) copyFrame(chains []vhost.Chain, hdrLen int, feat uint64) bool
 	}
 	h.NumBuffers = uint16(len(chains))
 
-	if patchAt < 0 && l.copyContiguous(chains, hdrLen, &h) {
-		return true
+	if patchAt < 0 {
+		_, _ = h.Encode(hb[:], hdrLen)
+		if l.copyContiguous(chains, hdrLen, hb[:hdrLen], later) {
+			return true
+		}
 	}
 	w := chainWriter{chains: chains, written: l.written[:len(chains)]}
 	clear(w.written)
@@ -270,6 +296,10 @@ func (l *Loopback) copyFrame(chains []vhost.Chain, hdrLen int, feat uint64) bool
 	return true
 }
 
+// hostOffloads are the features that let a driver ask for something in a
+// transmitted frame's virtio-net header.
+const hostOffloads = vhost.NetFCsum | vhost.NetFHostTSO4 | vhost.NetFHostTSO6 | vhost.NetFHostECN | vhost.NetFHostUFO
+
 // headerPassesAsIs reports whether the virtio-net header at the start of
 // b (the first TX segment) reaches the guest unchanged but for
 // num_buffers: no GSO, and either no flags or a guest that accepts
@@ -280,11 +310,12 @@ func headerPassesAsIs(b []byte, feat uint64) bool {
 }
 
 // copyContiguous is copyFrame's fast path for the common case, a frame in
-// one TX buffer going to one RX buffer: one copy, then the header and the
-// MAC addresses rewritten in place. A nil h keeps the guest's header bytes
-// and only sets num_buffers (see headerPassesAsIs). It reports false,
-// having written nothing, when the frame or the RX space is split.
-func (l *Loopback) copyContiguous(chains []vhost.Chain, hdrLen int, h *vhost.NetHeader) bool {
+// one TX buffer going to one RX buffer. The header delivered is hdr but
+// for num_buffers (nil: all zero). With later, and hdr nil or the guest's
+// own header, the copy is left to writeCopies at the end of the poll while
+// the burst has room. It reports false, having written nothing, when the
+// frame or the RX space is split.
+func (l *Loopback) copyContiguous(chains []vhost.Chain, hdrLen int, hdr []byte, later bool) bool {
 	if len(chains) != 1 || len(l.tx.Segs) == 0 || len(chains[0].Segs) == 0 {
 		return false
 	}
@@ -294,19 +325,88 @@ func (l *Loopback) copyContiguous(chains []vhost.Chain, hdrLen int, h *vhost.Net
 	if src.Writable || len(src.Buf) != need || !dst.Writable || len(dst.Buf) < need {
 		return false
 	}
-	out := dst.Buf[:need]
-	copy(out, src.Buf)
-	if h != nil {
-		_, _ = h.Encode(out, hdrLen)
-	} else if hdrLen >= vhost.NetHeaderSize {
-		binary.LittleEndian.PutUint16(out[10:], 1) // num_buffers: one chain
-	}
-	in := src.Buf[hdrLen : hdrLen+12]
-	mac := out[hdrLen : hdrLen+12]
-	copy(mac[:6], in[6:])
-	copy(mac[6:], in[:6])
 	l.written[0] = uint32(need)
+	own := hdr != nil && &hdr[0] == &src.Buf[0]
+	if later && (hdr == nil || own) && l.ncopies < len(l.copies) {
+		c := &l.copies[l.ncopies]
+		c.out, c.src, c.ownHeader = dst.Buf[:need], src.Buf, own
+		l.ncopies++
+		return true
+	}
+	out, in := dst.Buf[:need], src.Buf
+	copy(out[hdrLen:], in[hdrLen:])
+	lo, hi := headerWords(hdr)
+	setHeader(out[:hdrLen], lo, hi)
+	swapMACs(out[hdrLen:], in[hdrLen:])
 	return true
+}
+
+// pendingCopy is a frame copyContiguous checked and left to writeCopies:
+// out and src include the header; ownHeader delivers the guest's header
+// (see headerPassesAsIs), else an all-zero one.
+type pendingCopy struct {
+	out, src  []byte
+	ownHeader bool
+}
+
+// writeCopies writes the frames copyContiguous left for later. One tight
+// loop of copies lets the CPU fetch the guest's cache lines for several
+// frames at once; interleaved with popping and pushing, each frame's
+// stores waited for its lines alone (DPDK's vhost batches small copies
+// for the same reason).
+func (l *Loopback) writeCopies(hdrLen int) {
+	for i := range l.copies[:l.ncopies] {
+		c := &l.copies[i]
+		out, in := c.out[hdrLen:], c.src[hdrLen:]
+		copy(out, in)
+		var lo uint64
+		var hi uint32
+		if c.ownHeader {
+			lo, hi = headerWords(c.src)
+		}
+		setHeader(c.out[:hdrLen], lo, hi)
+		swapMACs(out, in)
+	}
+	l.ncopies = 0
+}
+
+// swapMACs writes the MAC addresses of frame in swapped into out.
+func swapMACs(out, in []byte) {
+	copy(out[:6], in[6:12])
+	copy(out[6:12], in[:6])
+}
+
+// headerWords reads the first 10 bytes of a virtio-net header (all but
+// num_buffers) from h, nil or at least that long, as two words.
+func headerWords(h []byte) (lo uint64, hi uint32) {
+	if h == nil {
+		return 0, 0
+	}
+	return binary.LittleEndian.Uint64(h), uint32(binary.LittleEndian.Uint16(h[8:]))
+}
+
+// setHeader stores the header of words lo and hi (headerWords), with
+// num_buffers 1, in b (10 or 12 bytes) unless b already holds it. The
+// guest's driver reads the header of every frame it receives, so its core
+// shares that cache line; storing the same bytes again would take the line
+// away from it, and it would have to fetch it back. DPDK's vhost and
+// virtio drivers leave unchanged header fields unwritten for the same
+// reason (ASSIGN_UNLESS_EQUAL), so when both ends do, a buffer's header
+// line stays shared and never moves. Words, not arrays: stores to the
+// stack here would queue behind the stores into guest buffers.
+func setHeader(b []byte, lo uint64, hi uint32) {
+	if len(b) >= vhost.NetHeaderSize {
+		hi |= 1 << 16 // num_buffers: one chain
+		if binary.LittleEndian.Uint64(b) != lo || binary.LittleEndian.Uint32(b[8:]) != hi {
+			binary.LittleEndian.PutUint64(b, lo)
+			binary.LittleEndian.PutUint32(b[8:], hi)
+		}
+		return
+	}
+	if binary.LittleEndian.Uint64(b) != lo || binary.LittleEndian.Uint16(b[8:]) != uint16(hi) {
+		binary.LittleEndian.PutUint64(b, lo)
+		binary.LittleEndian.PutUint16(b[8:], uint16(hi))
+	}
 }
 
 // segReader reads a chain's readable bytes in order.

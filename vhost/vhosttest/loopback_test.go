@@ -1,6 +1,7 @@
 package vhosttest_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -257,6 +258,73 @@ func waitDisconnected(t *testing.T, d *vhost.Device) {
 	for deadline := time.Now().Add(5 * time.Second); d.Connected(); time.Sleep(2 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("back end did not notice the disconnect")
+		}
+	}
+}
+
+// TestLoopbackHeaderWithoutHostOffloads checks the header the loopback
+// delivers to a driver that negotiated no host offload (no
+// VIRTIO_NET_F_CSUM, no HOST_ GSO feature): whatever that driver left in
+// its transmit header (here a checksum request it had no right to make)
+// is ignored, and every received frame has the all-zero header with
+// num_buffers 1, written over whatever the receive buffer held before
+// (here 0xaa bytes), with the frame itself intact and its MACs swapped.
+func TestLoopbackHeaderWithoutHostOffloads(t *testing.T) {
+	s := vhosttest.Serve(t, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
+	var wanted uint64 = guest.DefaultWanted&^(vhost.NetFCsum|vhost.NetFHostTSO4|vhost.NetFHostTSO6) | vhost.FInOrder
+	g, err := guest.Dial(s.Path, guest.Options{Features: wanted, RxBufSize: 2048, TxBufSize: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if g.Features&(vhost.NetFCsum|vhost.NetFHostTSO4|vhost.NetFHostTSO6) != 0 || g.HdrLen() != vhost.NetHeaderSize {
+		t.Fatalf("negotiated %#x, header %d bytes: want no host offload and a 12-byte header", g.Features, g.HdrLen())
+	}
+	const frames = 8
+	if err := g.RefillRx(0, frames); err != nil {
+		t.Fatal(err)
+	}
+	poisoned := 0
+	for head := range g.Ring(0).Size() {
+		if gpa, ok := g.RxBufferGPA(0, head); ok {
+			b := g.Mem.Bytes(gpa, vhost.NetHeaderSize)
+			for i := range b {
+				b[i] = 0xaa
+			}
+			poisoned++
+		}
+	}
+	if poisoned != frames {
+		t.Fatalf("poisoned %d receive buffers, want %d", poisoned, frames)
+	}
+	hostile := vhost.NetHeader{Flags: vhost.NetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 6, NumBuffers: 7}
+	for i := range frames {
+		frame := make([]byte, 60)
+		copy(frame, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, byte(i)})
+		if err := g.QueueTx(0, hostile, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.FlushTx(0); err != nil {
+		t.Fatal(err)
+	}
+	loop := vhosttest.NewLoopback(s.Dev)
+	loop.Poll()
+	got, err := g.ReceiveInPlace(0, make([]guest.RxFrame, 0, frames))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := loop.Counters(); len(got) != frames || c.Frames != frames || c.Dropped != 0 {
+		t.Fatalf("received %d of %d frames, counters %+v", len(got), frames, c)
+	}
+	for i, f := range got {
+		if f.Hdr != (vhost.NetHeader{NumBuffers: 1}) {
+			t.Errorf("frame %d: header %+v, want all zero with num_buffers 1", i, f.Hdr)
+		}
+		want := make([]byte, 60)
+		copy(want, []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00, byte(i)})
+		if !bytes.Equal(f.Frame, want) {
+			t.Errorf("frame %d came back as % x, want % x (MACs swapped, nothing else changed)", i, f.Frame, want)
 		}
 	}
 }
