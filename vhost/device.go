@@ -734,7 +734,9 @@ func (d *Device) setVringAddr(a VringAddr) error {
 func (d *Device) queueConfig(i int, v *vring) QueueConfig {
 	c := QueueConfig{Index: i, Size: v.num, Desc: v.addr.Desc, Avail: v.addr.Avail,
 		Used: v.addr.Used, LastAvail: uint16(v.base), EventIdx: d.features&FEventIdx != 0,
-		Packed: d.features&FRingPacked != 0}
+		Packed: d.features&FRingPacked != 0,
+		// Receive queues: even indexes below the control queue's.
+		ReadAhead: i%2 == 0 && i < 2*d.cfg.QueuePairs}
 	if c.Packed {
 		// Front ends that know only the avail position send 0 in the
 		// upper half: the used position is then the same.

@@ -66,6 +66,12 @@ type QueueConfig struct {
 	// the wrap counter in bit 15.
 	Packed   bool
 	LastUsed uint16
+	// ReadAhead says the driver keeps chains available long before the
+	// device uses them (a network device's receive queues: the driver
+	// posts every buffer it has), so Pop warms the next burst each time
+	// the last warmed one is used, not only when it reads the avail
+	// index, which with such a backlog it rarely needs to.
+	ReadAhead bool
 }
 
 // Virtqueue is the device side of a split virtqueue. It is used by one
@@ -89,6 +95,8 @@ type Virtqueue struct {
 	// is adding more.
 	availSeen uint16
 	warmed    uint64 // what warm read, kept so the loads are not dropped
+	warmEnd   uint16 // avail index up to which warm has read ahead
+	readAhead bool   // QueueConfig.ReadAhead
 	usedIdx   uint16 // next used ring slot to fill (staged, unpublished)
 	published uint16 // last value stored into used->idx
 	usedFlags uint16
@@ -140,7 +148,7 @@ func NewSplitQueue(mem *MemoryTable, cfg QueueConfig) (*Virtqueue, error) {
 		return nil, fmt.Errorf("vhost: queue %d: %w", cfg.Index, errRingMisaligned)
 	}
 	q := &Virtqueue{index: cfg.Index, size: cfg.Size, mask: cfg.Size - 1, mem: mem,
-		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, availSeen: cfg.LastAvail}
+		eventIdx: cfg.EventIdx, lastAvail: cfg.LastAvail, availSeen: cfg.LastAvail, readAhead: cfg.ReadAhead}
 	if cfg.Packed {
 		return q, q.initPacked(cfg)
 	}
@@ -318,6 +326,8 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 		} else {
 			q.warm(pending)
 		}
+	} else if q.lastAvail == q.warmEnd && q.readAhead {
+		q.warm(q.availSeen - q.lastAvail)
 	}
 	head := load16(q.avail, 4+2*int(q.lastAvail&q.mask))
 	if head >= q.size {
@@ -378,7 +388,9 @@ const warmDepth = 32
 // Indexes are checked as in Pop; the values are only summed.
 func (q *Virtqueue) warm(n uint16) {
 	var sum uint64
-	for i := range min(n, warmDepth) {
+	n = min(n, warmDepth)
+	q.warmEnd = q.lastAvail + n
+	for i := range n {
 		head := load16(q.avail, 4+2*int((q.lastAvail+i)&q.mask))
 		if head < q.size {
 			sum += binary.LittleEndian.Uint64(q.desc[descSize*int(head):])
