@@ -802,6 +802,10 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 			v.base = v.q.infl.availBase(v.q)
 		}
 		c := v.q.Counters()
+		if d.activeLog != nil {
+			d.log.Debug("dirty log: guest pages the device could have written while logging",
+				zap.Uint32("vring", index), zap.String("pages", d.activeLog.Touched()))
+		}
 		d.log.Debug("vring stopped", zap.Uint32("vring", index), zap.Uint32("base", v.base),
 			zap.Uint64("popped", c.Popped), zap.Uint64("pushed", c.Pushed))
 		v.q = nil

@@ -3,6 +3,7 @@ package vhost
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -48,6 +49,17 @@ type DirtyLog struct {
 	base    int    // the log's first byte in mapping (SET_LOG_BASE offset)
 	size    uint64 // the log's length in bytes
 	outside uint64 // pages marked that the log has no bit for (see Mark)
+
+	// touched has a bit, as the log does, for every page the device could
+	// have written while logging: the buffers of every chain popped and
+	// the rings (see Touched). It is kept apart from the log, which the
+	// front end clears as it reads, and independent of Mark's callers, so
+	// that a migration test can tell a page that reached the destination
+	// stale because the back end failed to mark it (touched) from one
+	// the front end lost on its own (never touched). Sized for the memory
+	// table when the log arrived, not for the log (whose size the front
+	// end chooses); pages beyond it are not recorded.
+	touched []byte
 }
 
 // Mark sets the bit of every page of guest physical range [gpa, gpa+n).
@@ -72,11 +84,13 @@ func (l *DirtyLog) Mark(gpa, n uint64) {
 		l.outside += end - limit + 1
 		end = limit - 1
 	}
-	// Bit b of the mapping (counted from its page-aligned start) is bit
-	// b%32 of the 32-bit word at byte 4*(b/32): the mapping is little
-	// endian like the log's chunks. Set every word's bits in one OR.
-	b := uint64(l.base)*8 + first
-	e := uint64(l.base)*8 + end
+	setBits(l.mapping, uint64(l.base)*8+first, uint64(l.base)*8+end)
+}
+
+// setBits sets bits [b, e] of bitmap m with atomic ORs. Bit b of m is bit
+// b%32 of the 32-bit word at byte 4*(b/32): m is little endian like the
+// log's chunks. Every word's bits are set in one OR.
+func setBits(m []byte, b, e uint64) {
 	for w := b >> 5; w <= e>>5; w++ {
 		lo, hi := uint64(0), uint64(31)
 		if w == b>>5 {
@@ -86,8 +100,59 @@ func (l *DirtyLog) Mark(gpa, n uint64) {
 			hi = e & 31
 		}
 		mask := uint32((uint64(1)<<(hi-lo+1) - 1) << lo)
-		memword.Or32(l.mapping, int(4*w), mask)
+		memword.Or32(m, int(4*w), mask)
 	}
+}
+
+// touch records guest physical range [gpa, gpa+n) as one the device could
+// write (see touched).
+func (l *DirtyLog) touch(gpa, n uint64) {
+	if n == 0 || len(l.touched) == 0 {
+		return
+	}
+	first, end := gpa>>logPageShift, (gpa+n-1)>>logPageShift
+	limit := uint64(len(l.touched)) * 8
+	if end < first || end >= limit {
+		if first >= limit {
+			return
+		}
+		end = limit - 1
+	}
+	setBits(l.touched, first, end)
+}
+
+// touchSegments records the pages of every segment of a popped chain.
+func (l *DirtyLog) touchSegments(segs []Segment) {
+	for i := range segs {
+		l.touch(segs[i].GPA, uint64(len(segs[i].Buf)))
+	}
+}
+
+// Touched lists the guest pages the device could have written while this
+// log was on, as ranges of page numbers (guest physical address / 4096),
+// e.g. "0x2c00-0x2c07,0xfcad".
+func (l *DirtyLog) Touched() string {
+	var b strings.Builder
+	n := uint64(len(l.touched)) * 8
+	for p := uint64(0); p < n; {
+		if memword.Load32(l.touched, int(p>>5)*4)>>(p&31)&1 == 0 {
+			p++
+			continue
+		}
+		q := p
+		for q+1 < n && memword.Load32(l.touched, int((q+1)>>5)*4)>>((q+1)&31)&1 != 0 {
+			q++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%#x", p)
+		if q > p {
+			fmt.Fprintf(&b, "-%#x", q)
+		}
+		p = q + 1
+	}
+	return b.String()
 }
 
 // MarkSegments marks the pages of bytes [off, off+n) of the buffer segs
@@ -188,10 +253,12 @@ func (d *Device) setLogBase(m *Message) error {
 		return err
 	}
 	size, off := u64(m.Payload), u64(m.Payload[8:])
-	l, err := mapDirtyLog(takeFD(m, 0), size, off, logBytesFor(d.mem))
+	need := logBytesFor(d.mem)
+	l, err := mapDirtyLog(takeFD(m, 0), size, off, need)
 	if err != nil {
 		return err
 	}
+	l.touched = make([]byte, (need+3)&^3)
 	old := d.dirty
 	d.dirty = l
 	if err := old.unmap(); err != nil {
@@ -275,5 +342,24 @@ func (d *Device) applyLog() {
 			descGPA, ring = d.mem.gpaOfUVA(v.addr.Desc)
 		}
 		v.q.setLog(d.activeLog, ring, v.addr.Log, descGPA)
+		if d.activeLog != nil {
+			d.touchRing(v)
+		}
+	}
+}
+
+// touchRing records the ring areas of v the device writes (see
+// DirtyLog.touched): the used ring, or for a packed ring the descriptor
+// ring and the device event area.
+func (d *Device) touchRing(v *vring) {
+	desc, used := uint64(0), uint64(6+8*uint64(v.num))
+	if v.q.pk.on {
+		desc, used = descSize*uint64(v.num), 4
+	}
+	if gpa, ok := d.mem.gpaOfUVA(v.addr.Used); ok {
+		d.activeLog.touch(gpa, used)
+	}
+	if gpa, ok := d.mem.gpaOfUVA(v.addr.Desc); ok && desc > 0 {
+		d.activeLog.touch(gpa, desc)
 	}
 }

@@ -3,6 +3,8 @@ package vhost_test
 import (
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -105,11 +107,23 @@ func TestDirtyLogMarksWhatTheDeviceWrote(t *testing.T) {
 			m := newMigratingLoopback(t, packed, 3000)
 			g := m.g
 			m.traffic(t, 60, 1500) // before migration: nothing to log
+			// A receive chain popped before logging starts and written
+			// while it is on, as a NIC's buffers are.
+			held := vhost.Chain{Segs: make([]vhost.Segment, 0, 8)}
+			m.dev.LockDataPath()
+			ok, err := m.dev.RxQueue(0).Pop(&held)
+			m.dev.UnlockDataPath()
+			if !ok || err != nil {
+				t.Fatalf("Pop before migration: %v, %v", ok, err)
+			}
 			log, err := g.StartMigration()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer log.Close()
+			m.dev.LockDataPath()
+			m.dev.RxQueue(0).Unpop(1)
+			m.dev.UnlockDataPath()
 			if got := log.Take(); len(got) != 0 {
 				t.Fatalf("pages marked before anything was written: %#x", got)
 			}
@@ -152,6 +166,25 @@ func TestDirtyLogMarksWhatTheDeviceWrote(t *testing.T) {
 			if t.Failed() {
 				t.Fatalf("marked %#x, want %#x (+ ring pages %#x)", got.sorted(), want.sorted(), rings.sorted())
 			}
+			// The device's own record of what it could have written while
+			// logging (which a migration test compares with what reached
+			// the destination) holds every page written, the rings, and
+			// the chain popped before logging started.
+			m.dev.LockDataPath()
+			touchedList := m.dev.DirtyLog().Touched()
+			m.dev.UnlockDataPath()
+			touched := parsePageRanges(t, touchedList)
+			for _, s := range held.Segs {
+				want.add(s.GPA, uint64(len(s.Buf)))
+			}
+			for _, p := range append(want.sorted(), rings.sorted()...) {
+				if !touched[p] {
+					t.Errorf("page %#x written while logging, not in the device's touched pages %s", p, touchedList)
+				}
+			}
+			if mem := g.Mem.End() / vhost.LogPageSize; uint64(len(touched)) >= mem/2 {
+				t.Errorf("touched pages %s cover half or more of the %d pages of guest memory", touchedList, mem)
+			}
 
 			// Logging off (the log stays mapped, as after QEMU cancels a
 			// migration): nothing is marked.
@@ -164,6 +197,33 @@ func TestDirtyLogMarksWhatTheDeviceWrote(t *testing.T) {
 			}
 		})
 	}
+}
+
+// parsePageRanges reads DirtyLog.Touched's list of page-number ranges
+// into the set of those pages' guest physical addresses.
+func parsePageRanges(t *testing.T, list string) pageSet {
+	t.Helper()
+	s := pageSet{}
+	if list == "" {
+		return s
+	}
+	for _, r := range strings.Split(list, ",") {
+		lo, hi, found := strings.Cut(r, "-")
+		a, err := strconv.ParseUint(lo, 0, 64)
+		if err != nil {
+			t.Fatalf("touched pages %q: %v", list, err)
+		}
+		b := a
+		if found {
+			if b, err = strconv.ParseUint(hi, 0, 64); err != nil || b < a {
+				t.Fatalf("touched pages %q: bad range %q", list, r)
+			}
+		}
+		for p := a; p <= b; p++ {
+			s[p*vhost.LogPageSize] = true
+		}
+	}
+	return s
 }
 
 // TestDirtyLogRefusals sends hostile SET_LOG_BASE and related requests;
@@ -274,4 +334,62 @@ func TestDirtyLogRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestTouchedRecordsPostedAndPoppedBuffers: the device's record of the
+// pages it could write while logging holds the buffers of chains posted
+// when logging started (a NIC's receive buffers, popped before and written
+// after) and of every chain popped since, and nothing else.
+func TestTouchedRecordsPostedAndPoppedBuffers(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("packed=%v", packed), func(t *testing.T) {
+			qp := newRingPair(t, 16, false, false, packed)
+			want := pageSet{}
+			add := func(gpa, n uint64) {
+				t.Helper()
+				if _, err := qp.drv.Add([]guest.Buf{{GPA: gpa, Len: uint32(n), Write: true}}, false); err != nil {
+					t.Fatal(err)
+				}
+				qp.drv.Publish()
+				want.add(gpa, n)
+			}
+			pages := int(qp.mem.End() / vhost.LogPageSize)
+			// Posted before logging: recorded when it starts.
+			add(qp.buf+100, 5000)
+			l := qp.dev.StartLogForTest(pages, true)
+			check := func() {
+				t.Helper()
+				got := parsePageRanges(t, l.Touched())
+				for _, p := range want.sorted() {
+					if !got[p] {
+						t.Errorf("page %#x not recorded (touched %s)", p, l.Touched())
+					}
+				}
+				for _, p := range got.sorted() {
+					if !want[p] {
+						t.Errorf("page %#x recorded, never posted (touched %s)", p, l.Touched())
+					}
+				}
+			}
+			check()
+			// Popped while logging, posted after it started: recorded by Pop.
+			qp2 := newRingPair(t, 16, false, false, packed)
+			l2 := qp2.dev.StartLogForTest(pages, false)
+			if _, err := qp2.drv.Add([]guest.Buf{{GPA: qp2.buf + 3*4096, Len: 4096 + 1, Write: true}}, false); err != nil {
+				t.Fatal(err)
+			}
+			qp2.drv.Publish()
+			if got := l2.Touched(); got != "" {
+				t.Fatalf("recorded %s before anything was popped", got)
+			}
+			c := newChain(4)
+			if ok, err := qp2.dev.Pop(&c); !ok || err != nil {
+				t.Fatalf("Pop: %v %v", ok, err)
+			}
+			p := qp2.buf / vhost.LogPageSize
+			if got, w := l2.Touched(), fmt.Sprintf("%#x-%#x", p+3, p+4); got != w {
+				t.Errorf("after Pop: touched %s, want %s", got, w)
+			}
+		})
+	}
 }

@@ -26,3 +26,19 @@ func (q *Virtqueue) FlushCrashForTest(published bool) {
 	}
 	q.pk.firstSlot, q.infl = -1, nil
 }
+
+// StartLogForTest gives q, a queue without a device, a dirty log of
+// memory only (no front end shares it) with a touched record for guest
+// pages below pages*4096, as a device does when logging starts (posted
+// chains are recorded then); without posted, the log is attached as if
+// logging had been on since before anything was posted.
+func (q *Virtqueue) StartLogForTest(pages int, posted bool) *DirtyLog {
+	n := (pages/8 + 3) &^ 3
+	l := &DirtyLog{mapping: make([]byte, n), size: uint64(n), touched: make([]byte, n)}
+	if posted {
+		q.setLog(l, false, 0, 0)
+	} else {
+		q.dirty = l
+	}
+	return l
+}

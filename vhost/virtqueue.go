@@ -208,7 +208,25 @@ func (q *Virtqueue) setPolling() {
 
 // setLog sets the queue's logging state (data-path lock held).
 func (q *Virtqueue) setLog(l *DirtyLog, ring bool, usedGPA, descGPA uint64) {
+	if l != nil && l != q.dirty {
+		q.touchPosted(l)
+	}
 	q.dirty, q.logRing, q.usedGPA, q.descGPA = l, ring, usedGPA, descGPA
+}
+
+// touchPosted records in l (see DirtyLog.touched) the buffers of every
+// descriptor in the ring as logging starts: chains popped before it and
+// still held (a NIC's receive buffers) are written while it is on. An
+// in-flight chain's descriptors stay in the split ring's table until it is
+// used; a packed ring keeps a buffer's address in its slot until the
+// driver reuses the slot. Indirect tables are not followed (receive
+// buffers are direct).
+func (q *Virtqueue) touchPosted(l *DirtyLog) {
+	n := len(q.desc) / descSize
+	for i := range n {
+		d := q.desc[descSize*i : descSize*i+descSize]
+		l.touch(binary.LittleEndian.Uint64(d), uint64(binary.LittleEndian.Uint32(d[8:])))
+	}
 }
 
 // DirtyLog is the device's dirty log while the front end has logging on,
@@ -311,11 +329,18 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	if q.broken {
 		return false, ErrQueueBroken
 	}
-	if q.infl != nil {
-		return q.infl.pop(q, c)
-	}
-	if q.pk.on {
-		return q.popPacked(c)
+	if q.infl != nil || q.pk.on {
+		var ok bool
+		var err error
+		if q.infl != nil {
+			ok, err = q.infl.pop(q, c)
+		} else {
+			ok, err = q.popPacked(c)
+		}
+		if ok && q.dirty != nil {
+			q.dirty.touchSegments(c.Segs)
+		}
+		return ok, err
 	}
 	if q.availSeen == q.lastAvail {
 		q.availSeen = q.availIdx()
@@ -358,22 +383,24 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 			}
 			q.lastAvail++
 			q.counts.Popped++
+			if q.dirty != nil {
+				q.dirty.touchSegments(c.Segs)
+			}
 			return true, nil
 		}
 	}
 	c.Segs = c.Segs[:0]
 	c.ReadLen, c.WriteLen = 0, 0
-	if err := q.walk(c, head); err != nil {
-		if err == ErrTooManySegs {
-			q.lastAvail++
-			q.counts.Popped++
-			return true, err
-		}
+	err := q.walk(c, head)
+	if err != nil && err != ErrTooManySegs {
 		return false, q.fail(err)
 	}
 	q.lastAvail++
 	q.counts.Popped++
-	return true, nil
+	if q.dirty != nil {
+		q.dirty.touchSegments(c.Segs)
+	}
+	return true, err
 }
 
 // warmDepth is how many newly available chains warm touches: a burst.
