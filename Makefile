@@ -44,7 +44,9 @@ test-qemu-zerocopy: hugepages
 ## verifies a UDP stream byte for byte (checksum offload reported, so a page
 ## the dirty log missed cannot hide) while QEMU migrates it to a second QEMU
 ## on a second zcnet sim on the same bridge (SEND_RARP moves the bridge);
-## split and packed rings; every loss counted by a zcnet, about 70 s.
+## split and packed rings; every loss counted by a zcnet; the destination's
+## memory compared with the source's before it runs (see host_test.go's
+## checkArrivedMemory), about 100 s.
 test-migration: hugepages
 	bash test/qemu-migration/run.sh
 

@@ -75,6 +75,9 @@ func StartConsole(t *testing.T, name, qemu string, args []string, out string, bu
 }
 
 // Kill kills QEMU (once) and waits until it is gone.
+// Pid is the process ID of the command on the console.
+func (c *Console) Pid() int { return c.cmd.Process.Pid }
+
 func (c *Console) Kill() {
 	if !c.over {
 		_ = c.cmd.Process.Kill()

@@ -18,6 +18,9 @@ echo "65536 131072 262144" >/proc/sys/net/ipv4/udp_mem
 eth0_up
 ip addr add 10.99.0.2/24 dev eth0 || fail "ip addr add 10.99.0.2/24 dev eth0"
 echo "ZCM-FEATURES $(cat /sys/class/net/eth0/device/features)"
+# QEMU 7.2 under TCG loses guest writes during a migration unless the
+# guest's TLB is flushed often (see tlbFlush in udpstream/main.go).
+/udpstream tlbflush -period "${ZCM_TLBFLUSH:-1ms}" &
 out=$(ping -c 3 -W 10 "$peer" 2>&1)
 echo "$out"
 received=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')

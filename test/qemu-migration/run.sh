@@ -66,7 +66,30 @@ qemu_guest_initramfs "$work" ZCNET-QEMU-MIGRATION "$here/init.sh" "$udpstream"
 log "running the host test; logs in $work"
 start=$SECONDS
 cd "$repo"
-ZCNET_QM_KERNEL=$vmlinuz ZCNET_QM_INITRD=$initrd ZCNET_QM_WORK=$work ZCNET_QM_ZCNET=$zcnet ZCNET_QM_UDPSTREAM=$udpstream \
-	go test -tags qemumigration -count=1 -v -timeout 15m -run "$run_pattern" ./test/qemu-migration/ ||
-	die "host test failed after $((SECONDS - start))s; consoles, QMP and zcnet logs are in $work"
-log "PASS after $((SECONDS - start))s (kernel $kver)"
+host_test() {
+	ZCNET_QM_KERNEL=$vmlinuz ZCNET_QM_INITRD=$initrd ZCNET_QM_WORK=$work ZCNET_QM_ZCNET=$zcnet ZCNET_QM_UDPSTREAM=$udpstream \
+		go test -tags qemumigration -count=1 -v -timeout 15m -run "$1" ./test/qemu-migration/ 2>&1 | tee "$work/host-test.out"
+	return "${PIPESTATUS[0]}"
+}
+# A case that fails after the host test found guest pages QEMU itself
+# failed to send again (pages zcnet never touched; see checkArrivedMemory
+# in host_test.go) runs again, at most twice: QEMU before 9.0 under TCG
+# loses guest CPU writes during a migration now and then (fixed upstream
+# by commit 03bfc2188f), more often on a busy host, and the guest may crash
+# on such a page. A case that fails without that line, or finds a stale
+# page zcnet touched, fails the test at once.
+pattern=$run_pattern
+for attempt in 1 2 3; do
+	host_test "$pattern" && { log "PASS after $((SECONDS - start))s (kernel $kver)"; exit 0; }
+	failed=$(sed -n 's/^    --- FAIL: TestQEMUMigration\/\([^ ]*\) .*/\1/p' "$work/host-test.out" | sort -u)
+	[[ -n $failed ]] || break
+	retry=()
+	for c in $failed; do
+		grep -q "ZCNET-QM-QEMU-STALE-PAGES case=$c:" "$work/host-test.out" || { retry=(); break; }
+		retry+=("$c")
+	done
+	((${#retry[@]} > 0 && attempt < 3)) || break
+	log "attempt $attempt: ${retry[*]} failed after QEMU lost guest pages zcnet never touched; running again"
+	pattern="TestQEMUMigration/^($(IFS='|'; echo "${retry[*]}"))\$"
+done
+die "host test failed after $((SECONDS - start))s; consoles, QMP and zcnet logs are in $work"
