@@ -366,6 +366,9 @@ type source struct {
 	d     *vhost.Device
 	c     vhost.Chain
 	frame []byte // virtio-net header (num_buffers 1) + Ethernet frame
+	// fills are the burst's buffers, filled after the burst is popped
+	// (see Poll).
+	fills [defaultBurst][]byte
 }
 
 func newSource(d *vhost.Device) pollmode.Task {
@@ -398,7 +401,13 @@ func (s *source) Poll() int {
 	if q == nil {
 		return 0
 	}
-	n := 0
+	// The frames are written after the whole burst is popped, in one
+	// loop, as DPDK's vhost batches small copies: each buffer's lines were
+	// last read by the guest's core, and storing into them interleaved
+	// with popping made every pop wait for the previous frame's lines;
+	// together the CPU fetches them at once. The used entries are
+	// published only at Flush, after the writes.
+	n, fills := 0, 0
 	for ; n < defaultBurst; n++ {
 		ok, err := q.Pop(&s.c)
 		if !ok {
@@ -411,12 +420,18 @@ func (s *source) Poll() int {
 				segs = segs[1:]
 			}
 			if len(segs) > 0 && len(segs[0].Buf) >= len(s.frame) {
-				written = s.fill(segs[0].Buf)
+				s.fills[fills] = segs[0].Buf
+				fills++
+				written = len(s.frame)
 			} else {
 				written = vhost.Scatter(segs, 0, s.frame)
 			}
 		}
 		q.Push(s.c.Head, uint32(written))
+	}
+	for i := range s.fills[:fills] {
+		s.fill(s.fills[i])
+		s.fills[i] = nil
 	}
 	q.Flush()
 	return n
