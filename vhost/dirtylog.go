@@ -121,10 +121,22 @@ func (l *DirtyLog) touch(gpa, n uint64) {
 	setBits(l.touched, first, end)
 }
 
-// touchSegments records the pages of every segment of a popped chain.
+// maxTouch bounds what touchSegments and touchPosted record of one chain
+// or descriptor: more than a device writes into one (a 64 KiB GSO frame
+// and its header), so that a front end's huge buffers cannot make each
+// pop set bits for gigabytes of pages.
+const maxTouch = 128 << 10
+
+// touchSegments records the pages of a popped chain's segments, in order,
+// up to maxTouch bytes.
 func (l *DirtyLog) touchSegments(segs []Segment) {
+	left := uint64(maxTouch)
 	for i := range segs {
-		l.touch(segs[i].GPA, uint64(len(segs[i].Buf)))
+		n := min(uint64(len(segs[i].Buf)), left)
+		l.touch(segs[i].GPA, n)
+		if left -= n; left == 0 {
+			return
+		}
 	}
 }
 

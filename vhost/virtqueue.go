@@ -220,12 +220,12 @@ func (q *Virtqueue) setLog(l *DirtyLog, ring bool, usedGPA, descGPA uint64) {
 // in-flight chain's descriptors stay in the split ring's table until it is
 // used; a packed ring keeps a buffer's address in its slot until the
 // driver reuses the slot. Indirect tables are not followed (receive
-// buffers are direct).
+// buffers are direct); each buffer counts up to maxTouch bytes.
 func (q *Virtqueue) touchPosted(l *DirtyLog) {
 	n := len(q.desc) / descSize
 	for i := range n {
 		d := q.desc[descSize*i : descSize*i+descSize]
-		l.touch(binary.LittleEndian.Uint64(d), uint64(binary.LittleEndian.Uint32(d[8:])))
+		l.touch(binary.LittleEndian.Uint64(d), min(uint64(binary.LittleEndian.Uint32(d[8:])), maxTouch))
 	}
 }
 
