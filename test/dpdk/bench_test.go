@@ -431,9 +431,11 @@ func (s *source) Poll() int {
 		}
 		q.Push(s.c.Head, uint32(written))
 	}
+	// (s.fills keeps the slices until the next burst overwrites them:
+	// clearing each would queue three more stores behind the frame's,
+	// which wait for their lines.)
 	for i := range s.fills[:fills] {
 		s.fill(s.fills[i])
-		s.fills[i] = nil
 	}
 	q.Flush()
 	return n
