@@ -452,3 +452,46 @@ func BenchmarkPackedPopPush(b *testing.B) {
 		}
 	}
 }
+
+// TestUsedEntriesWrittenAsBlock: staged used entries reach the ring in
+// order across its end, and more pushes between flushes than the ring has
+// slots (a driver that posts chains again before they are used) wrap
+// without a fault, the later entries in each slot.
+func TestUsedEntriesWrittenAsBlock(t *testing.T) {
+	const size = 16
+	qp := newQueuePair(t, size, false, false)
+	used := qp.mem.Bytes(qp.drv.UsedGPA, 6+8*size)
+	entry := func(slot int) (uint32, uint32) {
+		e := used[4+8*slot:]
+		return binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:])
+	}
+	// 10 entries, then 12 that run over the end of the ring.
+	for _, n := range []int{10, 12} {
+		start := int(qp.drv.UsedIdx())
+		for i := range n {
+			qp.dev.Push(uint16(i), uint32(100*n+i))
+		}
+		qp.dev.Flush()
+		if got := int(qp.drv.UsedIdx()); got != start+n {
+			t.Fatalf("used->idx %d, want %d", got, start+n)
+		}
+		for i := range n {
+			if id, l := entry((start + i) % size); id != uint32(i) || l != uint32(100*n+i) {
+				t.Fatalf("slot %d: id %d len %d, want %d %d", (start+i)%size, id, l, i, 100*n+i)
+			}
+		}
+	}
+	// 40 pushes before a flush on a 16-slot ring.
+	start := int(qp.drv.UsedIdx())
+	for i := range 40 {
+		qp.dev.Push(uint16(i%size), uint32(i))
+	}
+	qp.dev.Flush()
+	for k := range size {
+		r := (k - start%size + size) % size // pushes r, r+16, ... land in slot k
+		i := r + size*((39-r)/size)         // the last of them
+		if id, l := entry(k); id != uint32(i%size) || l != uint32(i) {
+			t.Fatalf("after 40 pushes, slot %d: id %d len %d, want %d %d", k, id, l, i%size, i)
+		}
+	}
+}
