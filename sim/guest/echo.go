@@ -131,6 +131,13 @@ func (e *Echo) round() int {
 	if len(frames) == 0 {
 		return 0
 	}
+	// Counted before the echoes are published: whoever sees an echo on
+	// the wire must find its frame counted as received.
+	e.rx.Add(uint64(len(frames)))
+	e.tx.Add(uint64(sent))
+	e.dropped.Add(uint64(len(frames) - sent - misdelivered))
+	e.broadcast.Add(uint64(bcast))
+	e.misdelivered.Add(uint64(misdelivered))
 	// The frames live in the receive buffers: publish the copies first,
 	// then hand the buffers back.
 	if err := e.g.FlushTx(0); err != nil {
@@ -139,11 +146,6 @@ func (e *Echo) round() int {
 	if err := e.g.RefillRx(0, used); err != nil {
 		e.dropped.Add(1)
 	}
-	e.rx.Add(uint64(len(frames)))
-	e.tx.Add(uint64(sent))
-	e.dropped.Add(uint64(len(frames) - sent - misdelivered))
-	e.broadcast.Add(uint64(bcast))
-	e.misdelivered.Add(uint64(misdelivered))
 	return len(frames)
 }
 
