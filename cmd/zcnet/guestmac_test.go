@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"net"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,7 +140,13 @@ func TestRunOffersPackedRings(t *testing.T) {
 // front end's first request, and disconnects.
 func offeredFeatures(t *testing.T, sock string) uint64 {
 	t.Helper()
+	// The socket's path exists from bind, a moment before listen: a
+	// connect in between is refused (seen once under make test's load).
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	for deadline := time.Now().Add(2 * time.Second); errors.Is(err, syscall.ECONNREFUSED) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		uc, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
