@@ -803,8 +803,11 @@ func (d *Device) stopVring(index uint32) (uint32, error) {
 		}
 		c := v.q.Counters()
 		if d.activeLog != nil {
-			d.log.Debug("dirty log: guest pages the device could have written while logging",
-				zap.Uint32("vring", index), zap.String("pages", d.activeLog.Touched()))
+			// Only at debug level: listing a large guest's pages is work
+			// done with the data-path lock held.
+			if ce := d.log.Check(zap.DebugLevel, "dirty log: guest pages the device could have written while logging"); ce != nil {
+				ce.Write(zap.Uint32("vring", index), zap.String("pages", d.activeLog.Touched()))
+			}
 		}
 		d.log.Debug("vring stopped", zap.Uint32("vring", index), zap.Uint32("base", v.base),
 			zap.Uint64("popped", c.Popped), zap.Uint64("pushed", c.Pushed))

@@ -71,11 +71,7 @@ func (l *DirtyLog) Mark(gpa, n uint64) {
 	if n == 0 {
 		return
 	}
-	last := gpa + n - 1
-	if last < gpa {
-		last = ^uint64(0)
-	}
-	first, end := gpa>>logPageShift, last>>logPageShift
+	first, end := pageSpan(gpa, n)
 	if limit := l.size * 8; end >= limit {
 		if first >= limit {
 			l.outside += end - first + 1
@@ -85,6 +81,17 @@ func (l *DirtyLog) Mark(gpa, n uint64) {
 		end = limit - 1
 	}
 	setBits(l.mapping, uint64(l.base)*8+first, uint64(l.base)*8+end)
+}
+
+// pageSpan is the first and last page of guest physical range
+// [gpa, gpa+n), n > 0; a range running past the end of the address space
+// ends with it.
+func pageSpan(gpa, n uint64) (first, last uint64) {
+	end := gpa + n - 1
+	if end < gpa {
+		end = ^uint64(0)
+	}
+	return gpa >> logPageShift, end >> logPageShift
 }
 
 // setBits sets bits [b, e] of bitmap m with atomic ORs. Bit b of m is bit
@@ -110,15 +117,12 @@ func (l *DirtyLog) touch(gpa, n uint64) {
 	if n == 0 || len(l.touched) == 0 {
 		return
 	}
-	first, end := gpa>>logPageShift, (gpa+n-1)>>logPageShift
+	first, end := pageSpan(gpa, n)
 	limit := uint64(len(l.touched)) * 8
-	if end < first || end >= limit {
-		if first >= limit {
-			return
-		}
-		end = limit - 1
+	if first >= limit {
+		return
 	}
-	setBits(l.touched, first, end)
+	setBits(l.touched, first, min(end, limit-1))
 }
 
 // maxTouch bounds what touchSegments and touchPosted record of one chain
@@ -142,17 +146,23 @@ func (l *DirtyLog) touchSegments(segs []Segment) {
 
 // Touched lists the guest pages the device could have written while this
 // log was on, as ranges of page numbers (guest physical address / 4096),
-// e.g. "0x2c00-0x2c07,0xfcad".
+// e.g. "0x2c00-0x2c07,0xfcad". Words without a bit are skipped whole: a
+// large guest's record is mostly empty.
 func (l *DirtyLog) Touched() string {
 	var b strings.Builder
+	set := func(p uint64) bool { return memword.Load32(l.touched, int(p>>5)*4)>>(p&31)&1 != 0 }
 	n := uint64(len(l.touched)) * 8
 	for p := uint64(0); p < n; {
-		if memword.Load32(l.touched, int(p>>5)*4)>>(p&31)&1 == 0 {
+		if p&31 == 0 && memword.Load32(l.touched, int(p>>5)*4) == 0 {
+			p += 32
+			continue
+		}
+		if !set(p) {
 			p++
 			continue
 		}
 		q := p
-		for q+1 < n && memword.Load32(l.touched, int((q+1)>>5)*4)>>((q+1)&31)&1 != 0 {
+		for q+1 < n && set(q+1) {
 			q++
 		}
 		if b.Len() > 0 {
