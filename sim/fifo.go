@@ -46,6 +46,12 @@ const slotBytes = 2048
 func (f *rxFIFO) init(frames int) {
 	f.slots = make([]rxSlot, frames)
 	arena := make([]byte, frames*slotBytes)
+	// Write every page now: fresh memory from the OS is zero but not yet
+	// in the page tables, and the first frames of a run would otherwise
+	// pay a page fault per slot on the wire's side of the model.
+	for i := 0; i < len(arena); i += 4096 {
+		arena[i] = 0
+	}
 	for i := range f.slots {
 		f.slots[i].buf = arena[i*slotBytes : i*slotBytes : (i+1)*slotBytes]
 	}

@@ -62,7 +62,8 @@ var pageSize = uint64(os.Getpagesize())
 
 // MapDMA makes mem reachable at iova. Like the kernel's type1 IOMMU, it
 // refuses unaligned arguments (EINVAL) and any overlap with an existing
-// mapping (EEXIST).
+// mapping (EEXIST). Like VFIO's pinning, it faults in the pages mem's
+// backing holds (see faultIn).
 func (u *IOMMU) MapDMA(iova uint64, mem []byte) error {
 	size := uint64(len(mem))
 	if size == 0 || iova%pageSize != 0 || size%pageSize != 0 ||
@@ -72,6 +73,7 @@ func (u *IOMMU) MapDMA(iova uint64, mem []byte) error {
 	if iova+size < iova {
 		return fmt.Errorf("sim: map %d bytes at iova %#x: range wraps: %w", size, iova, unix.EINVAL)
 	}
+	faultIn(mem) // before the lock: DMA goes on meanwhile
 	l := u.lock()
 	l.Lock()
 	defer l.Unlock()
@@ -214,16 +216,22 @@ func copyPinned(dst, src []byte) (ok bool) {
 		if ok {
 			return
 		}
-		v := recover()
-		if _, fault := v.(interface {
-			runtime.Error
-			Addr() uintptr
-		}); !fault {
+		if v := recover(); !memoryFault(v) {
 			panic(v)
 		}
 	}()
 	copy(dst, src)
 	return true
+}
+
+// memoryFault reports whether v, recovered under SetPanicOnFault, is the
+// runtime's error for a faulting memory access.
+func memoryFault(v any) bool {
+	_, fault := v.(interface {
+		runtime.Error
+		Addr() uintptr
+	})
+	return fault
 }
 
 // find returns the index of the mapping containing iova, or -1. Callers
