@@ -42,18 +42,7 @@ func testCopyDeliveryAfterUnusableChain(t *testing.T, extra uint64) {
 		t.Fatalf("negotiated features %#x: want mergeable buffers and ring layout %#x", r.g.Features, extra)
 	}
 	rx := r.g.Ring(0)
-	gpa, err := r.g.Mem.Alloc(3*4096, 4096)
-	if err != nil {
-		t.Fatal(err)
-	}
-	add := func(b guest.Buf) uint16 {
-		t.Helper()
-		h, err := rx.Add([]guest.Buf{b}, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
+	gpa, add := rxPoster(t, r, 3)
 	const smallLen = 100
 	small := add(guest.Buf{GPA: gpa, Len: smallLen, Write: true})
 	unusable := add(guest.Buf{GPA: gpa + 4096, Len: 64}) // device-readable only
@@ -114,4 +103,24 @@ func testCopyDeliveryAfterUnusableChain(t *testing.T, extra uint64) {
 		t.Fatal(err)
 	}
 	checkPoolWhole(t, r.channel)
+}
+
+// rxPoster allocates pages pages of the rig's guest memory and returns
+// their address and a function that adds one chain of one buffer to the
+// guest's receive ring 0 (published by the caller).
+func rxPoster(t *testing.T, r *rig, pages int) (gpa uint64, add func(guest.Buf) uint16) {
+	t.Helper()
+	gpa, err := r.g.Mem.Alloc(uint64(pages)*4096, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rx := r.g.Ring(0)
+	return gpa, func(b guest.Buf) uint16 {
+		t.Helper()
+		h, err := rx.Add([]guest.Buf{b}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
 }

@@ -66,6 +66,8 @@ type rxState struct {
 
 	chain  vhost.Chain
 	chains []vhost.Chain
+	// writable takes a burst of chains from vhost.PopWritable.
+	writable []vhost.WritableBuf
 	// held counts the chains at the start of chains that deliverCopy
 	// took for the frame at the head of pending and keeps until the
 	// guest has posted enough for the whole frame.
@@ -101,6 +103,7 @@ func (r *rxState) init(burst, capacity int) {
 	r.spill = make([]ring.RxDone, burst)
 	r.recycle = make([]uint16, 0, capacity+burst+maxRxMerge)
 	r.chain.Segs = make([]vhost.Segment, 0, maxSegs)
+	r.writable = make([]vhost.WritableBuf, burst)
 	r.chains = make([]vhost.Chain, maxRxMerge)
 	for i := range r.chains {
 		r.chains[i].Segs = make([]vhost.Segment, 0, maxSegs)
@@ -545,7 +548,8 @@ func (p *Channel) popRx(c *vhost.Chain) (bool, error) {
 }
 
 // collectGuestBufs fills r.bufs with up to room guest chains: first those
-// taken back from dropped frames, then newly popped ones.
+// taken back from dropped frames, then newly popped ones (those of one
+// writable descriptor a burst at a time, see collectWritable).
 func (p *Channel) collectGuestBufs(room int) int {
 	r := &p.rx
 	k := 0
@@ -557,6 +561,11 @@ func (p *Channel) collectGuestBufs(room int) int {
 		k++
 	}
 	for k < room {
+		if k = p.collectWritable(k, room); k == room {
+			break
+		}
+		// The next chain is not a lone writable descriptor (or none is
+		// available, or the ring is not one PopWritable serves).
 		ok, err := p.popRx(&r.chain)
 		if !ok {
 			if err != nil {
@@ -590,6 +599,39 @@ func (p *Channel) collectGuestBufs(room int) int {
 			z.dataGPA = c.Segs[1].GPA
 		}
 		r.bufs[k] = ring.Buf{IOVA: iova, Len: uint32(len(data)), Cookie: ring.Cookie(c.Head)}
+		k++
+	}
+	return k
+}
+
+// collectWritable is collectGuestBufs for chains of one writable
+// descriptor, popped a burst at a time (vhost.PopWritable): header and
+// data in the one piece, as rxPieces' first layout. It fills r.bufs from
+// k up to room and returns the new k.
+func (p *Channel) collectWritable(k, room int) int {
+	r := &p.rx
+	pos := p.rxv.AvailPos()
+	n := p.rxv.PopWritable(r.writable[:room-k])
+	hl := p.hdrLen
+	for i := range r.writable[:n] {
+		w := &r.writable[i]
+		z := &r.zc[w.Head]
+		z.popPos, z.popSeq = pos+uint16(i), r.pops
+		r.pops++
+		var iova uint64
+		usable := len(w.Buf) >= hl+r.need
+		if usable {
+			iova, usable = p.iova(w.Buf[hl:], &r.holds)
+		}
+		if !usable {
+			// As in collectGuestBufs: back used, with length 0.
+			p.rxv.Push(w.Head, 0)
+			p.st.add(cDropRxChainUnusable, 1)
+			continue
+		}
+		z.hdr, z.data, z.iova = w.Buf[:hl:hl], w.Buf[hl:], iova
+		z.hdrGPA, z.dataGPA = w.GPA, w.GPA+uint64(hl)
+		r.bufs[k] = ring.Buf{IOVA: iova, Len: uint32(len(w.Buf) - hl), Cookie: ring.Cookie(w.Head)}
 		k++
 	}
 	return k

@@ -403,6 +403,66 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	return true, err
 }
 
+// WritableBuf is a chain of one direct, device-writable descriptor, as
+// PopWritable returns it: what a receive driver posts for every buffer
+// (Linux with mergeable buffers, DPDK's virtio PMD).
+type WritableBuf struct {
+	Head uint16 // id to hand back with Push
+	GPA  uint64 // the guest physical address of Buf
+	Buf  []byte
+}
+
+// PopWritable pops, in ring order, up to len(out) chains of one direct
+// writable descriptor each whose buffer lies in the memory region of the
+// previous chain, and returns how many it popped. It is Pop's common case
+// for a burst, without the Chain: the avail index is read once, nothing is
+// written but out. It stops at the first chain that is anything else (or
+// is malformed), leaving it to Pop, which checks it in full; it pops
+// nothing on a packed ring, with inflight tracking or while the dirty log
+// is on (Pop serves those).
+func (q *Virtqueue) PopWritable(out []WritableBuf) int {
+	if q.broken || q.infl != nil || q.pk.on || q.dirty != nil || q.mem == nil {
+		return 0
+	}
+	if q.availSeen == q.lastAvail {
+		// A bad index is Pop's to report: the next Pop reads it again.
+		seen := q.availIdx()
+		pending := seen - q.lastAvail
+		if pending == 0 || pending > q.size {
+			return 0
+		}
+		q.availSeen = seen
+		q.warm(pending)
+	}
+	n := 0
+	for n < len(out) && q.lastAvail != q.availSeen {
+		if q.lastAvail == q.warmEnd && q.readAhead {
+			q.warm(q.availSeen - q.lastAvail)
+		}
+		head := load16(q.avail, 4+2*int(q.lastAvail&q.mask))
+		if head >= q.size {
+			break
+		}
+		d := q.desc[descSize*int(head) : descSize*int(head)+descSize]
+		if binary.LittleEndian.Uint16(d[12:])&(descFNext|descFIndirect|descFWrite) != descFWrite {
+			break
+		}
+		addr := binary.LittleEndian.Uint64(d)
+		buf, ok := q.mem.hinted(addr, uint64(binary.LittleEndian.Uint32(d[8:])), q.regionHint)
+		if !ok {
+			break
+		}
+		o := &out[n] // field by field: see setSegment
+		o.Head = head
+		o.GPA = addr
+		o.Buf = buf
+		q.lastAvail++
+		n++
+	}
+	q.counts.Popped += uint64(n)
+	return n
+}
+
 // warmDepth is how many newly available chains warm touches: a burst.
 const warmDepth = 32
 

@@ -1,0 +1,171 @@
+package vhost_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/zcnet/zcnet/sim/guest"
+	"github.com/zcnet/zcnet/vhost"
+)
+
+// TestPopWritableTakesLoneWritableChains: PopWritable pops, in ring order,
+// the chains of one writable descriptor and stops at the first other
+// chain, which Pop then returns; positions, counters and used entries are
+// as if Pop had popped every chain.
+func TestPopWritableTakesLoneWritableChains(t *testing.T) {
+	qp := newQueuePair(t, 16, false, false)
+	w := func(off uint64, n uint32) []guest.Buf { return []guest.Buf{{GPA: qp.buf + off, Len: n, Write: true}} }
+	var heads []uint16
+	for _, bufs := range [][]guest.Buf{
+		w(0, 2048), w(4096, 1024),
+		{{GPA: qp.buf + 8192, Len: 12, Write: true}, {GPA: qp.buf + 8448, Len: 1500, Write: true}}, // two pieces
+		{{GPA: qp.buf + 12288, Len: 64}}, // readable
+		w(16384, 2048),
+	} {
+		h, err := qp.drv.Add(bufs, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, h)
+	}
+	copy(qp.mem.Bytes(qp.buf+4096, 4), "wxyz")
+	out := make([]vhost.WritableBuf, 8)
+	if n := qp.dev.PopWritable(out); n != 0 {
+		t.Fatalf("popped %d before publish", n)
+	}
+	qp.drv.Publish()
+	if n := qp.dev.PopWritable(out); n != 2 {
+		t.Fatalf("PopWritable = %d, want the 2 lone writable chains before the two-piece one", n)
+	}
+	if out[0].Head != heads[0] || out[0].GPA != qp.buf || len(out[0].Buf) != 2048 ||
+		out[1].Head != heads[1] || out[1].GPA != qp.buf+4096 || string(out[1].Buf[:4]) != "wxyz" || len(out[1].Buf) != 1024 {
+		t.Fatalf("popped %+v %+v", out[0], out[1])
+	}
+	if pos := qp.dev.AvailPos(); pos != 2 {
+		t.Fatalf("AvailPos = %d after two chains", pos)
+	}
+	c := newChain(4)
+	for _, want := range heads[2:4] {
+		if n := qp.dev.PopWritable(out); n != 0 {
+			t.Fatalf("PopWritable took %d chains past one it does not serve", n)
+		}
+		if ok, err := qp.dev.Pop(&c); !ok || err != nil || c.Head != want {
+			t.Fatalf("Pop = %v, %v, head %d; want head %d", ok, err, c.Head, want)
+		}
+	}
+	if n := qp.dev.PopWritable(out[:1]); n != 1 || out[0].Head != heads[4] {
+		t.Fatalf("PopWritable = %d (head %d), want head %d", n, out[0].Head, heads[4])
+	}
+	if n := qp.dev.PopWritable(out); n != 0 {
+		t.Fatalf("PopWritable = %d on an empty ring", n)
+	}
+	if got := qp.dev.Counters().Popped; got != 5 {
+		t.Fatalf("Popped = %d, want 5", got)
+	}
+	// Rewinding gives the chains back to both pops alike.
+	qp.dev.RewindTo(0)
+	if n := qp.dev.PopWritable(out); n != 2 || out[0].Head != heads[0] {
+		t.Fatalf("after RewindTo(0): PopWritable = %d, head %d", n, out[0].Head)
+	}
+	qp.dev.Push(out[1].Head, 100)
+	qp.dev.Push(out[0].Head, 60)
+	qp.dev.Flush()
+	if h, n, ok := qp.drv.Used(); !ok || h != heads[1] || n != 100 {
+		t.Fatalf("first used entry %d %d %v", h, n, ok)
+	}
+}
+
+// TestPopWritableLeavesErrorsToPop: a chain PopWritable does not take
+// because it is malformed still breaks the queue at the next Pop, with
+// Pop's reason; a bad avail index is not swallowed either. An empty
+// buffer, which is no error, is Pop's to hand over (with no segment).
+func TestPopWritableLeavesErrorsToPop(t *testing.T) {
+	cases := map[string]struct {
+		corrupt func(qp *queuePair, head uint16)
+		reason  string
+		// taken: chains PopWritable pops before the bad one (a bad head
+		// is a new entry after the good chain's).
+		taken int
+	}{
+		"outside-memory": {func(qp *queuePair, head uint16) {
+			binary.LittleEndian.PutUint64(qp.drv.Desc(head), qp.mem.End()+4096)
+		}, "outside guest memory", 0},
+		"head-out-of-range": {func(qp *queuePair, head uint16) {
+			qp.drv.Repost(500)
+			qp.drv.PublishRaw(qp.drv.AvailIdx())
+		}, "head index out of range", 1},
+		"avail-index-jump": {func(qp *queuePair, head uint16) {
+			qp.drv.PublishRaw(qp.drv.AvailIdx() + 100)
+		}, "avail index moved", 0},
+		"empty-buffer": {func(qp *queuePair, head uint16) {
+			binary.LittleEndian.PutUint32(qp.drv.Desc(head)[8:], 0)
+		}, "", 0},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			qp := newQueuePair(t, 16, false, false)
+			good, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 2048, Write: true}}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			qp.drv.Publish()
+			out := make([]vhost.WritableBuf, 4)
+			if n := qp.dev.PopWritable(out); n != 1 || out[0].Head != good {
+				t.Fatalf("PopWritable = %d", n)
+			}
+			head, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf + 4096, Len: 2048, Write: true}}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			qp.drv.Publish()
+			tc.corrupt(qp, head)
+			if n := qp.dev.PopWritable(out); n != tc.taken {
+				t.Fatalf("PopWritable took %d chains of a corrupt ring, want %d", n, tc.taken)
+			}
+			c := newChain(4)
+			ok, err := qp.dev.Pop(&c)
+			if tc.reason == "" {
+				if !ok || err != nil || c.Head != head || c.WriteLen != 0 || len(c.Segs) != 0 {
+					t.Fatalf("Pop = %v, %v, %+v; want chain %d with nothing to write", ok, err, c, head)
+				}
+				return
+			}
+			if ok || !errors.Is(err, vhost.ErrQueueBroken) || !strings.Contains(err.Error(), tc.reason) {
+				t.Fatalf("Pop = %v, %v; want the queue broken: %s", ok, err, tc.reason)
+			}
+			if n := qp.dev.PopWritable(out); n != 0 {
+				t.Fatalf("PopWritable = %d on a broken queue", n)
+			}
+		})
+	}
+}
+
+// TestPopWritableServesOnlySplitRings: on a packed ring, and while the
+// dirty log is on (Pop records what the device may write), PopWritable
+// leaves every chain to Pop.
+func TestPopWritableServesOnlySplitRings(t *testing.T) {
+	logged := newQueuePair(t, 16, false, false)
+	if _, err := logged.drv.Add([]guest.Buf{{GPA: logged.buf, Len: 2048, Write: true}}, false); err != nil {
+		t.Fatal(err)
+	}
+	logged.drv.Publish()
+	logged.dev.StartLogForTest(2048, false)
+	if n := logged.dev.PopWritable(make([]vhost.WritableBuf, 4)); n != 0 {
+		t.Fatalf("PopWritable = %d while logging", n)
+	}
+
+	qp := newPackedPair(t, 16, false)
+	if _, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf, Len: 2048, Write: true}}, false); err != nil {
+		t.Fatal(err)
+	}
+	qp.drv.Publish()
+	if n := qp.dev.PopWritable(make([]vhost.WritableBuf, 4)); n != 0 {
+		t.Fatalf("PopWritable = %d on a packed ring", n)
+	}
+	c := newChain(4)
+	if ok, err := qp.dev.Pop(&c); !ok || err != nil {
+		t.Fatalf("Pop = %v, %v", ok, err)
+	}
+}
