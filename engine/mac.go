@@ -105,6 +105,13 @@ func (p *Channel) learnMAC(c *vhost.Chain) {
 		}
 		src = macBits(a[:])
 	}
+	p.learnSource(src)
+}
+
+// learnSource is learnMAC for a frame whose source address is src (as
+// macBits packs it).
+func (p *Channel) learnSource(src uint64) {
+	m := &p.mac
 	if src == m.cur {
 		m.frames = 0
 		return

@@ -102,6 +102,14 @@ func (r *rig) transmitHdr(t *testing.T, h vhost.NetHeader, f []byte, frames int)
 	if err := r.g.Transmit(0, h, f); err != nil {
 		t.Fatal(err)
 	}
+	return r.collectWire(t, frames)
+}
+
+// collectWire steps the rig until the wire has carried frames frames (at
+// most 1000 steps), then 5 steps more, and returns what it carried, which
+// must be exactly frames frames.
+func (r *rig) collectWire(t *testing.T, frames int) [][]byte {
+	t.Helper()
 	var got [][]byte
 	for i := 0; i < 1000 && len(got) < frames; i++ {
 		r.step()

@@ -66,8 +66,8 @@ type rxState struct {
 
 	chain  vhost.Chain
 	chains []vhost.Chain
-	// writable takes a burst of chains from vhost.PopWritable.
-	writable []vhost.WritableBuf
+	// direct takes a burst of chains from vhost.PopDirect.
+	direct []vhost.DirectBuf
 	// held counts the chains at the start of chains that deliverCopy
 	// took for the frame at the head of pending and keeps until the
 	// guest has posted enough for the whole frame.
@@ -103,7 +103,7 @@ func (r *rxState) init(burst, capacity int) {
 	r.spill = make([]ring.RxDone, burst)
 	r.recycle = make([]uint16, 0, capacity+burst+maxRxMerge)
 	r.chain.Segs = make([]vhost.Segment, 0, maxSegs)
-	r.writable = make([]vhost.WritableBuf, burst)
+	r.direct = make([]vhost.DirectBuf, burst)
 	r.chains = make([]vhost.Chain, maxRxMerge)
 	for i := range r.chains {
 		r.chains[i].Segs = make([]vhost.Segment, 0, maxSegs)
@@ -565,7 +565,7 @@ func (p *Channel) collectGuestBufs(room int) int {
 			break
 		}
 		// The next chain is not a lone writable descriptor (or none is
-		// available, or the ring is not one PopWritable serves).
+		// available, or the ring is not one PopDirect serves).
 		ok, err := p.popRx(&r.chain)
 		if !ok {
 			if err != nil {
@@ -605,16 +605,16 @@ func (p *Channel) collectGuestBufs(room int) int {
 }
 
 // collectWritable is collectGuestBufs for chains of one writable
-// descriptor, popped a burst at a time (vhost.PopWritable): header and
+// descriptor, popped a burst at a time (vhost.PopDirect): header and
 // data in the one piece, as rxPieces' first layout. It fills r.bufs from
 // k up to room and returns the new k.
 func (p *Channel) collectWritable(k, room int) int {
 	r := &p.rx
 	pos := p.rxv.AvailPos()
-	n := p.rxv.PopWritable(r.writable[:room-k])
+	n := p.rxv.PopDirect(r.direct[:room-k], true)
 	hl := p.hdrLen
-	for i := range r.writable[:n] {
-		w := &r.writable[i]
+	for i := range r.direct[:n] {
+		w := &r.direct[i]
 		z := &r.zc[w.Head]
 		z.popPos, z.popSeq = pos+uint16(i), r.pops
 		r.pops++

@@ -21,7 +21,9 @@ type txState struct {
 	copyReason counter
 	holds      uint64 // slot bits of the guest regions of packets on the NIC
 
-	chain   vhost.Chain
+	chain vhost.Chain
+	// direct takes a burst of chains from vhost.PopDirect.
+	direct  []vhost.DirectBuf
 	pkts    []ring.TxPkt
 	segs    []ring.Segment // maxTxSegs per packet of pkts
 	done    []ring.Cookie
@@ -43,6 +45,7 @@ const maxL3Len = 511
 func (t *txState) init(burst, records int) {
 	t.chain.Segs = make([]vhost.Segment, 0, maxSegs)
 	t.pkts = make([]ring.TxPkt, burst)
+	t.direct = make([]vhost.DirectBuf, burst)
 	t.segs = make([]ring.Segment, burst*maxCopyBufs)
 	for i := range t.pkts {
 		t.pkts[i].Segs = t.segs[i*maxCopyBufs : i*maxCopyBufs : (i+1)*maxCopyBufs]
@@ -83,19 +86,40 @@ func (p *Channel) pollTx() int {
 		free -= p.announce(free)
 	}
 	k := 0
+	// t.direct[di:dn] are chains of one readable descriptor popped ahead
+	// (vhost.PopDirect); a chain popped here is given back with them.
+	di, dn := 0, 0
 	for k < len(t.pkts) {
-		ok, err := p.txv.Pop(&t.chain)
-		if !ok {
-			if err != nil {
-				p.st.add(cGuestErrors, 1)
-			}
-			break
-		}
-		c := &t.chain
 		pk := &t.pkts[k]
-		if err != nil {
-			p.dropTx(c.Head, cDropTxBadHeader)
-			continue
+		if di == dn && t.zeroCopy {
+			// A frame in one piece takes two of the NIC's descriptors
+			// (n+1 below, n = 1): pop no more than fit, so that none
+			// popped here need go back.
+			di, dn = 0, p.txv.PopDirect(t.direct[:min(len(t.pkts)-k, free/2)], false)
+		}
+		var c *vhost.Chain
+		if di < dn {
+			d := &t.direct[di]
+			di++
+			if free >= 2 && p.directTx(d, pk) {
+				free -= 2
+				k++
+				continue
+			}
+			c = p.directChain(d)
+		} else {
+			ok, err := p.txv.Pop(&t.chain)
+			if !ok {
+				if err != nil {
+					p.st.add(cGuestErrors, 1)
+				}
+				break
+			}
+			c = &t.chain
+			if err != nil {
+				p.dropTx(c.Head, cDropTxBadHeader)
+				continue
+			}
 		}
 		if drop := p.txOffload(c, pk); drop != 0 {
 			p.dropTx(c.Head, drop)
@@ -112,7 +136,7 @@ func (p *Channel) pollTx() int {
 			// Copy: needs the descriptors of its host buffers.
 			nb := (int(c.ReadLen) - p.hdrLen + p.pool.BufSize() - 1) / p.pool.BufSize()
 			if nb+1 > free {
-				p.txv.Unpop(1)
+				p.txv.Unpop(1 + dn - di)
 				break
 			}
 			if n = p.copyTx(c, pk, segs); n == 0 {
@@ -125,7 +149,7 @@ func (p *Channel) pollTx() int {
 			p.st.add(cTxCopied, 1)
 		} else {
 			if n+1 > free {
-				p.txv.Unpop(1)
+				p.txv.Unpop(1 + dn - di)
 				break
 			}
 			pk.Cookie = ring.Cookie(c.Head)
@@ -248,6 +272,45 @@ func (p *Channel) giveBackTx(c ring.Cookie, v *vhost.Virtqueue) {
 	}
 	v.Push(uint16(c), 0)
 	p.tx.unflush++
+}
+
+// directTx fills pk to send chain d, one readable descriptor holding the
+// virtio-net header and the frame, zero-copy, when the frame asks for no
+// offload and lies in DMA-mapped memory: pollTx's work for the common
+// frame, without a Chain. It reports false for anything else, which the
+// caller hands to the Chain path (directChain) to decide.
+func (p *Channel) directTx(d *vhost.DirectBuf, pk *ring.TxPkt) bool {
+	hl := p.hdrLen
+	b := d.Buf
+	if len(b) < hl+14 || b[0]&vhost.NetHdrFNeedsCsum != 0 || b[1] != vhost.NetHdrGSONone {
+		return false
+	}
+	iova, ok := p.iova(b[hl:], &p.tx.holds)
+	if !ok {
+		return false
+	}
+	if !p.mac.static {
+		p.learnSource(macBits(b[hl+6 : hl+12]))
+	}
+	segs := pk.Segs[:1]
+	segs[0] = ring.Segment{IOVA: iova, Len: uint32(len(b) - hl)}
+	*pk = ring.TxPkt{Segs: segs, Cookie: ring.Cookie(d.Head)}
+	p.st.add(cTxZeroCopy, 1)
+	p.st.add(cTxBytes, uint64(len(b)-hl))
+	return true
+}
+
+// directChain makes the channel's chain describe d, for the Chain path.
+func (p *Channel) directChain(d *vhost.DirectBuf) *vhost.Chain {
+	c := &p.tx.chain
+	c.Head = d.Head
+	c.Segs = c.Segs[:1]
+	s := &c.Segs[0] // field by field: see vhost's setSegment
+	s.GPA = d.GPA
+	s.Buf = d.Buf
+	s.Writable = false
+	c.ReadLen, c.WriteLen = uint32(len(d.Buf)), 0
+	return c
 }
 
 // guestSegs describes chain c's frame (past the header) as NIC segments by

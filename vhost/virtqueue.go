@@ -403,24 +403,26 @@ func (q *Virtqueue) Pop(c *Chain) (bool, error) {
 	return true, err
 }
 
-// WritableBuf is a chain of one direct, device-writable descriptor, as
-// PopWritable returns it: what a receive driver posts for every buffer
-// (Linux with mergeable buffers, DPDK's virtio PMD).
-type WritableBuf struct {
+// DirectBuf is a chain of one direct descriptor, as PopDirect returns
+// it: what a receive driver posts for every buffer (Linux with mergeable
+// buffers, DPDK's virtio PMD), and what a transmit driver posts for a
+// frame whose header it put in front of the data.
+type DirectBuf struct {
 	Head uint16 // id to hand back with Push
 	GPA  uint64 // the guest physical address of Buf
 	Buf  []byte
 }
 
-// PopWritable pops, in ring order, up to len(out) chains of one direct
-// writable descriptor each whose buffer lies in the memory region of the
-// previous chain, and returns how many it popped. It is Pop's common case
-// for a burst, without the Chain: the avail index is read once, nothing is
-// written but out. It stops at the first chain that is anything else (or
-// is malformed), leaving it to Pop, which checks it in full; it pops
-// nothing on a packed ring, with inflight tracking or while the dirty log
-// is on (Pop serves those).
-func (q *Virtqueue) PopWritable(out []WritableBuf) int {
+// PopDirect pops, in ring order, up to len(out) chains of one direct
+// descriptor each, writable by the device if writable is set and readable
+// otherwise, whose buffer lies in the memory region of the previous chain,
+// and returns how many it popped. It is Pop's common case for a burst,
+// without the Chain: the avail index is read once, nothing is written but
+// out. It stops at the first chain that is anything else (or is
+// malformed), leaving it to Pop, which checks it in full; it pops nothing
+// on a packed ring, with inflight tracking or while the dirty log is on
+// (Pop serves those).
+func (q *Virtqueue) PopDirect(out []DirectBuf, writable bool) int {
 	if q.broken || q.infl != nil || q.pk.on || q.dirty != nil || q.mem == nil {
 		return 0
 	}
@@ -434,6 +436,10 @@ func (q *Virtqueue) PopWritable(out []WritableBuf) int {
 		q.availSeen = seen
 		q.warm(pending)
 	}
+	var want uint16
+	if writable {
+		want = descFWrite
+	}
 	n := 0
 	for n < len(out) && q.lastAvail != q.availSeen {
 		if q.lastAvail == q.warmEnd && q.readAhead {
@@ -444,7 +450,7 @@ func (q *Virtqueue) PopWritable(out []WritableBuf) int {
 			break
 		}
 		d := q.desc[descSize*int(head) : descSize*int(head)+descSize]
-		if binary.LittleEndian.Uint16(d[12:])&(descFNext|descFIndirect|descFWrite) != descFWrite {
+		if binary.LittleEndian.Uint16(d[12:])&(descFNext|descFIndirect|descFWrite) != want {
 			break
 		}
 		addr := binary.LittleEndian.Uint64(d)

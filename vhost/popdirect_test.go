@@ -10,11 +10,12 @@ import (
 	"github.com/zcnet/zcnet/vhost"
 )
 
-// TestPopWritableTakesLoneWritableChains: PopWritable pops, in ring order,
-// the chains of one writable descriptor and stops at the first other
-// chain, which Pop then returns; positions, counters and used entries are
-// as if Pop had popped every chain.
-func TestPopWritableTakesLoneWritableChains(t *testing.T) {
+// TestPopDirectTakesLoneChains: PopDirect pops, in ring order, the chains
+// of one writable (or readable) descriptor and stops at the first other
+// chain, which Pop (or a PopDirect of the other kind) then returns;
+// positions, counters and used entries are as if Pop had popped every
+// chain.
+func TestPopDirectTakesLoneChains(t *testing.T) {
 	qp := newQueuePair(t, 16, false, false)
 	w := func(off uint64, n uint32) []guest.Buf { return []guest.Buf{{GPA: qp.buf + off, Len: n, Write: true}} }
 	var heads []uint16
@@ -31,13 +32,14 @@ func TestPopWritableTakesLoneWritableChains(t *testing.T) {
 		heads = append(heads, h)
 	}
 	copy(qp.mem.Bytes(qp.buf+4096, 4), "wxyz")
-	out := make([]vhost.WritableBuf, 8)
-	if n := qp.dev.PopWritable(out); n != 0 {
+	copy(qp.mem.Bytes(qp.buf+12288, 4), "rdbl")
+	out := make([]vhost.DirectBuf, 8)
+	if n := qp.dev.PopDirect(out, true); n != 0 {
 		t.Fatalf("popped %d before publish", n)
 	}
 	qp.drv.Publish()
-	if n := qp.dev.PopWritable(out); n != 2 {
-		t.Fatalf("PopWritable = %d, want the 2 lone writable chains before the two-piece one", n)
+	if n := qp.dev.PopDirect(out, true); n != 2 {
+		t.Fatalf("PopDirect = %d, want the 2 lone writable chains before the two-piece one", n)
 	}
 	if out[0].Head != heads[0] || out[0].GPA != qp.buf || len(out[0].Buf) != 2048 ||
 		out[1].Head != heads[1] || out[1].GPA != qp.buf+4096 || string(out[1].Buf[:4]) != "wxyz" || len(out[1].Buf) != 1024 {
@@ -47,27 +49,38 @@ func TestPopWritableTakesLoneWritableChains(t *testing.T) {
 		t.Fatalf("AvailPos = %d after two chains", pos)
 	}
 	c := newChain(4)
-	for _, want := range heads[2:4] {
-		if n := qp.dev.PopWritable(out); n != 0 {
-			t.Fatalf("PopWritable took %d chains past one it does not serve", n)
-		}
-		if ok, err := qp.dev.Pop(&c); !ok || err != nil || c.Head != want {
-			t.Fatalf("Pop = %v, %v, head %d; want head %d", ok, err, c.Head, want)
+	for _, writable := range []bool{true, false} {
+		if n := qp.dev.PopDirect(out, writable); n != 0 {
+			t.Fatalf("PopDirect(writable %v) took %d chains of two pieces", writable, n)
 		}
 	}
-	if n := qp.dev.PopWritable(out[:1]); n != 1 || out[0].Head != heads[4] {
-		t.Fatalf("PopWritable = %d (head %d), want head %d", n, out[0].Head, heads[4])
+	if ok, err := qp.dev.Pop(&c); !ok || err != nil || c.Head != heads[2] {
+		t.Fatalf("Pop = %v, %v, head %d; want head %d", ok, err, c.Head, heads[2])
 	}
-	if n := qp.dev.PopWritable(out); n != 0 {
-		t.Fatalf("PopWritable = %d on an empty ring", n)
+	// The readable chain: not for a writable pop, taken by a readable one.
+	if n := qp.dev.PopDirect(out, true); n != 0 {
+		t.Fatalf("PopDirect(writable) took %d readable chains", n)
+	}
+	if n := qp.dev.PopDirect(out, false); n != 1 || out[0].Head != heads[3] || out[0].GPA != qp.buf+12288 ||
+		string(out[0].Buf[:4]) != "rdbl" || len(out[0].Buf) != 64 {
+		t.Fatalf("PopDirect(readable) = %d, %+v", n, out[0])
+	}
+	if n := qp.dev.PopDirect(out, false); n != 0 {
+		t.Fatalf("PopDirect(readable) took %d writable chains", n)
+	}
+	if n := qp.dev.PopDirect(out[:1], true); n != 1 || out[0].Head != heads[4] {
+		t.Fatalf("PopDirect = %d (head %d), want head %d", n, out[0].Head, heads[4])
+	}
+	if n := qp.dev.PopDirect(out, true); n != 0 {
+		t.Fatalf("PopDirect = %d on an empty ring", n)
 	}
 	if got := qp.dev.Counters().Popped; got != 5 {
 		t.Fatalf("Popped = %d, want 5", got)
 	}
 	// Rewinding gives the chains back to both pops alike.
 	qp.dev.RewindTo(0)
-	if n := qp.dev.PopWritable(out); n != 2 || out[0].Head != heads[0] {
-		t.Fatalf("after RewindTo(0): PopWritable = %d, head %d", n, out[0].Head)
+	if n := qp.dev.PopDirect(out, true); n != 2 || out[0].Head != heads[0] {
+		t.Fatalf("after RewindTo(0): PopDirect = %d, head %d", n, out[0].Head)
 	}
 	qp.dev.Push(out[1].Head, 100)
 	qp.dev.Push(out[0].Head, 60)
@@ -77,15 +90,15 @@ func TestPopWritableTakesLoneWritableChains(t *testing.T) {
 	}
 }
 
-// TestPopWritableLeavesErrorsToPop: a chain PopWritable does not take
+// TestPopDirectLeavesErrorsToPop: a chain PopDirect does not take
 // because it is malformed still breaks the queue at the next Pop, with
 // Pop's reason; a bad avail index is not swallowed either. An empty
 // buffer, which is no error, is Pop's to hand over (with no segment).
-func TestPopWritableLeavesErrorsToPop(t *testing.T) {
+func TestPopDirectLeavesErrorsToPop(t *testing.T) {
 	cases := map[string]struct {
 		corrupt func(qp *queuePair, head uint16)
 		reason  string
-		// taken: chains PopWritable pops before the bad one (a bad head
+		// taken: chains PopDirect pops before the bad one (a bad head
 		// is a new entry after the good chain's).
 		taken int
 	}{
@@ -111,9 +124,9 @@ func TestPopWritableLeavesErrorsToPop(t *testing.T) {
 				t.Fatal(err)
 			}
 			qp.drv.Publish()
-			out := make([]vhost.WritableBuf, 4)
-			if n := qp.dev.PopWritable(out); n != 1 || out[0].Head != good {
-				t.Fatalf("PopWritable = %d", n)
+			out := make([]vhost.DirectBuf, 4)
+			if n := qp.dev.PopDirect(out, true); n != 1 || out[0].Head != good {
+				t.Fatalf("PopDirect = %d", n)
 			}
 			head, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf + 4096, Len: 2048, Write: true}}, false)
 			if err != nil {
@@ -121,8 +134,8 @@ func TestPopWritableLeavesErrorsToPop(t *testing.T) {
 			}
 			qp.drv.Publish()
 			tc.corrupt(qp, head)
-			if n := qp.dev.PopWritable(out); n != tc.taken {
-				t.Fatalf("PopWritable took %d chains of a corrupt ring, want %d", n, tc.taken)
+			if n := qp.dev.PopDirect(out, true); n != tc.taken {
+				t.Fatalf("PopDirect took %d chains of a corrupt ring, want %d", n, tc.taken)
 			}
 			c := newChain(4)
 			ok, err := qp.dev.Pop(&c)
@@ -135,25 +148,25 @@ func TestPopWritableLeavesErrorsToPop(t *testing.T) {
 			if ok || !errors.Is(err, vhost.ErrQueueBroken) || !strings.Contains(err.Error(), tc.reason) {
 				t.Fatalf("Pop = %v, %v; want the queue broken: %s", ok, err, tc.reason)
 			}
-			if n := qp.dev.PopWritable(out); n != 0 {
-				t.Fatalf("PopWritable = %d on a broken queue", n)
+			if n := qp.dev.PopDirect(out, true); n != 0 {
+				t.Fatalf("PopDirect = %d on a broken queue", n)
 			}
 		})
 	}
 }
 
-// TestPopWritableServesOnlySplitRings: on a packed ring, and while the
-// dirty log is on (Pop records what the device may write), PopWritable
+// TestPopDirectServesOnlySplitRings: on a packed ring, and while the
+// dirty log is on (Pop records what the device may write), PopDirect
 // leaves every chain to Pop.
-func TestPopWritableServesOnlySplitRings(t *testing.T) {
+func TestPopDirectServesOnlySplitRings(t *testing.T) {
 	logged := newQueuePair(t, 16, false, false)
 	if _, err := logged.drv.Add([]guest.Buf{{GPA: logged.buf, Len: 2048, Write: true}}, false); err != nil {
 		t.Fatal(err)
 	}
 	logged.drv.Publish()
 	logged.dev.StartLogForTest(2048, false)
-	if n := logged.dev.PopWritable(make([]vhost.WritableBuf, 4)); n != 0 {
-		t.Fatalf("PopWritable = %d while logging", n)
+	if n := logged.dev.PopDirect(make([]vhost.DirectBuf, 4), true); n != 0 {
+		t.Fatalf("PopDirect = %d while logging", n)
 	}
 
 	qp := newPackedPair(t, 16, false)
@@ -161,8 +174,8 @@ func TestPopWritableServesOnlySplitRings(t *testing.T) {
 		t.Fatal(err)
 	}
 	qp.drv.Publish()
-	if n := qp.dev.PopWritable(make([]vhost.WritableBuf, 4)); n != 0 {
-		t.Fatalf("PopWritable = %d on a packed ring", n)
+	if n := qp.dev.PopDirect(make([]vhost.DirectBuf, 4), true); n != 0 {
+		t.Fatalf("PopDirect = %d on a packed ring", n)
 	}
 	c := newChain(4)
 	if ok, err := qp.dev.Pop(&c); !ok || err != nil {
