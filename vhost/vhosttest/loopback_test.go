@@ -328,3 +328,69 @@ func TestLoopbackHeaderWithoutHostOffloads(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopbackMixedBurst: in one poll, frames the loopback moves a burst
+// at a time (one TX descriptor to one RX buffer that holds it) and a
+// frame it must spread over two mergeable RX buffers come back in the
+// order sent, each intact with its MACs swapped, the large one in two
+// buffers: the burst path stops at the large frame and gives back what it
+// popped after it, and the chain path carries on from there.
+func TestLoopbackMixedBurst(t *testing.T) {
+	s := vhosttest.Serve(t, vhost.Config{Features: vhost.DefaultFeatures | vhost.FInOrder})
+	g, err := guest.Dial(s.Path, guest.Options{Features: guest.DefaultWanted | vhost.FInOrder, RxBufSize: 1024, TxBufSize: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if g.Features&vhost.NetFMrgRxbuf == 0 {
+		t.Fatalf("negotiated %#x: want mergeable receive buffers", g.Features)
+	}
+	sizes := []int{60, 60, 1500, 60, 60}
+	if err := g.PostRx(0, len(sizes)+1); err != nil {
+		t.Fatal(err)
+	}
+	var want [][]byte
+	for i, n := range sizes {
+		f := make([]byte, n)
+		copy(f, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5, byte(i)})
+		for j := 15; j < n; j++ {
+			f[j] = byte(i + j)
+		}
+		if err := g.QueueTx(0, vhost.NetHeader{}, f); err != nil {
+			t.Fatal(err)
+		}
+		w := append([]byte(nil), f...)
+		copy(w, []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1})
+		want = append(want, w)
+	}
+	if err := g.FlushTx(0); err != nil {
+		t.Fatal(err)
+	}
+	loop := vhosttest.NewLoopback(s.Dev)
+	loop.Poll()
+	got, err := g.Receive(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := loop.Counters(); len(got) != len(sizes) || c.Frames != uint64(len(sizes)) || c.Dropped != 0 {
+		t.Fatalf("received %d of %d frames, counters %+v", len(got), len(sizes), c)
+	}
+	for i, p := range got {
+		if !bytes.Equal(p.Frame, want[i]) {
+			t.Errorf("frame %d (%d bytes) came back as % x..., want % x...", i, sizes[i], p.Frame[:16], want[i][:16])
+		}
+		if wantBufs := 1 + btoi(sizes[i] > 1000); int(p.Hdr.NumBuffers) != wantBufs {
+			t.Errorf("frame %d: num_buffers %d, want %d", i, p.Hdr.NumBuffers, wantBufs)
+		}
+	}
+	if n := g.ReclaimTx(0); n != len(sizes) {
+		t.Errorf("%d TX buffers completed, want %d", n, len(sizes))
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
