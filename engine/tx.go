@@ -27,8 +27,9 @@ type txState struct {
 	pkts    []ring.TxPkt
 	segs    []ring.Segment // maxTxSegs per packet of pkts
 	done    []ring.Cookie
-	zcHeads int // zero-copy packets on the NIC
-	unflush int // used entries pushed and not yet published
+	heads   []uint16 // the guest chains among done
+	zcHeads int      // zero-copy packets on the NIC
+	unflush int      // used entries pushed and not yet published
 
 	rec     []txRecord
 	recFree []uint32
@@ -51,6 +52,7 @@ func (t *txState) init(burst, records int) {
 		t.pkts[i].Segs = t.segs[i*maxCopyBufs : i*maxCopyBufs : (i+1)*maxCopyBufs]
 	}
 	t.done = make([]ring.Cookie, burst)
+	t.heads = make([]uint16, 0, burst)
 	t.rec = make([]txRecord, records)
 	t.recFree = make([]uint32, records)
 	for i := range t.recFree {
@@ -226,15 +228,17 @@ func (p *Channel) reclaimTx() {
 	t := &p.tx
 	for {
 		n := p.txq.Reclaim(t.done)
+		heads := t.heads[:0]
 		for _, c := range t.done[:n] {
 			if c&copyCookie != 0 {
 				p.freeTxRecord(c)
 				continue
 			}
-			p.txv.Push(uint16(c), 0)
-			t.unflush++
-			t.zcHeads--
+			heads = append(heads, uint16(c))
 		}
+		p.txv.PushRead(heads)
+		t.unflush += len(heads)
+		t.zcHeads -= len(heads)
 		if n < len(t.done) {
 			return
 		}

@@ -182,3 +182,44 @@ func TestPopDirectServesOnlySplitRings(t *testing.T) {
 		t.Fatalf("Pop = %v, %v", ok, err)
 	}
 }
+
+// TestPushReadBurst: PushRead of more heads than Push stages at once (64)
+// gives the driver every used entry in order, each with length 0, in the
+// ring slots Push would have used, split and packed.
+func TestPushReadBurst(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		qp := newRingPair(t, 128, false, false, packed)
+		const n = 100
+		var heads []uint16
+		c := newChain(4)
+		for i := range n {
+			if _, err := qp.drv.Add([]guest.Buf{{GPA: qp.buf + uint64(i)*64, Len: 64}}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		qp.drv.Publish()
+		for range n {
+			if ok, err := qp.dev.Pop(&c); !ok || err != nil {
+				t.Fatalf("packed %v: Pop = %v, %v", packed, ok, err)
+			}
+			heads = append(heads, c.Head)
+		}
+		// Completed in an order other than the ring's, as a NIC's
+		// completions need not be.
+		heads[3], heads[70] = heads[70], heads[3]
+		qp.dev.PushRead(heads)
+		qp.dev.Flush()
+		for i, want := range heads {
+			h, l, ok := qp.drv.Used()
+			if !ok || h != want || l != 0 {
+				t.Fatalf("packed %v: used entry %d = %d, %d, %v; want head %d, length 0", packed, i, h, l, ok, want)
+			}
+		}
+		if _, _, ok := qp.drv.Used(); ok {
+			t.Fatalf("packed %v: more used entries than pushed", packed)
+		}
+		if got := qp.dev.Counters().Pushed; got != n {
+			t.Fatalf("packed %v: Pushed = %d, want %d", packed, got, n)
+		}
+	}
+}

@@ -654,6 +654,27 @@ func (q *Virtqueue) Push(head uint16, written uint32) {
 	q.counts.Pushed++
 }
 
+// PushRead returns chains the device only read (a network device's
+// transmit completions), in order: Push(head, 0) for each head, in one
+// call for a burst.
+func (q *Virtqueue) PushRead(heads []uint16) {
+	if q.infl != nil || q.pk.on {
+		for _, h := range heads {
+			q.Push(h, 0)
+		}
+		return
+	}
+	for _, h := range heads {
+		if q.nstaged == stagedMax {
+			q.writeStaged()
+		}
+		binary.LittleEndian.PutUint64(q.staged[usedElemSize*q.nstaged:], uint64(h))
+		q.nstaged++
+		q.usedIdx++ // writeStaged places entries by it
+	}
+	q.counts.Pushed += uint64(len(heads))
+}
+
 // stagedMax is how many used entries Push keeps before writing them out.
 const stagedMax = 64
 
