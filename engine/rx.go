@@ -561,9 +561,14 @@ func (p *Channel) collectGuestBufs(room int) int {
 		r.bufs[k] = ring.Buf{IOVA: z.iova, Len: uint32(len(z.data)), Cookie: ring.Cookie(head)}
 		k++
 	}
+	// PopDirect serves no ring while the dirty log is on (Pop records
+	// what the device may write): no call per chain then.
+	direct := p.rxv.DirtyLog() == nil
 	for k < room {
-		if k = p.collectWritable(k, room); k == room {
-			break
+		if direct {
+			if k = p.collectWritable(k, room); k == room {
+				break
+			}
 		}
 		// The next chain is not a lone writable descriptor (or none is
 		// available, or the ring is not one PopDirect serves).

@@ -91,9 +91,12 @@ func (p *Channel) pollTx() int {
 	// t.direct[di:dn] are chains of one readable descriptor popped ahead
 	// (vhost.PopDirect); a chain popped here is given back with them.
 	di, dn := 0, 0
+	// PopDirect serves no ring while the dirty log is on: no call per
+	// chain then.
+	direct := t.zeroCopy && p.txv.DirtyLog() == nil
 	for k < len(t.pkts) {
 		pk := &t.pkts[k]
-		if di == dn && t.zeroCopy {
+		if di == dn && direct {
 			// A frame in one piece takes two of the NIC's descriptors
 			// (n+1 below, n = 1): pop no more than fit, so that none
 			// popped here need go back.
