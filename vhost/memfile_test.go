@@ -58,7 +58,7 @@ func (s *memServer) stillServes(t *testing.T, before int) {
 	}
 	g.Close()
 	waitDisconnected(t, s.Dev)
-	if after := openFDs(t); after != before {
+	if after := fdsAfterSession(t, before); after != before {
 		t.Fatalf("%d descriptors leaked (%d open before, %d after)", after-before, before, after)
 	}
 	if m := mappedFiles(t); m != "" {
