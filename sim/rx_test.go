@@ -337,6 +337,28 @@ func TestRxPacketBufferOverflow(t *testing.T) {
 	}
 }
 
+// TestRxPacketBufferHoldsHalfAMegabyteOfSmallFrames: with the default
+// options, the receive packet buffer of a port whose queue has no
+// descriptors takes 512 KB (RXPBSIZE(0) in non-DCB mode) of minimum-size
+// frames before it misses one, as the 82599's does: its byte size, not a
+// frame count of the model's, sets how long a burst it rides out.
+func TestRxPacketBufferHoldsHalfAMegabyteOfSmallFrames(t *testing.T) {
+	p, bar := rxSetup(t, nil)
+	setupRx(t, p, bar, 0, 8, 2, 0)
+	f := udpFrame(testMAC, 18) // 60 bytes: the minimum without the FCS
+	fit := 512 << 10 / 64      // what 512 KB holds of 64-byte frames on the wire
+	for range fit {
+		p.Deliver(f)
+	}
+	if v := bar.Read32(tMPC0); v != 0 {
+		t.Fatalf("MPC(0) = %d after %d frames of %d bytes: the buffer held fewer than 512 KB of them", v, fit, len(f))
+	}
+	p.Deliver(f)
+	if v := p.Counters().RxFIFOFull; v != 1 {
+		t.Fatalf("the model counted %d frames missed after %d, want the next one missed", v, fit+1)
+	}
+}
+
 func TestRxIOMMUFault(t *testing.T) {
 	p, bar := rxSetup(t, nil)
 	r := setupRx(t, p, bar, 0, 8, 2, 0)
