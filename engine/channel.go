@@ -192,14 +192,17 @@ func NewChannel(cfg ChannelConfig) (*Channel, error) {
 	return p, nil
 }
 
-// publish makes the poller's counters visible to Stats.
-func (p *Channel) publish() { p.st.publish(p.rx.frames) }
-
 // Name labels the task.
 func (p *Channel) Name() string { return "channel:" + p.cfg.Name }
 
-// Stats returns the channel's totals; safe from any goroutine.
-func (p *Channel) Stats() Stats { return p.st.snapshot() }
+// Stats returns the channel's totals; safe from any goroutine that does
+// not hold the data-path lock, which it takes for the moment of reading
+// (as Err does).
+func (p *Channel) Stats() Stats {
+	p.dev.LockDataPath()
+	defer p.dev.UnlockDataPath()
+	return p.st.read(p.rx.frames)
+}
 
 // Err reports why the channel stopped working (a NIC queue that failed to
 // start or stop), nil while it works.
@@ -286,7 +289,6 @@ func (p *Channel) contain(v any) bool {
 	if err := errors.Join(errs...); err != nil {
 		p.failed = fmt.Errorf("engine: channel %s: stopping the NIC queues after a guest memory fault: %w", p.cfg.Name, err)
 	}
-	p.publish()
 	p.dev.Drop(fmt.Errorf("%w (channel %s, %w)", vhost.ErrGuestMemoryFault, p.cfg.Name, f))
 	return true
 }
@@ -345,9 +347,8 @@ func (p *Channel) pollLocked() int {
 	if n > 0 {
 		p.st.add(cBusyPolls, 1)
 	} else {
-		p.st.idlePoll()
+		p.st.add(cIdlePolls, 1)
 	}
-	p.publish()
 	return n
 }
 
@@ -370,7 +371,6 @@ func (p *Channel) quiesce() error {
 	if p.txRunning {
 		errs = append(errs, p.quiesceTx(p.txv))
 	}
-	p.publish()
 	return errors.Join(errs...)
 }
 
@@ -406,7 +406,6 @@ func (p *Channel) stopRingLocked(q *vhost.Virtqueue) {
 	if err != nil {
 		p.failed = fmt.Errorf("engine: channel %s: stopping the NIC queue of vring %d: %w", p.cfg.Name, q.Index(), err)
 	}
-	p.publish()
 }
 
 // letGo stops the directions of the channel that hold a guest buffer in the
@@ -425,7 +424,6 @@ func (p *Channel) letGo(slot uint64) error {
 		}
 		return 0
 	})
-	p.publish()
 	return errors.Join(errs...)
 }
 
