@@ -180,7 +180,6 @@ func (p *Channel) pollTx() int {
 		} else if pk.Cookie&copyCookie == 0 {
 			t.zcHeads++
 		}
-		pk.Segs = pk.Segs[:0]
 	}
 	p.st.add(cTxPackets, uint64(m))
 	p.flushTx()
@@ -299,9 +298,12 @@ func (p *Channel) directTx(d *vhost.DirectBuf, pk *ring.TxPkt) bool {
 	if !p.mac.static {
 		p.learnSource(macBits(b[hl+6 : hl+12]))
 	}
-	segs := pk.Segs[:1]
-	segs[0] = ring.Segment{IOVA: iova, Len: uint32(len(b) - hl)}
-	*pk = ring.TxPkt{Segs: segs, Cookie: ring.Cookie(d.Head)}
+	// Field by field: Submit reads no other field of a packet of one
+	// segment without offload, and a literal would zero the whole packet.
+	pk.Segs = pk.Segs[:1]
+	seg := &pk.Segs[0]
+	seg.IOVA, seg.Len = iova, uint32(len(b)-hl)
+	pk.Cookie, pk.Offload = ring.Cookie(d.Head), 0
 	p.st.add(cTxZeroCopy, 1)
 	p.st.add(cTxBytes, uint64(len(b)-hl))
 	return true
