@@ -249,9 +249,7 @@ func (p *Channel) harvestRx() {
 		n := p.rxq.Harvest(got)
 		eops := 0
 		for i := range got[:n] {
-			if got[i].EOP {
-				eops++
-			}
+			eops += int(got[i].Flags & ring.RxFlagEOP) // bit 0: 1 per frame
 		}
 		p.st.add(cRxHarvested, uint64(eops))
 		r.frames += eops
@@ -276,10 +274,10 @@ func (p *Channel) deliverPending() int {
 	plain := p.dev.DirtyLog() == nil
 	for i := range r.pending {
 		d := &r.pending[i]
-		if !d.EOP {
+		if !d.EOP() {
 			continue
 		}
-		if plain && i == start && d.Cookie&copyCookie == 0 && !d.RxError {
+		if plain && i == start && d.Cookie&copyCookie == 0 && !d.RxError() {
 			// deliverZeroCopy's work for it, less its loops.
 			head := uint16(d.Cookie)
 			p.putRxHeader(r.zc[head].hdr, d, 1)
@@ -317,7 +315,7 @@ func (p *Channel) deliverPending() int {
 // reports false when the frame must wait for guest buffers.
 func (p *Channel) deliver(f []ring.RxDone) bool {
 	eop := &f[len(f)-1]
-	if eop.RxError {
+	if eop.RxError() {
 		p.release(f)
 		p.st.add(cDropRxError, 1)
 		return true
@@ -358,7 +356,7 @@ func (p *Channel) putRxHeader(b []byte, eop *ring.RxDone, buffers int) {
 	// flags (byte 0), gso_type NONE (byte 1), and hdr_len, gso_size,
 	// csum_start, csum_offset all zero (bytes 2-9).
 	var lo uint64
-	if p.features&vhost.NetFGuestCsum != 0 && eop.L4Csum == ring.CsumGood && eop.IPCsum != ring.CsumBad {
+	if p.features&vhost.NetFGuestCsum != 0 && eop.L4Csum() == ring.CsumGood && eop.IPCsum() != ring.CsumBad {
 		lo = vhost.NetHdrFDataValid
 	}
 	if p.hdrLen >= vhost.NetHeaderSize {
@@ -677,7 +675,7 @@ func (p *Channel) quiesceRx(v *vhost.Virtqueue) error {
 		r.recycle = append(r.recycle, uint16(c))
 	}
 	pending := r.pending[r.delivered:]
-	lost, cut := r.frames, len(pending) > 0 && !pending[len(pending)-1].EOP
+	lost, cut := r.frames, len(pending) > 0 && !pending[len(pending)-1].EOP()
 	for i := range pending {
 		p.markDropped(&pending[i])
 		take(pending[i].Cookie)
@@ -688,11 +686,11 @@ func (p *Channel) quiesceRx(v *vhost.Virtqueue) error {
 	for {
 		n := p.rxq.Harvest(r.spill)
 		for i := range r.spill[:n] {
-			if r.spill[i].EOP {
+			if r.spill[i].EOP() {
 				lost++
 				p.st.add(cRxHarvested, 1)
 			}
-			cut = !r.spill[i].EOP
+			cut = !r.spill[i].EOP()
 			p.markDropped(&r.spill[i])
 			take(r.spill[i].Cookie)
 		}

@@ -154,11 +154,11 @@ func (f *Forwarder) forward() int {
 		}
 		f.partial = append(f.partial, i)
 		f.partialSegs = append(f.partialSegs, seg)
-		if !d.EOP {
+		if !d.EOP() {
 			continue
 		}
 		first := f.partial[0]
-		if d.RxError {
+		if d.RxError() {
 			rxErrs++
 			f.freeChain(first)
 		} else {

@@ -30,30 +30,17 @@ const (
 	rxStatL4CS  = 1 << 5
 	rxStatIPCS  = 1 << 6
 
-	rxErrRXE = 1 << 29 // any MAC error
-	rxErrL4E = 1 << 30 // L4 checksum wrong (valid with L4CS)
-	rxErrIPE = 1 << 31 // IPv4 header checksum wrong (valid with IPCS)
+	rxErrShift = 29      // the lowest of the three error bits below
+	rxErrRXE   = 1 << 29 // any MAC error
+	rxErrL4E   = 1 << 30 // L4 checksum wrong (valid with L4CS)
+	rxErrIPE   = 1 << 31 // IPv4 header checksum wrong (valid with IPCS)
 
 	rxLenShift  = 32
 	rxVLANShift = 48
 
-	rxRSSTypeMask  = 0xF
+	// In qword 0, which the driver does not decode (see decodeRx).
 	rxPTypeShift   = 4
 	rxRSSHashShift = 32
-)
-
-// Packet type bits, counted from bit 4 of qword 0 (so bit 0 here is bit 4
-// there).
-const (
-	rxPTIPv4    = 1 << 0
-	rxPTIPv4Ext = 1 << 1
-	rxPTIPv6    = 1 << 2
-	rxPTIPv6Ext = 1 << 3
-	rxPTTCP     = 1 << 4
-	rxPTUDP     = 1 << 5
-	rxPTSCTP    = 1 << 6
-	rxPTEtqf    = 1 << 11 // the low bits then hold an ETQF index, not L3/L4 flags
-	rxPTMask    = 0xFFF
 )
 
 // Advanced transmit descriptors (DEXT=1).

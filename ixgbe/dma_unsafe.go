@@ -60,9 +60,6 @@ func (r descRing) qword(slot uint32, q uintptr) *uint64 {
 // load1 atomically reads qword 1 of a descriptor (where the status lives).
 func (r descRing) load1(slot uint32) uint64 { return atomic.LoadUint64(r.qword(slot, 1)) }
 
-// load0 atomically reads qword 0 of a descriptor.
-func (r descRing) load0(slot uint32) uint64 { return atomic.LoadUint64(r.qword(slot, 0)) }
-
 // loadHi1 atomically reads the upper dword of qword 1 (TX olinfo_status,
 // where the device writes DD back).
 func (r descRing) loadHi1(slot uint32) uint32 {

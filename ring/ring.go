@@ -41,39 +41,64 @@ const (
 )
 
 // RxDone is a completed receive buffer. A frame longer than one buffer
-// completes as several RxDones in ring order, EOP set only on the last; the
-// frame-level fields (hash, checksums, VLAN, packet type) are valid on the
+// completes as several RxDones in ring order, RxFlagEOP set only on the
+// last; the frame-level results (checksum verdicts, VLAN) are valid on the
 // EOP entry.
+//
+// It carries what the queue's users act on, packed so that a driver fills
+// it with four stores per frame: the frame-level results are bits of
+// Flags, read through the methods below. (The NIC's RSS hash and packet
+// type were decoded into it for every frame, and nothing read them.)
 type RxDone struct {
 	Cookie Cookie
 	// Len is the number of bytes written into this buffer.
-	Len uint32
-	EOP bool
-	// RSSHash and RSSType are the NIC's receive-side-scaling result
-	// (RSSType 0: no hash computed).
-	RSSHash uint32
-	RSSType uint8
-	// PacketType is the NIC's parse of the frame (driver-specific bits,
-	// decoded by the PT* flags below where the NIC provides them).
-	PacketType uint16
-	// VLAN is the stripped 802.1Q TCI when VLANStripped is set.
-	VLAN         uint16
-	VLANStripped bool
-	IPCsum       CsumStatus
-	L4Csum       CsumStatus
-	// RxError is set when the NIC flagged the frame as damaged (e.g. a
-	// length or CRC error); such frames should be dropped and counted.
-	RxError bool
+	Len   uint32
+	Flags RxFlags
+	// VLAN is the stripped 802.1Q TCI when VLANStripped reports true.
+	VLAN uint16
 }
 
-// Packet-type flags carried in RxDone.PacketType.
+// RxFlags are the bits of RxDone.Flags.
+type RxFlags uint16
+
 const (
-	PTIPv4 uint16 = 1 << iota
-	PTIPv6
-	PTTCP
-	PTUDP
-	PTSCTP
+	// RxFlagEOP marks the last buffer of a frame.
+	RxFlagEOP RxFlags = 1 << iota
+	// RxFlagError: the NIC flagged the frame as damaged (e.g. a length or
+	// CRC error); such frames should be dropped and counted.
+	RxFlagError
+	// RxFlagVLANStripped: the NIC removed the frame's 802.1Q tag, whose
+	// TCI is in RxDone.VLAN.
+	RxFlagVLANStripped
 )
+
+// The checksum verdicts are CsumStatus values in two bits each of
+// RxFlags, above the flags.
+const (
+	RxIPCsumShift = 3
+	RxL4CsumShift = 5
+)
+
+// RxVerdicts returns the Flags bits that say the NIC found the IP header
+// checksum ip and the TCP/UDP checksum l4.
+func RxVerdicts(ip, l4 CsumStatus) RxFlags {
+	return RxFlags(ip)<<RxIPCsumShift | RxFlags(l4)<<RxL4CsumShift
+}
+
+// EOP reports whether d is the last buffer of its frame.
+func (d *RxDone) EOP() bool { return d.Flags&RxFlagEOP != 0 }
+
+// RxError reports whether the NIC flagged d's frame as damaged.
+func (d *RxDone) RxError() bool { return d.Flags&RxFlagError != 0 }
+
+// VLANStripped reports whether the NIC removed the frame's VLAN tag.
+func (d *RxDone) VLANStripped() bool { return d.Flags&RxFlagVLANStripped != 0 }
+
+// IPCsum is the NIC's verdict on the frame's IPv4 header checksum.
+func (d *RxDone) IPCsum() CsumStatus { return CsumStatus(d.Flags>>RxIPCsumShift) & 3 }
+
+// L4Csum is the NIC's verdict on the frame's TCP or UDP checksum.
+func (d *RxDone) L4Csum() CsumStatus { return CsumStatus(d.Flags>>RxL4CsumShift) & 3 }
 
 // Segment is one piece of a packet to transmit.
 type Segment struct {
