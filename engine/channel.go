@@ -140,6 +140,8 @@ type Channel struct {
 
 // iova translates a guest buffer for the NIC and records, in *holds, the
 // region it lies in (UnmapRegion stops only channels holding buffers there).
+// The per-frame loops (collectWritable, directTx) do the same with the
+// hinted region tried inline first.
 func (p *Channel) iova(b []byte, holds *uint64) (uint64, bool) {
 	iova, slot, ok := p.view.iovaOf(b)
 	*holds |= slot

@@ -283,20 +283,32 @@ func (v *dmaView) load(g *GuestDMA) { v.regions = *g.regions.Load() }
 // is not inside one mapped region, which the caller treats as an unusable
 // buffer.
 func (v *dmaView) iovaOf(b []byte) (iova, slot uint64, ok bool) {
+	if iova, slot, ok = v.hinted(b); ok {
+		return iova, slot, true
+	}
 	if len(b) == 0 {
 		return 0, 0, false
 	}
 	a, n := uint64(addrOf(b)), uint64(len(b))
-	if i := v.hint; uint(i) < uint(len(v.regions)) {
-		m := &v.regions[i]
-		if off := a - m.host; a >= m.host && off < m.size && n <= m.size-off {
-			return m.iova + off, m.slot, true
-		}
-	}
 	for i := range v.regions {
 		m := &v.regions[i]
 		if off := a - m.host; a >= m.host && off < m.size && n <= m.size-off {
 			v.hint = i
+			return m.iova + off, m.slot, true
+		}
+	}
+	return 0, 0, false
+}
+
+// hinted is iovaOf for a buffer in the region the last one lay in, and
+// false for any other. It is small enough to be inlined: the per-frame
+// loops try it first and call iovaOf only when it fails, as a call there
+// costs more than the check (the loop's state is spilled around it).
+func (v *dmaView) hinted(b []byte) (iova, slot uint64, ok bool) {
+	if i := v.hint; uint(i) < uint(len(v.regions)) && len(b) > 0 {
+		// An address below the region wraps off past its size.
+		m := &v.regions[i]
+		if off := uint64(addrOf(b)) - m.host; off < m.size && uint64(len(b)) <= m.size-off {
 			return m.iova + off, m.slot, true
 		}
 	}

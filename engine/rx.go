@@ -622,10 +622,13 @@ func (p *Channel) collectWritable(k, room int) int {
 		z := &r.zc[w.Head]
 		z.popPos, z.popSeq = pos+uint16(i), r.pops
 		r.pops++
-		var iova uint64
+		var iova, slot uint64
 		usable := len(w.Buf) >= hl+r.need
 		if usable {
-			iova, usable = p.iova(w.Buf[hl:], &r.holds)
+			if iova, slot, usable = p.view.hinted(w.Buf[hl:]); !usable {
+				iova, slot, usable = p.view.iovaOf(w.Buf[hl:])
+			}
+			r.holds |= slot
 		}
 		if !usable {
 			// As in collectGuestBufs: back used, with length 0.

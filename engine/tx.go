@@ -291,10 +291,13 @@ func (p *Channel) directTx(d *vhost.DirectBuf, pk *ring.TxPkt) bool {
 	if len(b) < hl+14 || b[0]&vhost.NetHdrFNeedsCsum != 0 || b[1] != vhost.NetHdrGSONone {
 		return false
 	}
-	iova, ok := p.iova(b[hl:], &p.tx.holds)
+	iova, slot, ok := p.view.hinted(b[hl:])
 	if !ok {
-		return false
+		if iova, slot, ok = p.view.iovaOf(b[hl:]); !ok {
+			return false
+		}
 	}
+	p.tx.holds |= slot
 	if !p.mac.static {
 		p.learnSource(macBits(b[hl+6 : hl+12]))
 	}
