@@ -125,6 +125,11 @@ type Channel struct {
 
 	hdrLen   int
 	features uint64
+	// dataValid has bit v set when a received frame whose two checksum
+	// verdicts read v (ring.RxDone.Flags>>ring.RxIPCsumShift&0xF) may be
+	// marked DATA_VALID for the guest: it negotiated GUEST_CSUM, the NIC
+	// found the TCP/UDP checksum good and the IP header checksum not bad.
+	dataValid uint16
 
 	rx rxState
 	tx txState
@@ -358,6 +363,28 @@ func (p *Channel) pollLocked() int {
 func (p *Channel) negotiated() {
 	p.features = p.dev.Features()
 	p.hdrLen = p.dev.NetHeaderLen()
+	p.dataValid = dataValidMask(p.features)
+}
+
+// dataValidMask is Channel.dataValid for a guest with features.
+func dataValidMask(features uint64) uint16 {
+	var m uint16
+	if features&vhost.NetFGuestCsum == 0 {
+		return 0
+	}
+	for v := range 16 {
+		d := ring.RxDone{Flags: ring.RxFlags(v) << ring.RxIPCsumShift}
+		if d.L4Csum() == ring.CsumGood && d.IPCsum() != ring.CsumBad {
+			m |= 1 << v
+		}
+	}
+	return m
+}
+
+// rxHeaderFlags is the virtio-net header flags byte for a received frame
+// whose last completion has flags f: DATA_VALID or nothing.
+func (p *Channel) rxHeaderFlags(f ring.RxFlags) uint64 {
+	return uint64(p.dataValid>>(f>>ring.RxIPCsumShift&0xF)&1) * vhost.NetHdrFDataValid
 }
 
 // quiesce stops the channel's NIC queues, takes back every buffer they held

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/zcnet/zcnet/ring"
 	"github.com/zcnet/zcnet/sim/guest"
 	"github.com/zcnet/zcnet/vhost"
 )
@@ -294,6 +295,34 @@ func TestRxHeaderFollowsEachFrame(t *testing.T) {
 		}
 		if c.got != want {
 			t.Errorf("frame %d: header %+v, want %+v", i+1, c.got, want)
+		}
+	}
+}
+
+// TestRxHeaderFlagsEveryVerdict: a received frame is marked DATA_VALID
+// exactly when the guest negotiated GUEST_CSUM, the NIC found the TCP/UDP
+// checksum good and did not find the IP header checksum bad, for every
+// pair of verdicts, whatever else the completion's flags say.
+func TestRxHeaderFlagsEveryVerdict(t *testing.T) {
+	verdicts := []ring.CsumStatus{ring.CsumUnknown, ring.CsumGood, ring.CsumBad}
+	for _, csum := range []bool{false, true} {
+		p := &Channel{}
+		if csum {
+			p.dataValid = dataValidMask(vhost.NetFGuestCsum | vhost.FVersion1)
+		} else {
+			p.dataValid = dataValidMask(vhost.FVersion1)
+		}
+		for _, ip := range verdicts {
+			for _, l4 := range verdicts {
+				f := ring.RxFlagEOP | ring.RxFlagVLANStripped | ring.RxVerdicts(ip, l4)
+				want := uint64(0)
+				if csum && l4 == ring.CsumGood && ip != ring.CsumBad {
+					want = vhost.NetHdrFDataValid
+				}
+				if got := p.rxHeaderFlags(f); got != want {
+					t.Errorf("GUEST_CSUM %v, IP %v, L4 %v: header flags %#x, want %#x", csum, ip, l4, got, want)
+				}
+			}
 		}
 	}
 }

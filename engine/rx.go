@@ -269,28 +269,33 @@ func (p *Channel) deliverPending() int {
 	start, n := 0, 0
 	waiting := false
 	// The common frame, one guest buffer written zero-copy while no
-	// migration is under way, is delivered here, not through a call of
-	// deliver per frame.
-	plain := p.dev.DirtyLog() == nil
-	for i := range r.pending {
-		d := &r.pending[i]
-		if !d.EOP() {
-			continue
+	// migration is under way, is delivered by deliverPlain, a run at a
+	// time, not through a call of deliver per frame.
+	plain := p.dev.DirtyLog() == nil && p.hdrLen == vhost.NetHeaderSize
+	for start < len(r.pending) {
+		if plain {
+			k := p.deliverPlain(r.pending[start:])
+			r.frames -= k
+			start += k
+			r.delivered = start
+			n += k
+			if start == len(r.pending) {
+				break
+			}
 		}
-		if plain && i == start && d.Cookie&copyCookie == 0 && !d.RxError() {
-			// deliverZeroCopy's work for it, less its loops.
-			head := uint16(d.Cookie)
-			p.putRxHeader(r.zc[head].hdr, d, 1)
-			p.rxv.Push(head, uint32(p.hdrLen)+d.Len)
-			p.st.add(cRxZeroCopy, 1)
-			p.st.add(cRxPackets, 1)
-			p.st.add(cRxBytes, uint64(d.Len))
-		} else if !p.deliver(r.pending[start : i+1]) {
+		end := start
+		for end < len(r.pending) && !r.pending[end].EOP() {
+			end++
+		}
+		if end == len(r.pending) {
+			break // the rest of the frame is still on the NIC
+		}
+		if !p.deliver(r.pending[start : end+1]) {
 			waiting = true
 			break
 		}
 		r.frames--
-		start = i + 1
+		start = end + 1
 		r.delivered = start
 		n++
 	}
@@ -309,6 +314,37 @@ func (p *Channel) deliverPending() int {
 	k := copy(r.pending, r.pending[start:])
 	r.pending, r.delivered = r.pending[:k], 0
 	return n
+}
+
+// deliverPlain delivers the frames at the start of f that are each one
+// guest buffer written zero-copy without error, and returns how many:
+// deliverZeroCopy's work for them, less its loops, with the 12-byte
+// virtio-net header (as putRxHeader writes it) built in registers. The
+// caller has checked that the header is 12 bytes and that no dirty log
+// is on.
+func (p *Channel) deliverPlain(f []ring.RxDone) int {
+	r := &p.rx
+	var bytes uint64
+	i := 0
+	for ; i < len(f); i++ {
+		d := &f[i]
+		if d.Flags&(ring.RxFlagEOP|ring.RxFlagError) != ring.RxFlagEOP || d.Cookie&copyCookie != 0 {
+			break
+		}
+		head := uint16(d.Cookie)
+		b := r.zc[head].hdr[:vhost.NetHeaderSize]
+		lo, hi := p.rxHeaderFlags(d.Flags), uint32(1)<<16 // num_buffers 1
+		if binary.LittleEndian.Uint64(b) != lo || binary.LittleEndian.Uint32(b[8:]) != hi {
+			binary.LittleEndian.PutUint64(b, lo)
+			binary.LittleEndian.PutUint32(b[8:], hi)
+		}
+		p.rxv.Push(head, vhost.NetHeaderSize+d.Len)
+		bytes += uint64(d.Len)
+	}
+	p.st.add(cRxZeroCopy, uint64(i))
+	p.st.add(cRxPackets, uint64(i))
+	p.st.add(cRxBytes, bytes)
+	return i
 }
 
 // deliver passes one frame (its completions, EOP last) to the guest. It
@@ -355,10 +391,7 @@ func (p *Channel) deliver(f []ring.RxDone) bool {
 func (p *Channel) putRxHeader(b []byte, eop *ring.RxDone, buffers int) {
 	// flags (byte 0), gso_type NONE (byte 1), and hdr_len, gso_size,
 	// csum_start, csum_offset all zero (bytes 2-9).
-	var lo uint64
-	if p.features&vhost.NetFGuestCsum != 0 && eop.L4Csum() == ring.CsumGood && eop.IPCsum() != ring.CsumBad {
-		lo = vhost.NetHdrFDataValid
-	}
+	lo := p.rxHeaderFlags(eop.Flags)
 	if p.hdrLen >= vhost.NetHeaderSize {
 		b = b[:vhost.NetHeaderSize]
 		hi := uint32(buffers) << 16 // num_buffers (bytes 10-11)
