@@ -104,14 +104,15 @@ func (p *Channel) pollTx() int {
 		}
 		var c *vhost.Chain
 		if di < dn {
-			d := &t.direct[di]
-			di++
-			if free >= 2 && p.directTx(d, pk) {
-				free -= 2
-				k++
+			if sent := p.directTx(t.direct[di:min(dn, di+free/2)], t.pkts[k:]); sent > 0 {
+				di += sent
+				k += sent
+				free -= 2 * sent
 				continue
 			}
-			c = p.directChain(d)
+			// Not a frame directTx sends: the Chain path decides.
+			c = p.directChain(&t.direct[di])
+			di++
 		} else {
 			ok, err := p.txv.Pop(&t.chain)
 			if !ok {
@@ -280,41 +281,51 @@ func (p *Channel) giveBackTx(c ring.Cookie, v *vhost.Virtqueue) {
 	p.tx.unflush++
 }
 
-// directTx fills pk to send chain d, one readable descriptor holding the
-// virtio-net header and the frame, zero-copy, when the frame asks for no
-// offload and lies in DMA-mapped memory: pollTx's work for the common
-// frame, without a Chain. It reports false for anything else, which the
-// caller hands to the Chain path (directChain) to decide.
-func (p *Channel) directTx(d *vhost.DirectBuf, pk *ring.TxPkt) bool {
+// directTx fills pkts[i] to send chain d[i], one readable descriptor
+// holding the virtio-net header and the frame, zero-copy, for the chains
+// at the start of d whose frames ask for no offload and lie in
+// DMA-mapped memory: pollTx's work for the common frame, without a Chain
+// and without a call per frame. It returns how many it filled; the chain
+// after them (if any) is for the Chain path (directChain) to decide.
+func (p *Channel) directTx(d []vhost.DirectBuf, pkts []ring.TxPkt) int {
 	hl := p.hdrLen
-	b := d.Buf
-	if len(b) < hl+14 || b[0]&vhost.NetHdrFNeedsCsum != 0 || b[1] != vhost.NetHdrGSONone {
-		return false
-	}
-	iova, slot, ok := p.view.hinted(b[hl:])
-	if !ok {
-		if iova, slot, ok = p.view.iovaOf(b[hl:]); !ok {
-			return false
+	d = d[:min(len(d), len(pkts))]
+	pkts = pkts[:len(d)]
+	var bytes uint64
+	i := 0
+	for ; i < len(d); i++ {
+		b := d[i].Buf
+		if len(b) < hl+14 || b[0]&vhost.NetHdrFNeedsCsum != 0 || b[1] != vhost.NetHdrGSONone {
+			break
 		}
-	}
-	p.tx.holds |= slot
-	if m := &p.mac; !m.static {
-		// learnSource's first case, without the call.
-		if src := macBits(b[hl+6 : hl+12]); src != m.cur {
-			p.learnSource(src)
-		} else {
-			m.frames = 0
+		iova, slot, ok := p.view.hinted(b[hl:])
+		if !ok {
+			if iova, slot, ok = p.view.iovaOf(b[hl:]); !ok {
+				break
+			}
 		}
+		p.tx.holds |= slot
+		if m := &p.mac; !m.static {
+			// learnSource's first case, without the call.
+			if src := macBits(b[hl+6 : hl+12]); src != m.cur {
+				p.learnSource(src)
+			} else {
+				m.frames = 0
+			}
+		}
+		// Field by field: Submit reads no other field of a packet of one
+		// segment without offload, and a literal would zero the whole
+		// packet.
+		pk := &pkts[i]
+		pk.Segs = pk.Segs[:1]
+		seg := &pk.Segs[0]
+		seg.IOVA, seg.Len = iova, uint32(len(b)-hl)
+		pk.Cookie, pk.Offload = ring.Cookie(d[i].Head), 0
+		bytes += uint64(len(b) - hl)
 	}
-	// Field by field: Submit reads no other field of a packet of one
-	// segment without offload, and a literal would zero the whole packet.
-	pk.Segs = pk.Segs[:1]
-	seg := &pk.Segs[0]
-	seg.IOVA, seg.Len = iova, uint32(len(b)-hl)
-	pk.Cookie, pk.Offload = ring.Cookie(d.Head), 0
-	p.st.add(cTxZeroCopy, 1)
-	p.st.add(cTxBytes, uint64(len(b)-hl))
-	return true
+	p.st.add(cTxZeroCopy, uint64(i))
+	p.st.add(cTxBytes, bytes)
+	return i
 }
 
 // directChain makes the channel's chain describe d, for the Chain path.
