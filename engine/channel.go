@@ -368,10 +368,10 @@ func (p *Channel) negotiated() {
 
 // dataValidMask is Channel.dataValid for a guest with features.
 func dataValidMask(features uint64) uint16 {
-	var m uint16
 	if features&vhost.NetFGuestCsum == 0 {
 		return 0
 	}
+	var m uint16
 	for v := range 16 {
 		d := ring.RxDone{Flags: ring.RxFlags(v) << ring.RxIPCsumShift}
 		if d.L4Csum() == ring.CsumGood && d.IPCsum() != ring.CsumBad {
