@@ -109,13 +109,21 @@ func (p *Channel) learnMAC(c *vhost.Chain) {
 }
 
 // learnSource is learnMAC for a frame whose source address is src (as
-// macBits packs it).
+// macBits packs it). The common case, the address already learned, is
+// small enough to be inlined into the per-frame loops; the rest is
+// relearn's.
 func (p *Channel) learnSource(src uint64) {
-	m := &p.mac
-	if src == m.cur {
+	if m := &p.mac; src == m.cur {
 		m.frames = 0
-		return
+	} else {
+		p.relearn(src)
 	}
+}
+
+// relearn is learnSource for a frame from another address than the one
+// learned.
+func (p *Channel) relearn(src uint64) {
+	m := &p.mac
 	if src == 0 || src&(1<<40) != 0 { // not a station's address
 		return
 	}

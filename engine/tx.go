@@ -305,13 +305,8 @@ func (p *Channel) directTx(d []vhost.DirectBuf, pkts []ring.TxPkt) int {
 			}
 		}
 		p.tx.holds |= slot
-		if m := &p.mac; !m.static {
-			// learnSource's first case, without the call.
-			if src := macBits(b[hl+6 : hl+12]); src != m.cur {
-				p.learnSource(src)
-			} else {
-				m.frames = 0
-			}
+		if !p.mac.static {
+			p.learnSource(macBits(b[hl+6 : hl+12]))
 		}
 		// Field by field: Submit reads no other field of a packet of one
 		// segment without offload, and a literal would zero the whole
